@@ -1,0 +1,176 @@
+//! Serve options: defaults, overlaid by the TOML config file, overlaid by
+//! command-line flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::listen::ListenSpec;
+
+pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
+pub const DEFAULT_LISTEN: [&str; 3] = [
+    "unix:/run/rpcbind-proxy/rpcbind.sock",
+    "tcp:127.0.0.1:1111",
+    "udp:127.0.0.1:1111",
+];
+pub const DEFAULT_RPCBIND_SOCKET: &str = "/run/rpcbind.sock";
+pub const DEFAULT_RPCBIND_PORT: u16 = 111;
+pub const DEFAULT_CONTROL: &str = "/run/rpcbind-proxy/control.sock";
+pub const DEFAULT_UPSTREAM_TIMEOUT: f64 = 2.0;
+
+/// The config file as written. Every key is optional; unknown keys are
+/// refused so a typo never silently keeps a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub listen: Option<Vec<ListenSpec>>,
+    pub rpcbind_socket: Option<PathBuf>,
+    pub rpcbind_port: Option<u16>,
+    pub control: Option<PathBuf>,
+    pub upstream_timeout: Option<f64>,
+}
+
+/// The effective configuration of `serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: Vec<ListenSpec>,
+    pub rpcbind_socket: PathBuf,
+    pub rpcbind_port: u16,
+    pub control: PathBuf,
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("bad value for {key}: {value} ({why})")]
+    Value {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            // toml's message spans lines; the brief wants one line.
+            message: e.message().to_string(),
+        })
+    }
+}
+
+/// Seconds as a positive, finite duration.
+pub fn seconds(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 86400.0 * 365.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(ConfigError::Value {
+            key,
+            value: v.to_string(),
+            why: "must be a positive number of seconds",
+        })
+    }
+}
+
+impl Config {
+    /// Builds the effective configuration: `flags` override `file`, which
+    /// overrides the defaults.
+    pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<Config, ConfigError> {
+        let listen = match flags.listen.filter(|l| !l.is_empty()).or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN
+                .iter()
+                .map(|s| s.parse().expect("default spec"))
+                .collect(),
+        };
+        Ok(Config {
+            listen,
+            rpcbind_socket: flags
+                .rpcbind_socket
+                .or(file.rpcbind_socket)
+                .unwrap_or_else(|| DEFAULT_RPCBIND_SOCKET.into()),
+            rpcbind_port: flags
+                .rpcbind_port
+                .or(file.rpcbind_port)
+                .unwrap_or(DEFAULT_RPCBIND_PORT),
+            control: flags
+                .control
+                .or(file.control)
+                .unwrap_or_else(|| DEFAULT_CONTROL.into()),
+            upstream_timeout: seconds(
+                "upstream-timeout",
+                flags
+                    .upstream_timeout
+                    .or(file.upstream_timeout)
+                    .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = FileConfig::parse("listen = []\nttl-seconds = 5\n", Path::new("/etc/x.toml"))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ttl-seconds") && msg.contains("/etc/x.toml"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let file = FileConfig::parse(
+            "listen = [\"tcp:127.0.0.1:2222\"]\nrpcbind-port = 1111\nupstream-timeout = 0.5\n",
+            Path::new("f"),
+        )
+        .unwrap();
+        let flags = FileConfig {
+            rpcbind_port: Some(112),
+            ..Default::default()
+        };
+        let c = Config::resolve(file, flags).unwrap();
+        assert_eq!(c.listen, vec!["tcp:127.0.0.1:2222".parse().unwrap()]);
+        assert_eq!(c.rpcbind_port, 112);
+        assert_eq!(c.upstream_timeout, Duration::from_millis(500));
+        assert_eq!(c.rpcbind_socket, PathBuf::from(DEFAULT_RPCBIND_SOCKET));
+        let d = Config::resolve(FileConfig::default(), FileConfig::default()).unwrap();
+        assert_eq!(d.listen.len(), 3);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = FileConfig::parse("listen = [\"tcp:nowhere\"]", Path::new("f")).unwrap_err();
+        assert!(e.to_string().contains("tcp:nowhere"), "{e}");
+        let flags = FileConfig {
+            upstream_timeout: Some(-1.0),
+            ..Default::default()
+        };
+        let e = Config::resolve(FileConfig::default(), flags).unwrap_err();
+        assert!(e.to_string().contains("upstream-timeout"), "{e}");
+    }
+}

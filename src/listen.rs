@@ -1,0 +1,304 @@
+//! Listeners: unix and TCP streams (record marking) and UDP datagrams.
+//!
+//! Each accepted stream gets a task that reads records, answers them in
+//! order (calls may be pipelined), and on the client's EOF closes in the way
+//! that leaves no TIME_WAIT behind.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
+use tokio::sync::watch;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, warn};
+
+use crate::policy::Peer;
+use crate::rpc::{put_record, RecordCodec, MAX_CLIENT_RECORD};
+use crate::service::{Outcome, Proxy};
+
+/// Calls one stream client may have in flight before the proxy stops reading
+/// from it.
+const MAX_IN_FLIGHT: usize = 64;
+/// The largest datagram the proxy reads (the UDP maximum).
+const MAX_DATAGRAM: usize = 65535;
+
+/// A listener specification: `unix:PATH`, `tcp:HOST:PORT` or `udp:HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum ListenSpec {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("bad listen spec {spec:?}: {why} (expected unix:PATH, tcp:HOST:PORT or udp:HOST:PORT)")]
+pub struct SpecError {
+    pub spec: String,
+    pub why: &'static str,
+}
+
+impl FromStr for ListenSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let err = |why| SpecError {
+            spec: s.to_string(),
+            why,
+        };
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| err("no transport prefix"))?;
+        let addr = || -> Result<SocketAddr, SpecError> {
+            rest.parse::<SocketAddr>()
+                .map_err(|_| err("not an IP address and port (write IPv6 as [::1]:1111)"))
+        };
+        match kind {
+            "unix" if rest.starts_with('/') => Ok(ListenSpec::Unix(PathBuf::from(rest))),
+            "unix" => Err(err("the unix socket path must be absolute")),
+            "tcp" => Ok(ListenSpec::Tcp(addr()?)),
+            "udp" => Ok(ListenSpec::Udp(addr()?)),
+            _ => Err(err("unknown transport")),
+        }
+    }
+}
+
+impl TryFrom<String> for ListenSpec {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenSpec::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenSpec::Tcp(a) => write!(f, "tcp:{a}"),
+            ListenSpec::Udp(a) => write!(f, "udp:{a}"),
+        }
+    }
+}
+
+/// A bound listener, ready to serve.
+#[derive(Debug)]
+pub enum Bound {
+    Unix(UnixListener, UnixSocketFile),
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Removes the socket file the daemon created when dropped (clean exit).
+#[derive(Debug)]
+pub struct UnixSocketFile(PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds one listener. Errors name the spec and the reason.
+pub async fn bind(spec: &ListenSpec) -> io::Result<Bound> {
+    match spec {
+        ListenSpec::Unix(path) => bind_unix(path).await,
+        ListenSpec::Tcp(addr) => Ok(Bound::Tcp(TcpListener::bind(addr).await?)),
+        ListenSpec::Udp(addr) => Ok(Bound::Udp(UdpSocket::bind(addr).await?)),
+    }
+}
+
+async fn bind_unix(path: &Path) -> io::Result<Bound> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        // A socket file nobody answers on is stale (a crash); one that
+        // answers belongs to a running instance.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process is listening on it",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let guard = UnixSocketFile(path.to_owned());
+    // 0666 like rpcbind's own socket: any local user may look things up.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(Bound::Unix(listener, guard))
+}
+
+/// Serves a bound listener until `shutdown` turns true.
+pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    match bound {
+        Bound::Unix(listener, _guard) => loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        let peer = match stream.peer_cred() {
+                            Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+                            Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
+                        };
+                        tokio::spawn(serve_stream(stream, peer, proxy.clone(), None::<fn(&_)>));
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+                _ = shutdown.changed() => return,
+            }
+        },
+        Bound::Tcp(listener) => loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, addr)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(serve_tcp(stream, Peer::Tcp(addr), proxy.clone()));
+                    }
+                    Err(e) => accept_failed(e).await,
+                },
+                _ = shutdown.changed() => return,
+            }
+        },
+        Bound::Udp(socket) => serve_udp(Arc::new(socket), proxy, shutdown).await,
+    }
+}
+
+/// Accept fails mostly for lack of descriptors; back off briefly rather than
+/// spin.
+async fn accept_failed(e: io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+async fn serve_tcp(stream: TcpStream, peer: Peer, proxy: Arc<Proxy>) {
+    // Once the client has closed its side and every reply is written, close
+    // with SO_LINGER {on, 0}: an RST instead of a FIN, so neither side keeps
+    // a TIME_WAIT socket; the client has already read its reply.
+    let linger = |s: &TcpStream| {
+        if let Err(e) = s.set_zero_linger() {
+            debug!(error = %e, "cannot set SO_LINGER");
+        }
+    };
+    serve_stream(stream, peer, proxy, Some(linger)).await;
+}
+
+type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+
+/// Reads records, answers them in order, and closes. `on_client_eof` runs on
+/// the stream after a clean end (the client closed, all replies written).
+async fn serve_stream<S, F>(stream: S, peer: Peer, proxy: Arc<Proxy>, on_client_eof: Option<F>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&S),
+{
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_CLIENT_RECORD));
+    let mut replies: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut out = BytesMut::new();
+    let mut eof = false;
+    let clean = loop {
+        tokio::select! {
+            frame = frames.next(), if !eof && replies.len() < MAX_IN_FLIGHT => match frame {
+                Some(Ok(record)) => {
+                    let proxy = proxy.clone();
+                    replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
+                }
+                Some(Err(e)) => {
+                    debug!(?peer, error = %e, "bad framing; closing");
+                    break false;
+                }
+                None => eof = true,
+            },
+            Some(outcome) = replies.next(), if !replies.is_empty() => match outcome {
+                Outcome::Reply(reply) => {
+                    out.clear();
+                    put_record(&mut out, &reply);
+                    if wr.write_all(&out).await.is_err() {
+                        break false;
+                    }
+                }
+                Outcome::NoReply => {}
+                Outcome::Close => break false,
+            },
+            else => break true,
+        }
+    };
+    let stream = frames.into_inner().unsplit(wr);
+    if clean {
+        if let Some(f) = on_client_eof {
+            f(&stream);
+        }
+    }
+    drop(stream);
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => { debug!(error = %e, "udp receive failed"); continue; }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let record = BytesMut::from(&buf[..n]);
+        let proxy = proxy.clone();
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Outcome::Reply(reply) = proxy.handle(record, Peer::Udp(from)).await {
+                if let Err(e) = socket.send_to(&reply, from).await {
+                    debug!(%from, error = %e, "udp send failed");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs_and_names_bad_ones() {
+        assert_eq!(
+            "unix:/run/x.sock".parse(),
+            Ok(ListenSpec::Unix("/run/x.sock".into()))
+        );
+        assert_eq!(
+            "tcp:127.0.0.1:1111".parse(),
+            Ok(ListenSpec::Tcp("127.0.0.1:1111".parse().unwrap()))
+        );
+        assert_eq!(
+            "udp:[::1]:1111".parse(),
+            Ok(ListenSpec::Udp("[::1]:1111".parse().unwrap()))
+        );
+        for bad in [
+            "tcp:localhost",
+            "sctp:1.2.3.4:5",
+            "unix:rel.sock",
+            "1111",
+            "udp:1.2.3.4",
+        ] {
+            let e = bad.parse::<ListenSpec>().unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Persistent connections to rpcbind, one per transport class, shared by every
+//! client: XIDs are rewritten so that calls from many clients can be in flight
+//! on one connection at once, and replies are matched back by XID.
+//!
+//! Why one connection per class and not one per client: every TCP connection
+//! a client opens to port 111 leaves a TIME_WAIT socket behind; the proxy's
+//! whole point is that rpcbind sees a handful of long-lived connections.
+//!
+//! Why per class and not one in all: rpcbind answers GETADDR and friends
+//! according to the transport the call arrives on (../shared/rpcbind-notes.md).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
+
+/// Where rpcbind is reached for one class of calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+            Target::Tcp(a) => write!(f, "tcp:{a}"),
+            Target::Udp(a) => write!(f, "udp:{a}"),
+        }
+    }
+}
+
+/// Why a call to rpcbind got no answer. Each becomes SYSTEM_ERR for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum UpstreamError {
+    #[error("rpcbind is unreachable")]
+    Unavailable,
+    #[error("no reply from rpcbind in time")]
+    Timeout,
+    #[error("connection to rpcbind lost")]
+    ConnectionLost,
+    #[error("too many calls queued for rpcbind")]
+    Busy,
+}
+
+/// Counters kept per upstream.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub calls: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub errors: AtomicU64,
+    pub retries: AtomicU64,
+    /// Replies (or records) from rpcbind that could not be matched or framed.
+    pub bad_replies: AtomicU64,
+}
+
+type Waiter = oneshot::Sender<Result<BytesMut, UpstreamError>>;
+
+/// Backoff between failed connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Calls queued for the writer of one stream connection.
+const WRITE_QUEUE: usize = 4096;
+
+/// One live connection and its table of calls in flight.
+#[derive(Debug)]
+struct Conn {
+    pending: Mutex<HashMap<u32, Waiter>>,
+    alive: AtomicBool,
+    next_xid: AtomicU32,
+    sender: Sender,
+    local_ip: Option<IpAddr>,
+    /// Cancelled when the connection dies, to stop its reader and writer.
+    dead: CancellationToken,
+}
+
+#[derive(Debug)]
+enum Sender {
+    Stream(mpsc::Sender<BytesMut>),
+    Datagram(Arc<UdpSocket>),
+}
+
+impl Conn {
+    fn new(sender: Sender, local_ip: Option<IpAddr>) -> Arc<Conn> {
+        Arc::new(Conn {
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            // Start somewhere unpredictable so that a restarted proxy's XIDs
+            // do not collide with replies still in flight from before.
+            next_xid: AtomicU32::new(std::process::id().wrapping_mul(0x9e37_79b9)),
+            sender,
+            local_ip,
+            dead: CancellationToken::new(),
+        })
+    }
+
+    /// Completes the waiter of a reply; unmatched replies (late ones for
+    /// calls that timed out) are dropped.
+    fn complete(&self, reply: BytesMut) -> bool {
+        let Some(xid) = xid_of(&reply) else {
+            return false;
+        };
+        let waiter = self.pending.lock().unwrap().remove(&xid);
+        match waiter {
+            Some(w) => {
+                let _ = w.send(Ok(reply));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the connection dead and fails every call in flight on it.
+    fn fail_all(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.dead.cancel();
+        let drained: Vec<Waiter> = self
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for w in drained {
+            let _ = w.send(Err(UpstreamError::ConnectionLost));
+        }
+    }
+}
+
+/// Removes a call's entry from the table however the call ends (reply,
+/// timeout, or the client going away), so nothing leaks.
+struct PendingGuard<'a> {
+    conn: &'a Conn,
+    xid: u32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.pending.lock().unwrap().remove(&self.xid);
+    }
+}
+
+#[derive(Debug)]
+struct Reconnect {
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+}
+
+/// A lazily opened, self-healing connection to rpcbind for one class.
+#[derive(Debug)]
+pub struct Upstream {
+    target: Target,
+    timeout: Duration,
+    current: Mutex<Option<Arc<Conn>>>,
+    /// Serialises connection attempts: never more than one connection per
+    /// class at a time.
+    connecting: tokio::sync::Mutex<Reconnect>,
+    pub stats: UpstreamStats,
+}
+
+impl Upstream {
+    pub fn new(target: Target, timeout: Duration) -> Upstream {
+        Upstream {
+            target,
+            timeout,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(Reconnect {
+                next_attempt: None,
+                backoff: BACKOFF_MIN,
+            }),
+            stats: UpstreamStats::default(),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether a connection is open right now.
+    pub fn is_connected(&self) -> bool {
+        self.live().is_some()
+    }
+
+    /// The local address of the current connection (what rpcbind sees as the
+    /// caller), if connected.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.live().and_then(|c| c.local_ip)
+    }
+
+    fn live(&self) -> Option<Arc<Conn>> {
+        let cur = self.current.lock().unwrap();
+        cur.as_ref()
+            .filter(|c| c.alive.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    /// Opens the connection now if it is not open (used at start-up).
+    pub async fn ensure_connected(&self) -> Result<(), UpstreamError> {
+        self.connection().await.map(|_| ())
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, UpstreamError> {
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let mut rc = self.connecting.lock().await;
+        // Someone else may have connected while we waited for the lock.
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        if rc.next_attempt.is_some_and(|t| Instant::now() < t) {
+            return Err(UpstreamError::Unavailable);
+        }
+        match tokio::time::timeout(self.timeout, self.connect()).await {
+            Ok(Ok(conn)) => {
+                rc.next_attempt = None;
+                rc.backoff = BACKOFF_MIN;
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                debug!(target = %self.target, "connected to rpcbind");
+                *self.current.lock().unwrap() = Some(conn.clone());
+                Ok(conn)
+            }
+            outcome => {
+                let err = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(target = %self.target, error = %err, retry_in = ?rc.backoff, "cannot connect to rpcbind");
+                rc.next_attempt = Some(Instant::now() + rc.backoff);
+                rc.backoff = (rc.backoff * 2).min(BACKOFF_MAX);
+                Err(UpstreamError::Unavailable)
+            }
+        }
+    }
+
+    async fn connect(&self) -> io::Result<Arc<Conn>> {
+        match &self.target {
+            Target::Unix(path) => {
+                let s = UnixStream::connect(path).await?;
+                let (rd, wr) = s.into_split();
+                Ok(spawn_stream(rd, wr, None, self.target.clone()))
+            }
+            Target::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                let local = s.local_addr()?.ip();
+                let (rd, wr) = s.into_split();
+                Ok(spawn_stream(rd, wr, Some(local), self.target.clone()))
+            }
+            Target::Udp(addr) => {
+                let bind: SocketAddr = if addr.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let s = UdpSocket::bind(bind).await?;
+                s.connect(addr).await?;
+                let local = s.local_addr()?.ip();
+                let s = Arc::new(s);
+                let conn = Conn::new(Sender::Datagram(s.clone()), Some(local));
+                tokio::spawn(read_datagrams(s, Arc::downgrade(&conn)));
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Sends `call` (a whole call record, with the client's XID) to rpcbind
+    /// and returns the reply with the client's XID restored. An idempotent
+    /// call whose connection is lost is sent once more on a new connection.
+    pub async fn call(&self, call: &[u8], idempotent: bool) -> Result<Bytes, UpstreamError> {
+        let client_xid = xid_of(call).ok_or(UpstreamError::Busy)?;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        let result = loop {
+            let outcome = self.attempt(call, deadline).await;
+            match outcome {
+                Err(UpstreamError::ConnectionLost) if idempotent && attempt == 0 => {
+                    attempt += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(mut reply) => {
+                set_xid(&mut reply, client_xid);
+                Ok(reply.freeze())
+            }
+            Err(e) => {
+                if e == UpstreamError::Timeout {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn attempt(&self, call: &[u8], deadline: Instant) -> Result<BytesMut, UpstreamError> {
+        let conn = tokio::time::timeout_at(deadline, self.connection())
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        let (tx, rx) = oneshot::channel();
+        let xid = {
+            let mut pending = conn.pending.lock().unwrap();
+            let mut xid = conn.next_xid.fetch_add(1, Ordering::Relaxed);
+            while pending.contains_key(&xid) {
+                xid = conn.next_xid.fetch_add(1, Ordering::Relaxed);
+            }
+            pending.insert(xid, tx);
+            xid
+        };
+        let _guard = PendingGuard { conn: &conn, xid };
+        match &conn.sender {
+            Sender::Stream(q) => {
+                let mut rec = BytesMut::with_capacity(4 + call.len());
+                put_record(&mut rec, call);
+                set_xid(&mut rec[4..], xid);
+                q.try_send(rec).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => UpstreamError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => UpstreamError::ConnectionLost,
+                })?;
+            }
+            Sender::Datagram(sock) => {
+                let mut dg = BytesMut::from(call);
+                set_xid(&mut dg, xid);
+                // A refused send means rpcbind's port is closed (it is down).
+                sock.send(&dg)
+                    .await
+                    .map_err(|_| UpstreamError::Unavailable)?;
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(UpstreamError::ConnectionLost),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+}
+
+fn spawn_stream<R, W>(rd: R, wr: W, local_ip: Option<IpAddr>, target: Target) -> Arc<Conn>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let conn = Conn::new(Sender::Stream(tx), local_ip);
+    // The reader holds the connection strongly: it must keep draining
+    // replies (rpcbind drops slow readers) for as long as the socket is open.
+    tokio::spawn(read_stream(rd, conn.clone(), target));
+    tokio::spawn(write_stream(wr, rx, Arc::downgrade(&conn)));
+    conn
+}
+
+/// Writes queued calls, batching whatever is queued into one write.
+async fn write_stream<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<BytesMut>,
+    conn: std::sync::Weak<Conn>,
+) {
+    let mut buf = BytesMut::new();
+    let dead = match conn.upgrade() {
+        Some(c) => c.dead.clone(),
+        None => return,
+    };
+    while let Some(first) = tokio::select! {
+        m = rx.recv() => m,
+        _ = dead.cancelled() => None,
+    } {
+        buf.extend_from_slice(&first);
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            r = wr.write_all(&buf) => r.is_ok(),
+            _ = dead.cancelled() => false,
+        };
+        if !written {
+            break;
+        }
+        buf.clear();
+    }
+    if let Some(c) = conn.upgrade() {
+        c.fail_all();
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn read_stream<R: AsyncRead + Unpin>(rd: R, conn: Arc<Conn>, target: Target) {
+    let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_UPSTREAM_RECORD));
+    loop {
+        tokio::select! {
+            frame = frames.next() => match frame {
+                Some(Ok(reply)) => {
+                    conn.complete(reply);
+                }
+                Some(Err(e)) => {
+                    warn!(target = %target, error = %e, "bad record from rpcbind; reconnecting");
+                    break;
+                }
+                None => {
+                    debug!(target = %target, "rpcbind closed the connection");
+                    break;
+                }
+            },
+            // The writer failed or the connection was abandoned.
+            _ = conn.dead.cancelled() => break,
+        }
+    }
+    conn.fail_all();
+}
+
+async fn read_datagrams(sock: Arc<UdpSocket>, conn: std::sync::Weak<Conn>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match sock.recv(&mut buf).await {
+            Ok(n) => n,
+            // ECONNREFUSED from an ICMP error for an earlier datagram: rpcbind
+            // is down; the call times out, later calls may succeed.
+            Err(_) => {
+                if conn.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(c) = conn.upgrade() else { return };
+        c.complete(BytesMut::from(&buf[..n]));
+    }
+}
+
+/// One call over a connection to rpcbind's unix socket opened with the
+/// caller's uid and gid (see `sys::connect_unix_as`), closed afterwards.
+/// Used only for registrations by unprivileged local callers, which are rare.
+pub async fn call_as_user(
+    path: &std::path::Path,
+    uid: u32,
+    gid: u32,
+    call: &[u8],
+    timeout: Duration,
+) -> Result<Bytes, UpstreamError> {
+    let exchange = async {
+        let path = path.to_owned();
+        let std_stream =
+            tokio::task::spawn_blocking(move || crate::sys::connect_unix_as(&path, uid, gid))
+                .await
+                .map_err(|_| UpstreamError::Unavailable)?
+                .map_err(|e| {
+                    warn!(uid, error = %e, "cannot connect to rpcbind as the caller");
+                    UpstreamError::Unavailable
+                })?;
+        std_stream
+            .set_nonblocking(true)
+            .map_err(|_| UpstreamError::Unavailable)?;
+        let stream = UnixStream::from_std(std_stream).map_err(|_| UpstreamError::Unavailable)?;
+        let (rd, mut wr) = stream.into_split();
+        let mut rec = BytesMut::with_capacity(4 + call.len());
+        put_record(&mut rec, call);
+        wr.write_all(&rec)
+            .await
+            .map_err(|_| UpstreamError::ConnectionLost)?;
+        let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_UPSTREAM_RECORD));
+        match frames.next().await {
+            Some(Ok(reply)) => Ok(reply.freeze()),
+            _ => Err(UpstreamError::ConnectionLost),
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+}
