@@ -9,7 +9,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::rpcb::Procedure;
+use crate::rpc::AcceptStat;
+use crate::rpcb::{Procedure, RpcbEntry};
 
 /// The client at the other end of a listener, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +96,10 @@ pub enum Route {
 pub enum LocalAnswer {
     /// rpcbind sends nothing (remote calls are compiled out).
     NoReply,
-    /// SYSTEM_ERR (INDIRECT over UDP).
-    SystemErr,
+    /// CALLIT, BCAST or INDIRECT over UDP: rpcbind refuses targets its
+    /// `check_callit` forbids with AUTH_TOOWEAK; otherwise CALLIT and BCAST
+    /// get silence and INDIRECT the verdict of `indirect_verdict`.
+    RemoteCallUdp,
     /// A SUCCESS reply carrying boolean false: a refused SET or UNSET.
     False,
 }
@@ -105,16 +108,58 @@ pub enum LocalAnswer {
 pub fn route(procedure: Procedure, peer: &Peer) -> Route {
     use Procedure::*;
     match procedure {
-        // Debian's rpcbind is built without remote calls: over streams it
-        // sends no reply to any of them, over UDP only INDIRECT is answered,
-        // with SYSTEM_ERR. They are the classic reflection vector; the proxy
-        // never forwards them.
-        CallIt | Bcast => Route::Local(LocalAnswer::NoReply),
-        Indirect if peer.is_datagram() => Route::Local(LocalAnswer::SystemErr),
-        Indirect => Route::Local(LocalAnswer::NoReply),
+        // rpcbind runs without remote calls (Debian's default, no `-r`): over
+        // streams it answers none of them; over UDP it answers only refusals
+        // (and INDIRECT's lookup). They are the classic reflection vector;
+        // the proxy never forwards them.
+        CallIt | Bcast | Indirect if peer.is_datagram() => Route::Local(LocalAnswer::RemoteCallUdp),
+        CallIt | Bcast | Indirect => Route::Local(LocalAnswer::NoReply),
         Set | Unset => registration_route(peer),
         p if p.depends_on_transport() => Route::Upstream(Class::of(peer)),
         _ => Route::Upstream(Class::Unix),
+    }
+}
+
+/// rpcbind's `check_callit`: whether a remote call to `prog`/`procedure`
+/// is allowed at all (a refusal is AUTH_TOOWEAK). NULL is always allowed;
+/// rpcbind itself (outside insecure mode), mountd's MNT/UMNT, ypbind's
+/// SETDOM and NIS's bulk lookups are not.
+pub fn callit_allowed(prog: u32, procedure: u32) -> bool {
+    const RPCBPROG: u32 = 100000;
+    const YPPROG: u32 = 100004;
+    const MOUNTPROG: u32 = 100005;
+    const YPBINDPROG: u32 = 100007;
+    if procedure == 0 {
+        return true;
+    }
+    match prog {
+        RPCBPROG => false,
+        MOUNTPROG => !matches!(procedure, 1 | 3),
+        YPBINDPROG => procedure != 2,
+        YPPROG => !matches!(procedure, 3 | 4 | 5 | 8),
+        _ => true,
+    }
+}
+
+/// rpcbind's answer to INDIRECT over UDP, given its registrations: its
+/// `find_service` takes the last entry of `prog` on the arrival netid, or the
+/// first with the exact version; no entry is PROG_UNAVAIL, another version is
+/// PROG_MISMATCH over that program's versions on the netid, and a match is
+/// SYSTEM_ERR because Debian's rpcbind cannot make remote calls.
+pub fn indirect_verdict(entries: &[RpcbEntry], prog: u32, vers: u32, netid: &[u8]) -> AcceptStat {
+    let on_netid = || {
+        entries
+            .iter()
+            .filter(move |e| e.prog == prog && e.netid.eq_ignore_ascii_case(netid))
+    };
+    if on_netid().any(|e| e.vers == vers) {
+        return AcceptStat::SystemErr;
+    }
+    let low = on_netid().map(|e| e.vers).min();
+    let high = on_netid().map(|e| e.vers).max();
+    match (low, high) {
+        (Some(low), Some(high)) => AcceptStat::ProgMismatch { low, high },
+        _ => AcceptStat::ProgUnavail,
     }
 }
 
@@ -223,6 +268,48 @@ mod tests {
     }
 
     #[test]
+    fn check_callit_matches_rpcbind() {
+        assert!(callit_allowed(100000, 0));
+        assert!(!callit_allowed(100000, 3));
+        assert!(!callit_allowed(100005, 1));
+        assert!(callit_allowed(100005, 2));
+        assert!(!callit_allowed(100007, 2));
+        assert!(!callit_allowed(100004, 8));
+        assert!(callit_allowed(100003, 1));
+    }
+
+    #[test]
+    fn indirect_follows_find_service() {
+        let e = |prog, vers, netid: &str| RpcbEntry {
+            prog,
+            vers,
+            netid: netid.into(),
+            addr: vec![],
+            owner: vec![],
+        };
+        let regs = [
+            e(7, 1, "udp"),
+            e(7, 3, "udp"),
+            e(7, 2, "tcp"),
+            e(8, 1, "tcp"),
+        ];
+        assert_eq!(indirect_verdict(&regs, 7, 3, b"udp"), AcceptStat::SystemErr);
+        assert_eq!(indirect_verdict(&regs, 7, 3, b"UDP"), AcceptStat::SystemErr);
+        assert_eq!(
+            indirect_verdict(&regs, 7, 2, b"udp"),
+            AcceptStat::ProgMismatch { low: 1, high: 3 }
+        );
+        assert_eq!(
+            indirect_verdict(&regs, 8, 1, b"udp"),
+            AcceptStat::ProgUnavail
+        );
+        assert_eq!(
+            indirect_verdict(&regs, 9, 1, b"udp"),
+            AcceptStat::ProgUnavail
+        );
+    }
+
+    #[test]
     fn remote_calls_are_never_forwarded() {
         let udp = Peer::Udp("127.0.0.1:5000".parse().unwrap());
         for p in [Procedure::CallIt, Procedure::Bcast, Procedure::Indirect] {
@@ -231,7 +318,11 @@ mod tests {
         }
         assert_eq!(
             route(Procedure::Indirect, &udp),
-            Route::Local(LocalAnswer::SystemErr)
+            Route::Local(LocalAnswer::RemoteCallUdp)
+        );
+        assert_eq!(
+            route(Procedure::CallIt, &tcp("127.0.0.1:1")),
+            Route::Local(LocalAnswer::NoReply)
         );
     }
 }

@@ -218,6 +218,7 @@ pub enum AuthStat {
     BadVerf = 3,
     RejectedVerf = 4,
     TooWeak = 5,
+    Failed = 7,
 }
 
 /// Builds an accepted reply with `body` (empty unless Success).
@@ -258,15 +259,17 @@ pub fn auth_error_reply(xid: u32, why: AuthStat) -> Bytes {
 /// libtirpc's limits on AUTH_SYS credentials.
 const MAX_MACHINE_NAME: u32 = 255;
 const MAX_SYS_GIDS: u32 = 16;
-const AUTH_SHORT: u32 = 2;
+const AUTH_DES: u32 = 3;
+const RPCSEC_GSS: u32 = 6;
 
 /// Authenticates a call the way libtirpc's `_authenticate` does before any
 /// dispatch, and returns the verifier its replies carry.
 ///
 /// AUTH_NONE is always accepted (its body is not looked at). AUTH_SYS is
 /// accepted when its body parses within libtirpc's limits; its reply then
-/// echoes the call's verifier when that is non-empty (`_svcauth_unix`). Every
-/// other flavor is refused with REJECTEDCRED.
+/// echoes the call's verifier when that is non-empty (`_svcauth_unix`).
+/// rpcbind has no AUTH_DES keys (FAILED) and no GSS contexts (BADCRED); every
+/// other flavor is refused with REJECTEDCRED. Checked against rpcbind 1.2.6.
 pub fn authenticate<'a>(call: &Call<'a>) -> Result<OpaqueAuth<'a>, AuthStat> {
     match call.cred.flavor {
         AUTH_NONE => Ok(OpaqueAuth::NONE),
@@ -278,7 +281,8 @@ pub fn authenticate<'a>(call: &Call<'a>) -> Result<OpaqueAuth<'a>, AuthStat> {
                 call.verf
             })
         }
-        AUTH_SHORT => Err(AuthStat::RejectedCred),
+        AUTH_DES => Err(AuthStat::Failed),
+        RPCSEC_GSS => Err(AuthStat::BadCred),
         _ => Err(AuthStat::RejectedCred),
     }
 }

@@ -17,9 +17,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::policy::{route, Class, LocalAnswer, Peer, Route};
-use crate::rpc::{self, AcceptStat, Call, HeaderError, OpaqueAuth};
-use crate::rpcb::{self, Args, Procedure, Rpcb};
+use crate::policy::{callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route};
+use crate::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
+use crate::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
 use crate::upstream::{self, Target, Upstream, UpstreamError};
 
 /// What a listener does with a call.
@@ -32,6 +32,10 @@ pub enum Outcome {
     /// Send nothing; close a stream connection (UDP: drop the datagram).
     Close,
 }
+
+/// The largest reply rpcbind sends as a datagram (its UDP buffer,
+/// RPC_MAXDATASIZE); measured: a 8988-byte v2 DUMP went out, 9008 did not.
+pub const MAX_UDP_REPLY: usize = 9000;
 
 /// Where rpcbind listens.
 #[derive(Debug, Clone)]
@@ -99,17 +103,35 @@ impl Proxy {
             Ok(call) => call,
             Err(e) => return self.header_error(e, peer),
         };
-        let (procedure, args, verf) = match check(&call) {
+        let (procedure, verf) = match check_header(&call) {
             Ok(ok) => ok,
-            Err(reply) => {
-                self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
-                return Outcome::Reply(reply);
-            }
+            Err(reply) => return self.local_error(reply),
         };
-        match route(procedure, &peer) {
+        let route = route(procedure, &peer);
+        let args = match rpcb::decode_args(procedure, call.vers, call.args) {
+            Ok(args) => args,
+            // rpcbind answers undecodable remote calls only for INDIRECT over
+            // UDP; everything else gets GARBAGE_ARGS.
+            Err(_) => match route {
+                Route::Local(LocalAnswer::NoReply) => return Outcome::NoReply,
+                Route::Local(LocalAnswer::RemoteCallUdp) if procedure != Procedure::Indirect => {
+                    return Outcome::NoReply
+                }
+                _ => {
+                    return self.local_error(rpc::accepted_reply(
+                        call.xid,
+                        verf,
+                        AcceptStat::GarbageArgs,
+                        &[],
+                    ))
+                }
+            },
+        };
+        let outcome = match route {
             Route::Local(answer) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                local_answer(answer, call.xid, verf)
+                self.local_answer(answer, procedure, &args, &call, verf, peer)
+                    .await
             }
             Route::Upstream(class) => {
                 let rewritten = self.hint_for(class, procedure, &args, &call, peer).await;
@@ -117,7 +139,76 @@ impl Proxy {
                 self.forward(class, record, procedure, call.xid, verf).await
             }
             Route::AsUser { uid, gid } => self.forward_as(uid, gid, &record, call.xid, verf).await,
+        };
+        match outcome {
+            Outcome::Reply(r) if peer.is_datagram() && r.len() > MAX_UDP_REPLY => {
+                // rpcbind cannot send this as a datagram: PMAP v2 sends
+                // nothing, v3/v4 answer SYSTEM_ERR.
+                if call.vers == 2 {
+                    Outcome::NoReply
+                } else {
+                    Outcome::Reply(rpc::accepted_reply(
+                        call.xid,
+                        verf,
+                        AcceptStat::SystemErr,
+                        &[],
+                    ))
+                }
+            }
+            other => other,
         }
+    }
+
+    fn local_error(&self, reply: Bytes) -> Outcome {
+        self.stats.local_errors.fetch_add(1, Ordering::Relaxed);
+        Outcome::Reply(reply)
+    }
+
+    async fn local_answer(
+        &self,
+        answer: LocalAnswer,
+        procedure: Procedure,
+        args: &Args<'_>,
+        call: &Call<'_>,
+        verf: OpaqueAuth<'_>,
+        peer: Peer,
+    ) -> Outcome {
+        let reply =
+            |stat, body: &[u8]| Outcome::Reply(rpc::accepted_reply(call.xid, verf, stat, body));
+        match (answer, args) {
+            (LocalAnswer::NoReply, _) => Outcome::NoReply,
+            (LocalAnswer::False, _) => reply(AcceptStat::Success, &[0, 0, 0, 0]),
+            (LocalAnswer::RemoteCallUdp, Args::RemoteCall(rc))
+                if !callit_allowed(rc.prog, rc.procedure) =>
+            {
+                Outcome::Reply(rpc::auth_error_reply(call.xid, AuthStat::TooWeak))
+            }
+            (LocalAnswer::RemoteCallUdp, Args::RemoteCall(rc))
+                if procedure == Procedure::Indirect =>
+            {
+                let netid: &[u8] = if Class::of(&peer) == Class::Udp6 {
+                    b"udp6"
+                } else {
+                    b"udp"
+                };
+                match self.registrations().await {
+                    Ok(entries) => reply(indirect_verdict(&entries, rc.prog, rc.vers, netid), &[]),
+                    Err(e) => self.upstream_failed(e, call.xid, verf),
+                }
+            }
+            (LocalAnswer::RemoteCallUdp, _) => Outcome::NoReply,
+        }
+    }
+
+    /// rpcbind's registrations, read with a v4 DUMP over the unix upstream.
+    pub async fn registrations(&self) -> Result<Vec<RpcbEntry>, UpstreamError> {
+        let call = rpc::encode_call(0, rpcb::PROGRAM, 4, 4, &[]);
+        let reply = self.upstream(Class::Unix).call(&call, true).await?;
+        let parsed = rpc::parse_reply(&reply).map_err(|_| UpstreamError::BadReply)?;
+        if parsed.accept != Some(AcceptStat::Success) {
+            return Err(UpstreamError::BadReply);
+        }
+        rpcb::decode_rpcblist(parsed.body).map_err(|_| UpstreamError::BadReply)
     }
 
     fn header_error(&self, e: HeaderError, peer: Peer) -> Outcome {
@@ -217,10 +308,10 @@ pub fn universal_address(ip: IpAddr, port: u16) -> String {
     format!("{ip}.{}.{}", port >> 8, port & 0xff)
 }
 
-/// The checks libtirpc and rpcbind make before a procedure runs, in their
-/// order: authentication, program, version, procedure, arguments. An error is
-/// the exact reply rpcbind sends.
-fn check<'a>(call: &Call<'a>) -> Result<(Procedure, Args<'a>, OpaqueAuth<'a>), Bytes> {
+/// The checks libtirpc makes before a procedure runs, in its order:
+/// authentication, program, version, procedure. An error is the exact reply
+/// rpcbind sends; success gives the procedure and the reply verifier.
+fn check_header<'a>(call: &Call<'a>) -> Result<(Procedure, OpaqueAuth<'a>), Bytes> {
     let verf = rpc::authenticate(call).map_err(|why| rpc::auth_error_reply(call.xid, why))?;
     let reply = |stat| rpc::accepted_reply(call.xid, verf, stat, &[]);
     if call.prog != rpcb::PROGRAM {
@@ -234,22 +325,5 @@ fn check<'a>(call: &Call<'a>) -> Result<(Procedure, Args<'a>, OpaqueAuth<'a>), B
     }
     let procedure = Procedure::lookup(call.vers, call.procedure)
         .ok_or_else(|| reply(AcceptStat::ProcUnavail))?;
-    let args = rpcb::decode_args(procedure, call.vers, call.args)
-        .map_err(|_| reply(AcceptStat::GarbageArgs))?;
-    Ok((procedure, args, verf))
-}
-
-fn local_answer(answer: LocalAnswer, xid: u32, verf: OpaqueAuth<'_>) -> Outcome {
-    match answer {
-        LocalAnswer::NoReply => Outcome::NoReply,
-        LocalAnswer::SystemErr => {
-            Outcome::Reply(rpc::accepted_reply(xid, verf, AcceptStat::SystemErr, &[]))
-        }
-        LocalAnswer::False => Outcome::Reply(rpc::accepted_reply(
-            xid,
-            verf,
-            AcceptStat::Success,
-            &[0, 0, 0, 0],
-        )),
-    }
+    Ok((procedure, verf))
 }

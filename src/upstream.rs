@@ -59,6 +59,8 @@ pub enum UpstreamError {
     ConnectionLost,
     #[error("too many calls queued for rpcbind")]
     Busy,
+    #[error("rpcbind sent a reply that could not be decoded")]
+    BadReply,
 }
 
 /// Counters kept per upstream.
