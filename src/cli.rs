@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FileConfig, DEFAULT_CONFIG};
-use crate::listen::ListenSpec;
+use crate::listen::{ListenSpec, SpecError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,8 +32,10 @@ pub struct ServeArgs {
     /// Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any
     /// --listen replaces all the defaults (unix:/run/rpcbind-proxy/rpcbind.sock,
     /// tcp:127.0.0.1:1111, udp:127.0.0.1:1111).
+    // Parsed after clap so that a bad spec is one line naming it, like every
+    // other start-up error.
     #[arg(long, value_name = "SPEC")]
-    pub listen: Vec<ListenSpec>,
+    pub listen: Vec<String>,
     /// rpcbind's unix socket.
     #[arg(long, value_name = "PATH")]
     pub rpcbind_socket: Option<PathBuf>,
@@ -61,13 +63,18 @@ impl ServeArgs {
     }
 
     /// The flags as a config layer.
-    pub fn as_layer(&self) -> FileConfig {
-        FileConfig {
-            listen: Some(self.listen.clone()),
+    pub fn as_layer(&self) -> Result<FileConfig, SpecError> {
+        let listen = self
+            .listen
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<ListenSpec>, _>>()?;
+        Ok(FileConfig {
+            listen: Some(listen),
             rpcbind_socket: self.rpcbind_socket.clone(),
             rpcbind_port: self.rpcbind_port,
             control: self.control.clone(),
             upstream_timeout: self.upstream_timeout,
-        }
+        })
     }
 }

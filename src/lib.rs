@@ -36,6 +36,8 @@ use crate::service::{Proxy, RpcbindAddr};
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spec(#[from] listen::SpecError),
     #[error("cannot listen on {spec}: {source}")]
     Listen {
         spec: ListenSpec,
@@ -97,11 +99,12 @@ fn init_logging(level: &str) {
 
 fn serve(args: ServeArgs) -> Result<(), StartError> {
     init_logging(&args.log_level);
+    let flags = args.as_layer()?;
     let file = match args.config_path() {
         Some(path) => FileConfig::load(&path)?,
         None => FileConfig::default(),
     };
-    let config = Config::resolve(file, args.as_layer())?;
+    let config = Config::resolve(file, flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
