@@ -48,6 +48,23 @@ pub struct ServeArgs {
     /// Seconds to wait for rpcbind before answering SYSTEM_ERR.
     #[arg(long, value_name = "SECONDS")]
     pub upstream_timeout: Option<f64>,
+    /// Seconds a positive lookup answer is kept (0: not cached).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<f64>,
+    /// Seconds a negative answer (not registered) is kept (0: not cached).
+    #[arg(long, value_name = "SECONDS")]
+    pub negative_ttl: Option<f64>,
+    /// Cache entries kept at most; least recently used are evicted beyond.
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<usize>,
+    /// Seconds between registration-list comparisons: a change made directly
+    /// at rpcbind shows through the proxy within this time.
+    #[arg(long, value_name = "SECONDS")]
+    pub refresh: Option<f64>,
+    /// Seconds past expiry an entry may still be served while rpcbind is
+    /// unreachable (0: never).
+    #[arg(long, value_name = "SECONDS")]
+    pub serve_stale: Option<f64>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -75,6 +92,11 @@ impl ServeArgs {
             rpcbind_port: self.rpcbind_port,
             control: self.control.clone(),
             upstream_timeout: self.upstream_timeout,
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            max_entries: self.max_entries,
+            refresh: self.refresh,
+            serve_stale: self.serve_stale,
         })
     }
 }

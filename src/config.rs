@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::cache::CacheConfig;
 use crate::listen::ListenSpec;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
@@ -19,6 +20,11 @@ pub const DEFAULT_RPCBIND_SOCKET: &str = "/run/rpcbind.sock";
 pub const DEFAULT_RPCBIND_PORT: u16 = 111;
 pub const DEFAULT_CONTROL: &str = "/run/rpcbind-proxy/control.sock";
 pub const DEFAULT_UPSTREAM_TIMEOUT: f64 = 2.0;
+pub const DEFAULT_TTL: f64 = 60.0;
+pub const DEFAULT_NEGATIVE_TTL: f64 = 10.0;
+pub const DEFAULT_MAX_ENTRIES: usize = 65536;
+pub const DEFAULT_REFRESH: f64 = 1.0;
+pub const DEFAULT_SERVE_STALE: f64 = 30.0;
 
 /// The config file as written. Every key is optional; unknown keys are
 /// refused so a typo never silently keeps a default.
@@ -30,6 +36,11 @@ pub struct FileConfig {
     pub rpcbind_port: Option<u16>,
     pub control: Option<PathBuf>,
     pub upstream_timeout: Option<f64>,
+    pub ttl: Option<f64>,
+    pub negative_ttl: Option<f64>,
+    pub max_entries: Option<usize>,
+    pub refresh: Option<f64>,
+    pub serve_stale: Option<f64>,
 }
 
 /// The effective configuration of `serve`.
@@ -40,6 +51,9 @@ pub struct Config {
     pub rpcbind_port: u16,
     pub control: PathBuf,
     pub upstream_timeout: Duration,
+    pub cache: CacheConfig,
+    /// How often the registration list is compared (coherence).
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -90,6 +104,19 @@ pub fn seconds(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
     }
 }
 
+/// Seconds where zero is allowed (turns the feature off).
+pub fn seconds_or_zero(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(key, v).map_err(|_| ConfigError::Value {
+            key,
+            value: v.to_string(),
+            why: "must be zero or a positive number of seconds",
+        })
+    }
+}
+
 impl Config {
     /// Builds the effective configuration: `flags` override `file`, which
     /// overrides the defaults.
@@ -121,6 +148,31 @@ impl Config {
                     .upstream_timeout
                     .or(file.upstream_timeout)
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            )?,
+            cache: CacheConfig {
+                ttl: seconds_or_zero("ttl", flags.ttl.or(file.ttl).unwrap_or(DEFAULT_TTL))?,
+                negative_ttl: seconds_or_zero(
+                    "negative-ttl",
+                    flags
+                        .negative_ttl
+                        .or(file.negative_ttl)
+                        .unwrap_or(DEFAULT_NEGATIVE_TTL),
+                )?,
+                max_entries: flags
+                    .max_entries
+                    .or(file.max_entries)
+                    .unwrap_or(DEFAULT_MAX_ENTRIES),
+                serve_stale: seconds_or_zero(
+                    "serve-stale",
+                    flags
+                        .serve_stale
+                        .or(file.serve_stale)
+                        .unwrap_or(DEFAULT_SERVE_STALE),
+                )?,
+            },
+            refresh: seconds(
+                "refresh",
+                flags.refresh.or(file.refresh).unwrap_or(DEFAULT_REFRESH),
             )?,
         })
     }
@@ -172,5 +224,20 @@ mod tests {
         };
         let e = Config::resolve(FileConfig::default(), flags).unwrap_err();
         assert!(e.to_string().contains("upstream-timeout"), "{e}");
+        let flags = FileConfig {
+            refresh: Some(0.0),
+            ..Default::default()
+        };
+        let e = Config::resolve(FileConfig::default(), flags).unwrap_err();
+        assert!(e.to_string().contains("refresh"), "{e}");
+        let flags = FileConfig {
+            serve_stale: Some(0.0),
+            ttl: Some(300.0),
+            ..Default::default()
+        };
+        let c = Config::resolve(FileConfig::default(), flags).unwrap();
+        assert_eq!(c.cache.serve_stale, Duration::ZERO);
+        assert_eq!(c.cache.ttl, Duration::from_secs(300));
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(10));
     }
 }

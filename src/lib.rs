@@ -5,6 +5,7 @@
 //! persistent connection per transport class) → back the same way. See
 //! ARCHITECTURE.md.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod listen;
@@ -65,6 +66,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             port: config.rpcbind_port,
         },
         config.upstream_timeout,
+        config.cache,
     );
     if let Err(e) = proxy.upstream(Class::Unix).ensure_connected().await {
         warn!(socket = %config.rpcbind_socket.display(), error = %e, "rpcbind not reachable yet; will keep trying");
@@ -78,6 +80,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             shutdown.clone(),
         )));
     }
+    tasks.push(tokio::spawn(
+        proxy.clone().refresh_loop(config.refresh, shutdown.clone()),
+    ));
     systemd::ready();
     for t in tasks {
         let _ = t.await;

@@ -24,7 +24,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
 use crate::policy::Peer;
-use crate::rpc::{put_record, RecordCodec, MAX_CLIENT_RECORD};
+use crate::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
 use crate::service::{Outcome, Proxy};
 
 /// Calls one stream client may have in flight before the proxy stops reading
@@ -234,6 +234,14 @@ where
                         break false;
                     }
                 }
+                Outcome::Shared(reply, xid) => {
+                    out.clear();
+                    put_record(&mut out, &reply);
+                    set_xid(&mut out[4..], xid);
+                    if wr.write_all(&out).await.is_err() {
+                        break false;
+                    }
+                }
                 Outcome::NoReply => {}
                 Outcome::Close => break false,
             },
@@ -263,10 +271,17 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
         let proxy = proxy.clone();
         let socket = socket.clone();
         tokio::spawn(async move {
-            if let Outcome::Reply(reply) = proxy.handle(record, Peer::Udp(from)).await {
-                if let Err(e) = socket.send_to(&reply, from).await {
-                    debug!(%from, error = %e, "udp send failed");
+            let sent = match proxy.handle(record, Peer::Udp(from)).await {
+                Outcome::Reply(reply) => socket.send_to(&reply, from).await,
+                Outcome::Shared(reply, xid) => {
+                    let mut dg = BytesMut::from(&reply[..]);
+                    set_xid(&mut dg, xid);
+                    socket.send_to(&dg, from).await
                 }
+                Outcome::NoReply | Outcome::Close => return,
+            };
+            if let Err(e) = sent {
+                debug!(%from, error = %e, "udp send failed");
             }
         });
     }

@@ -68,6 +68,14 @@ impl Class {
         }
     }
 
+    /// The netid rpcbind gives this transport (`local` for its unix socket).
+    pub fn netid(self) -> &'static str {
+        match self {
+            Class::Unix => "local",
+            other => other.name(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Class::Unix => "unix",

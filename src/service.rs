@@ -6,7 +6,7 @@
 //! after the XID; `tests/differential.rs` holds the proof. The cache (a later
 //! stage) slots in at `forward`, in front of the upstream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::debug;
 
+use crate::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
 use crate::policy::{callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route};
 use crate::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
 use crate::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
@@ -27,6 +28,10 @@ use crate::upstream::{self, Target, Upstream, UpstreamError};
 pub enum Outcome {
     /// Send this reply.
     Reply(Bytes),
+    /// Send these shared bytes (a cached reply) with this XID in place of
+    /// theirs; the writer patches it while copying, so a hit allocates
+    /// nothing.
+    Shared(Bytes, u32),
     /// Send nothing; keep the connection.
     NoReply,
     /// Send nothing; close a stream connection (UDP: drop the datagram).
@@ -54,10 +59,11 @@ pub struct Stats {
     pub upstream_failures: AtomicU64,
 }
 
-/// The proxy's shared state: one `Upstream` per class.
+/// The proxy's shared state: one `Upstream` per class, and the cache.
 #[derive(Debug)]
 pub struct Proxy {
     upstreams: HashMap<Class, Upstream>,
+    pub cache: Cache,
     rpcbind: RpcbindAddr,
     timeout: Duration,
     /// At most one connection at a time opened under a caller's identity.
@@ -66,7 +72,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(rpcbind: RpcbindAddr, timeout: Duration) -> Arc<Proxy> {
+    pub fn new(rpcbind: RpcbindAddr, timeout: Duration, cache: CacheConfig) -> Arc<Proxy> {
         let port = rpcbind.port;
         let upstreams = Class::ALL
             .into_iter()
@@ -85,6 +91,7 @@ impl Proxy {
             .collect();
         Arc::new(Proxy {
             upstreams,
+            cache: Cache::new(cache),
             rpcbind,
             timeout,
             as_user: Semaphore::new(1),
@@ -134,14 +141,36 @@ impl Proxy {
                     .await
             }
             Route::Upstream(class) => {
-                let rewritten = self.hint_for(class, procedure, &args, &call, peer).await;
-                let record = rewritten.as_deref().unwrap_or(&record);
-                self.forward(class, record, procedure, call.xid, verf).await
+                // Only replies whose verifier is AUTH_NONE are shared: an
+                // AUTH_SYS call with a verifier gets it echoed back.
+                let key = (verf == OpaqueAuth::NONE)
+                    .then(|| Key::of(call.vers, procedure, &args, class, peer.ip()))
+                    .flatten();
+                match key {
+                    Some(key) => {
+                        self.cached(key, class, &record, procedure, &args, &call, peer)
+                            .await
+                    }
+                    None => {
+                        let result = self
+                            .fetch(class, &record, procedure, &args, &call, peer)
+                            .await;
+                        self.reply_or_error(result, call.xid, verf)
+                    }
+                }
             }
-            Route::AsUser { uid, gid } => self.forward_as(uid, gid, &record, call.xid, verf).await,
+            Route::AsUser { uid, gid } => {
+                let result = self.forward_as(uid, gid, &record).await;
+                self.reply_or_error(result, call.xid, verf)
+            }
         };
+        if matches!(procedure, Procedure::Set | Procedure::Unset) {
+            self.registration_passed(&args, &outcome);
+        }
         match outcome {
-            Outcome::Reply(r) if peer.is_datagram() && r.len() > MAX_UDP_REPLY => {
+            Outcome::Reply(ref r) | Outcome::Shared(ref r, _)
+                if peer.is_datagram() && r.len() > MAX_UDP_REPLY =>
+            {
                 // rpcbind cannot send this as a datagram: PMAP v2 sends
                 // nothing, v3/v4 answer SYSTEM_ERR.
                 if call.vers == 2 {
@@ -202,13 +231,7 @@ impl Proxy {
 
     /// rpcbind's registrations, read with a v4 DUMP over the unix upstream.
     pub async fn registrations(&self) -> Result<Vec<RpcbEntry>, UpstreamError> {
-        let call = rpc::encode_call(0, rpcb::PROGRAM, 4, 4, &[]);
-        let reply = self.upstream(Class::Unix).call(&call, true).await?;
-        let parsed = rpc::parse_reply(&reply).map_err(|_| UpstreamError::BadReply)?;
-        if parsed.accept != Some(AcceptStat::Success) {
-            return Err(UpstreamError::BadReply);
-        }
-        rpcb::decode_rpcblist(parsed.body).map_err(|_| UpstreamError::BadReply)
+        decode_dump(&self.dump().await?)
     }
 
     fn header_error(&self, e: HeaderError, peer: Peer) -> Outcome {
@@ -219,37 +242,80 @@ impl Proxy {
         Outcome::Close
     }
 
-    async fn forward(
+    /// Answers a cacheable call from the cache, or fetches it once however
+    /// many clients ask at the same time.
+    #[allow(clippy::too_many_arguments)]
+    async fn cached(
+        &self,
+        key: Key,
+        class: Class,
+        record: &[u8],
+        procedure: Procedure,
+        args: &Args<'_>,
+        call: &Call<'_>,
+        peer: Peer,
+    ) -> Outcome {
+        let none = OpaqueAuth::NONE;
+        match self.cache.lookup(key) {
+            Lookup::Hit(reply) => Outcome::Shared(reply, call.xid),
+            Lookup::Wait(mut rx) => match tokio::time::timeout(self.timeout, rx.recv()).await {
+                Ok(Ok(Ok(reply))) => Outcome::Shared(reply, call.xid),
+                Ok(Ok(Err(e))) => self.upstream_failed(e, call.xid, none),
+                // The fetching client went away (or took too long): ask
+                // rpcbind ourselves.
+                _ => {
+                    let result = self.fetch(class, record, procedure, args, call, peer).await;
+                    self.reply_or_error(result, call.xid, none)
+                }
+            },
+            Lookup::Miss { ticket, stale } => {
+                let result = self.fetch(class, record, procedure, args, call, peer).await;
+                self.cache.complete(ticket, &result);
+                match (result, stale) {
+                    (Err(UpstreamError::Unavailable | UpstreamError::Timeout), Some(stale)) => {
+                        self.cache.served_stale();
+                        Outcome::Shared(stale, call.xid)
+                    }
+                    (result, _) => self.reply_or_error(result, call.xid, none),
+                }
+            }
+        }
+    }
+
+    /// Asks rpcbind over the connection of `class`.
+    async fn fetch(
         &self,
         class: Class,
         record: &[u8],
         procedure: Procedure,
-        xid: u32,
-        verf: OpaqueAuth<'_>,
-    ) -> Outcome {
+        args: &Args<'_>,
+        call: &Call<'_>,
+        peer: Peer,
+    ) -> Result<Bytes, UpstreamError> {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let up = self.upstream(class);
-        match up.call(record, procedure.is_idempotent()).await {
-            Ok(reply) => Outcome::Reply(reply),
-            Err(e) => self.upstream_failed(e, xid, verf),
-        }
+        let rewritten = self.hint_for(class, procedure, args, call, peer).await;
+        let record = rewritten.as_deref().unwrap_or(record);
+        self.upstream(class)
+            .call(record, procedure.is_idempotent())
+            .await
     }
 
-    async fn forward_as(
+    async fn forward_as(&self, uid: u32, gid: u32, record: &[u8]) -> Result<Bytes, UpstreamError> {
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let _permit = self
+            .as_user
+            .acquire()
+            .await
+            .map_err(|_| UpstreamError::Unavailable)?;
+        upstream::call_as_user(&self.rpcbind.socket, uid, gid, record, self.timeout).await
+    }
+
+    fn reply_or_error(
         &self,
-        uid: u32,
-        gid: u32,
-        record: &[u8],
+        result: Result<Bytes, UpstreamError>,
         xid: u32,
         verf: OpaqueAuth<'_>,
     ) -> Outcome {
-        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let result = match self.as_user.acquire().await {
-            Ok(_permit) => {
-                upstream::call_as_user(&self.rpcbind.socket, uid, gid, record, self.timeout).await
-            }
-            Err(_) => Err(UpstreamError::Unavailable),
-        };
         match result {
             Ok(reply) => Outcome::Reply(reply),
             Err(e) => self.upstream_failed(e, xid, verf),
@@ -260,6 +326,70 @@ impl Proxy {
         debug!(error = %e, "call to rpcbind failed");
         self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
         Outcome::Reply(rpc::accepted_reply(xid, verf, AcceptStat::SystemErr, &[]))
+    }
+
+    /// A SET or UNSET rpcbind accepted changes what the cache knows of that
+    /// program: drop its entries now rather than at the next refresh.
+    fn registration_passed(&self, args: &Args<'_>, outcome: &Outcome) {
+        let prog = match args {
+            Args::Mapping(m) => m.prog,
+            Args::Rpcb(r) => r.prog,
+            _ => return,
+        };
+        let Outcome::Reply(reply) = outcome else {
+            return;
+        };
+        let accepted = rpc::parse_reply(reply).is_ok_and(|r| {
+            r.accept == Some(AcceptStat::Success)
+                && r.body.get(..4).is_some_and(|b| b != [0, 0, 0, 0])
+        });
+        if accepted {
+            self.cache
+                .invalidate_programs(&BTreeSet::from([prog]), Invalidation::Registration);
+        }
+    }
+
+    /// Keeps the cache coherent with registrations made directly at rpcbind:
+    /// every `every`, one DUMP over the unix connection; when the list
+    /// changed, the entries of exactly the programs that changed are dropped.
+    /// While rpcbind is unreachable the last list is kept, so a restart is
+    /// noticed (as a change of everything it forgot) on the first DUMP after.
+    pub async fn refresh_loop(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut last: Option<(Bytes, Vec<RpcbEntry>)> = None;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let Ok(reply) = self.dump().await else {
+                continue;
+            };
+            if last.as_ref().is_some_and(|(raw, _)| raw[4..] == reply[4..]) {
+                continue;
+            }
+            let Ok(entries) = decode_dump(&reply) else {
+                continue;
+            };
+            if let Some((_, old)) = &last {
+                let changed = changed_programs(old, &entries);
+                let n = self
+                    .cache
+                    .invalidate_programs(&changed, Invalidation::Refresh);
+                debug!(programs = ?changed, entries = n, "registrations changed");
+            }
+            last = Some((reply, entries));
+        }
+    }
+
+    async fn dump(&self) -> Result<Bytes, UpstreamError> {
+        let call = rpc::encode_call(0, rpcb::PROGRAM, 4, 4, &[]);
+        self.upstream(Class::Unix).call(&call, true).await
     }
 
     /// rpcbind merges a registered address with the caller's (or the
@@ -301,6 +431,14 @@ impl Proxy {
         .encode(&mut out);
         Some(out)
     }
+}
+
+fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
+    let parsed = rpc::parse_reply(reply).map_err(|_| UpstreamError::BadReply)?;
+    if parsed.accept != Some(AcceptStat::Success) {
+        return Err(UpstreamError::BadReply);
+    }
+    rpcb::decode_rpcblist(parsed.body).map_err(|_| UpstreamError::BadReply)
 }
 
 /// A universal address (RFC 5665): `h1.h2.h3.h4.p1.p2` or `ipv6.p1.p2`.
