@@ -468,7 +468,8 @@ pub enum Invalidation {
 
 /// The programs whose registrations differ between two DUMPs.
 pub fn changed_programs(old: &[RpcbEntry], new: &[RpcbEntry]) -> BTreeSet<u32> {
-    fn by_prog(list: &[RpcbEntry]) -> HashMap<u32, BTreeSet<(u32, &[u8], &[u8], &[u8])>> {
+    type Registrations<'a> = BTreeSet<(u32, &'a [u8], &'a [u8], &'a [u8])>;
+    fn by_prog(list: &[RpcbEntry]) -> HashMap<u32, Registrations<'_>> {
         let mut m: HashMap<u32, BTreeSet<_>> = HashMap::new();
         for e in list {
             m.entry(e.prog)

@@ -467,8 +467,7 @@ mod tests {
     #[test]
     fn endless_empty_fragments_are_cut_off() {
         let mut c = RecordCodec::new(9000);
-        let wire: Vec<u8> = std::iter::repeat([0u8, 0, 0, 0])
-            .take(2000)
+        let wire: Vec<u8> = std::iter::repeat_n([0u8, 0, 0, 0], 2000)
             .flatten()
             .collect();
         assert!(matches!(
