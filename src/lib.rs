@@ -72,6 +72,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         warn!(socket = %config.rpcbind_socket.display(), error = %e, "rpcbind not reachable yet; will keep trying");
     }
     let mut tasks = Vec::new();
+    // A baseline of rpcbind's registrations before clients come, so that a
+    // change made right after start-up is seen as one.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let refresh = proxy
+        .clone()
+        .refresh_loop(config.refresh, first_tx, shutdown.clone());
+    tasks.push(tokio::spawn(refresh));
+    let _ = first_rx.await;
     for (spec, b) in bound {
         info!(%spec, "listening");
         tasks.push(tokio::spawn(listen::serve(
@@ -80,9 +88,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             shutdown.clone(),
         )));
     }
-    tasks.push(tokio::spawn(
-        proxy.clone().refresh_loop(config.refresh, shutdown.clone()),
-    ));
     systemd::ready();
     for t in tasks {
         let _ = t.await;

@@ -354,12 +354,16 @@ impl Proxy {
     /// changed, the entries of exactly the programs that changed are dropped.
     /// While rpcbind is unreachable the last list is kept, so a restart is
     /// noticed (as a change of everything it forgot) on the first DUMP after.
+    /// `first` is told when the first DUMP was tried, so start-up can wait for
+    /// a baseline before clients come.
     pub async fn refresh_loop(
         self: Arc<Self>,
         every: Duration,
+        first: tokio::sync::oneshot::Sender<()>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut last: Option<(Bytes, Vec<RpcbEntry>)> = None;
+        let mut first = Some(first);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -367,21 +371,30 @@ impl Proxy {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let Ok(reply) = self.dump().await else {
-                continue;
-            };
+            let dump = self.dump().await;
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
+            let Ok(reply) = dump else { continue };
             if last.as_ref().is_some_and(|(raw, _)| raw[4..] == reply[4..]) {
                 continue;
             }
             let Ok(entries) = decode_dump(&reply) else {
                 continue;
             };
-            if let Some((_, old)) = &last {
-                let changed = changed_programs(old, &entries);
-                let n = self
-                    .cache
-                    .invalidate_programs(&changed, Invalidation::Refresh);
-                debug!(programs = ?changed, entries = n, "registrations changed");
+            match &last {
+                Some((_, old)) => {
+                    let changed = changed_programs(old, &entries);
+                    let n = self
+                        .cache
+                        .invalidate_programs(&changed, Invalidation::Refresh);
+                    debug!(programs = ?changed, entries = n, "registrations changed");
+                }
+                // Whatever was cached before there was a list to compare
+                // with cannot be checked: start clean.
+                None => {
+                    self.cache.flush(Invalidation::Refresh);
+                }
             }
             last = Some((reply, entries));
         }

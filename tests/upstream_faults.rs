@@ -9,12 +9,18 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use rpcbind_proxy::rpc::{encode_call, xid_of, RecordCodec};
+use rpcbind_proxy::cache::CacheConfig;
+use rpcbind_proxy::policy::Peer;
+use rpcbind_proxy::rpc::{
+    accepted_reply, encode_call, parse_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec,
+};
+use rpcbind_proxy::service::{Outcome, Proxy, RpcbindAddr};
 use rpcbind_proxy::upstream::{Target, Upstream, UpstreamError};
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
 
-/// What the fake does with the n-th call it receives on a connection.
+/// What the fake does with the n-th call it receives on a connection
+/// (`calls` counts every call it received).
 #[derive(Clone, Copy, Debug)]
 enum Act {
     /// Echo the call back as the "reply" (the payload names the call).
@@ -26,11 +32,14 @@ enum Act {
     Close,
     /// Send a record mark claiming 1 GiB.
     Garbage,
+    /// After a delay, answer as rpcbind answers a GETPORT: SUCCESS, port.
+    SlowPort(u32),
 }
 
 struct Fake {
     path: PathBuf,
     connections: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
     _dir: TempDir,
 }
 
@@ -50,17 +59,21 @@ fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
     let listener = UnixListener::bind(&path).unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let conns = connections.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let calls2 = calls.clone();
     let script = Arc::new(script);
     tokio::spawn(async move {
         loop {
             let (s, _) = listener.accept().await.unwrap();
             let n = conns.fetch_add(1, Ordering::SeqCst);
             let script = script.clone();
+            let calls = calls2.clone();
             tokio::spawn(async move {
                 let mut framed = Framed::new(s, RecordCodec::new(1 << 20));
                 let mut held: Option<BytesMut> = None;
                 let mut i = 0;
                 while let Some(Ok(call)) = framed.next().await {
+                    calls.fetch_add(1, Ordering::SeqCst);
                     let act = script(n, i);
                     i += 1;
                     match act {
@@ -71,6 +84,17 @@ fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
                             }
                         }
                         Act::Hold => held = Some(call),
+                        Act::SlowPort(port) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            let xid = xid_of(&call).unwrap();
+                            let reply = accepted_reply(
+                                xid,
+                                OpaqueAuth::NONE,
+                                AcceptStat::Success,
+                                &port.to_be_bytes(),
+                            );
+                            framed.send(&reply[..]).await.unwrap();
+                        }
                         Act::Silence => {}
                         Act::Close => return,
                         Act::Garbage => {
@@ -88,6 +112,7 @@ fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
     Fake {
         path,
         connections,
+        calls,
         _dir: TempDir(dir),
     }
 }
@@ -221,4 +246,56 @@ async fn many_concurrent_calls_share_one_connection() {
         assert_eq!((xid_of(&r), tag_of(&r)), (Some(i as u32), i as u32));
     }
     assert_eq!(f.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_make_one_upstream_call() {
+    let f = fake(|_, _| Act::SlowPort(2049));
+    let proxy = Proxy::new(
+        RpcbindAddr {
+            socket: f.path.clone(),
+            port: 1,
+        },
+        Duration::from_secs(5),
+        CacheConfig::default(),
+    );
+    let mut getport = BytesMut::new();
+    for v in [300001u32, 1, 6, 0] {
+        getport.put_u32(v);
+    }
+    let tasks: Vec<_> = (0..100u32)
+        .map(|i| {
+            let proxy = proxy.clone();
+            let record = encode_call(1000 + i, 100000, 2, 3, &getport);
+            tokio::spawn(async move {
+                proxy
+                    .handle(
+                        record,
+                        Peer::Unix {
+                            uid: 0,
+                            gid: 0,
+                            pid: None,
+                        },
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (reply, xid) = match t.await.unwrap() {
+            Outcome::Reply(r) => (r.clone(), xid_of(&r).unwrap()),
+            Outcome::Shared(r, xid) => (r, xid),
+            other => panic!("client {i}: {other:?}"),
+        };
+        assert_eq!(xid, 1000 + i as u32, "each client gets its own XID");
+        assert_eq!(parse_reply(&reply).unwrap().body, &2049u32.to_be_bytes());
+    }
+    assert_eq!(
+        f.calls.load(Ordering::SeqCst),
+        1,
+        "one call reached the upstream"
+    );
+    let stats = &proxy.cache.stats;
+    let waited = stats.coalesced.load(Ordering::Relaxed) + stats.hits.load(Ordering::Relaxed);
+    assert_eq!((stats.misses.load(Ordering::Relaxed), waited), (1, 99));
 }

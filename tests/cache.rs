@@ -1,0 +1,165 @@
+//! The cache against the real rpcbind: answers change within the refresh
+//! interval whatever the TTL, a restarted rpcbind is re-learnt, and rpcbind
+//! stops seeing the lookups the proxy answers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A TTL far longer than any test: only coherence can change an answer.
+const LONG_TTL: [&str; 6] = [
+    "--ttl",
+    "300",
+    "--negative-ttl",
+    "300",
+    "--log-level",
+    "debug",
+];
+/// The default refresh interval, plus room for one DUMP and the poll step.
+const STALENESS_BOUND: Duration = Duration::from_millis(1500);
+
+fn long_ttl() -> Options {
+    Options {
+        proxy: true,
+        proxy_args: LONG_TTL.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn getport(prog: u32) -> Call {
+    Call::new(
+        PMAP_PROG,
+        2,
+        PMAPPROC_GETPORT,
+        pmap_args(prog, 1, IPPROTO_TCP, 0),
+    )
+}
+
+async fn proxy_port(sb: &Sandbox, transport: Transport, prog: u32) -> u32 {
+    let out = sb.call(Target::Proxy, transport, &getport(prog)).await;
+    decode_u32(&out.expect_results("GETPORT through the proxy")).unwrap()
+}
+
+/// Polls the proxy until it answers `want`; returns how long that took.
+async fn time_until(sb: &Sandbox, prog: u32, want: u32, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = proxy_port(sb, Transport::Unix, prog).await;
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "proxy still answers {got} for {prog} after {limit:?} (want {want})\n{}",
+            sb.proxy_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_direct_change_shows_within_the_refresh_interval() {
+    run_with(long_ttl(), |sb| async move {
+        assert!(sb.rpcbind_set(500001, 1, "tcp", "0.0.0.0.8.1").await);
+        assert_eq!(proxy_port(&sb, Transport::Unix, 500001).await, 2049);
+        assert_eq!(proxy_port(&sb, Transport::Udp, 500001).await, 2049);
+        // Change it behind the proxy's back.
+        assert!(sb.rpcbind_unset(500001, 1, "tcp").await);
+        assert!(sb.rpcbind_set(500001, 1, "tcp", "0.0.0.0.8.2").await);
+        let took = time_until(&sb, 500001, 2050, STALENESS_BOUND).await;
+        eprintln!("staleness after a direct change: {took:?}");
+    });
+}
+
+#[test]
+fn a_program_that_appears_or_disappears_shows_within_the_refresh_interval() {
+    run_with(long_ttl(), |sb| async move {
+        // Cached as not registered (a negative entry with a 300 s TTL).
+        assert_eq!(proxy_port(&sb, Transport::Tcp, 500002).await, 0);
+        assert_eq!(proxy_port(&sb, Transport::Unix, 500002).await, 0);
+        assert!(sb.rpcbind_set(500002, 1, "tcp", "0.0.0.0.8.3").await);
+        let appeared = time_until(&sb, 500002, 2051, STALENESS_BOUND).await;
+        assert!(sb.rpcbind_unset(500002, 1, "tcp").await);
+        let gone = time_until(&sb, 500002, 0, STALENESS_BOUND).await;
+        eprintln!("staleness: appear {appeared:?}, disappear {gone:?}");
+    });
+}
+
+#[test]
+fn a_restarted_rpcbind_is_relearnt() {
+    run_with(long_ttl(), |mut sb| async move {
+        assert!(sb.rpcbind_set(500003, 1, "tcp", "0.0.0.0.8.1").await);
+        assert_eq!(proxy_port(&sb, Transport::Unix, 500003).await, 2049);
+        sb.restart_rpcbind().await;
+        // The new rpcbind knows nothing of 500003 until it registers again,
+        // on another port.
+        assert!(sb.rpcbind_set(500003, 1, "tcp", "0.0.0.0.8.9").await);
+        // Reconnect backoff (at most 2 s) plus one refresh.
+        let took = time_until(&sb, 500003, 2057, Duration::from_secs(5)).await;
+        eprintln!("re-learnt after a restart in {took:?}");
+    });
+}
+
+/// Lookups rpcbind itself served (GETPORT, GETADDR, GETVERSADDR,
+/// GETADDRLIST), from its own counters (v4 GETSTAT, as `rpcinfo -m`).
+async fn rpcbind_lookups(sb: &Sandbox) -> u64 {
+    let call = Call::rpcb(4, RPCBPROC_GETSTAT, vec![]);
+    let stat = sb.call(Target::Direct, Transport::Unix, &call).await;
+    let body = stat.expect_results("GETSTAT");
+    let mut r = XdrReader::new(&body);
+    let mut total = 0u64;
+    for vers in [2, 3, 4] {
+        let info: Vec<u32> = (0..13).map(|_| r.u32().unwrap()).collect();
+        total += info[3] as u64; // GETPORT (v2) / GETADDR (v3, v4)
+        if vers == 4 {
+            total += (info[9] + info[11]) as u64;
+        }
+        let (_set, _unset) = (r.u32().unwrap(), r.u32().unwrap());
+        while r.bool().unwrap() {
+            // rpcbs_addrlist: prog, vers, success, failure, netid
+            for _ in 0..4 {
+                r.u32().unwrap();
+            }
+            r.string().unwrap();
+        }
+        while r.bool().unwrap() {
+            // rpcbs_rmtcalllist: prog, vers, proc, success, failure, indirect, netid
+            for _ in 0..6 {
+                r.u32().unwrap();
+            }
+            r.string().unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn rpcbind_sees_a_handful_of_ten_thousand_lookups() {
+    run(|sb| async move {
+        assert!(sb.rpcbind_set(500004, 1, "tcp", "0.0.0.0.8.1").await);
+        assert!(sb.rpcbind_set(500004, 1, "udp", "0.0.0.0.8.1").await);
+        let before = rpcbind_lookups(&sb).await;
+        let getaddr = Call::rpcb(3, RPCBPROC_GETADDR, rpcb_args(500004, 1, "tcp", "", ""));
+        let calls = [getport(500004), getaddr];
+        let mut served = 0;
+        for transport in Transport::ALL {
+            let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, transport))
+                .await
+                .unwrap();
+            for i in 0..3334 {
+                let out = conn.call(&calls[i % 2].fresh()).await;
+                assert!(out.is_success(), "{transport:?} lookup {i}: {out}");
+                served += 1;
+            }
+        }
+        let upstream = rpcbind_lookups(&sb).await - before;
+        eprintln!("{served} lookups through the proxy, {upstream} reached rpcbind");
+        // One miss per distinct question: GETPORT once (shared by every
+        // transport), GETADDR once per arrival class.
+        assert!(
+            upstream <= 6,
+            "rpcbind served {upstream} of {served} lookups"
+        );
+    });
+}
