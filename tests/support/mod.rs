@@ -1,0 +1,933 @@
+//! Sandbox harness shared by the integration tests.
+//!
+//! Every test body runs on a fresh thread that has unshared its network
+//! namespace, with a tokio current_thread runtime built on that thread, so
+//! every socket the test opens (and every child it spawns) lives in a private
+//! network namespace with its own loopback, 127.0.0.1:111 and 127.0.0.1:1111.
+//!
+//! Inside that namespace:
+//! - an *anchor* process (`sleep infinity` in a new mount namespace with a
+//!   tmpfs on /run) holds the private mount namespace. rpcbind and the proxy
+//!   are started inside it with `nsenter -m`, so rpcbind can be killed and
+//!   restarted without the namespace (and the proxy's view of
+//!   /run/rpcbind.sock) going away;
+//! - rpcbind (`rpcbind -f`), with its unix socket at /run/rpcbind.sock,
+//!   reachable from the test as `/proc/<anchor>/root/run/rpcbind.sock`;
+//! - the proxy under test, listening on /run/rpcbind-proxy/rpcbind.sock,
+//!   127.0.0.1:1111 (TCP and UDP), readiness signalled with sd_notify.
+//!
+//! All children are killed and reaped when the [`Sandbox`] is dropped; if the
+//! test is failing, the proxy's and rpcbind's output is printed.
+#![allow(dead_code)]
+
+pub mod rpc;
+pub use rpc::*;
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Port the proxy listens on (TCP and UDP) in the sandbox.
+pub const PROXY_PORT: u16 = 1111;
+/// rpcbind's port.
+pub const RPCBIND_PORT: u16 = 111;
+/// Bound on every readiness wait (rpcbind's socket, the proxy's READY=1).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on commands run with [`Sandbox::run_in_ns`].
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Paths as seen inside the sandbox's mount namespace.
+pub const RPCBIND_SOCK: &str = "/run/rpcbind.sock";
+pub const PROXY_DIR: &str = "/run/rpcbind-proxy";
+pub const PROXY_SOCK: &str = "/run/rpcbind-proxy/rpcbind.sock";
+pub const CONTROL_SOCK: &str = "/run/rpcbind-proxy/control.sock";
+
+/// How a call travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Unix,
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Unix, Transport::Tcp, Transport::Udp];
+    pub const STREAMS: [Transport; 2] = [Transport::Unix, Transport::Tcp];
+}
+
+/// Whom a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// rpcbind itself: /run/rpcbind.sock, 127.0.0.1:111.
+    Direct,
+    /// The proxy: /run/rpcbind-proxy/rpcbind.sock, 127.0.0.1:1111.
+    Proxy,
+}
+
+/// What [`run_with`] starts before handing the sandbox to the test.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Start the proxy (and wait for READY=1) before the test body runs.
+    pub proxy: bool,
+    /// Extra arguments appended to the proxy's `serve` command line.
+    pub proxy_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            proxy: true,
+            proxy_args: Vec::new(),
+        }
+    }
+}
+
+/// Runs `body` in a fresh sandbox with rpcbind and the proxy running.
+pub fn run<F, Fut>(body: F)
+where
+    F: FnOnce(Sandbox) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    run_with(Options::default(), body)
+}
+
+/// Runs `body` in a fresh sandbox with rpcbind only; the body may start the
+/// proxy itself with [`Sandbox::start_proxy`].
+pub fn run_without_proxy<F, Fut>(body: F)
+where
+    F: FnOnce(Sandbox) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    run_with(
+        Options {
+            proxy: false,
+            ..Options::default()
+        },
+        body,
+    )
+}
+
+/// Runs `body` on a new thread in a private network namespace, on a
+/// current_thread runtime built on that thread, with a sandbox started as
+/// `opts` says. A panic in the body (or in the sandbox's start) is re-raised
+/// on the calling test thread.
+pub fn run_with<F, Fut>(opts: Options, body: F)
+where
+    F: FnOnce(Sandbox) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("sandbox")
+        .to_owned();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            enter_private_netns();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the tokio runtime");
+            rt.block_on(async move {
+                let sb = match Sandbox::start(&opts).await {
+                    Ok(sb) => sb,
+                    Err(e) => panic!("sandbox did not start: {e}"),
+                };
+                body(sb).await;
+            });
+        })
+        .expect("spawning the sandbox thread");
+    if let Err(panic) = handle.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Moves the calling thread into a new network namespace and brings `lo` up.
+/// Only this thread (and what it spawns) is affected.
+fn enter_private_netns() {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET) (the tests must run as root)");
+    let out = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running `ip link set lo up`");
+    assert!(
+        out.status.success(),
+        "`ip link set lo up` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------
+
+/// A child process, reaped by a thread of its own.
+///
+/// The reaper first waits with WNOWAIT (the child stays a zombie, so its pid
+/// cannot be reused), then reaps it while holding the lock that
+/// [`Proc::signal`] takes: a signal is never sent to a reaped (possibly
+/// reused) pid.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    pid: Pid,
+    cell: Arc<ExitCell>,
+}
+
+#[derive(Debug)]
+struct ExitCell {
+    status: Mutex<Option<String>>,
+    cv: Condvar,
+    exited: watch::Sender<bool>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command) -> io::Result<(Proc, std::process::Child)> {
+        let child = cmd.spawn()?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let cell = Arc::new(ExitCell {
+            status: Mutex::new(None),
+            cv: Condvar::new(),
+            exited: watch::Sender::new(false),
+        });
+        let reaper_cell = Arc::clone(&cell);
+        std::thread::Builder::new()
+            .name(format!("reap-{name}-{pid}"))
+            .spawn(move || reap(pid, &reaper_cell))?;
+        Ok((Proc { name, pid, cell }, child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
+    }
+
+    /// How it ended, once it has.
+    fn exit_status(&self) -> Option<String> {
+        self.cell.status.lock().unwrap().clone()
+    }
+
+    /// Sends `sig` unless the process has already been reaped.
+    fn signal(&self, sig: Signal) {
+        let status = self.cell.status.lock().unwrap();
+        if status.is_none() {
+            let _ = kill(self.pid, sig);
+        }
+    }
+
+    async fn wait(&self) -> String {
+        let mut rx = self.cell.exited.subscribe();
+        let _ = rx.wait_for(|&done| done).await;
+        self.exit_status().unwrap_or_default()
+    }
+
+    async fn wait_timeout(&self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.wait()).await.ok()
+    }
+
+    fn wait_blocking(&self, timeout: Duration) -> Option<String> {
+        let guard = self.cell.status.lock().unwrap();
+        let (guard, _) = self
+            .cell
+            .cv
+            .wait_timeout_while(guard, timeout, |s| s.is_none())
+            .unwrap();
+        guard.clone()
+    }
+
+    /// SIGKILL and wait (blocking) until reaped.
+    fn kill_blocking(&self) {
+        self.signal(Signal::SIGKILL);
+        if self.wait_blocking(Duration::from_secs(10)).is_none() {
+            eprintln!(
+                "{} (pid {}) not reaped 10 s after SIGKILL",
+                self.name, self.pid
+            );
+        }
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL; blocking.
+    fn terminate_blocking(&self, grace: Duration) -> Option<String> {
+        self.signal(Signal::SIGTERM);
+        if let Some(s) = self.wait_blocking(grace) {
+            return Some(s);
+        }
+        eprintln!(
+            "{} (pid {}) still running {grace:?} after SIGTERM; sending SIGKILL",
+            self.name, self.pid
+        );
+        self.kill_blocking();
+        None
+    }
+}
+
+fn reap(pid: Pid, cell: &ExitCell) {
+    // Wait for the exit without reaping: the pid stays reserved meanwhile.
+    let exited = || waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+    while matches!(exited(), Err(Errno::EINTR)) {}
+    let mut status = cell.status.lock().unwrap();
+    let desc = loop {
+        match waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            Ok(WaitStatus::Exited(_, code)) => break format!("exit code {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break format!("killed by {sig}"),
+            Ok(other) => break format!("{other:?}"),
+            Err(e) => break format!("waitpid: {e}"),
+        }
+    };
+    *status = Some(desc);
+    cell.cv.notify_all();
+    drop(status);
+    cell.exited.send_replace(true);
+}
+
+/// Environment a daemon must not inherit from the test runner.
+const SCRUBBED_ENV: [&str; 5] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+];
+
+static SANDBOX_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+// ---------------------------------------------------------------------------
+// The sandbox
+// ---------------------------------------------------------------------------
+
+/// A private network + mount namespace with rpcbind and (optionally) the proxy.
+#[derive(Debug)]
+pub struct Sandbox {
+    anchor: Proc,
+    /// `/proc/<anchor>/root`, opened while root: `/proc/self/fd/<n>/...`
+    /// reaches the sandbox's files for any euid (see [`Sandbox::connect_unix_as`]).
+    root_dir: File,
+    rpcbind: Option<Proc>,
+    proxy: Option<Proc>,
+    /// Bound for the proxy's sd_notify messages while it runs.
+    notify: Option<UnixDatagram>,
+    proxy_starts: usize,
+    tmp: PathBuf,
+}
+
+impl Sandbox {
+    /// Starts the anchor and rpcbind, and the proxy if `opts.proxy`.
+    pub async fn start(opts: &Options) -> Result<Sandbox, String> {
+        let seq = SANDBOX_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp =
+            std::env::temp_dir().join(format!("rpcbind-proxy-test.{}.{seq}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+
+        let (anchor, root_dir) = start_anchor().await?;
+        let mut sb = Sandbox {
+            anchor,
+            root_dir,
+            rpcbind: None,
+            proxy: None,
+            notify: None,
+            proxy_starts: 0,
+            tmp,
+        };
+        sb.start_rpcbind().await?;
+        if opts.proxy {
+            let args: Vec<&str> = opts.proxy_args.iter().map(String::as_str).collect();
+            sb.start_proxy(&args).await?;
+        }
+        Ok(sb)
+    }
+
+    // --- pids and paths ---------------------------------------------------
+
+    /// Pid of the process holding the sandbox's mount namespace.
+    pub fn anchor_pid(&self) -> u32 {
+        self.anchor.pid()
+    }
+
+    pub fn rpcbind_pid(&self) -> Option<u32> {
+        self.rpcbind.as_ref().map(Proc::pid)
+    }
+
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(Proc::pid)
+    }
+
+    /// The sandbox's root directory as seen from the test process (root only).
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.anchor.pid))
+    }
+
+    /// A path inside the sandbox (`inner` is absolute, e.g. "/run/x"), as
+    /// seen from the test process (root only).
+    pub fn path(&self, inner: &str) -> PathBuf {
+        self.root().join(inner.trim_start_matches('/'))
+    }
+
+    pub fn rpcbind_unix(&self) -> PathBuf {
+        self.path(RPCBIND_SOCK)
+    }
+
+    pub fn proxy_unix(&self) -> PathBuf {
+        self.path(PROXY_SOCK)
+    }
+
+    pub fn control_unix(&self) -> PathBuf {
+        self.path(CONTROL_SOCK)
+    }
+
+    pub fn rpcbind_tcp(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, RPCBIND_PORT).into()
+    }
+
+    pub fn rpcbind_udp(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, RPCBIND_PORT).into()
+    }
+
+    pub fn proxy_tcp(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, PROXY_PORT).into()
+    }
+
+    pub fn proxy_udp(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, PROXY_PORT).into()
+    }
+
+    pub fn endpoint(&self, target: Target, transport: Transport) -> Endpoint {
+        match (target, transport) {
+            (Target::Direct, Transport::Unix) => Endpoint::Unix(self.rpcbind_unix()),
+            (Target::Direct, Transport::Tcp) => Endpoint::Tcp(self.rpcbind_tcp()),
+            (Target::Direct, Transport::Udp) => Endpoint::Udp(self.rpcbind_udp()),
+            (Target::Proxy, Transport::Unix) => Endpoint::Unix(self.proxy_unix()),
+            (Target::Proxy, Transport::Tcp) => Endpoint::Tcp(self.proxy_tcp()),
+            (Target::Proxy, Transport::Udp) => Endpoint::Udp(self.proxy_udp()),
+        }
+    }
+
+    /// Temporary directory of this sandbox (on the host's /tmp, which the
+    /// sandbox shares).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    // --- calls --------------------------------------------------------------
+
+    /// One call on a fresh connection.
+    pub async fn call(&self, target: Target, transport: Transport, call: &Call) -> Outcome {
+        call_once(&self.endpoint(target, transport), call).await
+    }
+
+    /// Connects to a unix socket of the sandbox (a path from
+    /// [`Sandbox::rpcbind_unix`] or [`Sandbox::proxy_unix`]) with the given
+    /// effective uid and gid, so the server sees them with SO_PEERCRED.
+    ///
+    /// `/proc/<anchor>/root` cannot be followed by an unprivileged euid (it
+    /// needs ptrace access to the anchor), so the path is rewritten to go
+    /// through a directory descriptor this process opened while root.
+    pub async fn connect_unix_as(&self, path: &Path, uid: u32, gid: u32) -> io::Result<Conn> {
+        let inner = path.strip_prefix(self.root()).map_err(|_| {
+            io::Error::other(format!("{} is not inside the sandbox", path.display()))
+        })?;
+        let via_fd =
+            PathBuf::from(format!("/proc/self/fd/{}", self.root_dir.as_raw_fd())).join(inner);
+        let std = rpcbind_proxy::sys::connect_unix_as(&via_fd, uid, gid)?;
+        Conn::from_std_unix(std)
+    }
+
+    /// Registers directly at rpcbind (v4 SET over its unix socket, as root).
+    pub async fn rpcbind_set(&self, prog: u32, vers: u32, netid: &str, addr: &str) -> bool {
+        let call = Call::rpcb(
+            4,
+            RPCBPROC_SET,
+            rpcb_args(prog, vers, netid, addr, "superuser"),
+        );
+        let out = self.call(Target::Direct, Transport::Unix, &call).await;
+        decode_bool(&out.expect_results("rpcbind SET")).unwrap()
+    }
+
+    /// Unregisters directly at rpcbind (v4 UNSET over its unix socket, as root).
+    pub async fn rpcbind_unset(&self, prog: u32, vers: u32, netid: &str) -> bool {
+        let call = Call::rpcb(4, RPCBPROC_UNSET, rpcb_args(prog, vers, netid, "", ""));
+        let out = self.call(Target::Direct, Transport::Unix, &call).await;
+        decode_bool(&out.expect_results("rpcbind UNSET")).unwrap()
+    }
+
+    /// rpcbind's registrations, read directly (v3 DUMP over its unix socket).
+    pub async fn rpcbind_dump(&self) -> Vec<RpcbEntry> {
+        let call = Call::rpcb(3, RPCBPROC_DUMP, vec![]);
+        let out = self.call(Target::Direct, Transport::Unix, &call).await;
+        decode_rpcb_list(&out.expect_results("rpcbind DUMP")).unwrap()
+    }
+
+    // --- rpcbind --------------------------------------------------------------
+
+    async fn start_rpcbind(&mut self) -> Result<(), String> {
+        // Remove the socket file a killed rpcbind leaves behind, so that the
+        // path exists only once the new rpcbind has bound it.
+        let _ = fs::remove_file(self.rpcbind_unix());
+        let log = self.log_file("rpcbind.log")?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.anchor.pid.to_string())
+            .args(["-m", "--", "rpcbind", "-f"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        for v in SCRUBBED_ENV {
+            cmd.env_remove(v);
+        }
+        let (proc, _child) =
+            Proc::spawn("rpcbind", &mut cmd).map_err(|e| format!("spawning rpcbind: {e}"))?;
+        self.rpcbind = Some(proc);
+
+        // rpcbind creates its unix socket after the inet ones: once a connect
+        // succeeds, every transport is listening.
+        let sock = self.rpcbind_unix();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.rpcbind.as_ref().and_then(Proc::exit_status) {
+                return Err(format!(
+                    "rpcbind exited ({status}) before accepting connections; its output:\n{}",
+                    self.read_log("rpcbind.log")
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "rpcbind did not accept connections on {} within {READY_TIMEOUT:?}; its output:\n{}",
+                    sock.display(),
+                    self.read_log("rpcbind.log")
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs rpcbind and waits until it is gone. Its socket file stays
+    /// behind, as after a crash.
+    pub async fn kill_rpcbind(&mut self) {
+        if let Some(p) = self.rpcbind.take() {
+            p.signal(Signal::SIGKILL);
+            if p.wait_timeout(READY_TIMEOUT).await.is_none() {
+                panic!("rpcbind (pid {}) not reaped after SIGKILL", p.pid);
+            }
+        }
+    }
+
+    /// Kills rpcbind (if running) and starts a fresh one (empty registrations)
+    /// in the same namespaces; returns once its unix socket accepts.
+    pub async fn restart_rpcbind(&mut self) {
+        self.kill_rpcbind().await;
+        if let Err(e) = self.start_rpcbind().await {
+            panic!("restarting rpcbind: {e}");
+        }
+    }
+
+    // --- the proxy --------------------------------------------------------------
+
+    /// Starts the proxy inside the sandbox's mount namespace:
+    /// `serve --listen unix:/run/rpcbind-proxy/rpcbind.sock --listen
+    /// tcp:127.0.0.1:1111 --listen udp:127.0.0.1:1111 --rpcbind-socket
+    /// /run/rpcbind.sock --control /run/rpcbind-proxy/control.sock`
+    /// followed by `extra_args`, and waits (at most 10 s) for READY=1.
+    pub async fn start_proxy(&mut self, extra_args: &[&str]) -> Result<(), String> {
+        assert!(self.proxy.is_none(), "the proxy is already running");
+        self.proxy_starts += 1;
+        // What systemd's RuntimeDirectory= would provide.
+        let dir = self.path(PROXY_DIR);
+        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+
+        let notify_path = self.tmp.join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)
+            .map_err(|e| format!("binding {}: {e}", notify_path.display()))?;
+        // Writable for the proxy even if it has dropped privileges.
+        fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod {}: {e}", notify_path.display()))?;
+
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.join("proxy.log"))
+            .map_err(|e| format!("opening proxy.log: {e}"))?;
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            &format!("unix:{PROXY_SOCK}"),
+            "--listen",
+            &format!("tcp:127.0.0.1:{PROXY_PORT}"),
+            "--listen",
+            &format!("udp:127.0.0.1:{PROXY_PORT}"),
+            "--rpcbind-socket",
+            RPCBIND_SOCK,
+            "--control",
+            CONTROL_SOCK,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let bin = env!("CARGO_BIN_EXE_rpcbind-proxy");
+        let _ = writeln!(
+            log,
+            "=== proxy start #{}: {bin} {}",
+            self.proxy_starts,
+            args.join(" ")
+        );
+
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.anchor.pid.to_string())
+            .args(["-m", "--", bin])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        for v in SCRUBBED_ENV {
+            cmd.env_remove(v);
+        }
+        cmd.env("NOTIFY_SOCKET", &notify_path);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "debug");
+        }
+        cmd.env("RUST_BACKTRACE", "1");
+        let (proc, _child) =
+            Proc::spawn("proxy", &mut cmd).map_err(|e| format!("spawning the proxy: {e}"))?;
+
+        let ready = async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match notify.recv(&mut buf).await {
+                    Ok(n) => {
+                        let msg = String::from_utf8_lossy(&buf[..n]);
+                        if msg.lines().any(|l| l == "READY=1") {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(format!("reading the notify socket: {e}")),
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = ready => r,
+            status = proc.wait() => Err(format!("proxy exited ({status}) before sending READY=1")),
+            () = tokio::time::sleep(READY_TIMEOUT) => {
+                Err(format!("proxy did not send READY=1 within {READY_TIMEOUT:?}"))
+            }
+        };
+        self.proxy = Some(proc);
+        self.notify = Some(notify);
+        result.map_err(|e| format!("{e}; its output:\n{}", self.proxy_log()))
+    }
+
+    /// SIGTERM to the proxy, up to 10 s to exit, then SIGKILL. Returns how it
+    /// ended ("exit code 0", "killed by SIGKILL", ...).
+    pub async fn stop_proxy(&mut self) -> Option<String> {
+        let p = self.proxy.take()?;
+        self.notify = None;
+        p.signal(Signal::SIGTERM);
+        if let Some(s) = p.wait_timeout(Duration::from_secs(10)).await {
+            return Some(s);
+        }
+        p.signal(Signal::SIGKILL);
+        Some(
+            p.wait_timeout(READY_TIMEOUT)
+                .await
+                .unwrap_or_else(|| "not reaped after SIGKILL".into()),
+        )
+    }
+
+    /// SIGKILLs the proxy and waits until it is gone.
+    pub async fn kill_proxy(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            self.notify = None;
+            p.signal(Signal::SIGKILL);
+            p.wait_timeout(READY_TIMEOUT).await;
+        }
+    }
+
+    /// Whether the proxy process has exited (and how).
+    pub fn proxy_exit_status(&self) -> Option<String> {
+        self.proxy.as_ref().and_then(Proc::exit_status)
+    }
+
+    /// Everything the proxy wrote to stdout and stderr so far.
+    pub fn proxy_log(&self) -> String {
+        self.read_log("proxy.log")
+    }
+
+    pub fn rpcbind_log(&self) -> String {
+        self.read_log("rpcbind.log")
+    }
+
+    fn log_file(&self, name: &str) -> Result<File, String> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.join(name))
+            .map_err(|e| format!("opening {name}: {e}"))
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        match fs::read(self.tmp.join(name)) {
+            Ok(b) if b.is_empty() => "(empty)".into(),
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("(cannot read {name}: {e})"),
+        }
+    }
+
+    // --- sockets in the namespace -------------------------------------------------
+
+    /// Every TCP socket (v4 and v6) of the sandbox's network namespace.
+    pub fn tcp_sockets(&self) -> Vec<TcpSocketInfo> {
+        let mut out = Vec::new();
+        for file in ["tcp", "tcp6"] {
+            let path = format!("/proc/{}/net/{file}", self.anchor.pid);
+            let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 4 {
+                    continue;
+                }
+                let port = |addr: &str| {
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        .unwrap_or(0)
+                };
+                out.push(TcpSocketInfo {
+                    local_port: port(f[1]),
+                    remote_port: port(f[2]),
+                    state: u8::from_str_radix(f[3], 16).unwrap_or(0),
+                });
+            }
+        }
+        out
+    }
+
+    /// Number of TIME_WAIT sockets in the namespace, optionally only those
+    /// with `port` as local or remote port.
+    pub fn time_wait_count(&self, port: Option<u16>) -> usize {
+        self.tcp_sockets()
+            .iter()
+            .filter(|s| s.state == TCP_TIME_WAIT && s.matches(port))
+            .count()
+    }
+
+    /// Waits (polling /proc, at most `timeout`) until no TCP socket of the
+    /// namespace (optionally: involving `port`) is half-way through closing
+    /// (FIN_WAIT1/2, CLOSE_WAIT, CLOSING, LAST_ACK). Fails listing the
+    /// leftovers.
+    pub async fn wait_tcp_settled(
+        &self,
+        port: Option<u16>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let closing: Vec<TcpSocketInfo> = self
+                .tcp_sockets()
+                .into_iter()
+                .filter(|s| s.is_closing() && s.matches(port))
+                .collect();
+            if closing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} TCP sockets still closing after {timeout:?}: {:?}",
+                    closing.len(),
+                    &closing[..closing.len().min(20)]
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    // --- commands in the sandbox -----------------------------------------------------
+
+    /// Runs a command inside the sandbox (its network and mount namespaces)
+    /// and captures its output. Fails the test if it cannot be run or does
+    /// not finish within [`COMMAND_TIMEOUT`].
+    pub async fn run_in_ns(&self, args: &[&str]) -> Output {
+        let mut cmd = tokio::process::Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.anchor.pid.to_string())
+            .args(["-m", "--"])
+            .args(args);
+        run_command(cmd, args).await
+    }
+
+    /// `rpcinfo ARGS` inside the sandbox, talking to rpcbind directly.
+    pub async fn run_rpcinfo(&self, args: &[&str]) -> Output {
+        let mut full = vec!["rpcinfo"];
+        full.extend_from_slice(args);
+        self.run_in_ns(&full).await
+    }
+
+    /// `rpcinfo ARGS` in a private mount namespace (inside the sandbox) in
+    /// which the proxy's unix socket is bind-mounted over /run/rpcbind.sock,
+    /// so rpcinfo's local transport goes through the proxy. Its network
+    /// calls (to 127.0.0.1:111) still reach rpcbind directly.
+    pub async fn run_rpcinfo_via_proxy(&self, args: &[&str]) -> Output {
+        let script = format!("mount --bind {PROXY_SOCK} {RPCBIND_SOCK} && exec rpcinfo \"$@\"");
+        let mut full = vec![
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ];
+        full.extend_from_slice(args);
+        self.run_in_ns(&full).await
+    }
+}
+
+async fn run_command(mut cmd: tokio::process::Command, what: &[&str]) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for v in SCRUBBED_ENV {
+        cmd.env_remove(v);
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("running {what:?}: {e}"),
+        Err(_) => panic!("{what:?} did not finish within {COMMAND_TIMEOUT:?}"),
+    }
+}
+
+/// Starts the process that holds the sandbox's mount namespace (a tmpfs on
+/// /run) and opens its root directory.
+async fn start_anchor() -> Result<(Proc, File), String> {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o mode=0755 tmpfs /run && echo ready && exec sleep infinity",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
+    let (anchor, mut child) =
+        Proc::spawn("anchor", &mut cmd).map_err(|e| format!("spawning the anchor: {e}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout.into())
+        .map_err(|e| format!("anchor stdout: {e}"))?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(READY_TIMEOUT, BufReader::new(pipe).read_line(&mut line)).await;
+    match read {
+        Ok(Ok(_)) if line.trim() == "ready" => {}
+        other => {
+            anchor.kill_blocking();
+            return Err(format!(
+                "the mount namespace anchor did not start ({other:?}, status {:?})",
+                anchor.exit_status()
+            ));
+        }
+    }
+    let root = format!("/proc/{}/root", anchor.pid);
+    match File::open(&root) {
+        Ok(f) => Ok((anchor, f)),
+        Err(e) => {
+            anchor.kill_blocking();
+            Err(format!("opening {root}: {e}"))
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        self.notify = None;
+        if let Some(p) = self.proxy.take() {
+            p.terminate_blocking(Duration::from_secs(5));
+        }
+        if let Some(p) = self.rpcbind.take() {
+            p.kill_blocking();
+        }
+        self.anchor.kill_blocking();
+        if failing {
+            if self.proxy_starts > 0 {
+                eprintln!("----- proxy output -----\n{}", self.proxy_log());
+            }
+            eprintln!("----- rpcbind output -----\n{}", self.rpcbind_log());
+            eprintln!("----- (kept in {}) -----", self.tmp.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// TCP state numbers as in /proc/net/tcp.
+pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_FIN_WAIT1: u8 = 0x04;
+pub const TCP_FIN_WAIT2: u8 = 0x05;
+pub const TCP_TIME_WAIT: u8 = 0x06;
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+pub const TCP_LAST_ACK: u8 = 0x09;
+pub const TCP_LISTEN: u8 = 0x0a;
+pub const TCP_CLOSING: u8 = 0x0b;
+
+/// One line of /proc/<pid>/net/tcp{,6}.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocketInfo {
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub state: u8,
+}
+
+impl TcpSocketInfo {
+    pub fn involves(&self, port: u16) -> bool {
+        self.local_port == port || self.remote_port == port
+    }
+
+    /// Every socket for `None`, those involving the port for `Some(port)`.
+    pub fn matches(&self, port: Option<u16>) -> bool {
+        match port {
+            None => true,
+            Some(p) => self.involves(p),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(
+            self.state,
+            TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_CLOSING | TCP_LAST_ACK
+        )
+    }
+}
