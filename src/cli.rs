@@ -22,6 +22,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// Show what the daemon is doing: hit ratio, cache, upstream, clients.
+    Status(StatusArgs),
+    /// Drop cached answers (all, or one program's); needs root.
+    Flush(FlushArgs),
+    /// Monitoring-plugin check (Nagios/Icinga exit codes).
+    Check(CheckArgs),
+    /// Ask rpcbind through the proxy, printing like rpcinfo.
+    Query(QueryArgs),
+    /// Write man pages or shell completions (packaging).
+    #[command(hide = true)]
+    Generate(crate::generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,9 +76,25 @@ pub struct ServeArgs {
     /// unreachable (0: never).
     #[arg(long, value_name = "SECONDS")]
     pub serve_stale: Option<f64>,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Stream clients connected at once; more are closed on arrival
+    /// [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Calls one stream client may have in flight before the proxy stops
+    /// reading from it [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Seconds a stream client may stay silent with nothing in flight
+    /// [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<f64>,
+    /// Seconds a client has to finish a record it started [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub record_timeout: Option<f64>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter
+    /// [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }
 
 impl ServeArgs {
@@ -97,6 +124,98 @@ impl ServeArgs {
             max_entries: self.max_entries,
             refresh: self.refresh,
             serve_stale: self.serve_stale,
+            log_level: self.log_level.clone(),
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            idle_timeout: self.idle_timeout,
+            record_timeout: self.record_timeout,
         })
     }
+}
+
+/// Where the daemon's control socket is.
+#[derive(Debug, Args)]
+pub struct ControlArg {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL)]
+    pub control: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// One JSON object.
+    #[arg(long, conflicts_with = "prometheus")]
+    pub json: bool,
+    /// Prometheus text exposition format.
+    #[arg(long)]
+    pub prometheus: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Only this program's entries.
+    #[arg(long, value_name = "N")]
+    pub program: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// WARNING at this many TIME_WAIT sockets involving port 111.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub warn_time_wait: usize,
+    /// CRITICAL at this many.
+    #[arg(long, value_name = "N", default_value_t = 400)]
+    pub crit_time_wait: usize,
+    /// WARNING below this cache hit ratio (0 to 1; checked once there were lookups).
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub min_hit_ratio: f64,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct QueryArgs {
+    /// The proxy's unix socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/rpcbind-proxy/rpcbind.sock",
+        global = true
+    )]
+    pub socket: PathBuf,
+    /// The proxy's TCP/UDP address, for `getaddr` on an IP netid (rpcbind
+    /// answers GETADDR by the transport the question arrives on).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:1111",
+        global = true
+    )]
+    pub inet: std::net::SocketAddr,
+    /// The portmapper list, as `rpcinfo -p` prints it.
+    #[arg(short = 'p', conflicts_with = "short")]
+    pub portmap: bool,
+    /// The registration summary, as `rpcinfo -s` prints it.
+    #[arg(short = 's')]
+    pub short: bool,
+    #[command(subcommand)]
+    pub lookup: Option<QueryLookup>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryLookup {
+    /// The port of PROG VERS on tcp or udp (portmapper GETPORT).
+    Getport {
+        prog: u32,
+        vers: u32,
+        #[arg(value_parser = ["tcp", "udp"])]
+        proto: String,
+    },
+    /// The universal address of PROG VERS on NETID (rpcbind GETADDR).
+    Getaddr { prog: u32, vers: u32, netid: String },
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::cache::CacheConfig;
+use crate::limits::LimitsConfig;
 use crate::listen::ListenSpec;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
@@ -25,6 +26,7 @@ pub const DEFAULT_NEGATIVE_TTL: f64 = 10.0;
 pub const DEFAULT_MAX_ENTRIES: usize = 65536;
 pub const DEFAULT_REFRESH: f64 = 1.0;
 pub const DEFAULT_SERVE_STALE: f64 = 30.0;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The config file as written. Every key is optional; unknown keys are
 /// refused so a typo never silently keeps a default.
@@ -41,6 +43,11 @@ pub struct FileConfig {
     pub max_entries: Option<usize>,
     pub refresh: Option<f64>,
     pub serve_stale: Option<f64>,
+    pub log_level: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub idle_timeout: Option<f64>,
+    pub record_timeout: Option<f64>,
 }
 
 /// The effective configuration of `serve`.
@@ -54,6 +61,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// How often the registration list is compared (coherence).
     pub refresh: Duration,
+    /// A level (error, warn, info, debug, trace) or a tracing filter.
+    pub log_level: String,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Error)]
@@ -174,6 +184,38 @@ impl Config {
                 "refresh",
                 flags.refresh.or(file.refresh).unwrap_or(DEFAULT_REFRESH),
             )?,
+            log_level: flags
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
+            limits: {
+                let d = LimitsConfig::default();
+                LimitsConfig {
+                    max_connections: flags
+                        .max_connections
+                        .or(file.max_connections)
+                        .unwrap_or(d.max_connections),
+                    max_in_flight: match flags.max_in_flight.or(file.max_in_flight) {
+                        Some(0) => {
+                            return Err(ConfigError::Value {
+                                key: "max-in-flight",
+                                value: "0".into(),
+                                why: "must be at least 1",
+                            })
+                        }
+                        Some(n) => n,
+                        None => d.max_in_flight,
+                    },
+                    idle_timeout: match flags.idle_timeout.or(file.idle_timeout) {
+                        Some(v) => seconds("idle-timeout", v)?,
+                        None => d.idle_timeout,
+                    },
+                    record_timeout: match flags.record_timeout.or(file.record_timeout) {
+                        Some(v) => seconds("record-timeout", v)?,
+                        None => d.record_timeout,
+                    },
+                }
+            },
         })
     }
 }

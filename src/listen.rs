@@ -16,20 +16,22 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use tokio::sync::watch;
-use tokio_util::codec::FramedRead;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
 use crate::policy::Peer;
 use crate::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
 use crate::service::{Outcome, Proxy};
+use crate::sys::Inherited;
 
-/// Calls one stream client may have in flight before the proxy stops reading
-/// from it.
-const MAX_IN_FLIGHT: usize = 64;
+/// Bytes read from a stream client at a time.
+const READ_CHUNK: usize = 4096;
 /// The largest datagram the proxy reads (the UDP maximum).
 const MAX_DATAGRAM: usize = 65535;
 
@@ -94,7 +96,8 @@ impl fmt::Display for ListenSpec {
 /// A bound listener, ready to serve.
 #[derive(Debug)]
 pub enum Bound {
-    Unix(UnixListener, UnixSocketFile),
+    /// With the file to remove on exit, unless systemd owns it.
+    Unix(UnixListener, Option<UnixSocketFile>),
     Tcp(TcpListener),
     Udp(UdpSocket),
 }
@@ -115,6 +118,16 @@ pub async fn bind(spec: &ListenSpec) -> io::Result<Bound> {
         ListenSpec::Unix(path) => bind_unix(path).await,
         ListenSpec::Tcp(addr) => Ok(Bound::Tcp(TcpListener::bind(addr).await?)),
         ListenSpec::Udp(addr) => Ok(Bound::Udp(UdpSocket::bind(addr).await?)),
+    }
+}
+
+/// Binds a unix stream socket at `path`: creates the directory, replaces a
+/// stale socket file (refusing a live one), mode 0666; the file is removed
+/// when the returned guard drops.
+pub async fn bind_unix_socket(path: &Path) -> io::Result<(UnixListener, UnixSocketFile)> {
+    match bind_unix(path).await? {
+        Bound::Unix(l, Some(g)) => Ok((l, g)),
+        _ => unreachable!("bind_unix binds unix sockets and keeps their files"),
     }
 }
 
@@ -143,7 +156,40 @@ async fn bind_unix(path: &Path) -> io::Result<Bound> {
     let guard = UnixSocketFile(path.to_owned());
     // 0666 like rpcbind's own socket: any local user may look things up.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(Bound::Unix(listener, guard))
+    Ok(Bound::Unix(listener, Some(guard)))
+}
+
+/// A listener systemd passed (socket activation), ready to serve, with the
+/// spec it amounts to. Its socket file, if any, is systemd's to remove.
+pub fn adopt(socket: Inherited) -> io::Result<(ListenSpec, Bound)> {
+    Ok(match socket {
+        Inherited::Unix(l) => {
+            l.set_nonblocking(true)?;
+            let path = l
+                .local_addr()?
+                .as_pathname()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("(unnamed)"));
+            (
+                ListenSpec::Unix(path),
+                Bound::Unix(UnixListener::from_std(l)?, None),
+            )
+        }
+        Inherited::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            (
+                ListenSpec::Tcp(l.local_addr()?),
+                Bound::Tcp(TcpListener::from_std(l)?),
+            )
+        }
+        Inherited::Udp(s) => {
+            s.set_nonblocking(true)?;
+            (
+                ListenSpec::Udp(s.local_addr()?),
+                Bound::Udp(UdpSocket::from_std(s)?),
+            )
+        }
+    })
 }
 
 /// Serves a bound listener until `shutdown` turns true.
@@ -153,11 +199,14 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, _)) => {
+                        if proxy.limits.at_connection_limit(&proxy.clients) {
+                            continue;
+                        }
                         let peer = match stream.peer_cred() {
                             Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                             Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
                         };
-                        tokio::spawn(serve_stream(stream, peer, proxy.clone(), None::<fn(&_)>));
+                        proxy.tasks.spawn(serve_stream(stream, peer, proxy.clone(), None::<fn(&_)>, shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -168,8 +217,11 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
+                        if proxy.limits.at_connection_limit(&proxy.clients) {
+                            continue;
+                        }
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(serve_tcp(stream, Peer::Tcp(addr), proxy.clone()));
+                        proxy.tasks.spawn(serve_tcp(stream, Peer::Tcp(addr), proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -187,7 +239,12 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
-async fn serve_tcp(stream: TcpStream, peer: Peer, proxy: Arc<Proxy>) {
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    shutdown: watch::Receiver<bool>,
+) {
     // Once the client has closed its side and every reply is written, close
     // with SO_LINGER {on, 0}: an RST instead of a FIN, so neither side keeps
     // a TIME_WAIT socket; the client has already read its reply.
@@ -196,59 +253,120 @@ async fn serve_tcp(stream: TcpStream, peer: Peer, proxy: Arc<Proxy>) {
             debug!(error = %e, "cannot set SO_LINGER");
         }
     };
-    serve_stream(stream, peer, proxy, Some(linger)).await;
+    serve_stream(stream, peer, proxy, Some(linger), shutdown).await;
 }
 
 type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
 /// Reads records, answers them in order, and closes. `on_client_eof` runs on
 /// the stream after a clean end (the client closed, all replies written).
-async fn serve_stream<S, F>(stream: S, peer: Peer, proxy: Arc<Proxy>, on_client_eof: Option<F>)
-where
+/// On shutdown it stops reading, answers what is in flight, and closes.
+///
+/// The read side is a plain loop over the record codec rather than a
+/// `FramedRead`, so that the task sees partial records arrive: a client that
+/// starts a record must finish it within the record timeout, and one that
+/// sends nothing (with nothing in flight) is closed after the idle timeout.
+async fn serve_stream<S, F>(
+    stream: S,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    on_client_eof: Option<F>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&S),
 {
-    let (rd, mut wr) = tokio::io::split(stream);
-    let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_CLIENT_RECORD));
+    let _connected = proxy.clients.connected();
+    let limits = &proxy.limits;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut codec = RecordCodec::new(MAX_CLIENT_RECORD);
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut replies: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut out = BytesMut::new();
     let mut eof = false;
+    let mut last_activity = Instant::now();
+    let mut partial_since: Option<Instant> = None;
     let clean = loop {
+        let max_in_flight = limits.max_in_flight();
+        let deadline = match partial_since {
+            Some(t) => t + limits.record_timeout(),
+            None if replies.is_empty() => last_activity + limits.idle_timeout(),
+            // Waiting for rpcbind is bounded by the upstream timeout.
+            None => Instant::now() + limits.idle_timeout(),
+        };
         tokio::select! {
-            frame = frames.next(), if !eof && replies.len() < MAX_IN_FLIGHT => match frame {
-                Some(Ok(record)) => {
-                    let proxy = proxy.clone();
-                    replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
+            read = rd.read_buf(&mut inbuf), if !eof && replies.len() < max_in_flight => {
+                match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => {
+                        let now = Instant::now();
+                        last_activity = now;
+                        loop {
+                            match codec.decode(&mut inbuf) {
+                                Ok(Some(record)) => {
+                                    let proxy = proxy.clone();
+                                    replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    debug!(?peer, error = %e, "bad framing; closing");
+                                    return;
+                                }
+                            }
+                        }
+                        if replies.len() >= max_in_flight {
+                            limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
+                        }
+                        partial_since = if codec.is_mid_record(&inbuf) {
+                            partial_since.or(Some(now))
+                        } else {
+                            None
+                        };
+                        if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+                            inbuf.reserve(READ_CHUNK);
+                        }
+                    }
+                    Err(_) => break false,
                 }
-                Some(Err(e)) => {
-                    debug!(?peer, error = %e, "bad framing; closing");
+            },
+            _ = shutdown.changed(), if !eof => eof = true,
+            Some(outcome) = replies.next(), if !replies.is_empty() => {
+                last_activity = Instant::now();
+                let written = match outcome {
+                    Outcome::Reply(reply) => {
+                        out.clear();
+                        put_record(&mut out, &reply);
+                        wr.write_all(&out).await
+                    }
+                    Outcome::Shared(reply, xid) => {
+                        out.clear();
+                        put_record(&mut out, &reply);
+                        set_xid(&mut out[4..], xid);
+                        wr.write_all(&out).await
+                    }
+                    Outcome::NoReply => Ok(()),
+                    Outcome::Close => break false,
+                };
+                if written.is_err() {
                     break false;
                 }
-                None => eof = true,
             },
-            Some(outcome) = replies.next(), if !replies.is_empty() => match outcome {
-                Outcome::Reply(reply) => {
-                    out.clear();
-                    put_record(&mut out, &reply);
-                    if wr.write_all(&out).await.is_err() {
-                        break false;
-                    }
+            _ = tokio::time::sleep_until(deadline), if !eof || !replies.is_empty() => {
+                let counter = if partial_since.is_some() {
+                    &limits.record_timeouts
+                } else {
+                    &limits.idle_closed
+                };
+                if partial_since.is_some() || replies.is_empty() {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    debug!(?peer, partial = partial_since.is_some(), "closing a client that took too long");
+                    break false;
                 }
-                Outcome::Shared(reply, xid) => {
-                    out.clear();
-                    put_record(&mut out, &reply);
-                    set_xid(&mut out[4..], xid);
-                    if wr.write_all(&out).await.is_err() {
-                        break false;
-                    }
-                }
-                Outcome::NoReply => {}
-                Outcome::Close => break false,
             },
             else => break true,
         }
     };
-    let stream = frames.into_inner().unsplit(wr);
+    let stream = rd.unsplit(wr);
     if clean {
         if let Some(f) = on_client_eof {
             f(&stream);
@@ -268,9 +386,10 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
             _ = shutdown.changed() => return,
         };
         let record = BytesMut::from(&buf[..n]);
-        let proxy = proxy.clone();
+        let task_proxy = proxy.clone();
         let socket = socket.clone();
-        tokio::spawn(async move {
+        proxy.tasks.spawn(async move {
+            let proxy = task_proxy;
             let sent = match proxy.handle(record, Peer::Udp(from)).await {
                 Outcome::Reply(reply) => socket.send_to(&reply, from).await,
                 Outcome::Shared(reply, xid) => {

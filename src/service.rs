@@ -15,12 +15,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
+use crate::limits::{Limits, LimitsConfig};
 use crate::policy::{callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route};
 use crate::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
 use crate::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
+use crate::stats::{Clients, ProcCounters};
 use crate::upstream::{self, Target, Upstream, UpstreamError};
 
 /// What a listener does with a call.
@@ -65,14 +68,28 @@ pub struct Proxy {
     upstreams: HashMap<Class, Upstream>,
     pub cache: Cache,
     rpcbind: RpcbindAddr,
-    timeout: Duration,
     /// At most one connection at a time opened under a caller's identity.
     as_user: Semaphore,
     pub stats: Stats,
+    pub procs: ProcCounters,
+    pub clients: Clients,
+    pub limits: Limits,
+    pub started: std::time::Instant,
+    /// Every task serving a client: shutdown waits for them (bounded).
+    pub tasks: TaskTracker,
+    /// Refresh period in milliseconds (reloadable).
+    refresh_ms: AtomicU64,
+    /// When the refresh loop last went round, in ms since `started`.
+    heartbeat_ms: AtomicU64,
 }
 
 impl Proxy {
-    pub fn new(rpcbind: RpcbindAddr, timeout: Duration, cache: CacheConfig) -> Arc<Proxy> {
+    pub fn new(
+        rpcbind: RpcbindAddr,
+        timeout: Duration,
+        cache: CacheConfig,
+        refresh: Duration,
+    ) -> Arc<Proxy> {
         let port = rpcbind.port;
         let upstreams = Class::ALL
             .into_iter()
@@ -93,9 +110,15 @@ impl Proxy {
             upstreams,
             cache: Cache::new(cache),
             rpcbind,
-            timeout,
             as_user: Semaphore::new(1),
             stats: Stats::default(),
+            procs: ProcCounters::default(),
+            clients: Clients::default(),
+            limits: Limits::new(LimitsConfig::default()),
+            started: std::time::Instant::now(),
+            tasks: TaskTracker::new(),
+            refresh_ms: AtomicU64::new(refresh.as_millis() as u64),
+            heartbeat_ms: AtomicU64::new(0),
         })
     }
 
@@ -103,9 +126,42 @@ impl Proxy {
         &self.upstreams[&class]
     }
 
+    /// How long a call may wait for rpcbind (the same for every class).
+    pub fn timeout(&self) -> Duration {
+        self.upstream(Class::Unix).timeout()
+    }
+
+    /// Applies reloadable settings (SIGHUP), keeping the cache's entries.
+    pub fn reconfigure(
+        &self,
+        timeout: Duration,
+        cache: CacheConfig,
+        refresh: Duration,
+        limits: LimitsConfig,
+    ) {
+        self.limits.set(limits);
+        for up in self.upstreams.values() {
+            up.set_timeout(timeout);
+        }
+        self.cache.reconfigure(cache);
+        self.refresh_ms
+            .store(refresh.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the refresh loop went round recently: the daemon's own loops
+    /// are alive (rpcbind being down does not make the daemon unhealthy).
+    pub fn healthy(&self) -> bool {
+        let refresh = Duration::from_millis(self.refresh_ms.load(Ordering::Relaxed));
+        let since = self.started.elapsed().saturating_sub(Duration::from_millis(
+            self.heartbeat_ms.load(Ordering::Relaxed),
+        ));
+        since < refresh * 3 + self.timeout() + Duration::from_secs(5)
+    }
+
     /// Answers one call record from `peer`.
     pub async fn handle(&self, record: BytesMut, peer: Peer) -> Outcome {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.clients.request(&peer);
         let call = match rpc::parse_call(&record) {
             Ok(call) => call,
             Err(e) => return self.header_error(e, peer),
@@ -114,6 +170,7 @@ impl Proxy {
             Ok(ok) => ok,
             Err(reply) => return self.local_error(reply),
         };
+        self.procs.count(call.vers, call.procedure);
         let route = route(procedure, &peer);
         let args = match rpcb::decode_args(procedure, call.vers, call.args) {
             Ok(args) => args,
@@ -258,7 +315,7 @@ impl Proxy {
         let none = OpaqueAuth::NONE;
         match self.cache.lookup(key) {
             Lookup::Hit(reply) => Outcome::Shared(reply, call.xid),
-            Lookup::Wait(mut rx) => match tokio::time::timeout(self.timeout, rx.recv()).await {
+            Lookup::Wait(mut rx) => match tokio::time::timeout(self.timeout(), rx.recv()).await {
                 Ok(Ok(Ok(reply))) => Outcome::Shared(reply, call.xid),
                 Ok(Ok(Err(e))) => self.upstream_failed(e, call.xid, none),
                 // The fetching client went away (or took too long): ask
@@ -307,7 +364,7 @@ impl Proxy {
             .acquire()
             .await
             .map_err(|_| UpstreamError::Unavailable)?;
-        upstream::call_as_user(&self.rpcbind.socket, uid, gid, record, self.timeout).await
+        upstream::call_as_user(&self.rpcbind.socket, uid, gid, record, self.timeout()).await
     }
 
     fn reply_or_error(
@@ -355,49 +412,60 @@ impl Proxy {
     /// While rpcbind is unreachable the last list is kept, so a restart is
     /// noticed (as a change of everything it forgot) on the first DUMP after.
     /// `first` is told when the first DUMP was tried, so start-up can wait for
-    /// a baseline before clients come.
+    /// a baseline before clients come. The period is read every round, so a
+    /// reload takes effect at the next one.
     pub async fn refresh_loop(
         self: Arc<Self>,
-        every: Duration,
         first: tokio::sync::oneshot::Sender<()>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut last: Option<(Bytes, Vec<RpcbEntry>)> = None;
         let mut first = Some(first);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.changed() => return,
             }
-            let dump = self.dump().await;
+            let period = Duration::from_millis(self.refresh_ms.load(Ordering::Relaxed));
+            next = (next + period).max(tokio::time::Instant::now());
+            self.heartbeat_ms
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Ok(reply) = self.dump().await {
+                self.compare_registrations(reply, &mut last);
+            }
+            // Told only once the first list is in place, so that nothing a
+            // client caches after start-up is dropped as unverified.
             if let Some(tx) = first.take() {
                 let _ = tx.send(());
             }
-            let Ok(reply) = dump else { continue };
-            if last.as_ref().is_some_and(|(raw, _)| raw[4..] == reply[4..]) {
-                continue;
-            }
-            let Ok(entries) = decode_dump(&reply) else {
-                continue;
-            };
-            match &last {
-                Some((_, old)) => {
-                    let changed = changed_programs(old, &entries);
-                    let n = self
-                        .cache
-                        .invalidate_programs(&changed, Invalidation::Refresh);
-                    debug!(programs = ?changed, entries = n, "registrations changed");
-                }
-                // Whatever was cached before there was a list to compare
-                // with cannot be checked: start clean.
-                None => {
-                    self.cache.flush(Invalidation::Refresh);
-                }
-            }
-            last = Some((reply, entries));
         }
+    }
+
+    /// Drops the cache entries of the programs whose registrations differ
+    /// between `last` and this DUMP `reply`, and keeps the new list.
+    fn compare_registrations(&self, reply: Bytes, last: &mut Option<(Bytes, Vec<RpcbEntry>)>) {
+        if last.as_ref().is_some_and(|(raw, _)| raw[4..] == reply[4..]) {
+            return;
+        }
+        let Ok(entries) = decode_dump(&reply) else {
+            return;
+        };
+        match last {
+            Some((_, old)) => {
+                let changed = changed_programs(old, &entries);
+                let n = self
+                    .cache
+                    .invalidate_programs(&changed, Invalidation::Refresh);
+                debug!(programs = ?changed, entries = n, "registrations changed");
+            }
+            // Whatever was cached before there was a list to compare with
+            // cannot be checked: start clean.
+            None => {
+                self.cache.flush(Invalidation::Refresh);
+            }
+        }
+        *last = Some((reply, entries));
     }
 
     async fn dump(&self) -> Result<Bytes, UpstreamError> {

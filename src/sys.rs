@@ -43,3 +43,81 @@ pub fn connect_unix_as(path: &Path, uid: u32, gid: u32) -> io::Result<UnixStream
         .join()
         .map_err(|_| io::Error::other("connect-as thread panicked"))?
 }
+
+/// A socket inherited from systemd (socket activation), told apart by its
+/// own type and family, not by position or name.
+#[derive(Debug)]
+pub enum Inherited {
+    Unix(std::os::unix::net::UnixListener),
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+fn sockopt_int(fd: std::os::fd::RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of a c_int and its size;
+    // getsockopt on a bad fd only returns an error.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// Takes ownership of a listening socket systemd passed as `fd`.
+pub fn adopt_socket(fd: std::os::fd::RawFd) -> io::Result<Inherited> {
+    use std::os::fd::FromRawFd;
+    let kind = sockopt_int(fd, libc::SO_TYPE)?;
+    let family = sockopt_int(fd, libc::SO_DOMAIN)?;
+    let listening = sockopt_int(fd, libc::SO_ACCEPTCONN)? != 0;
+    let unsupported = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("inherited fd {fd} is not a listening unix/TCP socket or a UDP socket (family {family}, type {kind})"),
+        )
+    };
+    let inet = family == libc::AF_INET || family == libc::AF_INET6;
+    // SAFETY (all three): systemd passed this descriptor to us (LISTEN_FDS),
+    // it is open, and nothing else in the process owns it; ownership moves
+    // into the returned socket, which closes it when dropped.
+    Ok(match kind {
+        libc::SOCK_STREAM if listening && family == libc::AF_UNIX => {
+            Inherited::Unix(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
+        }
+        libc::SOCK_STREAM if listening && inet => {
+            Inherited::Tcp(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+        }
+        libc::SOCK_DGRAM if inet => Inherited::Udp(unsafe { std::net::UdpSocket::from_raw_fd(fd) }),
+        _ => return Err(unsupported()),
+    })
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft
+/// limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}

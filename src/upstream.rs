@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
+use crate::stats::Histogram;
 
 /// Where rpcbind is reached for one class of calls.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,6 +75,8 @@ pub struct UpstreamStats {
     pub retries: AtomicU64,
     /// Replies (or records) from rpcbind that could not be matched or framed.
     pub bad_replies: AtomicU64,
+    /// Time from sending a call to its reply.
+    pub latency: Histogram,
 }
 
 type Waiter = oneshot::Sender<Result<BytesMut, UpstreamError>>;
@@ -172,7 +175,8 @@ struct Reconnect {
 #[derive(Debug)]
 pub struct Upstream {
     target: Target,
-    timeout: Duration,
+    /// Milliseconds; reloadable (SIGHUP).
+    timeout_ms: AtomicU64,
     current: Mutex<Option<Arc<Conn>>>,
     /// Serialises connection attempts: never more than one connection per
     /// class at a time.
@@ -184,7 +188,7 @@ impl Upstream {
     pub fn new(target: Target, timeout: Duration) -> Upstream {
         Upstream {
             target,
-            timeout,
+            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(Reconnect {
                 next_attempt: None,
@@ -199,12 +203,22 @@ impl Upstream {
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Whether a connection is open right now.
     pub fn is_connected(&self) -> bool {
         self.live().is_some()
+    }
+
+    /// Calls sent on the current connection and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.live().map_or(0, |c| c.pending.lock().unwrap().len())
     }
 
     /// The local address of the current connection (what rpcbind sees as the
@@ -237,7 +251,7 @@ impl Upstream {
         if rc.next_attempt.is_some_and(|t| Instant::now() < t) {
             return Err(UpstreamError::Unavailable);
         }
-        match tokio::time::timeout(self.timeout, self.connect()).await {
+        match tokio::time::timeout(self.timeout(), self.connect()).await {
             Ok(Ok(conn)) => {
                 rc.next_attempt = None;
                 rc.backoff = BACKOFF_MIN;
@@ -297,7 +311,8 @@ impl Upstream {
     pub async fn call(&self, call: &[u8], idempotent: bool) -> Result<Bytes, UpstreamError> {
         let client_xid = xid_of(call).ok_or(UpstreamError::Busy)?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout();
         let mut attempt = 0;
         let result = loop {
             let outcome = self.attempt(call, deadline).await;
@@ -312,6 +327,7 @@ impl Upstream {
         };
         match result {
             Ok(mut reply) => {
+                self.stats.latency.record(started.elapsed());
                 set_xid(&mut reply, client_xid);
                 Ok(reply.freeze())
             }

@@ -258,6 +258,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
         },
         Duration::from_secs(5),
         CacheConfig::default(),
+        Duration::from_secs(1),
     );
     let mut getport = BytesMut::new();
     for v in [300001u32, 1, 6, 0] {

@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod rpc;
+pub use nix::sys::signal::Signal;
 pub use rpc::*;
 
 use std::fs::{self, File, OpenOptions};
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -644,6 +645,42 @@ impl Sandbox {
         self.proxy = Some(proc);
         self.notify = Some(notify);
         result.map_err(|e| format!("{e}; its output:\n{}", self.proxy_log()))
+    }
+
+    /// Sends `sig` to the running proxy.
+    pub fn signal_proxy(&self, sig: Signal) {
+        if let Some(p) = &self.proxy {
+            p.signal(sig);
+        }
+    }
+
+    /// Sends `sig` to rpcbind (SIGSTOP/SIGCONT to stall it).
+    pub fn signal_rpcbind(&self, sig: Signal) {
+        if let Some(p) = &self.rpcbind {
+            p.signal(sig);
+        }
+    }
+
+    /// Waits for the proxy's next sd_notify message containing the line
+    /// `want` (e.g. READY=1 after a reload) and returns the message.
+    pub async fn next_notify(&mut self, want: &str, timeout: Duration) -> Result<String, String> {
+        let notify = self
+            .notify
+            .as_ref()
+            .ok_or("the proxy was not started by start_proxy")?;
+        let mut buf = vec![0u8; 4096];
+        let wait = async {
+            loop {
+                let n = notify.recv(&mut buf).await.map_err(|e| e.to_string())?;
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == want) {
+                    return Ok(msg);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| format!("no {want} from the proxy within {timeout:?}"))?
     }
 
     /// SIGTERM to the proxy, up to 10 s to exit, then SIGKILL. Returns how it

@@ -1,0 +1,288 @@
+//! The control socket: one request line, one JSON answer, then close.
+//!
+//! `status` is open to every local user (the socket is 0666, like the
+//! listeners); `flush` changes state and needs uid 0, checked with
+//! SO_PEERCRED, never with anything the client says.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::cache::Invalidation;
+use crate::policy::Class;
+use crate::service::Proxy;
+use crate::stats::{tcp_sockets, ClientKey, ClientRow, TCP_TIME_WAIT};
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 256;
+/// A control client must send its line within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rows in the top-clients table.
+const TOP_CLIENTS: usize = 10;
+
+/// What the status needs besides the proxy itself.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub proxy: Arc<Proxy>,
+    pub listeners: Vec<String>,
+    /// TCP ports the proxy listens on (for the TIME_WAIT count).
+    pub tcp_ports: Vec<u16>,
+    pub rpcbind_port: u16,
+    pub refresh: Duration,
+}
+
+/// Serves the control socket until shutdown.
+pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, &ctx).await {
+                            debug!(error = %e, "control client");
+                        }
+                    });
+                }
+                Err(e) => {
+                    debug!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST));
+    match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await {
+        Ok(r) => r?,
+        Err(_) => return Ok(()),
+    };
+    let answer = answer(line.trim(), uid, ctx);
+    let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    wr.shutdown().await
+}
+
+/// The answer to one request line from a client with `uid`.
+pub fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
+    let mut words = request.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("status"), None, None) => status(ctx),
+        (Some("flush"), program, None) => {
+            if uid != 0 {
+                return json!({"error": format!("flush changes the cache and needs root (uid 0); you are uid {uid}")});
+            }
+            let cache = &ctx.proxy.cache;
+            match program.map(str::parse::<u32>) {
+                None => {
+                    let n = cache.flush(Invalidation::Flush);
+                    info!(entries = n, "cache flushed");
+                    json!({"flushed": n})
+                }
+                Some(Ok(p)) => {
+                    let n = cache.invalidate_programs(&[p].into(), Invalidation::Flush);
+                    info!(program = p, entries = n, "program flushed");
+                    json!({"flushed": n, "program": p})
+                }
+                Some(Err(_)) => {
+                    json!({"error": format!("bad program number {:?}", program.unwrap_or(""))})
+                }
+            }
+        }
+        _ => {
+            json!({"error": format!("unknown request {request:?} (expected status or flush [PROGRAM])")})
+        }
+    }
+}
+
+/// Each limit with its setting and how often it bit.
+fn limits(proxy: &Proxy) -> Value {
+    let l = &proxy.limits;
+    let c = l.get();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    json!({
+        "max_connections": {"limit": c.max_connections, "refused": load(&l.connections_refused)},
+        "max_in_flight": {"limit": c.max_in_flight, "reached": load(&l.in_flight_reached)},
+        "idle_timeout": {"seconds": c.idle_timeout.as_secs_f64(), "closed": load(&l.idle_closed)},
+        "record_timeout": {"seconds": c.record_timeout.as_secs_f64(), "closed": load(&l.record_timeouts)},
+        "udp_reply_size": {"limit": crate::service::MAX_UDP_REPLY, "too_large": load(&l.udp_too_large)},
+    })
+}
+
+fn ratio(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+/// The whole status as one JSON object.
+pub fn status(ctx: &Context) -> Value {
+    let proxy = &ctx.proxy;
+    let c = &proxy.cache.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let config = proxy.cache.config();
+    let (hits, negative_hits, misses, coalesced) = (
+        load(&c.hits),
+        load(&c.negative_hits),
+        load(&c.misses),
+        load(&c.coalesced),
+    );
+    let answered = hits + negative_hits + coalesced;
+    let invalidations = json!({
+        "refresh": load(&c.invalidations_refresh),
+        "registration": load(&c.invalidations_registration),
+        "flush": load(&c.invalidations_flush),
+        "total": load(&c.invalidations_refresh) + load(&c.invalidations_registration) + load(&c.invalidations_flush),
+    });
+
+    let mut classes = serde_json::Map::new();
+    let (mut connects, mut calls, mut in_flight, mut timeouts, mut errors, mut retries) =
+        (0, 0, 0, 0, 0, 0);
+    for class in Class::ALL {
+        let up = proxy.upstream(class);
+        let s = &up.stats;
+        classes.insert(
+            class.name().into(),
+            json!({"connected": up.is_connected(), "target": up.target().to_string(), "calls": load(&s.calls)}),
+        );
+        connects += load(&s.connects);
+        calls += load(&s.calls);
+        in_flight += up.in_flight();
+        timeouts += load(&s.timeouts);
+        errors += load(&s.errors) + load(&s.connect_failures);
+        retries += load(&s.retries);
+    }
+    // Latency is dominated by the unix connection that carries most calls.
+    let latency = &proxy.upstream(Class::Unix).stats.latency;
+
+    let mut lookups: Vec<_> = proxy.cache.lookups().into_iter().collect();
+    lookups.sort_by(|a, b| {
+        (b.1 .0 + b.1 .1)
+            .cmp(&(a.1 .0 + a.1 .1))
+            .then(a.0.cmp(&b.0))
+    });
+    let lookups: Vec<Value> = lookups
+        .into_iter()
+        .map(|((prog, vers, netid), (h, m))| json!({"program": prog, "version": vers, "netid": netid, "hits": h, "misses": m}))
+        .collect();
+
+    let sockets = tcp_sockets();
+    let time_wait = |port: u16| {
+        sockets
+            .iter()
+            .filter(|s| s.state == TCP_TIME_WAIT && (s.local_port == port || s.remote_port == port))
+            .count()
+    };
+    let tw_proxy: usize = ctx.tcp_ports.iter().map(|p| time_wait(*p)).sum();
+
+    let top: Vec<ClientRow> = proxy
+        .clients
+        .top(TOP_CLIENTS)
+        .into_iter()
+        .map(|(key, requests, port)| match key {
+            ClientKey::Unix { pid, uid } => ClientRow {
+                transport: "unix",
+                pid: Some(pid),
+                uid: Some(uid),
+                command: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .ok()
+                    .map(|s| s.trim_end().to_string()),
+                address: None,
+                port: None,
+                requests,
+            },
+            ClientKey::Tcp(ip) | ClientKey::Udp(ip) => ClientRow {
+                transport: if matches!(key, ClientKey::Tcp(_)) {
+                    "tcp"
+                } else {
+                    "udp"
+                },
+                pid: None,
+                // The owner of the client's socket, while it is still open.
+                uid: sockets
+                    .iter()
+                    .find(|s| {
+                        s.local_ip == ip
+                            && s.local_port == port
+                            && ctx.tcp_ports.contains(&s.remote_port)
+                    })
+                    .map(|s| s.uid),
+                command: None,
+                address: Some(ip.to_string()),
+                port: Some(port),
+                requests,
+            },
+        })
+        .collect();
+
+    let s = &proxy.stats;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": proxy.started.elapsed().as_secs(),
+        "listeners": ctx.listeners,
+        "requests": {
+            "total": load(&s.requests),
+            "errors_answered_locally": load(&s.local_errors),
+            "refused": load(&s.refused),
+            "forwarded": load(&s.forwarded),
+            "upstream_failures": load(&s.upstream_failures),
+            "by_procedure": proxy.procs.snapshot().into_iter()
+                .map(|(v, p, n)| json!({"version": v, "procedure": p, "count": n}))
+                .collect::<Vec<_>>(),
+        },
+        "cache": {
+            "hit_ratio": ratio(answered, answered + misses),
+            "hits": hits,
+            "negative_hits": negative_hits,
+            "misses": misses,
+            "coalesced": coalesced,
+            "entries": proxy.cache.len(),
+            "max_entries": config.max_entries,
+            "evictions": load(&c.evictions),
+            "expirations": load(&c.expirations),
+            "invalidations": invalidations,
+            "stale_served": load(&c.stale_served),
+            "ttl_seconds": config.ttl.as_secs_f64(),
+            "negative_ttl_seconds": config.negative_ttl.as_secs_f64(),
+            "serve_stale_seconds": config.serve_stale.as_secs_f64(),
+            "refresh_seconds": ctx.refresh.as_secs_f64(),
+        },
+        "upstream": {
+            "classes": classes,
+            "connects": connects,
+            "calls": calls,
+            "in_flight": in_flight,
+            "timeouts": timeouts,
+            "errors": errors,
+            "retries": retries,
+            "latency_p50_us": latency.quantile_us(0.5),
+            "latency_p99_us": latency.quantile_us(0.99),
+        },
+        "lookups": lookups,
+        "clients": {
+            "connected": proxy.clients.connected.load(Ordering::Relaxed),
+            "total": proxy.clients.total.load(Ordering::Relaxed),
+            "top": top,
+        },
+        "time_wait": {
+            "port_111": time_wait(ctx.rpcbind_port),
+            "proxy_ports": tw_proxy,
+        },
+        "limits": limits(proxy),
+    })
+}

@@ -1,0 +1,336 @@
+//! Counters the `status` command shows that belong to no single module:
+//! latency histograms, requests per procedure, and who the clients are.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::policy::Peer;
+use crate::rpcb::Procedure;
+
+/// A latency histogram with power-of-two microsecond buckets: lock-free to
+/// record, good enough for p50/p99 (each within a factor of two).
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; 32],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        let i = (63 - us.leading_zeros() as usize).min(31);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound, in microseconds, of the bucket holding quantile `q`.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(1u64 << (i + 1));
+            }
+        }
+        None
+    }
+}
+
+/// Calls per procedure of program 100000, versions 2 to 4.
+#[derive(Debug)]
+pub struct ProcCounters {
+    by_version: [[AtomicU64; 13]; 3],
+}
+
+impl Default for ProcCounters {
+    fn default() -> Self {
+        ProcCounters {
+            by_version: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+}
+
+impl ProcCounters {
+    pub fn count(&self, vers: u32, procedure: u32) {
+        if let Some(c) = self
+            .by_version
+            .get(vers.wrapping_sub(2) as usize)
+            .and_then(|v| v.get(procedure as usize))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (version, procedure name, count) for every procedure called at least once.
+    pub fn snapshot(&self) -> Vec<(u32, &'static str, u64)> {
+        let mut out = Vec::new();
+        for (i, v) in self.by_version.iter().enumerate() {
+            let vers = i as u32 + 2;
+            for (p, c) in v.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if let (true, Some(proc_)) = (n > 0, Procedure::lookup(vers, p as u32)) {
+                    out.push((vers, proc_.name(), n));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// How clients are grouped in the top-clients table: a unix client by its
+/// process, an IP client by its address (one-shot clients get a new port
+/// every time; the last one is kept to find the socket's owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    Unix { pid: i32, uid: u32 },
+    Tcp(IpAddr),
+    Udp(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClientCount {
+    requests: u64,
+    last_port: u16,
+}
+
+/// One row of the top-clients table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRow {
+    pub transport: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub requests: u64,
+}
+
+/// Clients: how many are connected, how many came, and who asks the most.
+#[derive(Debug)]
+pub struct Clients {
+    pub connected: AtomicI64,
+    pub total: AtomicU64,
+    /// Bounded: the least recently active client is forgotten first.
+    table: Mutex<LruCache<ClientKey, ClientCount>>,
+}
+
+/// Clients remembered for the top-clients table.
+const CLIENT_TABLE: usize = 4096;
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients {
+            connected: AtomicI64::new(0),
+            total: AtomicU64::new(0),
+            table: Mutex::new(LruCache::new(NonZeroUsize::new(CLIENT_TABLE).unwrap())),
+        }
+    }
+}
+
+impl Clients {
+    /// A stream client connected; the guard counts it out again.
+    pub fn connected(&self) -> ConnectedGuard<'_> {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ConnectedGuard(self)
+    }
+
+    /// Counts one request from `peer`.
+    pub fn request(&self, peer: &Peer) {
+        let (key, port) = match *peer {
+            Peer::Unix { pid, uid, .. } => (
+                ClientKey::Unix {
+                    pid: pid.unwrap_or(0),
+                    uid,
+                },
+                0,
+            ),
+            Peer::Tcp(a) => (ClientKey::Tcp(a.ip().to_canonical()), a.port()),
+            Peer::Udp(a) => (ClientKey::Udp(a.ip().to_canonical()), a.port()),
+        };
+        let mut t = self.table.lock().unwrap();
+        let c = t.get_or_insert_mut(key, || ClientCount {
+            requests: 0,
+            last_port: port,
+        });
+        c.requests += 1;
+        c.last_port = port;
+    }
+
+    /// The `n` clients with the most requests.
+    pub fn top(&self, n: usize) -> Vec<(ClientKey, u64, u16)> {
+        let t = self.table.lock().unwrap();
+        let mut rows: Vec<_> = t
+            .iter()
+            .map(|(k, c)| (*k, c.requests, c.last_port))
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+        rows.truncate(n);
+        rows
+    }
+}
+
+/// Decrements the connected count when a stream client goes.
+#[derive(Debug)]
+pub struct ConnectedGuard<'a>(&'a Clients);
+
+impl Drop for ConnectedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One socket line of /proc/net/tcp{,6}.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_ip: IpAddr,
+    pub state: u8,
+    pub uid: u32,
+}
+
+pub const TCP_TIME_WAIT: u8 = 6;
+
+/// Reads /proc/net/tcp and /proc/net/tcp6 (this process's network
+/// namespace). Unreadable files give nothing.
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    let mut out = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            out.extend(text.lines().skip(1).filter_map(parse_tcp_line));
+        }
+    }
+    out
+}
+
+fn parse_tcp_line(line: &str) -> Option<TcpSocket> {
+    let mut fields = line.split_whitespace();
+    let _slot = fields.next()?;
+    let local = fields.next()?;
+    let remote = fields.next()?;
+    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+    let _queues = fields.next()?;
+    let _timer = fields.next()?;
+    let _retr = fields.next()?;
+    let uid = fields.next()?.parse().ok()?;
+    let (local_hex, local_port) = local.split_once(':')?;
+    let (_, remote_port) = remote.split_once(':')?;
+    Some(TcpSocket {
+        local_port: u16::from_str_radix(local_port, 16).ok()?,
+        remote_port: u16::from_str_radix(remote_port, 16).ok()?,
+        local_ip: parse_proc_ip(local_hex)?,
+        state,
+        uid,
+    })
+}
+
+/// /proc/net/tcp prints addresses as host-order 32-bit words in hex.
+fn parse_proc_ip(hex: &str) -> Option<IpAddr> {
+    let words: Option<Vec<u32>> = (0..hex.len() / 8)
+        .map(|i| {
+            u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16)
+                .ok()
+                .map(u32::from_be)
+        })
+        .collect();
+    let words = words?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(&bytes[..]).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).ok()?).to_canonical()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_land_in_the_right_bucket() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_us(0.5), None);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(20));
+        }
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_millis(3));
+        assert_eq!(h.quantile_us(0.5), Some(32));
+        assert_eq!(h.quantile_us(0.99), Some(4096));
+    }
+
+    #[test]
+    fn proc_counters_name_what_was_called() {
+        let p = ProcCounters::default();
+        p.count(2, 3);
+        p.count(2, 3);
+        p.count(4, 11);
+        p.count(9, 1); // not a version of ours: ignored
+        assert_eq!(p.snapshot(), vec![(2, "GETPORT", 2), (4, "GETADDRLIST", 1)]);
+    }
+
+    #[test]
+    fn top_clients_are_ordered_by_requests() {
+        let c = Clients::default();
+        let a = Peer::Tcp("127.0.0.1:40000".parse().unwrap());
+        let b = Peer::Unix {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(42),
+        };
+        c.request(&a);
+        for _ in 0..3 {
+            c.request(&b);
+        }
+        let top = c.top(10);
+        assert_eq!(top[0].0, ClientKey::Unix { pid: 42, uid: 1000 });
+        assert_eq!(top[0].1, 3);
+        assert_eq!(
+            top[1],
+            (ClientKey::Tcp("127.0.0.1".parse().unwrap()), 1, 40000)
+        );
+    }
+
+    #[test]
+    fn proc_net_tcp_lines_parse() {
+        let line = "   0: 0100007F:006F 0100007F:A1B2 06 00000000:00000000 03:00000F9C 00000000     0        0 0 3 0000000000000000";
+        let s = parse_tcp_line(line).unwrap();
+        assert_eq!(
+            (s.local_port, s.remote_port, s.state, s.uid),
+            (111, 0xa1b2, 6, 0)
+        );
+        assert_eq!(s.local_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+        let v6 = "   1: 00000000000000000000000001000000:0457 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1 0000000000000000";
+        let s = parse_tcp_line(v6).unwrap();
+        assert_eq!((s.local_port, s.state, s.uid), (1111, 10, 1000));
+        assert_eq!(s.local_ip, "::1".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,188 @@
+//! The daemon as systemd runs it: readiness on NOTIFY_SOCKET (every
+//! sandboxed start already waits for READY=1), socket activation with
+//! systemd-socket-activate, SIGHUP reloading the config file while keeping
+//! the cache, and SIGTERM draining calls in flight before a clean exit.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
+
+async fn status(sb: &Sandbox, control: &str) -> Value {
+    let out = sb
+        .run_in_ns(&[BIN, "status", "--json", "--control", control])
+        .await;
+    assert!(out.status.success(), "status: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn getport(prog: u32) -> Call {
+    Call::new(
+        PMAP_PROG,
+        2,
+        PMAPPROC_GETPORT,
+        pmap_args(prog, 1, IPPROTO_TCP, 0),
+    )
+}
+
+#[test]
+fn sighup_reloads_the_config_and_keeps_the_cache() {
+    run_without_proxy(|mut sb| async move {
+        let conf = sb.tmp_dir().join("config.toml");
+        std::fs::write(&conf, "ttl = 60\n").unwrap();
+        sb.start_proxy(&["--config", conf.to_str().unwrap()])
+            .await
+            .unwrap();
+        assert!(sb
+            .call(Target::Proxy, Transport::Unix, &getport(100000))
+            .await
+            .is_success());
+        let before = status(&sb, CONTROL_SOCK).await;
+        assert_eq!(before["cache"]["ttl_seconds"], 60.0);
+        assert_eq!(before["cache"]["entries"], 1);
+
+        std::fs::write(&conf, "ttl = 120\nnegative-ttl = 5\n").unwrap();
+        sb.signal_proxy(Signal::SIGHUP);
+        sb.next_notify("READY=1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        let after = status(&sb, CONTROL_SOCK).await;
+        assert_eq!(after["cache"]["ttl_seconds"], 120.0);
+        assert_eq!(after["cache"]["negative_ttl_seconds"], 5.0);
+        assert_eq!(after["cache"]["entries"], 1, "the cache survives a reload");
+
+        // A broken file is refused and the running configuration kept.
+        std::fs::write(&conf, "ttl = 120\nttl-typo = 1\n").unwrap();
+        sb.signal_proxy(Signal::SIGHUP);
+        sb.next_notify("READY=1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            status(&sb, CONTROL_SOCK).await["cache"]["ttl_seconds"],
+            120.0
+        );
+        assert!(
+            sb.proxy_log().contains("ttl-typo"),
+            "the reload error names the key"
+        );
+    });
+}
+
+#[test]
+fn sigterm_answers_calls_in_flight_removes_its_sockets_and_exits_0() {
+    run(|mut sb| async move {
+        // A miss that cannot be answered while rpcbind is stopped.
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+            .await
+            .unwrap();
+        let call = getport(700001);
+        conn.send(&call.encode()).await.unwrap();
+        // Let the call reach the proxy, then stop it and wake rpcbind.
+        let mut waited = 0;
+        while status(&sb, CONTROL_SOCK).await["upstream"]["in_flight"] == 0 {
+            waited += 1;
+            assert!(waited < 200, "the call never reached rpcbind");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sb.signal_proxy(Signal::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sb.signal_rpcbind(Signal::SIGCONT);
+        let out = conn.recv(call.xid).await;
+        assert_eq!(
+            decode_u32(&out.expect_results("the call in flight")).unwrap(),
+            0
+        );
+        let exit = sb.stop_proxy().await.unwrap();
+        assert_eq!(exit, "exit code 0", "{}", sb.proxy_log());
+        for path in [sb.proxy_unix(), sb.control_unix()] {
+            assert!(!path.exists(), "{} removed", path.display());
+        }
+    });
+}
+
+#[test]
+fn socket_activation_serves_the_sockets_systemd_passes() {
+    run_without_proxy(|sb| async move {
+        std::fs::create_dir_all(sb.path("/run/act")).unwrap();
+        let notify_path = sb.tmp_dir().join("act-notify.sock");
+        let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
+        let mut child = tokio::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &sb.anchor_pid().to_string(),
+                "-m",
+                "--",
+                "systemd-socket-activate",
+            ])
+            .args(["-l", "/run/act/rpcbind.sock", "-l", "127.0.0.1:1112"])
+            .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+            .args([
+                BIN,
+                "serve",
+                "--rpcbind-socket",
+                "/run/rpcbind.sock",
+                "--control",
+                "/run/act/control.sock",
+            ])
+            // Ignored when sockets are passed: nothing may be bound here.
+            .args(["--listen", "tcp:127.0.0.1:1113"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // systemd-socket-activate binds, then starts the daemon on the first
+        // connection.
+        let unix_ep = Endpoint::Unix(sb.path("/run/act/rpcbind.sock"));
+        let mut first = None;
+        for _ in 0..200 {
+            if let Ok(c) = Conn::connect(&unix_ep).await {
+                first = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut first = first.expect("systemd-socket-activate listening");
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), notify.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+
+        let out = first.call(&getport(100000)).await;
+        assert_eq!(
+            decode_u32(&out.expect_results("over the inherited unix socket")).unwrap(),
+            111
+        );
+        let tcp_ep = Endpoint::Tcp("127.0.0.1:1112".parse().unwrap());
+        let out = call_once(&tcp_ep, &getport(100000)).await;
+        assert_eq!(
+            decode_u32(&out.expect_results("over the inherited TCP socket")).unwrap(),
+            111
+        );
+        assert!(
+            Conn::connect(&Endpoint::Tcp("127.0.0.1:1113".parse().unwrap()))
+                .await
+                .is_err()
+        );
+        let v = status(&sb, "/run/act/control.sock").await;
+        let listeners: Vec<&str> = v["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            listeners,
+            ["unix:/run/act/rpcbind.sock", "tcp:127.0.0.1:1112"]
+        );
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    });
+}
