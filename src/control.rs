@@ -153,6 +153,7 @@ pub fn status(ctx: &Context) -> Value {
     let mut classes = serde_json::Map::new();
     let (mut connects, mut calls, mut in_flight, mut timeouts, mut errors, mut retries) =
         (0, 0, 0, 0, 0, 0);
+    let mut bad = 0;
     for class in Class::ALL {
         let up = proxy.upstream(class);
         let s = &up.stats;
@@ -166,6 +167,7 @@ pub fn status(ctx: &Context) -> Value {
         timeouts += load(&s.timeouts);
         errors += load(&s.errors) + load(&s.connect_failures);
         retries += load(&s.retries);
+        bad += load(&s.bad_replies);
     }
     // Latency is dominated by the unix connection that carries most calls.
     let latency = &proxy.upstream(Class::Unix).stats.latency;
@@ -270,6 +272,7 @@ pub fn status(ctx: &Context) -> Value {
             "timeouts": timeouts,
             "errors": errors,
             "retries": retries,
+            "bad_replies": bad,
             "latency_p50_us": latency.quantile_us(0.5),
             "latency_p99_us": latency.quantile_us(0.99),
         },

@@ -181,7 +181,7 @@ pub struct Upstream {
     /// Serialises connection attempts: never more than one connection per
     /// class at a time.
     connecting: tokio::sync::Mutex<Reconnect>,
-    pub stats: UpstreamStats,
+    pub stats: Arc<UpstreamStats>,
 }
 
 impl Upstream {
@@ -194,7 +194,7 @@ impl Upstream {
                 next_attempt: None,
                 backoff: BACKOFF_MIN,
             }),
-            stats: UpstreamStats::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -279,14 +279,26 @@ impl Upstream {
             Target::Unix(path) => {
                 let s = UnixStream::connect(path).await?;
                 let (rd, wr) = s.into_split();
-                Ok(spawn_stream(rd, wr, None, self.target.clone()))
+                Ok(spawn_stream(
+                    rd,
+                    wr,
+                    None,
+                    self.target.clone(),
+                    self.stats.clone(),
+                ))
             }
             Target::Tcp(addr) => {
                 let s = TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
                 let local = s.local_addr()?.ip();
                 let (rd, wr) = s.into_split();
-                Ok(spawn_stream(rd, wr, Some(local), self.target.clone()))
+                Ok(spawn_stream(
+                    rd,
+                    wr,
+                    Some(local),
+                    self.target.clone(),
+                    self.stats.clone(),
+                ))
             }
             Target::Udp(addr) => {
                 let bind: SocketAddr = if addr.is_ipv4() {
@@ -384,7 +396,13 @@ impl Upstream {
     }
 }
 
-fn spawn_stream<R, W>(rd: R, wr: W, local_ip: Option<IpAddr>, target: Target) -> Arc<Conn>
+fn spawn_stream<R, W>(
+    rd: R,
+    wr: W,
+    local_ip: Option<IpAddr>,
+    target: Target,
+    stats: Arc<UpstreamStats>,
+) -> Arc<Conn>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -393,7 +411,7 @@ where
     let conn = Conn::new(Sender::Stream(tx), local_ip);
     // The reader holds the connection strongly: it must keep draining
     // replies (rpcbind drops slow readers) for as long as the socket is open.
-    tokio::spawn(read_stream(rd, conn.clone(), target));
+    tokio::spawn(read_stream(rd, conn.clone(), target, stats));
     tokio::spawn(write_stream(wr, rx, Arc::downgrade(&conn)));
     conn
 }
@@ -435,7 +453,12 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
-async fn read_stream<R: AsyncRead + Unpin>(rd: R, conn: Arc<Conn>, target: Target) {
+async fn read_stream<R: AsyncRead + Unpin>(
+    rd: R,
+    conn: Arc<Conn>,
+    target: Target,
+    stats: Arc<UpstreamStats>,
+) {
     let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_UPSTREAM_RECORD));
     loop {
         tokio::select! {
@@ -444,6 +467,7 @@ async fn read_stream<R: AsyncRead + Unpin>(rd: R, conn: Arc<Conn>, target: Targe
                     conn.complete(reply);
                 }
                 Some(Err(e)) => {
+                    stats.bad_replies.fetch_add(1, Ordering::Relaxed);
                     warn!(target = %target, error = %e, "bad record from rpcbind; reconnecting");
                     break;
                 }

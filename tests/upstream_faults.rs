@@ -30,7 +30,7 @@ enum Act {
     Silence,
     /// Close the connection without answering.
     Close,
-    /// Send a record mark claiming 1 GiB.
+    /// Send a record mark claiming 1 GiB (an oversized reply).
     Garbage,
     /// After a delay, answer as rpcbind answers a GETPORT: SUCCESS, port.
     SlowPort(u32),
@@ -207,6 +207,7 @@ async fn garbage_from_rpcbind_drops_the_connection_and_the_next_call_reconnects(
     let r = up.call(&call(9, 4), true).await.unwrap();
     assert_eq!(tag_of(&r), 4);
     assert_eq!(f.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(up.stats.bad_replies.load(Ordering::Relaxed), 1, "counted");
 }
 
 #[tokio::test]
