@@ -315,6 +315,27 @@ impl Cache {
         self.inner.lock().unwrap().lookups.clone()
     }
 
+    /// A fresh entry for `key`, counted as a hit; None (counting nothing)
+    /// when there is none, for the caller to `lookup` properly.
+    pub fn hit(&self, key: Key) -> Option<Bytes> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock().unwrap();
+        let e = inner.entries.get(&key).filter(|e| now < e.expires)?;
+        let (reply, negative) = (e.reply.clone(), e.negative);
+        self.count_hit(&mut inner, &key, negative);
+        Some(reply)
+    }
+
+    fn count_hit(&self, inner: &mut Inner, key: &Key, negative: bool) {
+        let counter = if negative {
+            &self.stats.negative_hits
+        } else {
+            &self.stats.hits
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        count_lookup(&mut inner.lookups, key, true);
+    }
+
     /// Looks `key` up.
     pub fn lookup(&self, key: Key) -> Lookup<'_> {
         let now = Instant::now();
@@ -325,13 +346,7 @@ impl Cache {
         if let Some(e) = inner.entries.get(&key) {
             if now < e.expires {
                 let (reply, negative) = (e.reply.clone(), e.negative);
-                let counter = if negative {
-                    &self.stats.negative_hits
-                } else {
-                    &self.stats.hits
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                count_lookup(&mut inner.lookups, &key, true);
+                self.count_hit(&mut inner, &key, negative);
                 return Lookup::Hit(reply);
             }
             expired = true;

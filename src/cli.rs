@@ -47,33 +47,36 @@ pub struct ServeArgs {
     // other start-up error.
     #[arg(long, value_name = "SPEC")]
     pub listen: Vec<String>,
-    /// rpcbind's unix socket.
+    /// rpcbind's unix socket [default: /run/rpcbind.sock].
     #[arg(long, value_name = "PATH")]
     pub rpcbind_socket: Option<PathBuf>,
-    /// rpcbind's TCP and UDP port on loopback.
+    /// rpcbind's TCP and UDP port on loopback [default: 111].
     #[arg(long, value_name = "PORT")]
     pub rpcbind_port: Option<u16>,
-    /// The control socket (status, flush).
+    /// The control socket (status, flush) [default:
+    /// /run/rpcbind-proxy/control.sock].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Seconds to wait for rpcbind before answering SYSTEM_ERR.
+    /// Seconds to wait for rpcbind before answering SYSTEM_ERR [default: 2].
     #[arg(long, value_name = "SECONDS")]
     pub upstream_timeout: Option<f64>,
-    /// Seconds a positive lookup answer is kept (0: not cached).
+    /// Seconds a positive lookup answer is kept (0: not cached) [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<f64>,
-    /// Seconds a negative answer (not registered) is kept (0: not cached).
+    /// Seconds a negative answer (not registered) is kept (0: not cached)
+    /// [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub negative_ttl: Option<f64>,
-    /// Cache entries kept at most; least recently used are evicted beyond.
+    /// Cache entries kept at most; least recently used are evicted beyond
+    /// [default: 65536].
     #[arg(long, value_name = "N")]
     pub max_entries: Option<usize>,
     /// Seconds between registration-list comparisons: a change made directly
-    /// at rpcbind shows through the proxy within this time.
+    /// at rpcbind shows through the proxy within this time [default: 1].
     #[arg(long, value_name = "SECONDS")]
     pub refresh: Option<f64>,
     /// Seconds past expiry an entry may still be served while rpcbind is
-    /// unreachable (0: never).
+    /// unreachable (0: never) [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub serve_stale: Option<f64>,
     /// Stream clients connected at once; more are closed on arrival

@@ -303,6 +303,20 @@ async fn serve_stream<S, F>(
                         last_activity = now;
                         loop {
                             match codec.decode(&mut inbuf) {
+                                // Cache hits are answered right here, while
+                                // nothing earlier is still pending (replies
+                                // go out in order), and written together.
+                                Ok(Some(record)) if replies.is_empty() => {
+                                    match proxy.answer_now(&record, peer) {
+                                        Some(outcome) => {
+                                            append_reply(&mut out, outcome);
+                                        }
+                                        None => {
+                                            let proxy = proxy.clone();
+                                            replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
+                                        }
+                                    }
+                                }
                                 Ok(Some(record)) => {
                                     let proxy = proxy.clone();
                                     replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
@@ -313,6 +327,12 @@ async fn serve_stream<S, F>(
                                     return;
                                 }
                             }
+                        }
+                        if !out.is_empty() {
+                            if wr.write_all(&out).await.is_err() {
+                                break false;
+                            }
+                            out.clear();
                         }
                         if replies.len() >= max_in_flight {
                             limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
@@ -332,23 +352,14 @@ async fn serve_stream<S, F>(
             _ = shutdown.changed(), if !eof => eof = true,
             Some(outcome) = replies.next(), if !replies.is_empty() => {
                 last_activity = Instant::now();
-                let written = match outcome {
-                    Outcome::Reply(reply) => {
-                        out.clear();
-                        put_record(&mut out, &reply);
-                        wr.write_all(&out).await
-                    }
-                    Outcome::Shared(reply, xid) => {
-                        out.clear();
-                        put_record(&mut out, &reply);
-                        set_xid(&mut out[4..], xid);
-                        wr.write_all(&out).await
-                    }
-                    Outcome::NoReply => Ok(()),
-                    Outcome::Close => break false,
-                };
-                if written.is_err() {
+                if !append_reply(&mut out, outcome) {
                     break false;
+                }
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        break false;
+                    }
+                    out.clear();
                 }
             },
             _ = tokio::time::sleep_until(deadline), if !eof || !replies.is_empty() => {
@@ -375,8 +386,24 @@ async fn serve_stream<S, F>(
     drop(stream);
 }
 
+/// Appends an outcome's reply, record-marked, to `out`; false to close.
+fn append_reply(out: &mut BytesMut, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Reply(reply) => put_record(out, &reply),
+        Outcome::Shared(reply, xid) => {
+            let at = out.len() + 4;
+            put_record(out, &reply);
+            set_xid(&mut out[at..], xid);
+        }
+        Outcome::NoReply => {}
+        Outcome::Close => return false,
+    }
+    true
+}
+
 async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = BytesMut::with_capacity(MAX_DATAGRAM);
     loop {
         let (n, from) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -385,6 +412,16 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
             },
             _ = shutdown.changed() => return,
         };
+        // Cache hits are answered inline: no task, no copy of the request.
+        if let Some(Outcome::Shared(reply, xid)) = proxy.answer_now(&buf[..n], Peer::Udp(from)) {
+            out.clear();
+            out.extend_from_slice(&reply);
+            set_xid(&mut out, xid);
+            if let Err(e) = socket.send_to(&out, from).await {
+                debug!(%from, error = %e, "udp send failed");
+            }
+            continue;
+        }
         let record = BytesMut::from(&buf[..n]);
         let task_proxy = proxy.clone();
         let socket = socket.clone();
