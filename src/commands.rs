@@ -187,20 +187,21 @@ pub fn human(v: &Value) -> String {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     row(&mut o, "listeners", listeners.join(" "));
+    let n = |x: &Value| x.as_u64().map_or("-".to_string(), |v| v.to_string());
     if let Some(lookups) = v["lookups"].as_array().filter(|a| !a.is_empty()) {
         let _ = writeln!(
             o,
-            "\nlookups        program vers netid       hits     misses"
+            "\nlookups         program vers netid        hits     misses"
         );
         for l in lookups.iter().take(20) {
             let _ = writeln!(
                 o,
                 "             {:>10} {:>4} {:<6} {:>10} {:>10}",
-                l["program"],
-                l["version"],
+                n(&l["program"]),
+                n(&l["version"]),
                 l["netid"].as_str().unwrap_or("?"),
-                l["hits"],
-                l["misses"]
+                n(&l["hits"]),
+                n(&l["misses"])
             );
         }
     }
@@ -211,24 +212,23 @@ pub fn human(v: &Value) -> String {
     {
         let _ = writeln!(
             o,
-            "\ntop clients  transport who                             uid   requests"
+            "\ntop clients  transport who                               uid   requests"
         );
         for c in top {
             let who = match c["transport"].as_str() {
-                Some("unix") => {
-                    format!("pid {} {}", c["pid"], c["command"].as_str().unwrap_or("?"))
-                }
-                _ => format!("{}:{}", c["address"].as_str().unwrap_or("?"), c["port"]),
+                Some("unix") => format!(
+                    "pid {} {}",
+                    n(&c["pid"]),
+                    c["command"].as_str().unwrap_or("?")
+                ),
+                _ => format!("{}:{}", c["address"].as_str().unwrap_or("?"), n(&c["port"])),
             };
-            let uid = c
-                .get("uid")
-                .and_then(Value::as_u64)
-                .map_or("-".into(), |x| x.to_string());
             let _ = writeln!(
                 o,
-                "             {:<9} {who:<31} {uid:>5} {:>10}",
+                "             {:<9} {who:<31} {:>5} {:>10}",
                 c["transport"].as_str().unwrap_or("?"),
-                c["requests"]
+                n(&c["uid"]),
+                n(&c["requests"])
             );
         }
     }
