@@ -27,17 +27,8 @@ fn long_ttl() -> Options {
     }
 }
 
-fn getport(prog: u32) -> Call {
-    Call::new(
-        PMAP_PROG,
-        2,
-        PMAPPROC_GETPORT,
-        pmap_args(prog, 1, IPPROTO_TCP, 0),
-    )
-}
-
 async fn proxy_port(sb: &Sandbox, transport: Transport, prog: u32) -> u32 {
-    let out = sb.call(Target::Proxy, transport, &getport(prog)).await;
+    let out = sb.call(Target::Proxy, transport, &getport_call(prog)).await;
     decode_u32(&out.expect_results("GETPORT through the proxy")).unwrap()
 }
 
@@ -141,7 +132,7 @@ fn rpcbind_sees_a_handful_of_ten_thousand_lookups() {
         assert!(sb.rpcbind_set(500004, 1, "udp", "0.0.0.0.8.1").await);
         let before = rpcbind_lookups(&sb).await;
         let getaddr = Call::rpcb(3, RPCBPROC_GETADDR, rpcb_args(500004, 1, "tcp", "", ""));
-        let calls = [getport(500004), getaddr];
+        let calls = [getport_call(500004), getaddr];
         let mut served = 0;
         for transport in Transport::ALL {
             let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, transport))

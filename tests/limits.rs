@@ -6,33 +6,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
 
 fn with_args(args: &[&str]) -> Options {
     Options {
         proxy: true,
         proxy_args: args.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-async fn status(sb: &Sandbox) -> Value {
-    let out = sb.run_in_ns(&[BIN, "status", "--json"]).await;
-    assert!(out.status.success(), "status: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn getport(prog: u32) -> Call {
-    Call::new(
-        PMAP_PROG,
-        2,
-        PMAPPROC_GETPORT,
-        pmap_args(prog, 1, IPPROTO_TCP, 0),
-    )
 }
 
 /// Reads until the proxy closes the connection; how long that took.
@@ -57,20 +39,20 @@ fn at_the_connection_limit_new_clients_are_refused_and_old_ones_served() {
         }
         // Let the proxy count them as connected.
         let mut n = 0;
-        while status(&sb).await["clients"]["connected"] != 5 {
+        while sb.status().await["clients"]["connected"] != 5 {
             n += 1;
             assert!(n < 100, "the five clients were never counted");
         }
         let mut extra = UnixStream::connect(sb.proxy_unix()).await.unwrap();
         time_to_close(&mut extra, Duration::from_secs(5)).await;
         let mut old = Conn::from_std_unix(held.pop().unwrap().into_std().unwrap()).unwrap();
-        let out = old.call(&getport(100000)).await;
+        let out = old.call(&getport_call(100000)).await;
         assert_eq!(
             decode_u32(&out.expect_results("an existing client")).unwrap(),
             111
         );
         assert!(
-            status(&sb).await["limits"]["max_connections"]["refused"]
+            sb.status().await["limits"]["max_connections"]["refused"]
                 .as_u64()
                 .unwrap()
                 >= 1
@@ -87,7 +69,7 @@ fn a_silent_client_is_closed_after_the_idle_timeout() {
             took >= Duration::from_millis(250),
             "closed too early: {took:?}"
         );
-        assert_eq!(status(&sb).await["limits"]["idle_timeout"]["closed"], 1);
+        assert_eq!(sb.status().await["limits"]["idle_timeout"]["closed"], 1);
     });
 }
 
@@ -102,7 +84,7 @@ fn a_slow_sender_must_finish_its_record_in_time() {
                 .await
                 .unwrap();
             time_to_close(&mut s, Duration::from_secs(5)).await;
-            let v = status(&sb).await;
+            let v = sb.status().await;
             assert_eq!(v["limits"]["record_timeout"]["closed"], 1);
             assert_eq!(v["limits"]["idle_timeout"]["closed"], 0);
         },
@@ -123,7 +105,7 @@ fn lying_record_marks_close_the_connection_and_nothing_else() {
             time_to_close(&mut s, Duration::from_secs(5)).await;
         }
         let out = sb
-            .call(Target::Proxy, Transport::Tcp, &getport(100000))
+            .call(Target::Proxy, Transport::Tcp, &getport_call(100000))
             .await;
         assert_eq!(
             decode_u32(&out.expect_results("after the liars")).unwrap(),
@@ -139,12 +121,12 @@ fn a_pipelining_client_is_held_to_its_in_flight_limit_and_answered_in_order() {
         let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
             .await
             .unwrap();
-        let calls: Vec<Call> = (0..5).map(|i| getport(800_000 + i)).collect();
+        let calls: Vec<Call> = (0..5).map(|i| getport_call(800_000 + i)).collect();
         for c in &calls {
             conn.send(&c.encode()).await.unwrap();
         }
         let mut n = 0;
-        while status(&sb).await["limits"]["max_in_flight"]["reached"] == 0 {
+        while sb.status().await["limits"]["max_in_flight"]["reached"] == 0 {
             n += 1;
             assert!(n < 200, "the in-flight limit never bit");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -171,13 +153,13 @@ fn thousands_of_idle_connections_do_not_starve_an_active_client() {
             .unwrap();
         let start = Instant::now();
         for i in 0..1000 {
-            let out = conn.call(&getport(100000).fresh()).await;
+            let out = conn.call(&getport_call(100000).fresh()).await;
             assert!(out.is_success(), "lookup {i}: {out}");
         }
         eprintln!(
             "1000 lookups beside 2000 idle connections: {:?}",
             start.elapsed()
         );
-        assert!(status(&sb).await["clients"]["connected"].as_u64().unwrap() >= 2001);
+        assert!(sb.status().await["clients"]["connected"].as_u64().unwrap() >= 2001);
     });
 }

@@ -8,7 +8,7 @@ mod support;
 use serde_json::Value;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
+const BIN: &str = PROXY_BIN;
 
 async fn cli(sb: &Sandbox, args: &[&str]) -> std::process::Output {
     let mut full = vec![BIN];
@@ -28,44 +28,29 @@ async fn cli_as_nobody(sb: &Sandbox, args: &[&str]) -> std::process::Output {
     sb.run_in_ns(&full).await
 }
 
-async fn status(sb: &Sandbox) -> Value {
-    let out = cli(sb, &["status", "--json"]).await;
-    assert!(out.status.success(), "status --json: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
-
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn getport(prog: u32) -> Call {
-    Call::new(
-        PMAP_PROG,
-        2,
-        PMAPPROC_GETPORT,
-        pmap_args(prog, 1, IPPROTO_TCP, 0),
-    )
 }
 
 #[test]
 fn status_counts_the_traffic_sent() {
     run(|sb| async move {
         assert!(sb.rpcbind_set(600001, 1, "tcp", "0.0.0.0.8.1").await);
-        let before = status(&sb).await;
+        let before = sb.status().await;
         assert_eq!(before["cache"]["hits"], 0);
         let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
             .await
             .unwrap();
         for _ in 0..25 {
-            assert!(conn.call(&getport(600001).fresh()).await.is_success());
+            assert!(conn.call(&getport_call(600001).fresh()).await.is_success());
         }
         for _ in 0..5 {
             let out = sb
-                .call(Target::Proxy, Transport::Tcp, &getport(600002))
+                .call(Target::Proxy, Transport::Tcp, &getport_call(600002))
                 .await;
             assert_eq!(decode_u32(&out.expect_results("miss")).unwrap(), 0);
         }
-        let v = status(&sb).await;
+        let v = sb.status().await;
         assert_eq!(v["requests"]["total"], 30, "{v:#}");
         assert_eq!(v["cache"]["misses"], 2);
         assert_eq!(v["cache"]["hits"], 24);
@@ -121,11 +106,11 @@ fn flush_empties_the_cache_and_needs_root() {
     run(|sb| async move {
         for prog in [600001, 600002] {
             assert!(sb
-                .call(Target::Proxy, Transport::Unix, &getport(prog))
+                .call(Target::Proxy, Transport::Unix, &getport_call(prog))
                 .await
                 .is_success());
         }
-        assert_eq!(status(&sb).await["cache"]["entries"], 2);
+        assert_eq!(sb.status().await["cache"]["entries"], 2);
         let denied = cli_as_nobody(&sb, &["flush"]).await;
         assert!(!denied.status.success());
         let err = String::from_utf8_lossy(&denied.stderr);
@@ -134,7 +119,7 @@ fn flush_empties_the_cache_and_needs_root() {
             "{err}"
         );
         assert_eq!(
-            status(&sb).await["cache"]["entries"],
+            sb.status().await["cache"]["entries"],
             2,
             "nobody flushed nothing"
         );
@@ -146,10 +131,10 @@ fn flush_empties_the_cache_and_needs_root() {
 
         let one = cli(&sb, &["flush", "--program", "600001"]).await;
         assert_eq!(stdout(&one), "flushed 1 entries of program 600001\n");
-        assert_eq!(status(&sb).await["cache"]["entries"], 1);
+        assert_eq!(sb.status().await["cache"]["entries"], 1);
         let all = cli(&sb, &["flush"]).await;
         assert_eq!(stdout(&all), "flushed 1 entries\n");
-        let v = status(&sb).await;
+        let v = sb.status().await;
         assert_eq!(v["cache"]["entries"], 0);
         assert_eq!(v["cache"]["invalidations"]["flush"], 2);
     });
@@ -169,7 +154,7 @@ fn check_exit_codes_follow_the_state() {
         // TIME_WAIT at port 111: one-shot lookups straight at rpcbind.
         for _ in 0..12 {
             assert!(sb
-                .call(Target::Direct, Transport::Tcp, &getport(100000))
+                .call(Target::Direct, Transport::Tcp, &getport_call(100000))
                 .await
                 .is_success());
         }
@@ -194,7 +179,7 @@ fn check_exit_codes_follow_the_state() {
 
         // A hit ratio below the minimum.
         assert!(sb
-            .call(Target::Proxy, Transport::Unix, &getport(600003))
+            .call(Target::Proxy, Transport::Unix, &getport_call(600003))
             .await
             .is_success());
         let low = cli(

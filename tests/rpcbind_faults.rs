@@ -6,10 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
 const TIMEOUT: &str = "0.5";
 
 /// rpcbind only: each test registers first, then starts the proxy.
@@ -26,22 +24,8 @@ async fn start(sb: &mut Sandbox, extra: &[&str]) {
     sb.start_proxy(&args).await.unwrap();
 }
 
-fn getport(prog: u32) -> Call {
-    Call::new(
-        PMAP_PROG,
-        2,
-        PMAPPROC_GETPORT,
-        pmap_args(prog, 1, IPPROTO_TCP, 0),
-    )
-}
-
 async fn port(sb: &Sandbox, t: Transport, prog: u32) -> Outcome {
-    sb.call(Target::Proxy, t, &getport(prog)).await
-}
-
-async fn status(sb: &Sandbox) -> Value {
-    let out = sb.run_in_ns(&[BIN, "status", "--json"]).await;
-    serde_json::from_slice(&out.stdout).unwrap()
+    sb.call(Target::Proxy, t, &getport_call(prog)).await
 }
 
 /// A miss must be answered SYSTEM_ERR, and soon.
@@ -85,7 +69,7 @@ fn a_stopped_rpcbind_stalls_only_the_misses() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(recovered, "no recovery after SIGCONT\n{}", sb.proxy_log());
-        assert!(status(&sb).await["upstream"]["timeouts"].as_u64().unwrap() >= 1);
+        assert!(sb.status().await["upstream"]["timeouts"].as_u64().unwrap() >= 1);
     });
 }
 
@@ -118,7 +102,7 @@ fn a_killed_rpcbind_leaves_hits_and_fast_errors_then_a_restart_is_picked_up() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let v = status(&sb).await;
+        let v = sb.status().await;
         assert!(v["upstream"]["connects"].as_u64().unwrap() >= 2, "{v:#}");
     });
 }
@@ -137,6 +121,6 @@ fn expired_answers_are_served_stale_while_rpcbind_is_gone() {
             decode_u32(&out.expect_results("a stale answer")).unwrap(),
             2049
         );
-        assert_eq!(status(&sb).await["cache"]["stale_served"], 1);
+        assert_eq!(sb.status().await["cache"]["stale_served"], 1);
     });
 }

@@ -10,24 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
-
-async fn status(sb: &Sandbox, control: &str) -> Value {
-    let out = sb
-        .run_in_ns(&[BIN, "status", "--json", "--control", control])
-        .await;
-    assert!(out.status.success(), "status: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn getport(prog: u32) -> Call {
-    Call::new(
-        PMAP_PROG,
-        2,
-        PMAPPROC_GETPORT,
-        pmap_args(prog, 1, IPPROTO_TCP, 0),
-    )
-}
+const BIN: &str = PROXY_BIN;
 
 #[test]
 fn sighup_reloads_the_config_and_keeps_the_cache() {
@@ -38,10 +21,10 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
             .await
             .unwrap();
         assert!(sb
-            .call(Target::Proxy, Transport::Unix, &getport(100000))
+            .call(Target::Proxy, Transport::Unix, &getport_call(100000))
             .await
             .is_success());
-        let before = status(&sb, CONTROL_SOCK).await;
+        let before = sb.status().await;
         assert_eq!(before["cache"]["ttl_seconds"], 60.0);
         assert_eq!(before["cache"]["entries"], 1);
 
@@ -50,7 +33,7 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
         sb.next_notify("READY=1", Duration::from_secs(10))
             .await
             .unwrap();
-        let after = status(&sb, CONTROL_SOCK).await;
+        let after = sb.status().await;
         assert_eq!(after["cache"]["ttl_seconds"], 120.0);
         assert_eq!(after["cache"]["negative_ttl_seconds"], 5.0);
         assert_eq!(after["cache"]["entries"], 1, "the cache survives a reload");
@@ -61,10 +44,7 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
         sb.next_notify("READY=1", Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(
-            status(&sb, CONTROL_SOCK).await["cache"]["ttl_seconds"],
-            120.0
-        );
+        assert_eq!(sb.status().await["cache"]["ttl_seconds"], 120.0);
         assert!(
             sb.proxy_log().contains("ttl-typo"),
             "the reload error names the key"
@@ -80,11 +60,11 @@ fn sigterm_answers_calls_in_flight_removes_its_sockets_and_exits_0() {
         let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
             .await
             .unwrap();
-        let call = getport(700001);
+        let call = getport_call(700001);
         conn.send(&call.encode()).await.unwrap();
         // Let the call reach the proxy, then stop it and wake rpcbind.
         let mut waited = 0;
-        while status(&sb, CONTROL_SOCK).await["upstream"]["in_flight"] == 0 {
+        while sb.status().await["upstream"]["in_flight"] == 0 {
             waited += 1;
             assert!(waited < 200, "the call never reached rpcbind");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -155,13 +135,13 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
             .unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
 
-        let out = first.call(&getport(100000)).await;
+        let out = first.call(&getport_call(100000)).await;
         assert_eq!(
             decode_u32(&out.expect_results("over the inherited unix socket")).unwrap(),
             111
         );
         let tcp_ep = Endpoint::Tcp("127.0.0.1:1112".parse().unwrap());
-        let out = call_once(&tcp_ep, &getport(100000)).await;
+        let out = call_once(&tcp_ep, &getport_call(100000)).await;
         assert_eq!(
             decode_u32(&out.expect_results("over the inherited TCP socket")).unwrap(),
             111
@@ -171,7 +151,7 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
                 .await
                 .is_err()
         );
-        let v = status(&sb, "/run/act/control.sock").await;
+        let v = sb.status_at("/run/act/control.sock").await;
         let listeners: Vec<&str> = v["listeners"]
             .as_array()
             .unwrap()

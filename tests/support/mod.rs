@@ -60,6 +60,18 @@ pub const RPCBIND_SOCK: &str = "/run/rpcbind.sock";
 pub const PROXY_DIR: &str = "/run/rpcbind-proxy";
 pub const PROXY_SOCK: &str = "/run/rpcbind-proxy/rpcbind.sock";
 pub const CONTROL_SOCK: &str = "/run/rpcbind-proxy/control.sock";
+/// The proxy binary under test.
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
+
+/// PMAP v2 GETPORT of `prog` version 1 on tcp: the lookup most tests make.
+pub fn getport_call(prog: u32) -> Call {
+    Call::new(
+        PMAP_PROG,
+        2,
+        PMAPPROC_GETPORT,
+        pmap_args(prog, 1, IPPROTO_TCP, 0),
+    )
+}
 
 /// How a call travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -453,6 +465,21 @@ impl Sandbox {
             PathBuf::from(format!("/proc/self/fd/{}", self.root_dir.as_raw_fd())).join(inner);
         let std = rpcbind_proxy::sys::connect_unix_as(&via_fd, uid, gid)?;
         Conn::from_std_unix(std)
+    }
+
+    /// The daemon's status, read with the real binary (`status --json`)
+    /// inside the sandbox, from the control socket at `control`.
+    pub async fn status_at(&self, control: &str) -> serde_json::Value {
+        let out = self
+            .run_in_ns(&[PROXY_BIN, "status", "--json", "--control", control])
+            .await;
+        assert!(out.status.success(), "rpcbind-proxy status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+    }
+
+    /// The status from the default control socket.
+    pub async fn status(&self) -> serde_json::Value {
+        self.status_at(CONTROL_SOCK).await
     }
 
     /// Registers directly at rpcbind (v4 SET over its unix socket, as root).
