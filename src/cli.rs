@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Seconds a client has to finish a record it started [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub record_timeout: Option<f64>,
+    /// The largest reply sent as one UDP datagram; bigger ones get what
+    /// rpcbind sends then [default: 9000, rpcbind's own].
+    #[arg(long, value_name = "BYTES")]
+    pub max_udp_reply: Option<usize>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter
     /// [default: info].
     #[arg(long, value_name = "LEVEL")]
@@ -132,6 +136,7 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight,
             idle_timeout: self.idle_timeout,
             record_timeout: self.record_timeout,
+            max_udp_reply: self.max_udp_reply,
         })
     }
 }

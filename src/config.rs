@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     pub idle_timeout: Option<f64>,
     pub record_timeout: Option<f64>,
+    pub max_udp_reply: Option<usize>,
 }
 
 /// The effective configuration of `serve`.
@@ -213,6 +214,17 @@ impl Config {
                     record_timeout: match flags.record_timeout.or(file.record_timeout) {
                         Some(v) => seconds("record-timeout", v)?,
                         None => d.record_timeout,
+                    },
+                    max_udp_reply: match flags.max_udp_reply.or(file.max_udp_reply) {
+                        Some(n) if !(512..=65507).contains(&n) => {
+                            return Err(ConfigError::Value {
+                                key: "max-udp-reply",
+                                value: n.to_string(),
+                                why: "must be between 512 and 65507 bytes",
+                            })
+                        }
+                        Some(n) => n,
+                        None => d.max_udp_reply,
                     },
                 }
             },

@@ -118,7 +118,7 @@ fn limits(proxy: &Proxy) -> Value {
         "max_in_flight": {"limit": c.max_in_flight, "reached": load(&l.in_flight_reached)},
         "idle_timeout": {"seconds": c.idle_timeout.as_secs_f64(), "closed": load(&l.idle_closed)},
         "record_timeout": {"seconds": c.record_timeout.as_secs_f64(), "closed": load(&l.record_timeouts)},
-        "udp_reply_size": {"limit": crate::service::MAX_UDP_REPLY, "too_large": load(&l.udp_too_large)},
+        "max_udp_reply": {"limit": c.max_udp_reply, "too_large": load(&l.udp_too_large)},
     })
 }
 

@@ -22,6 +22,10 @@ pub struct LimitsConfig {
     /// A client that has started a record must finish it within this time:
     /// a slow sender cannot hold a slot for ever.
     pub record_timeout: Duration,
+    /// The largest reply sent as one datagram; a bigger one gets what
+    /// rpcbind sends then (v2: nothing, v3/v4: SYSTEM_ERR). rpcbind's own
+    /// limit is 9000 bytes (RPC_MAXDATASIZE), the default.
+    pub max_udp_reply: usize,
 }
 
 impl Default for LimitsConfig {
@@ -31,6 +35,7 @@ impl Default for LimitsConfig {
             max_in_flight: 64,
             idle_timeout: Duration::from_secs(120),
             record_timeout: Duration::from_secs(10),
+            max_udp_reply: 9000,
         }
     }
 }
@@ -42,6 +47,7 @@ pub struct Limits {
     max_in_flight: AtomicUsize,
     idle_timeout_ms: AtomicU64,
     record_timeout_ms: AtomicU64,
+    max_udp_reply: AtomicUsize,
     pub connections_refused: AtomicU64,
     pub in_flight_reached: AtomicU64,
     pub idle_closed: AtomicU64,
@@ -56,6 +62,7 @@ impl Limits {
             max_in_flight: AtomicUsize::new(0),
             idle_timeout_ms: AtomicU64::new(0),
             record_timeout_ms: AtomicU64::new(0),
+            max_udp_reply: AtomicUsize::new(0),
             connections_refused: AtomicU64::new(0),
             in_flight_reached: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
@@ -75,6 +82,7 @@ impl Limits {
             .store(c.idle_timeout.as_millis() as u64, Ordering::Relaxed);
         self.record_timeout_ms
             .store(c.record_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.max_udp_reply.store(c.max_udp_reply, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> LimitsConfig {
@@ -83,7 +91,12 @@ impl Limits {
             max_in_flight: self.max_in_flight(),
             idle_timeout: self.idle_timeout(),
             record_timeout: self.record_timeout(),
+            max_udp_reply: self.max_udp_reply(),
         }
+    }
+
+    pub fn max_udp_reply(&self) -> usize {
+        self.max_udp_reply.load(Ordering::Relaxed)
     }
 
     pub fn max_in_flight(&self) -> usize {

@@ -41,10 +41,6 @@ pub enum Outcome {
     Close,
 }
 
-/// The largest reply rpcbind sends as a datagram (its UDP buffer,
-/// RPC_MAXDATASIZE); measured: a 8988-byte v2 DUMP went out, 9008 did not.
-pub const MAX_UDP_REPLY: usize = 9000;
-
 /// Where rpcbind listens.
 #[derive(Debug, Clone)]
 pub struct RpcbindAddr {
@@ -174,7 +170,7 @@ impl Proxy {
         let args = rpcb::decode_args(procedure, call.vers, call.args).ok()?;
         let key = Key::of(call.vers, procedure, &args, class, peer.ip())?;
         let reply = self.cache.hit(key)?;
-        if peer.is_datagram() && reply.len() > MAX_UDP_REPLY {
+        if peer.is_datagram() && reply.len() > self.limits.max_udp_reply() {
             return None;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +247,7 @@ impl Proxy {
         }
         match outcome {
             Outcome::Reply(ref r) | Outcome::Shared(ref r, _)
-                if peer.is_datagram() && r.len() > MAX_UDP_REPLY =>
+                if peer.is_datagram() && r.len() > self.limits.max_udp_reply() =>
             {
                 // rpcbind cannot send this as a datagram: PMAP v2 sends
                 // nothing, v3/v4 answer SYSTEM_ERR.

@@ -154,3 +154,38 @@ fn rpcbind_sees_a_handful_of_ten_thousand_lookups() {
         );
     });
 }
+
+#[test]
+fn a_registration_through_the_proxy_shows_at_once() {
+    // A refresh far away: only the pass-through invalidation can help.
+    let opts = Options {
+        proxy: true,
+        proxy_args: ["--ttl", "300", "--negative-ttl", "300", "--refresh", "600"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    run_with(opts, |sb| async move {
+        assert_eq!(proxy_port(&sb, Transport::Unix, 500005).await, 0);
+        let set = Call::new(
+            PMAP_PROG,
+            2,
+            PMAPPROC_SET,
+            pmap_args(500005, 1, IPPROTO_TCP, 2052),
+        );
+        let out = sb.call(Target::Proxy, Transport::Unix, &set).await;
+        assert!(decode_bool(&out.expect_results("SET through the proxy")).unwrap());
+        assert_eq!(proxy_port(&sb, Transport::Tcp, 500005).await, 2052);
+        let unset = Call::new(
+            PMAP_PROG,
+            2,
+            PMAPPROC_UNSET,
+            pmap_args(500005, 1, IPPROTO_TCP, 0),
+        );
+        let out = sb.call(Target::Proxy, Transport::Unix, &unset).await;
+        assert!(decode_bool(&out.expect_results("UNSET through the proxy")).unwrap());
+        assert_eq!(proxy_port(&sb, Transport::Udp, 500005).await, 0);
+        let v = sb.status().await;
+        assert_eq!(v["cache"]["invalidations"]["registration"], 2, "{v:#}");
+    });
+}

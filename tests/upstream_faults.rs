@@ -301,3 +301,28 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
     let waited = stats.coalesced.load(Ordering::Relaxed) + stats.hits.load(Ordering::Relaxed);
     assert_eq!((stats.misses.load(Ordering::Relaxed), waited), (1, 99));
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_call_leaves_nothing_in_flight() {
+    let f = fake(|_, _| Act::Silence);
+    let up = Arc::new(Upstream::new(
+        Target::Unix(f.path.clone()),
+        Duration::from_secs(60),
+    ));
+    let calls: Vec<_> = (0..10u32)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { up.call(&call(i, i), true).await })
+        })
+        .collect();
+    while f.calls.load(Ordering::SeqCst) < 10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(up.in_flight(), 10);
+    // The clients disconnect: their futures are dropped mid-call.
+    for c in calls {
+        c.abort();
+        let _ = c.await;
+    }
+    assert_eq!(up.in_flight(), 0, "every abandoned call left the table");
+}
