@@ -11,7 +11,9 @@
 //! Replies are stored encoded, exactly as rpcbind sent them; a hit shares the
 //! bytes (a reference count, no copy) and the writer patches the XID.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap as StdHashMap};
+
+use hashbrown::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,9 +29,10 @@ use crate::rpc::{self, AcceptStat};
 use crate::rpcb::{self, Args, Procedure, RpcbEntry};
 use crate::upstream::UpstreamError;
 
-/// Hints longer than this are not cached (no legitimate universal address
-/// is anywhere near it); keeping keys fixed-size keeps hits allocation-free.
-pub const MAX_HINT: usize = 64;
+/// Hints longer than this are not cached (every IPv4 universal address
+/// fits; an IPv6 hint is rare and is simply forwarded). Keys stay small,
+/// fixed-size and allocation-free.
+pub const MAX_HINT: usize = 24;
 
 /// A universal-address hint stored inline.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,6 +226,11 @@ pub struct CacheStats {
 /// Per (prog, vers, netid) hits and misses.
 pub type LookupCounts = HashMap<(u32, u32, &'static str), (u64, u64)>;
 
+/// Rows kept in the per-lookup table; lookups of further programs are
+/// counted in one row (program 0, netid "other") so that a client asking
+/// for ever new programs cannot grow the table without bound.
+pub const MAX_LOOKUP_ROWS: usize = 4096;
+
 #[derive(Debug)]
 struct Inner {
     entries: LruCache<Key, Entry>,
@@ -405,7 +413,9 @@ impl Cache {
         inner.entries.put(
             ticket.key,
             Entry {
-                reply: reply.clone(),
+                // A copy of exactly the reply: the received bytes may be a
+                // view into a larger read buffer that must not stay pinned.
+                reply: Bytes::copy_from_slice(reply),
                 expires: now + ttl,
                 negative,
             },
@@ -463,7 +473,10 @@ impl Cache {
 }
 
 fn count_lookup(lookups: &mut LookupCounts, key: &Key, hit: bool) {
-    if let Some(id) = key.lookup_id() {
+    if let Some(mut id) = key.lookup_id() {
+        if lookups.len() >= MAX_LOOKUP_ROWS && !lookups.contains_key(&id) {
+            id = (0, 0, "other");
+        }
         let c = lookups.entry(id).or_default();
         if hit {
             c.0 += 1;
@@ -484,8 +497,8 @@ pub enum Invalidation {
 /// The programs whose registrations differ between two DUMPs.
 pub fn changed_programs(old: &[RpcbEntry], new: &[RpcbEntry]) -> BTreeSet<u32> {
     type Registrations<'a> = BTreeSet<(u32, &'a [u8], &'a [u8], &'a [u8])>;
-    fn by_prog(list: &[RpcbEntry]) -> HashMap<u32, Registrations<'_>> {
-        let mut m: HashMap<u32, BTreeSet<_>> = HashMap::new();
+    fn by_prog(list: &[RpcbEntry]) -> StdHashMap<u32, Registrations<'_>> {
+        let mut m: StdHashMap<u32, BTreeSet<_>> = StdHashMap::new();
         for e in list {
             m.entry(e.prog)
                 .or_default()

@@ -286,14 +286,15 @@ async fn serve_stream<S, F>(
     let mut eof = false;
     let mut last_activity = Instant::now();
     let mut partial_since: Option<Instant> = None;
+    // One timer and one shutdown future for the connection's life, not one
+    // per loop round: the timer is moved only when it fires early or a
+    // partial record needs an earlier deadline.
+    let timer = tokio::time::sleep(limits.idle_timeout());
+    tokio::pin!(timer);
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     let clean = loop {
         let max_in_flight = limits.max_in_flight();
-        let deadline = match partial_since {
-            Some(t) => t + limits.record_timeout(),
-            None if replies.is_empty() => last_activity + limits.idle_timeout(),
-            // Waiting for rpcbind is bounded by the upstream timeout.
-            None => Instant::now() + limits.idle_timeout(),
-        };
         tokio::select! {
             read = rd.read_buf(&mut inbuf), if !eof && replies.len() < max_in_flight => {
                 match read {
@@ -337,10 +338,16 @@ async fn serve_stream<S, F>(
                         if replies.len() >= max_in_flight {
                             limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
                         }
-                        partial_since = if codec.is_mid_record(&inbuf) {
-                            partial_since.or(Some(now))
-                        } else {
-                            None
+                        partial_since = match (codec.is_mid_record(&inbuf), partial_since) {
+                            (false, _) => None,
+                            (true, Some(t)) => Some(t),
+                            (true, None) => {
+                                let due = now + limits.record_timeout();
+                                if due < timer.deadline() {
+                                    timer.as_mut().reset(due);
+                                }
+                                Some(now)
+                            }
                         };
                         if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
                             inbuf.reserve(READ_CHUNK);
@@ -349,7 +356,7 @@ async fn serve_stream<S, F>(
                     Err(_) => break false,
                 }
             },
-            _ = shutdown.changed(), if !eof => eof = true,
+            _ = &mut stop, if !eof => eof = true,
             Some(outcome) = replies.next(), if !replies.is_empty() => {
                 last_activity = Instant::now();
                 if !append_reply(&mut out, outcome) {
@@ -362,13 +369,22 @@ async fn serve_stream<S, F>(
                     out.clear();
                 }
             },
-            _ = tokio::time::sleep_until(deadline), if !eof || !replies.is_empty() => {
-                let counter = if partial_since.is_some() {
-                    &limits.record_timeouts
-                } else {
-                    &limits.idle_closed
+            () = &mut timer, if !eof || !replies.is_empty() => {
+                let now = Instant::now();
+                let due = match partial_since {
+                    Some(t) => t + limits.record_timeout(),
+                    None if replies.is_empty() => last_activity + limits.idle_timeout(),
+                    // Waiting for rpcbind is bounded by the upstream timeout.
+                    None => now + limits.idle_timeout(),
                 };
-                if partial_since.is_some() || replies.is_empty() {
+                if now < due {
+                    timer.as_mut().reset(due);
+                } else {
+                    let counter = if partial_since.is_some() {
+                        &limits.record_timeouts
+                    } else {
+                        &limits.idle_closed
+                    };
                     counter.fetch_add(1, Ordering::Relaxed);
                     debug!(?peer, partial = partial_since.is_some(), "closing a client that took too long");
                     break false;

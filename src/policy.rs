@@ -68,6 +68,11 @@ impl Class {
         }
     }
 
+    /// Position in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The netid rpcbind gives this transport (`local` for its unix socket).
     pub fn netid(self) -> &'static str {
         match self {
@@ -255,6 +260,13 @@ mod tests {
             route(set, &tcp("10.1.2.3:700")),
             Route::Local(LocalAnswer::False)
         );
+    }
+
+    #[test]
+    fn class_index_is_the_position_in_all() {
+        for (i, c) in Class::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! after the XID; `tests/differential.rs` holds the proof. The cache (a later
 //! stage) slots in at `forward`, in front of the upstream.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +61,8 @@ pub struct Stats {
 /// The proxy's shared state: one `Upstream` per class, and the cache.
 #[derive(Debug)]
 pub struct Proxy {
-    upstreams: HashMap<Class, Upstream>,
+    /// Indexed by `Class::index`.
+    upstreams: [Upstream; 5],
     pub cache: Cache,
     rpcbind: RpcbindAddr,
     /// At most one connection at a time opened under a caller's identity.
@@ -87,21 +88,18 @@ impl Proxy {
         refresh: Duration,
     ) -> Arc<Proxy> {
         let port = rpcbind.port;
-        let upstreams = Class::ALL
-            .into_iter()
-            .map(|class| {
-                let v4 = (std::net::Ipv4Addr::LOCALHOST, port).into();
-                let v6 = (std::net::Ipv6Addr::LOCALHOST, port).into();
-                let target = match class {
-                    Class::Unix => Target::Unix(rpcbind.socket.clone()),
-                    Class::Tcp4 => Target::Tcp(v4),
-                    Class::Udp4 => Target::Udp(v4),
-                    Class::Tcp6 => Target::Tcp(v6),
-                    Class::Udp6 => Target::Udp(v6),
-                };
-                (class, Upstream::new(target, timeout))
-            })
-            .collect();
+        let upstreams = Class::ALL.map(|class| {
+            let v4 = (std::net::Ipv4Addr::LOCALHOST, port).into();
+            let v6 = (std::net::Ipv6Addr::LOCALHOST, port).into();
+            let target = match class {
+                Class::Unix => Target::Unix(rpcbind.socket.clone()),
+                Class::Tcp4 => Target::Tcp(v4),
+                Class::Udp4 => Target::Udp(v4),
+                Class::Tcp6 => Target::Tcp(v6),
+                Class::Udp6 => Target::Udp(v6),
+            };
+            Upstream::new(target, timeout)
+        });
         Arc::new(Proxy {
             upstreams,
             cache: Cache::new(cache),
@@ -119,7 +117,7 @@ impl Proxy {
     }
 
     pub fn upstream(&self, class: Class) -> &Upstream {
-        &self.upstreams[&class]
+        &self.upstreams[class.index()]
     }
 
     /// How long a call may wait for rpcbind (the same for every class).
@@ -136,7 +134,7 @@ impl Proxy {
         limits: LimitsConfig,
     ) {
         self.limits.set(limits);
-        for up in self.upstreams.values() {
+        for up in &self.upstreams {
             up.set_timeout(timeout);
         }
         self.cache.reconfigure(cache);

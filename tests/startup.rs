@@ -94,12 +94,17 @@ fn start(dir: &Path, args: &[&str]) -> Child {
             "--rpcbind-socket",
             dir.join("no-rpcbind.sock").to_str().unwrap(),
         ])
+        // Never the host's /run/rpcbind-proxy: tests run side by side.
+        .args(["--control", dir.join("control.sock").to_str().unwrap()])
         .env("NOTIFY_SOCKET", &notify)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let mut buf = [0u8; 256];
-    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        panic!("no READY=1 within 10 s ({e}); the daemon said:\n{log}")
+    });
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
     child
 }
