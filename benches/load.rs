@@ -566,6 +566,12 @@ impl Env {
             .arg("--control")
             .arg(inst.control())
             .args(inst.args)
+            // Extra serve options for experiments, e.g. RPCBIND_PROXY_ARGS="--threads 1".
+            .args(
+                std::env::var("RPCBIND_PROXY_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("NOTIFY_SOCKET", &notify_path);
         let log = format!("{}.log", inst.name);
         let pid = self.spawn(&log, &mut cmd)?;

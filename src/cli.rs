@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// rpcbind sends then [default: 9000, rpcbind's own].
     #[arg(long, value_name = "BYTES")]
     pub max_udp_reply: Option<usize>,
+    /// Worker threads serving clients (0: one per CPU) [default: 1]. Read at
+    /// start only.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter
     /// [default: info].
     #[arg(long, value_name = "LEVEL")]
@@ -137,6 +141,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             record_timeout: self.record_timeout,
             max_udp_reply: self.max_udp_reply,
+            threads: self.threads,
         })
     }
 }

@@ -268,10 +268,11 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let log = init_logging(&config.log_level);
     // Read (and unset) LISTEN_FDS while the process has one thread.
     let inherited = systemd::inherited_sockets().map_err(StartError::Inherited)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        builder.worker_threads(config.threads);
+    }
+    let runtime = builder.enable_all().build().map_err(StartError::Runtime)?;
     runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (reload_tx, reload_rx) = mpsc::channel(4);
