@@ -307,8 +307,13 @@ async fn serve_stream<S, F>(
                                 // Cache hits are answered right here, while
                                 // nothing earlier is still pending (replies
                                 // go out in order), and written together.
-                                Ok(Some(record)) if replies.is_empty() => {
-                                    match proxy.answer_now(&record, peer) {
+                                Ok(Some(record)) => {
+                                    let now = if replies.is_empty() {
+                                        proxy.answer_now(&record, peer)
+                                    } else {
+                                        None
+                                    };
+                                    match now {
                                         Some(outcome) => {
                                             append_reply(&mut out, outcome);
                                         }
@@ -317,10 +322,6 @@ async fn serve_stream<S, F>(
                                             replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
                                         }
                                     }
-                                }
-                                Ok(Some(record)) => {
-                                    let proxy = proxy.clone();
-                                    replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
                                 }
                                 Ok(None) => break,
                                 Err(e) => {

@@ -159,14 +159,11 @@ impl Proxy {
     pub fn answer_now(&self, record: &[u8], peer: Peer) -> Option<Outcome> {
         let call = rpc::parse_call(record).ok()?;
         let (procedure, verf) = check_header(&call).ok()?;
-        if verf != OpaqueAuth::NONE {
-            return None;
-        }
         let Route::Upstream(class) = route(procedure, &peer) else {
             return None;
         };
         let args = rpcb::decode_args(procedure, call.vers, call.args).ok()?;
-        let key = Key::of(call.vers, procedure, &args, class, peer.ip())?;
+        let key = cache_key(&call, procedure, verf, &args, class, peer)?;
         let reply = self.cache.hit(key)?;
         if peer.is_datagram() && reply.len() > self.limits.max_udp_reply() {
             return None;
@@ -216,25 +213,18 @@ impl Proxy {
                 self.local_answer(answer, procedure, &args, &call, verf, peer)
                     .await
             }
-            Route::Upstream(class) => {
-                // Only replies whose verifier is AUTH_NONE are shared: an
-                // AUTH_SYS call with a verifier gets it echoed back.
-                let key = (verf == OpaqueAuth::NONE)
-                    .then(|| Key::of(call.vers, procedure, &args, class, peer.ip()))
-                    .flatten();
-                match key {
-                    Some(key) => {
-                        self.cached(key, class, &record, procedure, &args, &call, peer)
-                            .await
-                    }
-                    None => {
-                        let result = self
-                            .fetch(class, &record, procedure, &args, &call, peer)
-                            .await;
-                        self.reply_or_error(result, call.xid, verf)
-                    }
+            Route::Upstream(class) => match cache_key(&call, procedure, verf, &args, class, peer) {
+                Some(key) => {
+                    self.cached(key, class, &record, procedure, &args, &call, peer)
+                        .await
                 }
-            }
+                None => {
+                    let result = self
+                        .fetch(class, &record, procedure, &args, &call, peer)
+                        .await;
+                    self.reply_or_error(result, call.xid, verf)
+                }
+            },
             Route::AsUser { uid, gid } => {
                 let result = self.forward_as(uid, gid, &record).await;
                 self.reply_or_error(result, call.xid, verf)
@@ -531,6 +521,24 @@ impl Proxy {
         .encode(&mut out);
         Some(out)
     }
+}
+
+/// The cache key of a call bound for the upstream of `class`, if its answer
+/// may be shared: one rule for the inline hit path and the full path alike.
+/// Only replies whose verifier is AUTH_NONE are shared (an AUTH_SYS call
+/// with a verifier gets it echoed back).
+fn cache_key(
+    call: &Call<'_>,
+    procedure: Procedure,
+    verf: OpaqueAuth<'_>,
+    args: &Args<'_>,
+    class: Class,
+    peer: Peer,
+) -> Option<Key> {
+    if verf != OpaqueAuth::NONE {
+        return None;
+    }
+    Key::of(call.vers, procedure, args, class, peer.ip())
 }
 
 fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
