@@ -78,6 +78,9 @@ pub struct Proxy {
     refresh_ms: AtomicU64,
     /// When the refresh loop last went round, in ms since `started`.
     heartbeat_ms: AtomicU64,
+    /// rpcbind's registration list as the refresh loop last read it (the
+    /// raw DUMP reply, to compare cheaply, and its entries).
+    known: std::sync::Mutex<Option<(Bytes, Arc<Vec<RpcbEntry>>)>>,
 }
 
 impl Proxy {
@@ -113,6 +116,7 @@ impl Proxy {
             tasks: TaskTracker::new(),
             refresh_ms: AtomicU64::new(refresh.as_millis() as u64),
             heartbeat_ms: AtomicU64::new(0),
+            known: std::sync::Mutex::new(None),
         })
     }
 
@@ -295,9 +299,16 @@ impl Proxy {
         }
     }
 
-    /// rpcbind's registrations, read with a v4 DUMP over the unix upstream.
-    pub async fn registrations(&self) -> Result<Vec<RpcbEntry>, UpstreamError> {
-        decode_dump(&self.dump().await?)
+    /// rpcbind's registrations: the list the refresh loop keeps (at most one
+    /// refresh interval old, like every cached answer), or a DUMP before it
+    /// has one. A flood of INDIRECT datagrams thus never turns into a flood
+    /// of DUMPs at rpcbind.
+    pub async fn registrations(&self) -> Result<Arc<Vec<RpcbEntry>>, UpstreamError> {
+        let known = self.known.lock().unwrap().as_ref().map(|(_, e)| e.clone());
+        match known {
+            Some(entries) => Ok(entries),
+            None => Ok(Arc::new(decode_dump(&self.dump().await?)?)),
+        }
     }
 
     fn header_error(&self, e: HeaderError, peer: Peer) -> Outcome {
@@ -428,7 +439,6 @@ impl Proxy {
         first: tokio::sync::oneshot::Sender<()>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut last: Option<(Bytes, Vec<RpcbEntry>)> = None;
         let mut first = Some(first);
         let mut next = tokio::time::Instant::now();
         loop {
@@ -441,7 +451,7 @@ impl Proxy {
             self.heartbeat_ms
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             if let Ok(reply) = self.dump().await {
-                self.compare_registrations(reply, &mut last);
+                self.compare_registrations(reply);
             }
             // Told only once the first list is in place, so that nothing a
             // client caches after start-up is dropped as unverified.
@@ -452,15 +462,19 @@ impl Proxy {
     }
 
     /// Drops the cache entries of the programs whose registrations differ
-    /// between `last` and this DUMP `reply`, and keeps the new list.
-    fn compare_registrations(&self, reply: Bytes, last: &mut Option<(Bytes, Vec<RpcbEntry>)>) {
-        if last.as_ref().is_some_and(|(raw, _)| raw[4..] == reply[4..]) {
+    /// between the known list and this DUMP `reply`, and keeps the new list.
+    fn compare_registrations(&self, reply: Bytes) {
+        let mut known = self.known.lock().unwrap();
+        if known
+            .as_ref()
+            .is_some_and(|(raw, _)| raw[4..] == reply[4..])
+        {
             return;
         }
         let Ok(entries) = decode_dump(&reply) else {
             return;
         };
-        match last {
+        match known.as_ref() {
             Some((_, old)) => {
                 let changed = changed_programs(old, &entries);
                 let n = self
@@ -474,7 +488,7 @@ impl Proxy {
                 self.cache.flush(Invalidation::Refresh);
             }
         }
-        *last = Some((reply, entries));
+        *known = Some((reply, Arc::new(entries)));
     }
 
     async fn dump(&self) -> Result<Bytes, UpstreamError> {
