@@ -253,8 +253,12 @@ pub enum Lookup<'a> {
         ticket: Ticket<'a>,
         stale: Option<Bytes>,
     },
-    /// Someone is fetching it already: wait for their answer.
-    Wait(broadcast::Receiver<Result<Bytes, UpstreamError>>),
+    /// Someone is fetching it already: wait for their answer (`stale` as
+    /// for a miss).
+    Wait {
+        rx: broadcast::Receiver<Result<Bytes, UpstreamError>>,
+        stale: Option<Bytes>,
+    },
 }
 
 /// The right to fetch a key and store the answer. Dropped without
@@ -368,7 +372,10 @@ impl Cache {
         }
         if let Some(tx) = inner.inflight.get(&key) {
             self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Wait(tx.subscribe());
+            return Lookup::Wait {
+                rx: tx.subscribe(),
+                stale,
+            };
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         count_lookup(&mut inner.lookups, &key, false);
@@ -590,6 +597,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn those_waiting_for_a_fetch_get_the_stale_answer_too() {
+        let c = Cache::new(config());
+        fill(&c, getport(1), port_reply(2049));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let Lookup::Miss { ticket, stale } = c.lookup(getport(1)) else {
+            panic!()
+        };
+        assert!(stale.is_some());
+        let Lookup::Wait { mut rx, stale } = c.lookup(getport(1)) else {
+            panic!("a second client waits for the first one's fetch")
+        };
+        assert_eq!(
+            stale,
+            Some(port_reply(2049)),
+            "and may serve the stale answer if it fails"
+        );
+        c.complete(ticket, &Err(UpstreamError::Unavailable));
+        assert_eq!(rx.recv().await.unwrap(), Err(UpstreamError::Unavailable));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn serve_stale_zero_turns_it_off() {
         let c = Cache::new(CacheConfig {
             serve_stale: Duration::ZERO,
@@ -628,7 +656,7 @@ mod tests {
         };
         let mut waiters: Vec<_> = (0..5)
             .map(|_| match c.lookup(getport(1)) {
-                Lookup::Wait(rx) => rx,
+                Lookup::Wait { rx, .. } => rx,
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -332,30 +332,41 @@ impl Proxy {
         call: &Call<'_>,
         peer: Peer,
     ) -> Outcome {
-        let none = OpaqueAuth::NONE;
         match self.cache.lookup(key) {
             Lookup::Hit(reply) => Outcome::Shared(reply, call.xid),
-            Lookup::Wait(mut rx) => match tokio::time::timeout(self.timeout(), rx.recv()).await {
-                Ok(Ok(Ok(reply))) => Outcome::Shared(reply, call.xid),
-                Ok(Ok(Err(e))) => self.upstream_failed(e, call.xid, none),
-                // The fetching client went away (or took too long): ask
-                // rpcbind ourselves.
-                _ => {
-                    let result = self.fetch(class, record, procedure, args, call, peer).await;
-                    self.reply_or_error(result, call.xid, none)
-                }
-            },
+            Lookup::Wait { mut rx, stale } => {
+                let result = match tokio::time::timeout(self.timeout(), rx.recv()).await {
+                    Ok(Ok(result)) => result,
+                    // The fetching client went away (or took too long): ask
+                    // rpcbind ourselves.
+                    _ => self.fetch(class, record, procedure, args, call, peer).await,
+                };
+                self.answer_or_stale(result, stale, call.xid)
+            }
             Lookup::Miss { ticket, stale } => {
                 let result = self.fetch(class, record, procedure, args, call, peer).await;
                 self.cache.complete(ticket, &result);
-                match (result, stale) {
-                    (Err(UpstreamError::Unavailable | UpstreamError::Timeout), Some(stale)) => {
-                        self.cache.served_stale();
-                        Outcome::Shared(stale, call.xid)
-                    }
-                    (result, _) => self.reply_or_error(result, call.xid, none),
-                }
+                self.answer_or_stale(result, stale, call.xid)
             }
+        }
+    }
+
+    /// The fetched answer; or, when rpcbind could not be reached, the
+    /// expired entry still within --serve-stale (whoever fetched it: the
+    /// client that went to rpcbind and those that waited for it alike).
+    fn answer_or_stale(
+        &self,
+        result: Result<Bytes, UpstreamError>,
+        stale: Option<Bytes>,
+        xid: u32,
+    ) -> Outcome {
+        match (result, stale) {
+            (Ok(reply), _) => Outcome::Shared(reply, xid),
+            (Err(UpstreamError::Unavailable | UpstreamError::Timeout), Some(stale)) => {
+                self.cache.served_stale();
+                Outcome::Shared(stale, xid)
+            }
+            (Err(e), _) => self.upstream_failed(e, xid, OpaqueAuth::NONE),
         }
     }
 
