@@ -11,9 +11,9 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use tokio_util::codec::Decoder;
 
-use rpcbind_proxy::cache::{Cache, CacheConfig, Key, Lookup};
-use rpcbind_proxy::rpc::{self, AcceptStat, OpaqueAuth, RecordCodec};
-use rpcbind_proxy::rpcb::{self, Args, Mapping, Procedure};
+use rpcbind_proxy::protocol::rpc::{self, AcceptStat, OpaqueAuth, RecordCodec};
+use rpcbind_proxy::protocol::rpcb::{self, Args, Mapping, Procedure};
+use rpcbind_proxy::proxy::cache::{Cache, CacheConfig, Key, Lookup};
 
 const PROG: u32 = 100_003;
 

@@ -53,9 +53,9 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{setsockopt, sockopt};
 
-use rpcbind_proxy::rpc::{self, AcceptStat, OpaqueAuth};
-use rpcbind_proxy::rpcb::{self, Mapping, Rpcb};
-use rpcbind_proxy::xdr::Reader;
+use rpcbind_proxy::protocol::rpc::{self, AcceptStat, OpaqueAuth};
+use rpcbind_proxy::protocol::rpcb::{self, Mapping, Rpcb};
+use rpcbind_proxy::protocol::xdr::Reader;
 
 // ---------------------------------------------------------------------------
 // What runs where
@@ -708,7 +708,7 @@ fn rpcbind_lookups() -> Result<u64, String> {
     )?;
     let body = success_body(&reply)?;
     let mut r = Reader::new(body);
-    let e = |e: rpcbind_proxy::xdr::XdrError| format!("GETSTAT reply: {e}");
+    let e = |e: rpcbind_proxy::protocol::xdr::XdrError| format!("GETSTAT reply: {e}");
     let mut total = 0u64;
     for vers in [2, 3, 4] {
         let mut info = [0u32; 13];

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FileConfig, DEFAULT_CONFIG};
-use crate::listen::{ListenSpec, SpecError};
+use crate::proxy::listen::{ListenSpec, SpecError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +34,7 @@ pub enum Command {
     Query(QueryArgs),
     /// Write man pages or shell completions (packaging).
     #[command(hide = true)]
-    Generate(crate::generate::GenerateArgs),
+    Generate(crate::ops::generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]

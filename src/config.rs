@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::cache::CacheConfig;
-use crate::limits::LimitsConfig;
-use crate::listen::ListenSpec;
+use crate::proxy::cache::CacheConfig;
+use crate::proxy::limits::LimitsConfig;
+use crate::proxy::listen::ListenSpec;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
 pub const DEFAULT_LISTEN: [&str; 3] = [

@@ -13,11 +13,13 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, FileConfig};
-use crate::listen::{self, ListenSpec};
-use crate::policy::Class;
-use crate::service::{Proxy, RpcbindAddr};
-use crate::sys::Inherited;
-use crate::{control, systemd, StartError};
+use crate::host::sys::Inherited;
+use crate::host::systemd;
+use crate::ops::control;
+use crate::proxy::listen::{self, ListenSpec};
+use crate::proxy::policy::Class;
+use crate::proxy::service::{Proxy, RpcbindAddr};
+use crate::StartError;
 
 /// How long a stopping daemon waits for calls in flight.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -174,7 +176,7 @@ fn apply(proxy: &Proxy, running: &Config, new: &Config) {
 /// Every client connection is a descriptor: raise the soft limit to the
 /// hard one, and say so if the connection limit still does not fit.
 fn raise_fd_limit() {
-    match crate::sys::raise_nofile_limit() {
+    match crate::host::sys::raise_nofile_limit() {
         Ok(n) => info!(nofile = n, "descriptor limit"),
         Err(e) => warn!(error = %e, "cannot raise the descriptor limit"),
     }

@@ -5,24 +5,13 @@
 //! persistent connection per transport class) → back the same way. See
 //! ARCHITECTURE.md.
 
-pub mod cache;
 pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod generate;
-pub mod limits;
-pub mod listen;
-pub mod policy;
-pub mod rpc;
-pub mod rpcb;
-pub mod service;
-pub mod stats;
-pub mod sys;
-pub mod systemd;
-pub mod upstream;
-pub mod xdr;
+pub mod host;
+pub mod ops;
+pub mod protocol;
+pub mod proxy;
 
 use std::process::ExitCode;
 
@@ -31,7 +20,7 @@ use thiserror::Error;
 
 use crate::cli::{Cli, Command};
 use crate::config::ConfigError;
-use crate::listen::ListenSpec;
+use crate::proxy::listen::{self, ListenSpec};
 
 /// Why the daemon could not start. Each renders as one line naming the bad
 /// value.
@@ -70,10 +59,10 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status(args) => commands::status(args),
-        Command::Flush(args) => commands::flush(args),
-        Command::Check(args) => commands::check(args),
-        Command::Query(args) => commands::query(args),
-        Command::Generate(args) => generate::main(args),
+        Command::Status(args) => ops::commands::status(args),
+        Command::Flush(args) => ops::commands::flush(args),
+        Command::Check(args) => ops::commands::check(args),
+        Command::Query(args) => ops::commands::query(args),
+        Command::Generate(args) => ops::generate::main(args),
     }
 }

@@ -2,8 +2,8 @@
 //! (tests/golden/*.hex: record mark included).
 
 use bytes::BytesMut;
-use rpcbind_proxy::rpc::{encode_call, parse_call, parse_reply, AcceptStat, RecordCodec};
-use rpcbind_proxy::rpcb::{decode_args, decode_rpcblist, Args, Mapping, Procedure};
+use rpcbind_proxy::protocol::rpc::{encode_call, parse_call, parse_reply, AcceptStat, RecordCodec};
+use rpcbind_proxy::protocol::rpcb::{decode_args, decode_rpcblist, Args, Mapping, Procedure};
 use tokio_util::codec::Decoder;
 
 fn golden(name: &str) -> Vec<u8> {

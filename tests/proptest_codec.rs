@@ -6,17 +6,17 @@
 use bytes::BytesMut;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use rpcbind_proxy::cache::changed_programs;
-use rpcbind_proxy::rpc::{
+use rpcbind_proxy::protocol::rpc::{
     accepted_reply, authenticate, encode_call, parse_call, parse_reply, put_record, AcceptStat,
     OpaqueAuth, RecordCodec, RecordError, AUTH_NONE, MAX_AUTH_BYTES, MAX_FRAGMENTS, MSG_CALL,
     RPC_VERSION,
 };
-use rpcbind_proxy::rpcb::{
+use rpcbind_proxy::protocol::rpcb::{
     decode_args, decode_pmaplist, decode_rpcblist, decode_string_reply, Args, Mapping, Procedure,
     Rpcb, RpcbEntry, MAX_NETBUF,
 };
-use rpcbind_proxy::xdr::{Reader, XdrError, XdrWrite};
+use rpcbind_proxy::protocol::xdr::{Reader, XdrError, XdrWrite};
+use rpcbind_proxy::proxy::cache::changed_programs;
 use tokio_util::codec::Decoder;
 
 const MAX: usize = 9000;

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use rpcbind_proxy::cache::CacheConfig;
-use rpcbind_proxy::policy::Peer;
-use rpcbind_proxy::rpc::{
+use rpcbind_proxy::protocol::rpc::{
     accepted_reply, encode_call, parse_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec,
 };
-use rpcbind_proxy::service::{Outcome, Proxy, RpcbindAddr};
-use rpcbind_proxy::upstream::{Target, Upstream, UpstreamError};
+use rpcbind_proxy::proxy::cache::CacheConfig;
+use rpcbind_proxy::proxy::policy::Peer;
+use rpcbind_proxy::proxy::service::{Outcome, Proxy, RpcbindAddr};
+use rpcbind_proxy::proxy::upstream::{Target, Upstream, UpstreamError};
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
 

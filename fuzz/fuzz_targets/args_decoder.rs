@@ -8,8 +8,8 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rpcbind_proxy::rpcb::{decode_args, Args, Procedure, MAX_NETBUF};
-use rpcbind_proxy::xdr::XdrWrite;
+use rpcbind_proxy::protocol::rpcb::{decode_args, Args, Procedure, MAX_NETBUF};
+use rpcbind_proxy::protocol::xdr::XdrWrite;
 
 fuzz_target!(|data: &[u8]| {
     let [v, p, args @ ..] = data else {

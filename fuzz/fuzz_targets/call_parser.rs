@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rpcbind_proxy::rpc::{
+use rpcbind_proxy::protocol::rpc::{
     authenticate, encode_call, parse_call, OpaqueAuth, AUTH_NONE, AUTH_SYS, MAX_AUTH_BYTES,
 };
 

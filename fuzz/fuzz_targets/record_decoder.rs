@@ -14,7 +14,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rpcbind_proxy::rpc::{RecordCodec, MAX_FRAGMENTS};
+use rpcbind_proxy::protocol::rpc::{RecordCodec, MAX_FRAGMENTS};
 use tokio_util::codec::Decoder;
 
 const MAX: usize = 9000;

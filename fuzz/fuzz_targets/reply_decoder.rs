@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use rpcbind_proxy::cache::changed_programs;
-use rpcbind_proxy::rpc::parse_reply;
-use rpcbind_proxy::rpcb::{decode_pmaplist, decode_rpcblist, decode_string_reply, Rpcb, RpcbEntry};
-use rpcbind_proxy::xdr::XdrWrite;
+use rpcbind_proxy::proxy::cache::changed_programs;
+use rpcbind_proxy::protocol::rpc::parse_reply;
+use rpcbind_proxy::protocol::rpcb::{decode_pmaplist, decode_rpcblist, decode_string_reply, Rpcb, RpcbEntry};
+use rpcbind_proxy::protocol::xdr::XdrWrite;
 
 type Regs<'a> = BTreeMap<u32, BTreeSet<(u32, &'a [u8], &'a [u8], &'a [u8])>>;
 

@@ -463,7 +463,7 @@ impl Sandbox {
         })?;
         let via_fd =
             PathBuf::from(format!("/proc/self/fd/{}", self.root_dir.as_raw_fd())).join(inner);
-        let std = rpcbind_proxy::sys::connect_unix_as(&via_fd, uid, gid)?;
+        let std = rpcbind_proxy::host::sys::connect_unix_as(&via_fd, uid, gid)?;
         Conn::from_std_unix(std)
     }
 

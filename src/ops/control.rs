@@ -14,10 +14,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::cache::Invalidation;
-use crate::policy::Class;
-use crate::service::Proxy;
-use crate::stats::{tcp_sockets, ClientKey, ClientRow, TCP_TIME_WAIT};
+use crate::proxy::cache::Invalidation;
+use crate::proxy::metrics::{tcp_sockets, ClientKey, ClientRow, TCP_TIME_WAIT};
+use crate::proxy::policy::Class;
+use crate::proxy::service::Proxy;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 256;

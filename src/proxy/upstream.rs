@@ -28,8 +28,8 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
-use crate::stats::Histogram;
+use crate::protocol::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
+use crate::proxy::metrics::Histogram;
 
 /// Where rpcbind is reached for one class of calls.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -515,7 +515,7 @@ pub async fn call_as_user(
     let exchange = async {
         let path = path.to_owned();
         let std_stream =
-            tokio::task::spawn_blocking(move || crate::sys::connect_unix_as(&path, uid, gid))
+            tokio::task::spawn_blocking(move || crate::host::sys::connect_unix_as(&path, uid, gid))
                 .await
                 .map_err(|_| UpstreamError::Unavailable)?
                 .map_err(|e| {

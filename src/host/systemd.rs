@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::sys::{adopt_socket, Inherited};
+use crate::host::sys::{adopt_socket, Inherited};
 
 /// Sends one notification without ever blocking the caller.
 ///

@@ -5,7 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::xdr::{Reader, XdrError, XdrWrite};
+use crate::protocol::xdr::{Reader, XdrError, XdrWrite};
 
 pub const RPC_VERSION: u32 = 2;
 pub const MSG_CALL: u32 = 0;

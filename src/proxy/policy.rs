@@ -9,8 +9,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::rpc::AcceptStat;
-use crate::rpcb::{Procedure, RpcbEntry};
+use crate::protocol::rpc::AcceptStat;
+use crate::protocol::rpcb::{Procedure, RpcbEntry};
 
 /// The client at the other end of a listener, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
-use crate::policy::Peer;
-use crate::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
-use crate::service::{Outcome, Proxy};
-use crate::sys::Inherited;
+use crate::host::sys::Inherited;
+use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
+use crate::proxy::policy::Peer;
+use crate::proxy::service::{Outcome, Proxy};
 
 /// Bytes read from a stream client at a time.
 const READ_CHUNK: usize = 4096;

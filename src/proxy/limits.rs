@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::stats::Clients;
+use crate::proxy::metrics::Clients;
 
 /// The limits as configured.
 #[derive(Debug, Clone, Copy, PartialEq)]

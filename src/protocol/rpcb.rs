@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use crate::xdr::{Reader, XdrError, XdrWrite};
+use crate::protocol::xdr::{Reader, XdrError, XdrWrite};
 
 pub const PROGRAM: u32 = 100000;
 pub const LOW_VERSION: u32 = 2;

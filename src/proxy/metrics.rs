@@ -10,8 +10,8 @@ use std::time::Duration;
 use lru::LruCache;
 use serde::Serialize;
 
-use crate::policy::Peer;
-use crate::rpcb::Procedure;
+use crate::protocol::rpcb::Procedure;
+use crate::proxy::policy::Peer;
 
 /// A latency histogram with power-of-two microsecond buckets: lock-free to
 /// record, good enough for p50/p99 (each within a factor of two).

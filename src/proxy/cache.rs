@@ -24,10 +24,10 @@ use lru::LruCache;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::policy::Class;
-use crate::rpc::{self, AcceptStat};
-use crate::rpcb::{self, Args, Procedure, RpcbEntry};
-use crate::upstream::UpstreamError;
+use crate::protocol::rpc::{self, AcceptStat};
+use crate::protocol::rpcb::{self, Args, Procedure, RpcbEntry};
+use crate::proxy::policy::Class;
+use crate::proxy::upstream::UpstreamError;
 
 /// Hints longer than this are not cached (every IPv4 universal address
 /// fits; an IPv6 hint is rare and is simply forwarded). Keys stay small,
@@ -524,7 +524,7 @@ pub fn changed_programs(old: &[RpcbEntry], new: &[RpcbEntry]) -> BTreeSet<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::{accepted_reply, OpaqueAuth};
+    use crate::protocol::rpc::{accepted_reply, OpaqueAuth};
 
     fn port_reply(port: u32) -> Bytes {
         accepted_reply(

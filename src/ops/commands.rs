@@ -16,8 +16,8 @@ use bytes::BytesMut;
 use serde_json::Value;
 
 use crate::cli::{CheckArgs, FlushArgs, QueryArgs, QueryLookup, StatusArgs};
-use crate::rpc::{self, AcceptStat, MAX_UPSTREAM_RECORD};
-use crate::rpcb::{self, Mapping, Rpcb};
+use crate::protocol::rpc::{self, AcceptStat, MAX_UPSTREAM_RECORD};
+use crate::protocol::rpcb::{self, Mapping, Rpcb};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 

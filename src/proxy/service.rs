@@ -18,13 +18,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
-use crate::limits::{Limits, LimitsConfig};
-use crate::policy::{callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route};
-use crate::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
-use crate::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
-use crate::stats::{Clients, ProcCounters};
-use crate::upstream::{self, Target, Upstream, UpstreamError};
+use crate::protocol::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
+use crate::protocol::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
+use crate::proxy::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
+use crate::proxy::limits::{Limits, LimitsConfig};
+use crate::proxy::metrics::{Clients, ProcCounters};
+use crate::proxy::policy::{
+    callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route,
+};
+use crate::proxy::upstream::{self, Target, Upstream, UpstreamError};
 
 /// What a listener does with a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
