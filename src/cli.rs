@@ -34,7 +34,7 @@ pub enum Command {
     Query(QueryArgs),
     /// Write man pages or shell completions (packaging).
     #[command(hide = true)]
-    Generate(crate::ops::generate::GenerateArgs),
+    Generate(GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -233,4 +233,27 @@ pub enum QueryLookup {
     },
     /// The universal address of PROG VERS on NETID (rpcbind GETADDR).
     Getaddr { prog: u32, vers: u32, netid: String },
+}
+
+/// `generate`: what to write (packaging runs it on the release binary).
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: What,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum What {
+    /// Man pages: rpcbind-proxy.1 and rpcbind-proxy-SUBCOMMAND.1 for each
+    /// subcommand, into DIR (created if missing).
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Shell completions for bash (rpcbind-proxy.bash), zsh (_rpcbind-proxy)
+    /// and fish (rpcbind-proxy.fish), into DIR (created if missing).
+    Completions {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }

@@ -59,10 +59,10 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status(args) => ops::commands::status(args),
-        Command::Flush(args) => ops::commands::flush(args),
-        Command::Check(args) => ops::commands::check(args),
-        Command::Query(args) => ops::commands::query(args),
+        Command::Status(args) => ops::status::status(args),
+        Command::Flush(args) => ops::flush::flush(args),
+        Command::Check(args) => ops::check::check(args),
+        Command::Query(args) => ops::query::query(args),
         Command::Generate(args) => ops::generate::main(args),
     }
 }

@@ -7,5 +7,6 @@
 //! each other and `protocol`, never `proxy` or `ops`, so the request path can
 //! call them without a cycle.
 
+pub mod procnet;
 pub mod sys;
 pub mod systemd;

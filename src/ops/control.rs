@@ -14,8 +14,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::host::procnet::{tcp_sockets, TCP_TIME_WAIT};
 use crate::proxy::cache::Invalidation;
-use crate::proxy::metrics::{tcp_sockets, ClientKey, ClientRow, TCP_TIME_WAIT};
+use crate::proxy::metrics::{ClientKey, ClientRow};
 use crate::proxy::policy::Class;
 use crate::proxy::service::Proxy;
 

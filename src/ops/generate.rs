@@ -6,36 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Subcommand};
+use clap::CommandFactory;
 use clap_complete::Shell;
 use thiserror::Error;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, GenerateArgs, What};
 
 /// The name the man pages and completions are written for.
 const BIN: &str = "rpcbind-proxy";
-
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    #[command(subcommand)]
-    pub what: What,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum What {
-    /// Man pages: rpcbind-proxy.1 and rpcbind-proxy-SUBCOMMAND.1 for each
-    /// subcommand, into DIR (created if missing).
-    Man {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-    /// Shell completions for bash (rpcbind-proxy.bash), zsh (_rpcbind-proxy)
-    /// and fish (rpcbind-proxy.fish), into DIR (created if missing).
-    Completions {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-}
 
 /// Why generation failed; one line naming the path.
 #[derive(Debug, Error)]

@@ -1,11 +1,18 @@
 //! Operator commands and the daemon's side of them.
 //!
 //! Owns the control socket the daemon serves (`control`: one request line,
-//! one JSON answer), the `status`/`flush`/`check`/`query` subcommands
-//! (`commands`) and the man pages and shell completions (`generate`). It may
+//! one JSON answer), one module per subcommand (`status`, `flush`,
+//! `check`, `query`, sharing `client`), one per status format (`text`,
+//! `prometheus`; JSON is the control socket's own) and the man pages and shell completions (`generate`). It may
 //! import `proxy` (to read its counters), `protocol` and `host`; nothing in
 //! `proxy`, `protocol` or `host` imports it.
 
-pub mod commands;
+pub mod check;
+mod client;
 pub mod control;
+pub mod flush;
 pub mod generate;
+pub mod prometheus;
+pub mod query;
+pub mod status;
+pub mod text;

@@ -1,0 +1,42 @@
+//! What every operator command shares: one request to the control socket,
+//! one-line failures, and reading numbers out of the status JSON.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("rpcbind-proxy: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Sends one request line to the control socket and returns the JSON answer.
+pub fn control_request(path: &Path, line: &str) -> Result<Value, String> {
+    let tried = |e: std::io::Error| format!("cannot reach the daemon at {}: {e}", path.display());
+    let mut s = UnixStream::connect(path).map_err(tried)?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).map_err(tried)?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).map_err(tried)?;
+    s.write_all(format!("{line}\n").as_bytes()).map_err(tried)?;
+    let mut text = String::new();
+    s.take(16 << 20).read_to_string(&mut text).map_err(tried)?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("bad answer from the daemon at {}: {e}", path.display()))?;
+    match v.get("error").and_then(Value::as_str) {
+        Some(err) => Err(err.to_string()),
+        None => Ok(v),
+    }
+}
+
+pub(crate) fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path).and_then(Value::as_u64).unwrap_or(0)
+}
+
+pub(crate) fn f(v: &Value, path: &str) -> f64 {
+    v.pointer(path).and_then(Value::as_f64).unwrap_or(0.0)
+}

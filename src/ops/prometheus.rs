@@ -1,0 +1,242 @@
+//! The status in Prometheus text exposition format.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::client::{f, u};
+
+/// The status in Prometheus text exposition format.
+pub fn prometheus(v: &Value) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(o, "# HELP rpcbind_proxy_{name} {help}");
+        let _ = writeln!(o, "# TYPE rpcbind_proxy_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(o, "rpcbind_proxy_{name}{labels} {value}");
+        }
+    };
+    let one = |p: &str| vec![(String::new(), f(v, p).max(u(v, p) as f64))];
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        one("/uptime_seconds"),
+    );
+    metric(
+        "requests_total",
+        "counter",
+        "Calls received.",
+        one("/requests/total"),
+    );
+    let by_proc = v
+        .pointer("/requests/by_procedure")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        format!(
+                            "{{version=\"{}\",procedure=\"{}\"}}",
+                            p["version"],
+                            p["procedure"].as_str().unwrap_or("")
+                        ),
+                        p["count"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "procedure_requests_total",
+        "counter",
+        "Calls per procedure.",
+        by_proc,
+    );
+    for (name, path, help) in [
+        (
+            "cache_hits_total",
+            "/cache/hits",
+            "Lookups answered from the cache.",
+        ),
+        (
+            "cache_negative_hits_total",
+            "/cache/negative_hits",
+            "Lookups answered 'not registered' from the cache.",
+        ),
+        (
+            "cache_misses_total",
+            "/cache/misses",
+            "Lookups sent to rpcbind.",
+        ),
+        (
+            "cache_coalesced_total",
+            "/cache/coalesced",
+            "Lookups that waited for another client's identical miss.",
+        ),
+        (
+            "cache_evictions_total",
+            "/cache/evictions",
+            "Entries evicted beyond max-entries.",
+        ),
+        (
+            "cache_expirations_total",
+            "/cache/expirations",
+            "Entries expired.",
+        ),
+        (
+            "cache_stale_served_total",
+            "/cache/stale_served",
+            "Expired entries served while rpcbind was unreachable.",
+        ),
+        (
+            "upstream_calls_total",
+            "/upstream/calls",
+            "Calls sent to rpcbind.",
+        ),
+        (
+            "upstream_connects_total",
+            "/upstream/connects",
+            "Connections opened to rpcbind.",
+        ),
+        (
+            "upstream_timeouts_total",
+            "/upstream/timeouts",
+            "Calls rpcbind did not answer in time.",
+        ),
+        (
+            "upstream_errors_total",
+            "/upstream/errors",
+            "Calls that failed for a lost or refused connection.",
+        ),
+        (
+            "clients_total",
+            "/clients/total",
+            "Stream clients accepted.",
+        ),
+    ] {
+        metric(name, "counter", help, one(path));
+    }
+    for (name, path, help) in [
+        (
+            "cache_hit_ratio",
+            "/cache/hit_ratio",
+            "Lookups answered without asking rpcbind, of all lookups.",
+        ),
+        ("cache_entries", "/cache/entries", "Entries in the cache."),
+        (
+            "cache_max_entries",
+            "/cache/max_entries",
+            "The cache's size limit.",
+        ),
+        (
+            "upstream_in_flight",
+            "/upstream/in_flight",
+            "Calls sent to rpcbind and not yet answered.",
+        ),
+        (
+            "clients_connected",
+            "/clients/connected",
+            "Stream clients connected now.",
+        ),
+    ] {
+        metric(name, "gauge", help, one(path));
+    }
+    let inv = ["refresh", "registration", "flush"]
+        .iter()
+        .map(|r| {
+            (
+                format!("{{reason=\"{r}\"}}"),
+                u(v, &format!("/cache/invalidations/{r}")) as f64,
+            )
+        })
+        .collect();
+    metric(
+        "cache_invalidations_total",
+        "counter",
+        "Entries dropped because registrations changed or on request.",
+        inv,
+    );
+    let classes = v
+        .pointer("/upstream/classes")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(c, x)| {
+                    (
+                        format!("{{class=\"{c}\"}}"),
+                        if x["connected"].as_bool() == Some(true) {
+                            1.0
+                        } else {
+                            0.0
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "upstream_connected",
+        "gauge",
+        "Whether the connection of each transport class is open.",
+        classes,
+    );
+    let lat = ["p50", "p99"]
+        .iter()
+        .filter_map(|q| {
+            v.pointer(&format!("/upstream/latency_{q}_us"))
+                .and_then(Value::as_f64)
+                .map(|x| (format!("{{quantile=\"0.{}\"}}", &q[1..]), x / 1e6))
+        })
+        .collect();
+    metric(
+        "upstream_latency_seconds",
+        "gauge",
+        "Upper bound of the latency quantile of calls to rpcbind.",
+        lat,
+    );
+    let lookups = v["lookups"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .flat_map(|l| {
+                    ["hits", "misses"].into_iter().map(move |r| {
+                        (
+                            format!(
+                                "{{program=\"{}\",version=\"{}\",netid=\"{}\",result=\"{}\"}}",
+                                l["program"],
+                                l["version"],
+                                l["netid"].as_str().unwrap_or(""),
+                                r.trim_end_matches('s')
+                            ),
+                            l[r].as_f64().unwrap_or(0.0),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "lookups_total",
+        "counter",
+        "Lookups per program, version and netid.",
+        lookups,
+    );
+    let tw = vec![
+        (
+            "{port=\"111\"}".to_string(),
+            u(v, "/time_wait/port_111") as f64,
+        ),
+        (
+            "{port=\"proxy\"}".to_string(),
+            u(v, "/time_wait/proxy_ports") as f64,
+        ),
+    ];
+    metric(
+        "time_wait_sockets",
+        "gauge",
+        "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.",
+        tw,
+    );
+    o
+}

@@ -1,0 +1,288 @@
+//! `rpcbind-proxy query`: ask rpcbind through the proxy and print as
+//! `rpcinfo -p` / `rpcinfo -s` would.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+
+use bytes::BytesMut;
+
+use super::client::{fail, IO_TIMEOUT};
+use crate::cli::{QueryArgs, QueryLookup};
+use crate::protocol::rpc::{self, AcceptStat, MAX_UPSTREAM_RECORD};
+use crate::protocol::rpcb::{self, Mapping, Rpcb};
+
+/// Where a query goes.
+enum Via<'a> {
+    Unix(&'a Path),
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+}
+
+/// One call through the proxy; returns the procedure's results.
+fn rpc_call(via: &Via<'_>, vers: u32, procedure: u32, args: &[u8]) -> Result<Vec<u8>, String> {
+    let xid = std::process::id() ^ 0x5eed_0000;
+    let call = rpc::encode_call(xid, rpcb::PROGRAM, vers, procedure, args);
+    let reply = match via {
+        Via::Unix(path) => {
+            let tried =
+                |e: std::io::Error| format!("cannot query the proxy at {}: {e}", path.display());
+            let s = UnixStream::connect(path).map_err(tried)?;
+            stream_exchange(s, &call).map_err(tried)?
+        }
+        Via::Tcp(addr) => {
+            let tried = |e: std::io::Error| format!("cannot query the proxy at tcp:{addr}: {e}");
+            let s = TcpStream::connect_timeout(addr, IO_TIMEOUT).map_err(tried)?;
+            stream_exchange(s, &call).map_err(tried)?
+        }
+        Via::Udp(addr) => {
+            let tried = |e: std::io::Error| format!("cannot query the proxy at udp:{addr}: {e}");
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .unwrap();
+            let s = UdpSocket::bind(bind).map_err(tried)?;
+            s.connect(addr).map_err(tried)?;
+            s.set_read_timeout(Some(IO_TIMEOUT)).map_err(tried)?;
+            s.send(&call).map_err(tried)?;
+            let mut buf = vec![0u8; 65536];
+            let n = s.recv(&mut buf).map_err(tried)?;
+            buf.truncate(n);
+            buf
+        }
+    };
+    let r = rpc::parse_reply(&reply).map_err(|e| format!("undecodable reply: {e}"))?;
+    match r.accept {
+        Some(AcceptStat::Success) => Ok(r.body.to_vec()),
+        Some(other) => Err(format!("RPC: {other:?}")),
+        None => Err("RPC: call denied".into()),
+    }
+}
+
+/// Writes one record and reads one (reassembling fragments, bounded).
+fn stream_exchange<S: Read + Write>(mut s: S, call: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut rec = BytesMut::new();
+    rpc::put_record(&mut rec, call);
+    s.write_all(&rec)?;
+    let mut out = Vec::new();
+    loop {
+        let mut mark = [0u8; 4];
+        s.read_exact(&mut mark)?;
+        let mark = u32::from_be_bytes(mark);
+        let len = (mark & 0x7fff_ffff) as usize;
+        if out.len() + len > MAX_UPSTREAM_RECORD {
+            return Err(std::io::Error::other("reply too large"));
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        s.read_exact(&mut out[start..])?;
+        if mark & 0x8000_0000 != 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Program names from /etc/rpc, as rpcinfo prints them.
+fn rpc_names() -> BTreeMap<u32, String> {
+    let text = std::fs::read_to_string("/etc/rpc").unwrap_or_default();
+    let mut names = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut w = line.split_whitespace();
+        if let (Some(name), Some(num)) = (w.next(), w.next()) {
+            if let Ok(n) = num.parse() {
+                names.entry(n).or_insert_with(|| name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// `rpcinfo -p`'s table for a v2 DUMP.
+pub fn format_portmap(list: &[Mapping], names: &BTreeMap<u32, String>) -> String {
+    let mut o = String::from("   program vers proto   port  service\n");
+    for m in list {
+        let _ = write!(o, "{:>10}{:>5}", m.prog, m.vers);
+        match m.prot {
+            rpcb::IPPROTO_UDP => o.push_str("   udp"),
+            rpcb::IPPROTO_TCP => o.push_str("   tcp"),
+            other => {
+                let _ = write!(o, "{other:>6}");
+            }
+        }
+        let _ = write!(o, "{:>7}", m.port);
+        match names.get(&m.prog) {
+            Some(n) => {
+                let _ = writeln!(o, "  {n}");
+            }
+            None => o.push('\n'),
+        }
+    }
+    o
+}
+
+/// `rpcinfo -s`'s table for a v3/v4 DUMP: one row per program, versions and
+/// netids in rpcinfo's (prepending) order, the first entry's owner.
+pub fn format_short(list: &[rpcb::RpcbEntry], names: &BTreeMap<u32, String>) -> String {
+    struct Row {
+        prog: u32,
+        owner: String,
+        versions: Vec<u32>,
+        netids: Vec<String>,
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for e in list {
+        let i = match rows.iter().position(|r| r.prog == e.prog) {
+            Some(i) => i,
+            None => {
+                rows.push(Row {
+                    prog: e.prog,
+                    owner: String::from_utf8_lossy(&e.owner).into_owned(),
+                    versions: Vec::new(),
+                    netids: Vec::new(),
+                });
+                rows.len() - 1
+            }
+        };
+        let r = &mut rows[i];
+        if !r.versions.contains(&e.vers) {
+            r.versions.insert(0, e.vers);
+        }
+        let netid = String::from_utf8_lossy(&e.netid).into_owned();
+        if !r.netids.contains(&netid) {
+            r.netids.insert(0, netid);
+        }
+    }
+    let mut o =
+        String::from("   program version(s) netid(s)                         service     owner\n");
+    for r in rows {
+        let versions: Vec<String> = r.versions.iter().map(u32::to_string).collect();
+        let name = names.get(&r.prog).map_or("-", String::as_str);
+        let _ = writeln!(
+            o,
+            "{:>10}  {:<10}{:<32} {name:<10}  {}",
+            r.prog,
+            versions.join(","),
+            r.netids.join(","),
+            r.owner
+        );
+    }
+    o
+}
+
+pub fn query(args: QueryArgs) -> ExitCode {
+    let unix = Via::Unix(&args.socket);
+    let result = match (&args.lookup, args.portmap, args.short) {
+        (None, true, _) => rpc_call(&unix, 2, 4, &[])
+            .and_then(|b| rpcb::decode_pmaplist(&b).map_err(|e| e.to_string()))
+            .map(|l| format_portmap(&l, &rpc_names())),
+        (None, _, true) => rpc_call(&unix, 4, 4, &[])
+            .and_then(|b| rpcb::decode_rpcblist(&b).map_err(|e| e.to_string()))
+            .map(|l| format_short(&l, &rpc_names())),
+        (Some(QueryLookup::Getport { prog, vers, proto }), ..) => {
+            let prot = if proto == "udp" {
+                rpcb::IPPROTO_UDP
+            } else {
+                rpcb::IPPROTO_TCP
+            };
+            let mut a = BytesMut::new();
+            Mapping {
+                prog: *prog,
+                vers: *vers,
+                prot,
+                port: 0,
+            }
+            .encode(&mut a);
+            rpc_call(&unix, 2, 3, &a).and_then(|b| match b.get(..4) {
+                Some([0, 0, 0, 0]) => Err(format!(
+                    "program {prog} version {vers} is not registered on {proto}"
+                )),
+                Some(p) => Ok(format!(
+                    "{}\n",
+                    u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+                )),
+                None => Err("short GETPORT reply".into()),
+            })
+        }
+        (Some(QueryLookup::Getaddr { prog, vers, netid }), ..) => {
+            // rpcbind answers GETADDR by the transport the call arrives on.
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, args.inet.port()));
+            let via = match netid.as_str() {
+                "tcp" => Via::Tcp(args.inet),
+                "udp" => Via::Udp(args.inet),
+                "tcp6" => Via::Tcp(v6),
+                "udp6" => Via::Udp(v6),
+                _ => Via::Unix(&args.socket),
+            };
+            let mut a = BytesMut::new();
+            Rpcb {
+                prog: *prog,
+                vers: *vers,
+                netid: netid.as_bytes(),
+                addr: b"",
+                owner: b"",
+            }
+            .encode(&mut a);
+            rpc_call(&via, 4, 3, &a).and_then(|b| match rpcb::decode_string_reply(&b) {
+                Ok([]) => Err(format!(
+                    "program {prog} version {vers} is not registered on {netid}"
+                )),
+                Ok(addr) => Ok(format!("{}\n", String::from_utf8_lossy(addr))),
+                Err(e) => Err(e.to_string()),
+            })
+        }
+        (None, false, false) => Err("say what to query: -p, -s, getport or getaddr".into()),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpcinfo_formats() {
+        let names = BTreeMap::from([(100000, "portmapper".to_string())]);
+        let pm = [Mapping {
+            prog: 100000,
+            vers: 4,
+            prot: 6,
+            port: 111,
+        }];
+        assert_eq!(
+            format_portmap(&pm, &names),
+            "   program vers proto   port  service\n    100000    4   tcp    111  portmapper\n"
+        );
+        let e = |vers, netid: &str| rpcb::RpcbEntry {
+            prog: 100000,
+            vers,
+            netid: netid.into(),
+            addr: vec![],
+            owner: b"superuser".to_vec(),
+        };
+        let list = [
+            e(4, "tcp6"),
+            e(3, "tcp6"),
+            e(4, "tcp"),
+            e(2, "tcp"),
+            e(4, "local"),
+        ];
+        assert_eq!(
+            format_short(&list, &names),
+            "   program version(s) netid(s)                         service     owner\n    100000  2,3,4     local,tcp,tcp6                   portmapper  superuser\n"
+        );
+    }
+}

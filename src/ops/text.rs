@@ -1,0 +1,175 @@
+//! The status rendered for people: aligned columns, the hit ratio first.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::client::{f, u};
+
+/// The status for people: aligned, the hit ratio first.
+pub fn human(v: &Value) -> String {
+    let mut o = String::new();
+    let row = |o: &mut String, label: &str, text: String| {
+        let _ = writeln!(o, "{label:<12} {text}");
+    };
+    row(
+        &mut o,
+        "hit ratio",
+        format!(
+            "{:.1}%  (hits {}, negative hits {}, coalesced {}, misses {})",
+            f(v, "/cache/hit_ratio") * 100.0,
+            u(v, "/cache/hits"),
+            u(v, "/cache/negative_hits"),
+            u(v, "/cache/coalesced"),
+            u(v, "/cache/misses")
+        ),
+    );
+    row(
+        &mut o,
+        "cache",
+        format!(
+            "{} of {} entries; ttl {}s, negative {}s, refresh {}s; evictions {}, expirations {}, invalidations {}, stale served {}",
+            u(v, "/cache/entries"),
+            u(v, "/cache/max_entries"),
+            f(v, "/cache/ttl_seconds"),
+            f(v, "/cache/negative_ttl_seconds"),
+            f(v, "/cache/refresh_seconds"),
+            u(v, "/cache/evictions"),
+            u(v, "/cache/expirations"),
+            u(v, "/cache/invalidations/total"),
+            u(v, "/cache/stale_served")
+        ),
+    );
+    let classes = v
+        .pointer("/upstream/classes")
+        .and_then(Value::as_object)
+        .map(|m| {
+            ["unix", "tcp", "udp", "tcp6", "udp6"]
+                .iter()
+                .filter_map(|c| m.get(*c).map(|x| (c, x)))
+                .map(|(c, x)| {
+                    let up = x.get("connected").and_then(Value::as_bool).unwrap_or(false);
+                    format!("{c} {}", if up { "up" } else { "-" })
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let us = |p: &str| match v.pointer(p).and_then(Value::as_u64) {
+        Some(x) => format!("<{x}us"),
+        None => "-".into(),
+    };
+    row(
+        &mut o,
+        "upstream",
+        format!(
+            "{classes}; calls {}, in flight {}, timeouts {}, errors {}, p50 {}, p99 {}",
+            u(v, "/upstream/calls"),
+            u(v, "/upstream/in_flight"),
+            u(v, "/upstream/timeouts"),
+            u(v, "/upstream/errors"),
+            us("/upstream/latency_p50_us"),
+            us("/upstream/latency_p99_us")
+        ),
+    );
+    let procs = v
+        .pointer("/requests/by_procedure")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    format!(
+                        "{} v{} {}",
+                        p["procedure"].as_str().unwrap_or("?"),
+                        p["version"],
+                        p["count"]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    row(
+        &mut o,
+        "requests",
+        format!("{} total; {procs}", u(v, "/requests/total")),
+    );
+    row(
+        &mut o,
+        "clients",
+        format!(
+            "{} connected, {} in all",
+            u(v, "/clients/connected"),
+            u(v, "/clients/total")
+        ),
+    );
+    row(
+        &mut o,
+        "time_wait",
+        format!(
+            "{} on port 111, {} on the proxy's ports",
+            u(v, "/time_wait/port_111"),
+            u(v, "/time_wait/proxy_ports")
+        ),
+    );
+    row(
+        &mut o,
+        "daemon",
+        format!(
+            "version {}, up {}s",
+            v["version"].as_str().unwrap_or("?"),
+            u(v, "/uptime_seconds")
+        ),
+    );
+    let listeners: Vec<&str> = v["listeners"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    row(&mut o, "listeners", listeners.join(" "));
+    let n = |x: &Value| x.as_u64().map_or("-".to_string(), |v| v.to_string());
+    if let Some(lookups) = v["lookups"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(
+            o,
+            "\nlookups         program vers netid        hits     misses"
+        );
+        for l in lookups.iter().take(20) {
+            let _ = writeln!(
+                o,
+                "             {:>10} {:>4} {:<6} {:>10} {:>10}",
+                n(&l["program"]),
+                n(&l["version"]),
+                l["netid"].as_str().unwrap_or("?"),
+                n(&l["hits"]),
+                n(&l["misses"])
+            );
+        }
+    }
+    if let Some(top) = v
+        .pointer("/clients/top")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    {
+        let _ = writeln!(
+            o,
+            "\ntop clients  transport who                               uid   requests"
+        );
+        for c in top {
+            let who = match c["transport"].as_str() {
+                Some("unix") => format!(
+                    "pid {} {}",
+                    n(&c["pid"]),
+                    c["command"].as_str().unwrap_or("?")
+                ),
+                _ => format!("{}:{}", c["address"].as_str().unwrap_or("?"), n(&c["port"])),
+            };
+            let _ = writeln!(
+                o,
+                "             {:<9} {who:<31} {:>5} {:>10}",
+                c["transport"].as_str().unwrap_or("?"),
+                n(&c["uid"]),
+                n(&c["requests"])
+            );
+        }
+    }
+    o
+}
