@@ -238,9 +238,19 @@ struct Inner {
     /// Bumped by every invalidation: an answer fetched before one must not
     /// be stored after it.
     generation: u64,
-    /// Misses being fetched now, and who waits for them (single flight).
-    inflight: HashMap<Key, broadcast::Sender<Result<Bytes, UpstreamError>>>,
+    /// Misses being fetched now, and who waits for them (single flight),
+    /// with the id of the fetch. An invalidation detaches the fetches of the
+    /// programs it drops: whoever asks after it starts a fetch of its own
+    /// instead of waiting for an answer rpcbind may have given before the
+    /// change (a registration through the proxy, then an immediate lookup,
+    /// must see the new port).
+    inflight: HashMap<Key, (u64, Fanout)>,
+    /// The id of the next fetch.
+    next_fetch: u64,
 }
+
+/// Hands a fetched answer to the clients that wait for it.
+type Fanout = broadcast::Sender<Result<Bytes, UpstreamError>>;
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -269,13 +279,31 @@ pub struct Ticket<'a> {
     cache: &'a Cache,
     key: Key,
     generation: u64,
+    /// This fetch's id and its own handle on the waiters, which it keeps
+    /// when an invalidation detaches it from `inflight`.
+    fetch: u64,
+    fanout: Fanout,
     done: bool,
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.cache.inner.lock().unwrap().inflight.remove(&self.key);
+            self.cache
+                .inner
+                .lock()
+                .unwrap()
+                .end_fetch(&self.key, self.fetch);
+        }
+    }
+}
+
+impl Inner {
+    /// Forgets fetch `id` of `key`, unless an invalidation already did (and
+    /// a newer fetch of the same key may now be in its place).
+    fn end_fetch(&mut self, key: &Key, id: u64) {
+        if self.inflight.get(key).is_some_and(|(f, _)| *f == id) {
+            self.inflight.remove(key);
         }
     }
 }
@@ -297,6 +325,7 @@ impl Cache {
                 lookups: HashMap::new(),
                 generation: 0,
                 inflight: HashMap::new(),
+                next_fetch: 0,
             }),
             stats: CacheStats::default(),
         }
@@ -370,7 +399,7 @@ impl Cache {
             inner.entries.pop(&key);
             self.stats.expirations.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(tx) = inner.inflight.get(&key) {
+        if let Some((_, tx)) = inner.inflight.get(&key) {
             self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
             return Lookup::Wait {
                 rx: tx.subscribe(),
@@ -380,12 +409,16 @@ impl Cache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         count_lookup(&mut inner.lookups, &key, false);
         let (tx, _) = broadcast::channel(1);
-        inner.inflight.insert(key, tx);
+        let fetch = inner.next_fetch;
+        inner.next_fetch += 1;
+        inner.inflight.insert(key, (fetch, tx.clone()));
         Lookup::Miss {
             ticket: Ticket {
                 cache: self,
                 key,
                 generation: inner.generation,
+                fetch,
+                fanout: tx,
                 done: false,
             },
             stale,
@@ -399,9 +432,8 @@ impl Cache {
         let config = self.config();
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap();
-        if let Some(tx) = inner.inflight.remove(&ticket.key) {
-            let _ = tx.send(result.clone());
-        }
+        inner.end_fetch(&ticket.key, ticket.fetch);
+        let _ = ticket.fanout.send(result.clone());
         let Ok(reply) = result else { return };
         if ticket.generation != inner.generation {
             return;
@@ -446,10 +478,12 @@ impl Cache {
     pub fn invalidate_programs(&self, programs: &BTreeSet<u32>, why: Invalidation) -> usize {
         let mut inner = self.inner.lock().unwrap();
         inner.generation += 1;
+        let affected = |k: &Key| k.program().is_none_or(|p| programs.contains(&p));
+        inner.inflight.retain(|k, _| !affected(k));
         let doomed: Vec<Key> = inner
             .entries
             .iter()
-            .filter(|(k, _)| k.program().is_none_or(|p| programs.contains(&p)))
+            .filter(|(k, _)| affected(k))
             .map(|(k, _)| *k)
             .collect();
         for k in &doomed {
@@ -463,6 +497,7 @@ impl Cache {
     pub fn flush(&self, why: Invalidation) -> usize {
         let mut inner = self.inner.lock().unwrap();
         inner.generation += 1;
+        inner.inflight.clear();
         let n = inner.entries.len();
         inner.entries.clear();
         self.count_invalidations(why, n);
@@ -677,6 +712,34 @@ mod tests {
         c.invalidate_programs(&BTreeSet::from([1]), Invalidation::Refresh);
         c.complete(ticket, &Ok(port_reply(7)));
         assert!(c.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_after_an_invalidation_does_not_wait_for_a_fetch_from_before_it() {
+        let c = Cache::new(config());
+        let Lookup::Miss { ticket: old, .. } = c.lookup(getport(1)) else {
+            panic!()
+        };
+        let Lookup::Wait { rx: mut before, .. } = c.lookup(getport(1)) else {
+            panic!("a lookup before the invalidation joins the fetch in flight")
+        };
+        // A registration of program 1 passed through the proxy.
+        c.invalidate_programs(&BTreeSet::from([1]), Invalidation::Registration);
+        let Lookup::Miss { ticket: new, .. } = c.lookup(getport(1)) else {
+            panic!("a lookup after the invalidation must fetch anew, not wait")
+        };
+        // The old fetch ends with the answer from before the change: its own
+        // waiters get it, the new fetch stays in flight and its answer is
+        // the one stored.
+        c.complete(old, &Ok(port_reply(7)));
+        assert_eq!(before.recv().await.unwrap().unwrap(), port_reply(7));
+        assert!(c.is_empty());
+        assert!(matches!(c.lookup(getport(1)), Lookup::Wait { .. }));
+        c.complete(new, &Ok(port_reply(8)));
+        let Lookup::Hit(reply) = c.lookup(getport(1)) else {
+            panic!()
+        };
+        assert_eq!(reply, port_reply(8));
     }
 
     #[tokio::test(start_paused = true)]
