@@ -1,12 +1,14 @@
 //! The host: every syscall and kernel or init-system interface.
 //!
 //! Owns the raw syscalls (`sys`: per-thread credentials, inherited sockets,
-//! RLIMIT_NOFILE) and systemd's protocols (`systemd`: sd_notify, watchdog,
-//! LISTEN_FDS). Every `unsafe` block of the crate lives in this folder, each
+//! RLIMIT_NOFILE), systemd's protocols (`systemd`: sd_notify, watchdog,
+//! LISTEN_FDS), nf_tables over netlink (`netfilter`: transparent mode's
+//! owner table, SO_MARK) and /proc/net/tcp (`procnet`). Every `unsafe` block of the crate lives in this folder, each
 //! with its own `// SAFETY:` line. Modules here are leaves: they may import
 //! each other and `protocol`, never `proxy` or `ops`, so the request path can
 //! call them without a cycle.
 
+pub mod netfilter;
 pub mod procnet;
 pub mod sys;
 pub mod systemd;
