@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{FileConfig, DEFAULT_CONFIG};
+use crate::config::{FileConfig, Mark, DEFAULT_CONFIG};
 use crate::proxy::listen::{ListenSpec, SpecError};
 
 #[derive(Debug, Parser)]
@@ -44,7 +44,7 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any
     /// --listen replaces all the defaults (unix:/run/rpcbind-proxy/rpcbind.sock,
-    /// tcp:127.0.0.1:1111, udp:127.0.0.1:1111).
+    /// tcp:127.0.0.1:1111, udp:127.0.0.1:1111, tcp:[::1]:1111, udp:[::1]:1111).
     // Parsed after clap so that a bad spec is one line naming it, like every
     // other start-up error.
     #[arg(long, value_name = "SPEC")]
@@ -108,6 +108,17 @@ pub struct ServeArgs {
     /// [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Transparent mode: catch local clients' traffic to 127.0.0.1:111 and
+    /// [::1]:111 with an nftables table the kernel removes when the daemon
+    /// exits (needs CAP_NET_ADMIN, Linux >= 5.12). rpcbind's unix socket
+    /// must then be elsewhere (--rpcbind-socket) and the proxy listen on
+    /// /run/rpcbind.sock.
+    #[arg(long)]
+    pub intercept: bool,
+    /// The packet mark of the daemon's own connections to rpcbind, which the
+    /// redirect lets through [default: 0x5250].
+    #[arg(long, value_name = "MARK")]
+    pub intercept_mark: Option<Mark>,
 }
 
 impl ServeArgs {
@@ -144,6 +155,8 @@ impl ServeArgs {
             record_timeout: self.record_timeout,
             max_udp_reply: self.max_udp_reply,
             threads: self.threads,
+            intercept: self.intercept.then_some(true),
+            intercept_mark: self.intercept_mark,
         })
     }
 }

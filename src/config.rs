@@ -12,10 +12,14 @@ use crate::proxy::limits::LimitsConfig;
 use crate::proxy::listen::ListenSpec;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
-pub const DEFAULT_LISTEN: [&str; 3] = [
+/// The default listeners. The IPv6 loopback ones are skipped, with one
+/// warning, on a host without `::1`.
+pub const DEFAULT_LISTEN: [&str; 5] = [
     "unix:/run/rpcbind-proxy/rpcbind.sock",
     "tcp:127.0.0.1:1111",
     "udp:127.0.0.1:1111",
+    "tcp:[::1]:1111",
+    "udp:[::1]:1111",
 ];
 pub const DEFAULT_RPCBIND_SOCKET: &str = "/run/rpcbind.sock";
 pub const DEFAULT_RPCBIND_PORT: u16 = 111;
@@ -27,6 +31,9 @@ pub const DEFAULT_MAX_ENTRIES: usize = 65536;
 pub const DEFAULT_REFRESH: f64 = 1.0;
 pub const DEFAULT_SERVE_STALE: f64 = 30.0;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// The packet mark of the daemon's own sockets to rpcbind in transparent
+/// mode ("RP" in ASCII): the redirect rules let marked packets through.
+pub const DEFAULT_INTERCEPT_MARK: u32 = 0x5250;
 /// One worker: a port-111 proxy answers ~100k lookups/s on one core (more
 /// than rpcbind itself), and a single worker saves the cross-thread wake-ups
 /// that cost a miss ~20 µs on the 2-core machine the load harness runs on.
@@ -54,6 +61,53 @@ pub struct FileConfig {
     pub record_timeout: Option<f64>,
     pub max_udp_reply: Option<usize>,
     pub threads: Option<usize>,
+    pub intercept: Option<bool>,
+    pub intercept_mark: Option<Mark>,
+}
+
+/// A packet mark (SO_MARK): a decimal or 0x-prefixed hexadecimal u32, not 0
+/// (0 is every unmarked packet's mark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct Mark(pub u32);
+
+impl std::str::FromStr for Mark {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mark, String> {
+        let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        match parsed {
+            Ok(0) | Err(_) => Err(format!(
+                "bad intercept mark {s:?}: expected a non-zero 32-bit number, decimal or 0x-hex (e.g. 0x5250)"
+            )),
+            Ok(m) => Ok(Mark(m)),
+        }
+    }
+}
+
+impl TryFrom<toml::Value> for Mark {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Mark, String> {
+        match v {
+            toml::Value::Integer(n) => u32::try_from(n)
+                .ok()
+                .filter(|&n| n != 0)
+                .map(Mark)
+                .ok_or_else(|| format!("bad intercept-mark {n}: expected 1 to 4294967295")),
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!(
+                "bad intercept-mark {other}: expected a number or a string such as \"0x5250\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
 }
 
 /// The effective configuration of `serve`.
@@ -72,6 +126,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Runtime worker threads; 0: one per CPU.
     pub threads: usize,
+    /// Transparent mode: redirect local traffic to port 111 here.
+    pub intercept: bool,
+    /// The mark of the daemon's own upstream sockets in transparent mode.
+    pub intercept_mark: u32,
 }
 
 #[derive(Debug, Error)]
@@ -197,6 +255,11 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string()),
             threads: flags.threads.or(file.threads).unwrap_or(DEFAULT_THREADS),
+            intercept: flags.intercept.or(file.intercept).unwrap_or(false),
+            intercept_mark: flags
+                .intercept_mark
+                .or(file.intercept_mark)
+                .map_or(DEFAULT_INTERCEPT_MARK, |m| m.0),
             limits: {
                 let d = LimitsConfig::default();
                 LimitsConfig {
@@ -273,7 +336,30 @@ mod tests {
         assert_eq!(c.upstream_timeout, Duration::from_millis(500));
         assert_eq!(c.rpcbind_socket, PathBuf::from(DEFAULT_RPCBIND_SOCKET));
         let d = Config::resolve(FileConfig::default(), FileConfig::default()).unwrap();
-        assert_eq!(d.listen.len(), 3);
+        assert_eq!(d.listen.len(), 5);
+        assert_eq!((d.intercept, d.intercept_mark), (false, 0x5250));
+    }
+
+    #[test]
+    fn intercept_marks_parse_in_decimal_and_hex() {
+        let c = FileConfig::parse(
+            "intercept = true\nintercept-mark = \"0x10\"\n",
+            Path::new("f"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.intercept, c.intercept_mark),
+            (Some(true), Some(Mark(16)))
+        );
+        let c = FileConfig::parse("intercept-mark = 21072\n", Path::new("f")).unwrap();
+        assert_eq!(c.intercept_mark, Some(Mark(0x5250)));
+        assert_eq!("0x5250".parse::<Mark>(), Ok(Mark(0x5250)));
+        for bad in ["0", "0x", "-1", "4294967296", "mark"] {
+            let e = bad.parse::<Mark>().unwrap_err();
+            assert!(e.contains(bad) && e.contains("0x5250"), "{e}");
+        }
+        let e = FileConfig::parse("intercept-mark = 0\n", Path::new("f")).unwrap_err();
+        assert!(e.to_string().contains("intercept-mark"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, FileConfig};
+use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
 use crate::ops::control;
@@ -23,6 +24,13 @@ use crate::StartError;
 
 /// How long a stopping daemon waits for calls in flight.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Transparent mode, stopping: how long the listeners keep accepting after
+/// the redirect stopped catching new flows, so that a client whose
+/// connection was redirected just before (its SYN in flight or in the
+/// backlog) is still served rather than reset.
+const SETTLE: Duration = Duration::from_millis(200);
+/// The nftables table of transparent mode (family inet).
+pub const INTERCEPT_TABLE: &str = "rpcbind_proxy";
 
 /// Runs the daemon until `shutdown` turns true: binds `config.listen` (or
 /// serves the `inherited` sockets systemd passed instead), applies the
@@ -37,14 +45,25 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut bound = Vec::new();
     if inherited.is_empty() {
+        let mut no_ipv6 = false;
         for spec in &config.listen {
-            let b = listen::bind(spec)
-                .await
-                .map_err(|source| StartError::Listen {
-                    spec: spec.clone(),
-                    source,
-                })?;
-            bound.push((spec.clone(), b));
+            match listen::bind(spec).await {
+                Ok(b) => bound.push((spec.clone(), b)),
+                // A host without an IPv6 loopback: that family is skipped
+                // (said once), the rest serves.
+                Err(e) if spec.is_ipv6_loopback() && listen::no_such_address(&e) => {
+                    if !no_ipv6 {
+                        warn!(%spec, error = %e, "no IPv6 loopback on this host; skipping the [::1] listeners");
+                        no_ipv6 = true;
+                    }
+                }
+                Err(source) => {
+                    return Err(StartError::Listen {
+                        spec: spec.clone(),
+                        source,
+                    })
+                }
+            }
         }
     } else {
         info!(
@@ -55,10 +74,19 @@ pub async fn run(
             bound.push(listen::adopt(socket).map_err(StartError::Inherited)?);
         }
     }
+    let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
+    let public_socket = stand_in_socket(&specs, &config)?;
+    let redirects = if config.intercept {
+        Some(intercept_rules(&specs, config.intercept_mark)?)
+    } else {
+        None
+    };
     let proxy = Proxy::new(
         RpcbindAddr {
             socket: config.rpcbind_socket.clone(),
             port: config.rpcbind_port,
+            mark: config.intercept.then_some(config.intercept_mark),
+            public_socket,
         },
         config.upstream_timeout,
         config.cache,
@@ -76,7 +104,7 @@ pub async fn run(
                 path: config.control.clone(),
                 source,
             })?;
-    let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
+    let intercept: control::SharedTable = Arc::new(std::sync::Mutex::new(None));
     let ctx = Arc::new(control::Context {
         proxy: proxy.clone(),
         listeners: specs.iter().map(ToString::to_string).collect(),
@@ -89,6 +117,9 @@ pub async fn run(
             .collect(),
         rpcbind_port: config.rpcbind_port,
         refresh: config.refresh,
+        intercept: config
+            .intercept
+            .then(|| (intercept.clone(), config.intercept_mark)),
     });
     let mut background = vec![tokio::spawn(control::serve(control, ctx, shutdown.clone()))];
 
@@ -100,16 +131,50 @@ pub async fn run(
     ));
     let _ = first_rx.await;
 
+    // Listeners stop when `stop` turns true, UDP ones when `stop_udp` does:
+    // in transparent mode only after the redirect table is gone, so that a
+    // datagram of a flow redirected earlier never finds the port closed.
+    let (stop_tx, stop) = watch::channel(false);
+    let (stop_udp_tx, stop_udp) = watch::channel(false);
     let mut listeners = Vec::new();
+    let mut udp_listeners = Vec::new();
     for (spec, b) in bound {
         info!(%spec, "listening");
-        listeners.push(tokio::spawn(listen::serve(
-            b,
-            proxy.clone(),
-            shutdown.clone(),
-        )));
+        if matches!(spec, ListenSpec::Udp(_)) {
+            udp_listeners.push(tokio::spawn(listen::serve(
+                b,
+                proxy.clone(),
+                stop_udp.clone(),
+            )));
+        } else {
+            listeners.push(tokio::spawn(listen::serve(b, proxy.clone(), stop.clone())));
+        }
     }
-    background.push(tokio::spawn(supervise(proxy.clone(), shutdown.clone())));
+    if let Some(rules) = &redirects {
+        let table = InterceptTable::install(rules).map_err(StartError::Intercept)?;
+        info!(
+            table = %format!("inet {INTERCEPT_TABLE}"),
+            mark = %format!("{:#x}", rules.mark),
+            ipv4 = ?rules.ipv4.map(|r| (r.tcp_port, r.udp_port)),
+            ipv6 = ?rules.ipv6.map(|r| (r.tcp_port, r.udp_port)),
+            "transparent mode: local traffic to port 111 is redirected here"
+        );
+        *intercept.lock().unwrap() = Some(table);
+    }
+    background.push(tokio::spawn(stop_listening(
+        shutdown.clone(),
+        intercept.clone(),
+        stop_tx,
+    )));
+    let probe_at = specs.iter().find_map(|s| match s {
+        ListenSpec::Udp(a) if a.ip().is_loopback() => Some(*a),
+        _ => None,
+    });
+    background.push(tokio::spawn(supervise(
+        proxy.clone(),
+        probe_at,
+        shutdown.clone(),
+    )));
     let reloader = {
         let proxy = proxy.clone();
         let before = config.clone();
@@ -122,7 +187,7 @@ pub async fn run(
     systemd::ready();
     info!("ready");
 
-    // Listeners end when shutdown turns true: nothing new is accepted.
+    // Listeners end when `stop` turns true: nothing new is accepted.
     for l in listeners {
         let _ = l.await;
     }
@@ -138,11 +203,120 @@ pub async fn run(
         );
     }
     reloader.abort();
+    // The redirect goes last: flows redirected earlier kept reaching the
+    // proxy (their conntrack NAT binding) while they drained. Removing the
+    // table ends those bindings; the UDP listeners close only after.
+    let table = intercept.lock().unwrap().take();
+    if let Some(table) = table {
+        match table.remove() {
+            Ok(()) => info!("transparent mode off: redirect table removed"),
+            Err(e) => {
+                warn!(error = %e, "cannot remove the redirect table; it goes when the daemon exits")
+            }
+        }
+    }
+    let _ = stop_udp_tx.send(true);
+    for l in udp_listeners {
+        let _ = l.await;
+    }
     for t in background {
         let _ = t.await;
     }
     info!("stopped");
     Ok(())
+}
+
+/// On shutdown: in transparent mode, first stop redirecting new flows (they
+/// reach rpcbind directly from then on), give the flows redirected just
+/// before a moment to be accepted, then stop the listeners.
+async fn stop_listening(
+    mut shutdown: watch::Receiver<bool>,
+    intercept: control::SharedTable,
+    stop: watch::Sender<bool>,
+) {
+    let _ = shutdown.wait_for(|&s| s).await;
+    let stopped = {
+        let mut table = intercept.lock().unwrap();
+        table.as_mut().map(InterceptTable::stop_redirecting)
+    };
+    match stopped {
+        Some(Ok(())) => {
+            info!("stopped redirecting new flows; serving those in flight");
+            tokio::time::sleep(SETTLE).await;
+        }
+        Some(Err(e)) => warn!(error = %e, "cannot stop redirecting; removing the table at exit"),
+        None => {}
+    }
+    let _ = stop.send(true);
+}
+
+/// The path of rpcbind's usual unix socket when the proxy listens there in
+/// its place (transparent mode), so answers name it instead of the path
+/// rpcbind moved to. Refuses a configuration that would have the proxy
+/// forward to itself.
+fn stand_in_socket(
+    specs: &[ListenSpec],
+    config: &Config,
+) -> Result<Option<std::path::PathBuf>, StartError> {
+    let unix: Vec<&std::path::Path> = specs
+        .iter()
+        .filter_map(|s| match s {
+            ListenSpec::Unix(p) => Some(p.as_path()),
+            _ => None,
+        })
+        .collect();
+    if unix.contains(&config.rpcbind_socket.as_path()) {
+        return Err(StartError::SelfLoop(config.rpcbind_socket.clone()));
+    }
+    let usual = std::path::Path::new(crate::config::DEFAULT_RPCBIND_SOCKET);
+    Ok(unix.contains(&usual).then(|| usual.to_path_buf()))
+}
+
+/// The redirect rules for the listeners at hand: IPv4 needs a TCP and a UDP
+/// listener on 127.0.0.1; IPv6 is redirected when there are both on [::1].
+fn intercept_rules(specs: &[ListenSpec], mark: u32) -> Result<InterceptRules, StartError> {
+    let port = |want: fn(&ListenSpec) -> Option<std::net::SocketAddr>, ip: std::net::IpAddr| {
+        specs
+            .iter()
+            .filter_map(want)
+            .find(|a| a.ip() == ip)
+            .map(|a| a.port())
+    };
+    let tcp = |s: &ListenSpec| match s {
+        ListenSpec::Tcp(a) => Some(*a),
+        _ => None,
+    };
+    let udp = |s: &ListenSpec| match s {
+        ListenSpec::Udp(a) => Some(*a),
+        _ => None,
+    };
+    let family = |ip: std::net::IpAddr| match (port(tcp, ip), port(udp, ip)) {
+        (Some(tcp_port), Some(udp_port)) => Some(Redirect { tcp_port, udp_port }),
+        _ => None,
+    };
+    let ipv4 = family(std::net::Ipv4Addr::LOCALHOST.into());
+    let ipv6 = family(std::net::Ipv6Addr::LOCALHOST.into());
+    if ipv4.is_none() {
+        return Err(StartError::InterceptListeners);
+    }
+    if ipv6.is_none() {
+        warn!("no tcp and udp listeners on [::1]: clients of [::1]:111 are not intercepted");
+    }
+    if !specs
+        .iter()
+        .any(|s| *s == ListenSpec::Unix(crate::config::DEFAULT_RPCBIND_SOCKET.into()))
+    {
+        warn!(
+            "no listener on {}: its clients (registrations, rpcinfo without a host) still reach rpcbind directly",
+            crate::config::DEFAULT_RPCBIND_SOCKET
+        );
+    }
+    Ok(InterceptRules {
+        table: INTERCEPT_TABLE.to_string(),
+        mark,
+        ipv4,
+        ipv6,
+    })
 }
 
 /// Applies a reloaded configuration: TTLs, limits, timeouts and the refresh
@@ -155,13 +329,15 @@ fn apply(proxy: &Proxy, running: &Config, new: &Config) {
         &new.control,
         &new.rpcbind_socket,
         new.rpcbind_port,
+        (new.intercept, new.intercept_mark),
     ) != (
         &running.listen,
         &running.control,
         &running.rpcbind_socket,
         running.rpcbind_port,
+        (running.intercept, running.intercept_mark),
     ) {
-        warn!("listen, control and rpcbind addresses change only with a restart");
+        warn!("listen, control, rpcbind addresses and intercept change only with a restart");
     }
     info!(
         ttl = ?new.cache.ttl,
@@ -183,8 +359,13 @@ fn raise_fd_limit() {
 }
 
 /// Tells systemd the daemon is alive (WATCHDOG=1, only while its own loops
-/// go round) and how it is doing (STATUS=), every few seconds.
-async fn supervise(proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+/// go round and it answers a call) and how it is doing (STATUS=), every few
+/// seconds.
+async fn supervise(
+    proxy: Arc<Proxy>,
+    probe_at: Option<std::net::SocketAddr>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let watchdog = systemd::watchdog_interval();
     let period = watchdog.map_or(Duration::from_secs(5), |w| {
         (w / 2).min(Duration::from_secs(5))
@@ -194,15 +375,45 @@ async fn supervise(proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
-        if proxy.healthy() {
-            if watchdog.is_some() {
-                systemd::watchdog();
-            }
-        } else {
+        if !proxy.healthy() {
             error!("the refresh loop has stalled; withholding the watchdog ping");
+        } else if let Some(w) = watchdog {
+            match probe_at {
+                Some(at) => match answers(at, w / 2).await {
+                    Ok(()) => systemd::watchdog(),
+                    Err(e) => {
+                        error!(listener = %at, error = %e, "the proxy did not answer its own call; withholding the watchdog ping")
+                    }
+                },
+                None => systemd::watchdog(),
+            }
         }
         systemd::status(&status_line(&proxy));
     }
+}
+
+/// One call to the daemon's own UDP listener, answered by the request path
+/// itself (an unknown program: PROG_UNAVAIL, rpcbind not involved). In
+/// transparent mode clients wait on the daemon, so the watchdog must see a
+/// stalled request path, not only a live timer.
+async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<()> {
+    let probe = async {
+        let sock = tokio::net::UdpSocket::bind((at.ip(), 0)).await?;
+        sock.connect(at).await?;
+        let xid = std::process::id() ^ 0x7761_7463;
+        sock.send(&crate::protocol::rpc::encode_call(xid, 0, 1, 0, &[]))
+            .await?;
+        let mut buf = [0u8; 64];
+        loop {
+            let n = sock.recv(&mut buf).await?;
+            if crate::protocol::rpc::xid_of(&buf[..n]) == Some(xid) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(within, probe)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 fn status_line(proxy: &Proxy) -> String {

@@ -44,6 +44,12 @@ pub enum StartError {
     Inherited(std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot intercept port 111: {0}")]
+    Intercept(host::netfilter::NetfilterError),
+    #[error("--intercept needs a tcp and a udp listener on 127.0.0.1 to redirect port 111 to (e.g. --listen tcp:127.0.0.1:1111 --listen udp:127.0.0.1:1111)")]
+    InterceptListeners,
+    #[error("rpcbind-socket {0} is also one of the proxy's listeners: the proxy would forward to itself (in transparent mode rpcbind listens elsewhere, e.g. /run/rpcbind/upstream.sock)")]
+    SelfLoop(std::path::PathBuf),
 }
 
 pub use daemon::run;

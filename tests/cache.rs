@@ -24,6 +24,7 @@ fn long_ttl() -> Options {
     Options {
         proxy: true,
         proxy_args: LONG_TTL.iter().map(|s| s.to_string()).collect(),
+        ..Options::default()
     }
 }
 
@@ -164,6 +165,7 @@ fn a_registration_through_the_proxy_shows_at_once() {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        ..Options::default()
     };
     run_with(opts, |sb| async move {
         assert_eq!(proxy_port(&sb, Transport::Unix, 500005).await, 0);

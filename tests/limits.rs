@@ -14,6 +14,7 @@ fn with_args(args: &[&str]) -> Options {
     Options {
         proxy: true,
         proxy_args: args.iter().map(|s| s.to_string()).collect(),
+        ..Options::default()
     }
 }
 

@@ -34,6 +34,13 @@ enum Act {
     Garbage,
     /// After a delay, answer as rpcbind answers a GETPORT: SUCCESS, port.
     SlowPort(u32),
+    /// Hold this call; answer it with SUCCESS, port once a `PortThenRelease`
+    /// call has been answered.
+    HoldPort(u32),
+    /// Answer as rpcbind answers an accepted SET: SUCCESS, TRUE.
+    True,
+    /// Answer with SUCCESS, port; then answer the held `HoldPort` call.
+    PortThenRelease(u32),
 }
 
 struct Fake {
@@ -71,6 +78,15 @@ fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
             tokio::spawn(async move {
                 let mut framed = Framed::new(s, RecordCodec::new(1 << 20));
                 let mut held: Option<BytesMut> = None;
+                let mut held_port: Option<(u32, u32)> = None;
+                let answer = |xid: u32, value: u32| {
+                    accepted_reply(
+                        xid,
+                        OpaqueAuth::NONE,
+                        AcceptStat::Success,
+                        &value.to_be_bytes(),
+                    )
+                };
                 let mut i = 0;
                 while let Some(Ok(call)) = framed.next().await {
                     calls.fetch_add(1, Ordering::SeqCst);
@@ -94,6 +110,22 @@ fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
                                 &port.to_be_bytes(),
                             );
                             framed.send(&reply[..]).await.unwrap();
+                        }
+                        Act::HoldPort(port) => held_port = Some((xid_of(&call).unwrap(), port)),
+                        Act::True => {
+                            framed
+                                .send(&answer(xid_of(&call).unwrap(), 1)[..])
+                                .await
+                                .unwrap();
+                        }
+                        Act::PortThenRelease(port) => {
+                            framed
+                                .send(&answer(xid_of(&call).unwrap(), port)[..])
+                                .await
+                                .unwrap();
+                            if let Some((xid, port)) = held_port.take() {
+                                framed.send(&answer(xid, port)[..]).await.unwrap();
+                            }
                         }
                         Act::Silence => {}
                         Act::Close => return,
@@ -256,6 +288,8 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
         RpcbindAddr {
             socket: f.path.clone(),
             port: 1,
+            mark: None,
+            public_socket: None,
         },
         Duration::from_secs(5),
         CacheConfig::default(),
@@ -300,6 +334,70 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
     let stats = &proxy.cache.stats;
     let waited = stats.coalesced.load(Ordering::Relaxed) + stats.hits.load(Ordering::Relaxed);
     assert_eq!((stats.misses.load(Ordering::Relaxed), waited), (1, 99));
+}
+
+/// A lookup that reaches the proxy after a registration passed through it
+/// must be answered by rpcbind after that registration, never by a fetch
+/// that was already in flight before it (single flight would hand it the
+/// old answer: "not registered" right after the server registered).
+#[tokio::test]
+async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() {
+    // Call 0: the first lookup, answered "not registered" (port 0) only at
+    // the end; call 1: the SET; call 2: the lookup after the SET.
+    let f = fake(|_, i| match i {
+        0 => Act::HoldPort(0),
+        1 => Act::True,
+        _ => Act::PortThenRelease(2049),
+    });
+    let proxy = Proxy::new(
+        RpcbindAddr {
+            socket: f.path.clone(),
+            port: 1,
+            mark: None,
+            public_socket: None,
+        },
+        Duration::from_secs(2),
+        CacheConfig::default(),
+        Duration::from_secs(1),
+    );
+    let root = Peer::Unix {
+        uid: 0,
+        gid: 0,
+        pid: None,
+    };
+    let mapping = |port: u32| {
+        let mut b = BytesMut::new();
+        for v in [300002u32, 1, 6, port] {
+            b.put_u32(v);
+        }
+        b
+    };
+    let port_of = |o: Outcome| match o {
+        Outcome::Reply(r) | Outcome::Shared(r, _) => parse_reply(&r).unwrap().body.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let before = {
+        let proxy = proxy.clone();
+        let record = encode_call(1, 100000, 2, 3, &mapping(0));
+        tokio::spawn(async move { proxy.handle(record, root).await })
+    };
+    while f.calls.load(Ordering::SeqCst) < 1 {
+        tokio::task::yield_now().await;
+    }
+    let set = proxy
+        .handle(encode_call(2, 100000, 2, 1, &mapping(2049)), root)
+        .await;
+    assert_eq!(port_of(set), 1u32.to_be_bytes(), "SET accepted");
+    let after = tokio::time::timeout(
+        Duration::from_secs(1),
+        proxy.handle(encode_call(3, 100000, 2, 3, &mapping(0)), root),
+    )
+    .await
+    .expect("the lookup after the SET was answered at once, not held behind the older fetch");
+    assert_eq!(port_of(after), 2049u32.to_be_bytes());
+    // The lookup from before the SET gets the answer of its own time.
+    assert_eq!(port_of(before.await.unwrap()), 0u32.to_be_bytes());
+    assert_eq!(f.calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

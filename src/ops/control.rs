@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::host::netfilter::InterceptTable;
 use crate::host::procnet::{tcp_sockets, TCP_TIME_WAIT};
 use crate::proxy::cache::Invalidation;
 use crate::proxy::metrics::{ClientKey, ClientRow};
@@ -36,6 +37,42 @@ pub struct Context {
     pub tcp_ports: Vec<u16>,
     pub rpcbind_port: u16,
     pub refresh: Duration,
+    /// Transparent mode: the redirect table (None once removed) and the
+    /// mark of the daemon's own connections.
+    pub intercept: Option<(SharedTable, u32)>,
+}
+
+/// The transparent-mode table, shared by the daemon (which installs and
+/// removes it) and `status` (which reads its counters).
+pub type SharedTable = Arc<std::sync::Mutex<Option<InterceptTable>>>;
+
+/// Transparent mode as `status` shows it: on or off, and how many flows
+/// each redirect rule caught (nat rules see a flow's first packet only).
+fn intercept(ctx: &Context) -> Value {
+    let Some((table, mark)) = &ctx.intercept else {
+        return json!({"enabled": false});
+    };
+    let table = table.lock().unwrap();
+    let Some(table) = table.as_ref() else {
+        return json!({"enabled": true, "active": false, "mark": format!("{mark:#x}")});
+    };
+    let rules = match table.counters() {
+        Ok(counters) => counters
+            .into_iter()
+            .map(|c| json!({"rule": c.label, "flows": c.packets, "bytes": c.bytes}))
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            return json!({"enabled": true, "active": true, "table": format!("inet {}", table.table()), "error": e.to_string()})
+        }
+    };
+    json!({
+        "enabled": true,
+        "active": !rules.is_empty(),
+        "table": format!("inet {}", table.table()),
+        "mark": format!("{mark:#x}"),
+        "redirected_flows": rules.iter().filter_map(|r| r["flows"].as_u64()).sum::<u64>(),
+        "rules": rules,
+    })
 }
 
 /// Serves the control socket until shutdown.
@@ -288,5 +325,6 @@ pub fn status(ctx: &Context) -> Value {
             "proxy_ports": tw_proxy,
         },
         "limits": limits(proxy),
+        "intercept": intercept(ctx),
     })
 }

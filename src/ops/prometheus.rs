@@ -238,5 +238,32 @@ pub fn prometheus(v: &Value) -> String {
         "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.",
         tw,
     );
+    let enabled = v.pointer("/intercept/enabled").and_then(Value::as_bool) == Some(true);
+    metric(
+        "intercept_enabled",
+        "gauge",
+        "1 when transparent mode is on (port 111 redirected to the proxy).",
+        vec![(String::new(), f64::from(u8::from(enabled)))],
+    );
+    let redirected = v
+        .pointer("/intercept/rules")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        format!("{{rule=\"{}\"}}", r["rule"].as_str().unwrap_or("")),
+                        r["flows"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "intercepted_flows_total",
+        "counter",
+        "Connections and UDP flows to port 111 redirected to the proxy, per rule.",
+        redirected,
+    );
     o
 }

@@ -112,6 +112,9 @@ pub fn human(v: &Value) -> String {
             u(v, "/time_wait/proxy_ports")
         ),
     );
+    if let Some(line) = intercept_line(v) {
+        row(&mut o, "intercept", line);
+    }
     row(
         &mut o,
         "daemon",
@@ -172,4 +175,33 @@ pub fn human(v: &Value) -> String {
         }
     }
     o
+}
+
+/// Transparent mode in one line: on with what it redirected, or why not.
+fn intercept_line(v: &Value) -> Option<String> {
+    let i = v.get("intercept")?;
+    if !i["enabled"].as_bool().unwrap_or(false) {
+        return Some("off".into());
+    }
+    if let Some(e) = i["error"].as_str() {
+        return Some(format!("on, counters unreadable: {e}"));
+    }
+    if !i["active"].as_bool().unwrap_or(false) {
+        return Some("on, not redirecting (stopping)".into());
+    }
+    let rules: Vec<String> = i["rules"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| format!("{} {}", r["rule"].as_str().unwrap_or("?"), r["flows"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "on ({}, mark {}): {} flows redirected ({})",
+        i["table"].as_str().unwrap_or("?"),
+        i["mark"].as_str().unwrap_or("?"),
+        i["redirected_flows"],
+        rules.join(", ")
+    ))
 }

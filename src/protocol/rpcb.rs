@@ -263,9 +263,110 @@ pub fn decode_pmaplist(body: &[u8]) -> Result<Vec<Mapping>, XdrError> {
     Ok(out)
 }
 
+/// Rewrites the universal address `from` to `to` in a successful reply of
+/// `procedure` (v3/v4 DUMP, GETADDR, GETVERSADDR), leaving every other byte
+/// as rpcbind sent it. Returns None when the reply holds no such address
+/// (the common case, found without decoding), or is not one of those
+/// replies, or does not decode.
+///
+/// Why: in transparent mode rpcbind listens on another unix path and names
+/// that path in its own `local` registrations, while clients know it (and
+/// reach the proxy) by the usual one; the answers must say the usual one, as
+/// rpcbind would there.
+pub fn rewrite_address(
+    reply: &[u8],
+    vers: u32,
+    procedure: Procedure,
+    from: &[u8],
+    to: &[u8],
+) -> Option<BytesMut> {
+    type Walk = fn(&mut Reader<'_>, &mut BytesMut, &[u8], &[u8]) -> Result<(), XdrError>;
+    let walk: Walk = match (vers, procedure) {
+        (3 | 4, Procedure::Dump) => |r, out, from, to| {
+            while r.bool()? {
+                out.put_xdr_u32(1);
+                let e = Rpcb::decode(r)?;
+                Rpcb {
+                    addr: if e.addr == from { to } else { e.addr },
+                    ..e
+                }
+                .encode(out);
+            }
+            out.put_xdr_u32(0);
+            Ok(())
+        },
+        (3 | 4, Procedure::GetAddr) | (4, Procedure::GetVersAddr) => |r, out, from, to| {
+            let addr = r.string(MAX_STRING)?;
+            out.put_xdr_opaque(if addr == from { to } else { addr });
+            Ok(())
+        },
+        _ => return None,
+    };
+    if from.is_empty() || !reply.windows(from.len()).any(|w| w == from) {
+        return None;
+    }
+    let parsed = crate::protocol::rpc::parse_reply(reply).ok()?;
+    if parsed.accept != Some(crate::protocol::rpc::AcceptStat::Success) {
+        return None;
+    }
+    let header = &reply[..reply.len() - parsed.body.len()];
+    let mut out = BytesMut::with_capacity(reply.len() + to.len());
+    out.extend_from_slice(header);
+    let mut r = Reader::new(parsed.body);
+    walk(&mut r, &mut out, from, to).ok()?;
+    out.extend_from_slice(r.rest());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpcbinds_moved_socket_is_renamed_in_dumps_and_getaddr() {
+        use crate::protocol::rpc::{accepted_reply, AcceptStat, OpaqueAuth};
+        let entry = |netid: &'static [u8], addr: &'static [u8]| Rpcb {
+            prog: PROGRAM,
+            vers: 4,
+            netid,
+            addr,
+            owner: b"superuser",
+        };
+        let mut body = BytesMut::new();
+        for e in [
+            entry(b"tcp", b"0.0.0.0.0.111"),
+            entry(b"local", b"/run/rpcbind/upstream.sock"),
+        ] {
+            body.put_xdr_u32(1);
+            e.encode(&mut body);
+        }
+        body.put_xdr_u32(0);
+        let reply = accepted_reply(9, OpaqueAuth::NONE, AcceptStat::Success, &body);
+        let from = b"/run/rpcbind/upstream.sock";
+        let to = b"/run/rpcbind.sock";
+        let out = rewrite_address(&reply, 4, Procedure::Dump, from, to).unwrap();
+        let list = decode_rpcblist(crate::protocol::rpc::parse_reply(&out).unwrap().body).unwrap();
+        assert_eq!(list[0].addr, b"0.0.0.0.0.111");
+        assert_eq!(
+            (&list[1].netid[..], &list[1].addr[..]),
+            (&b"local"[..], &to[..])
+        );
+        assert_eq!(out[..4], reply[..4], "the header is kept");
+        // Nothing to rename: no copy.
+        assert!(rewrite_address(&reply, 4, Procedure::Dump, b"/elsewhere", to).is_none());
+        // GETADDR's string, and a v2 DUMP (no addresses) left alone.
+        let mut s = BytesMut::new();
+        s.put_xdr_opaque(from);
+        let reply = accepted_reply(9, OpaqueAuth::NONE, AcceptStat::Success, &s);
+        let out = rewrite_address(&reply, 3, Procedure::GetAddr, from, to).unwrap();
+        let parsed = crate::protocol::rpc::parse_reply(&out).unwrap();
+        assert_eq!(decode_string_reply(parsed.body).unwrap(), to);
+        assert!(rewrite_address(&reply, 2, Procedure::Dump, from, to).is_none());
+        // A truncated reply is left as it is, not half rewritten.
+        assert!(
+            rewrite_address(&reply[..reply.len() - 4], 3, Procedure::GetAddr, from, to).is_none()
+        );
+    }
 
     #[test]
     fn every_procedure_of_every_version() {

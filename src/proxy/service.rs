@@ -43,11 +43,20 @@ pub enum Outcome {
     Close,
 }
 
-/// Where rpcbind listens.
+/// Where rpcbind listens, and how the proxy reaches it.
 #[derive(Debug, Clone)]
 pub struct RpcbindAddr {
     pub socket: PathBuf,
     pub port: u16,
+    /// SO_MARK of the proxy's TCP/UDP connections to rpcbind (transparent
+    /// mode), so the redirect of port 111 lets them through.
+    pub mark: Option<u32>,
+    /// The path clients know rpcbind's unix socket by, when the proxy
+    /// listens there in rpcbind's place (transparent mode) and rpcbind has
+    /// moved to `socket`. rpcbind names `socket` in its own `local`
+    /// registrations; every answer says this path instead, as rpcbind would
+    /// on its usual path.
+    pub public_socket: Option<PathBuf>,
 }
 
 /// Counters of the request path.
@@ -103,7 +112,7 @@ impl Proxy {
                 Class::Tcp6 => Target::Tcp(v6),
                 Class::Udp6 => Target::Udp(v6),
             };
-            Upstream::new(target, timeout)
+            Upstream::new(target, timeout).with_mark(rpcbind.mark)
         });
         Arc::new(Proxy {
             upstreams,
@@ -385,9 +394,26 @@ impl Proxy {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let rewritten = self.hint_for(class, procedure, args, call, peer).await;
         let record = rewritten.as_deref().unwrap_or(record);
-        self.upstream(class)
+        let reply = self
+            .upstream(class)
             .call(record, procedure.is_idempotent())
-            .await
+            .await?;
+        Ok(self.public_addresses(reply, call.vers, procedure))
+    }
+
+    /// rpcbind's answer with its moved unix socket named by the public path
+    /// (transparent mode; see `RpcbindAddr::public_socket`).
+    fn public_addresses(&self, reply: Bytes, vers: u32, procedure: Procedure) -> Bytes {
+        let Some(public) = &self.rpcbind.public_socket else {
+            return reply;
+        };
+        use std::os::unix::ffi::OsStrExt;
+        let from = self.rpcbind.socket.as_os_str().as_bytes();
+        let to = public.as_os_str().as_bytes();
+        match rpcb::rewrite_address(&reply, vers, procedure, from, to) {
+            Some(renamed) => renamed.freeze(),
+            None => reply,
+        }
     }
 
     async fn forward_as(&self, uid: u32, gid: u32, record: &[u8]) -> Result<Bytes, UpstreamError> {

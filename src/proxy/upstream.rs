@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,13 +22,14 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket, UnixStream};
+use tokio::net::{UdpSocket, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::host::netfilter::set_mark;
 use crate::protocol::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
 use crate::proxy::metrics::Histogram;
 
@@ -182,6 +184,9 @@ pub struct Upstream {
     /// class at a time.
     connecting: tokio::sync::Mutex<Reconnect>,
     pub stats: Arc<UpstreamStats>,
+    /// SO_MARK for TCP/UDP connections (transparent mode: the redirect lets
+    /// marked packets through to rpcbind).
+    mark: Option<u32>,
 }
 
 impl Upstream {
@@ -195,7 +200,13 @@ impl Upstream {
                 backoff: BACKOFF_MIN,
             }),
             stats: Arc::default(),
+            mark: None,
         }
+    }
+
+    /// The same, with its TCP/UDP sockets marked `mark` (None: unmarked).
+    pub fn with_mark(self, mark: Option<u32>) -> Upstream {
+        Upstream { mark, ..self }
     }
 
     pub fn target(&self) -> &Target {
@@ -288,7 +299,15 @@ impl Upstream {
                 ))
             }
             Target::Tcp(addr) => {
-                let s = TcpStream::connect(addr).await?;
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                if let Some(mark) = self.mark {
+                    set_mark(socket.as_fd(), mark)?;
+                }
+                let s = socket.connect(*addr).await?;
                 s.set_nodelay(true)?;
                 let local = s.local_addr()?.ip();
                 let (rd, wr) = s.into_split();
@@ -307,6 +326,9 @@ impl Upstream {
                     (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
                 };
                 let s = UdpSocket::bind(bind).await?;
+                if let Some(mark) = self.mark {
+                    set_mark(s.as_fd(), mark)?;
+                }
                 s.connect(addr).await?;
                 let local = s.local_addr()?.ip();
                 let s = Arc::new(s);

@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod rpc;
+pub mod tirpc;
 pub use nix::sys::signal::Signal;
 pub use rpc::*;
 
@@ -60,6 +61,11 @@ pub const RPCBIND_SOCK: &str = "/run/rpcbind.sock";
 pub const PROXY_DIR: &str = "/run/rpcbind-proxy";
 pub const PROXY_SOCK: &str = "/run/rpcbind-proxy/rpcbind.sock";
 pub const CONTROL_SOCK: &str = "/run/rpcbind-proxy/control.sock";
+/// Transparent mode: rpcbind's unix socket, moved (socket activation) so
+/// that the proxy can take /run/rpcbind.sock.
+pub const RPCBIND_UPSTREAM_SOCK: &str = "/run/rpcbind/upstream.sock";
+/// The nftables table of transparent mode.
+pub const INTERCEPT_TABLE: &str = "rpcbind_proxy";
 /// The proxy binary under test.
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_rpcbind-proxy");
 
@@ -102,6 +108,11 @@ pub struct Options {
     pub proxy: bool,
     /// Extra arguments appended to the proxy's `serve` command line.
     pub proxy_args: Vec<String>,
+    /// Transparent mode, as `rpcbind-proxy intercept enable` sets it up:
+    /// rpcbind socket-activated on [`RPCBIND_UPSTREAM_SOCK`] (its TCP/UDP
+    /// port 111 as usual), the proxy on /run/rpcbind.sock, 127.0.0.1:1111
+    /// and [::1]:1111 with `--intercept`.
+    pub transparent: bool,
 }
 
 impl Default for Options {
@@ -109,6 +120,7 @@ impl Default for Options {
         Self {
             proxy: true,
             proxy_args: Vec::new(),
+            transparent: false,
         }
     }
 }
@@ -341,6 +353,7 @@ pub struct Sandbox {
     notify: Option<UnixDatagram>,
     proxy_starts: usize,
     tmp: PathBuf,
+    transparent: bool,
 }
 
 impl Sandbox {
@@ -363,6 +376,7 @@ impl Sandbox {
             notify: None,
             proxy_starts: 0,
             tmp,
+            transparent: opts.transparent,
         };
         sb.start_rpcbind().await?;
         if opts.proxy {
@@ -398,12 +412,30 @@ impl Sandbox {
         self.root().join(inner.trim_start_matches('/'))
     }
 
+    /// rpcbind's own unix socket (moved in transparent mode).
     pub fn rpcbind_unix(&self) -> PathBuf {
-        self.path(RPCBIND_SOCK)
+        self.path(if self.transparent {
+            RPCBIND_UPSTREAM_SOCK
+        } else {
+            RPCBIND_SOCK
+        })
     }
 
+    /// The proxy's unix socket (/run/rpcbind.sock in transparent mode).
     pub fn proxy_unix(&self) -> PathBuf {
-        self.path(PROXY_SOCK)
+        self.path(if self.transparent {
+            RPCBIND_SOCK
+        } else {
+            PROXY_SOCK
+        })
+    }
+
+    /// Whether transparent mode's nftables table exists in the sandbox's
+    /// network namespace (asked over netlink from this thread, which is in
+    /// it).
+    pub fn intercept_table_exists(&self) -> bool {
+        rpcbind_proxy::host::netfilter::table_exists(INTERCEPT_TABLE)
+            .expect("asking nf_tables for the table")
     }
 
     pub fn control_unix(&self) -> PathBuf {
@@ -517,7 +549,16 @@ impl Sandbox {
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
             .arg(self.anchor.pid.to_string())
-            .args(["-m", "--", "rpcbind", "-f"])
+            .args(["-m", "--"]);
+        if self.transparent {
+            // As rpcbind.socket moved by `intercept enable`: rpcbind adopts
+            // the unix socket passed to it, whatever its path, and opens its
+            // TCP/UDP sockets on port 111 itself.
+            let dir = self.path("/run/rpcbind");
+            fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            cmd.args(["systemd-socket-activate", "-l", RPCBIND_UPSTREAM_SOCK]);
+        }
+        cmd.args(["rpcbind", "-f"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
@@ -530,11 +571,32 @@ impl Sandbox {
 
         // rpcbind creates its unix socket after the inet ones: once a connect
         // succeeds, every transport is listening.
+        // Socket-activated, it starts on the first connection: the socket
+        // accepts at once, so wait for an answer to NULL instead.
         let sock = self.rpcbind_unix();
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut backoff = Duration::from_millis(1);
         loop {
-            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            let ready = if self.transparent {
+                let null = Call::new(PMAP_PROG, 2, 0, vec![]);
+                matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        call_once(&Endpoint::Unix(sock.clone()), &null)
+                    )
+                    .await,
+                    Ok(Outcome::Reply(_))
+                )
+            } else {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            };
+            if ready {
+                if self.transparent {
+                    // What rpcbind.socket's SocketMode= (0666) gives it:
+                    // systemd-socket-activate leaves the umask's mode.
+                    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666))
+                        .map_err(|e| format!("chmod {}: {e}", sock.display()))?;
+                }
                 return Ok(());
             }
             if let Some(status) = self.rpcbind.as_ref().and_then(Proc::exit_status) {
@@ -604,22 +666,43 @@ impl Sandbox {
             .append(true)
             .open(self.tmp.join("proxy.log"))
             .map_err(|e| format!("opening proxy.log: {e}"))?;
-        let mut args: Vec<String> = [
-            "serve",
-            "--listen",
-            &format!("unix:{PROXY_SOCK}"),
-            "--listen",
-            &format!("tcp:127.0.0.1:{PROXY_PORT}"),
-            "--listen",
-            &format!("udp:127.0.0.1:{PROXY_PORT}"),
-            "--rpcbind-socket",
-            RPCBIND_SOCK,
-            "--control",
-            CONTROL_SOCK,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = if self.transparent {
+            vec![
+                "serve".into(),
+                "--listen".into(),
+                format!("unix:{RPCBIND_SOCK}"),
+                "--listen".into(),
+                format!("tcp:127.0.0.1:{PROXY_PORT}"),
+                "--listen".into(),
+                format!("udp:127.0.0.1:{PROXY_PORT}"),
+                "--listen".into(),
+                format!("tcp:[::1]:{PROXY_PORT}"),
+                "--listen".into(),
+                format!("udp:[::1]:{PROXY_PORT}"),
+                "--rpcbind-socket".into(),
+                RPCBIND_UPSTREAM_SOCK.into(),
+                "--control".into(),
+                CONTROL_SOCK.into(),
+                "--intercept".into(),
+            ]
+        } else {
+            [
+                "serve",
+                "--listen",
+                &format!("unix:{PROXY_SOCK}"),
+                "--listen",
+                &format!("tcp:127.0.0.1:{PROXY_PORT}"),
+                "--listen",
+                &format!("udp:127.0.0.1:{PROXY_PORT}"),
+                "--rpcbind-socket",
+                RPCBIND_SOCK,
+                "--control",
+                CONTROL_SOCK,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let bin = env!("CARGO_BIN_EXE_rpcbind-proxy");
         let _ = writeln!(
@@ -848,6 +931,19 @@ impl Sandbox {
             .args(["-m", "--"])
             .args(args);
         run_command(cmd, args).await
+    }
+
+    /// Runs a command inside the sandbox as `uid` (and gid `uid`, no
+    /// supplementary groups), like [`Sandbox::run_in_ns`]; uid 0 runs it as
+    /// root.
+    pub async fn run_in_ns_as(&self, uid: u32, args: &[&str]) -> Output {
+        if uid == 0 {
+            return self.run_in_ns(args).await;
+        }
+        let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+        let mut full = vec!["setpriv", &reuid, &regid, "--clear-groups", "--"];
+        full.extend_from_slice(args);
+        self.run_in_ns(&full).await
     }
 
     /// `rpcinfo ARGS` inside the sandbox, talking to rpcbind directly.

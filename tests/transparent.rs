@@ -1,0 +1,628 @@
+//! Transparent mode with unmodified clients: Debian's `rpcinfo` and a
+//! stock-libtirpc program (tests/clients/tirpc_client.c), which have
+//! 127.0.0.1:111, [::1]:111 and /run/rpcbind.sock compiled in, reach the
+//! proxy with no change on their side, see exactly what rpcbind would tell
+//! them, and never lose a lookup when the daemon dies or stops.
+//!
+//! Each sandbox is set up as `rpcbind-proxy intercept enable` sets up a
+//! host: rpcbind socket-activated on /run/rpcbind/upstream.sock (its TCP/UDP
+//! port 111 as usual), the proxy on /run/rpcbind.sock, 127.0.0.1:1111 and
+//! [::1]:1111 with `--intercept`. The control cases run the same clients in
+//! a sandbox without the proxy.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::tirpc::tirpc_client;
+use support::*;
+use tokio::io::AsyncReadExt;
+
+const NOBODY: u32 = 65534;
+/// Bound on every wait for an event (a counter moving, a process ending).
+const WAIT: Duration = Duration::from_secs(20);
+
+fn transparent() -> Options {
+    Options {
+        transparent: true,
+        ..Options::default()
+    }
+}
+
+fn plain() -> Options {
+    Options {
+        proxy: false,
+        ..Options::default()
+    }
+}
+
+/// Runs `body` in a fresh sandbox set up by `opts` and returns what it
+/// returns.
+fn with_sandbox<T, F, Fut>(opts: Options, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Sandbox) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    run_with(opts, move |sb| async move {
+        let _ = tx.send(body(sb).await);
+    });
+    rx.recv().expect("the sandbox body returned a value")
+}
+
+/// The C client's path, as text for a command line.
+fn tirpc() -> &'static str {
+    tirpc_client().to_str().expect("a UTF-8 path")
+}
+
+/// stdout, stderr and exit status of one command, as one comparable text.
+fn transcript(out: &std::process::Output) -> String {
+    format!(
+        "{}{}[{}]",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status
+    )
+}
+
+/// Runs `args` as `uid` and insists that it succeeded; returns stdout.
+async fn ok_as(sb: &Sandbox, uid: u32, args: &[&str]) -> String {
+    let out = sb.run_in_ns_as(uid, args).await;
+    assert!(
+        out.status.success(),
+        "{args:?} as uid {uid}: {}",
+        transcript(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lookups rpcbind itself served (GETPORT, GETADDR, GETVERSADDR,
+/// GETADDRLIST), from its own counters (v4 GETSTAT over its own socket).
+async fn rpcbind_lookups(sb: &Sandbox) -> u64 {
+    let call = Call::rpcb(4, RPCBPROC_GETSTAT, vec![]);
+    let body = sb
+        .call(Target::Direct, Transport::Unix, &call)
+        .await
+        .expect_results("GETSTAT");
+    let mut r = XdrReader::new(&body);
+    let mut total = 0u64;
+    for vers in [2, 3, 4] {
+        let info: Vec<u32> = (0..13).map(|_| r.u32().unwrap()).collect();
+        total += u64::from(info[3]);
+        if vers == 4 {
+            total += u64::from(info[9] + info[11]);
+        }
+        let (_set, _unset) = (r.u32().unwrap(), r.u32().unwrap());
+        while r.bool().unwrap() {
+            for _ in 0..4 {
+                r.u32().unwrap();
+            }
+            r.string().unwrap();
+        }
+        while r.bool().unwrap() {
+            for _ in 0..6 {
+                r.u32().unwrap();
+            }
+            r.string().unwrap();
+        }
+    }
+    total
+}
+
+/// Flows the proxy's redirect rules caught so far (0 without the table).
+async fn redirected_flows(sb: &Sandbox) -> u64 {
+    sb.status()
+        .await
+        .pointer("/intercept/redirected_flows")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Polls `what` (every 20 ms, at most [`WAIT`]) until it reaches `want`.
+async fn wait_until<F, Fut>(label: &str, want: u64, mut what: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = what().await;
+        if now >= want {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label}: {now} after {WAIT:?}, waiting for {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What clients see
+// ---------------------------------------------------------------------------
+
+/// Registrations both sandboxes get, through whatever answers on
+/// /run/rpcbind.sock: fixed addresses, so the listings can be compared.
+async fn register_fixtures(sb: &Sandbox) {
+    for (uid, args) in [
+        (0, ["set", "400100", "1", "tcp", "127.0.0.1.8.1"]),
+        (0, ["set", "400100", "1", "udp", "127.0.0.1.8.2"]),
+        (0, ["set", "400100", "2", "tcp6", "::1.8.3"]),
+        (NOBODY, ["set", "400101", "2", "tcp", "0.0.0.0.8.4"]),
+    ] {
+        let mut full = vec![tirpc()];
+        full.extend_from_slice(&args);
+        assert_eq!(ok_as(sb, uid, &full).await, "true\n", "{args:?} as {uid}");
+    }
+}
+
+/// The unmodified clients, as root and as nobody: each command and what it
+/// printed.
+async fn client_transcripts(sb: &Sandbox) -> Vec<(String, String)> {
+    register_fixtures(sb).await;
+    let t = tirpc();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["rpcinfo"],
+        vec!["rpcinfo", "-s"],
+        vec!["rpcinfo", "-p", "localhost"],
+        vec!["rpcinfo", "-p", "127.0.0.1"],
+        vec!["rpcinfo", "-T", "tcp", "127.0.0.1", "100000"],
+        vec!["rpcinfo", "-s", "127.0.0.1"],
+        vec!["rpcinfo", "-T", "tcp6", "::1", "100000"],
+        vec!["rpcinfo", "-l", "127.0.0.1", "400100", "1"],
+        vec![t, "clnt-create", "localhost", "100000", "2", "tcp", "3"],
+        vec![t, "clnt-create", "127.0.0.1", "100000", "4", "udp", "3"],
+        vec![t, "pmap-getport", "127.0.0.1", "400100", "1", "tcp", "1"],
+        vec![t, "pmap-getport", "127.0.0.1", "400100", "1", "udp", "1"],
+        vec![t, "pmap-getport", "127.0.0.1", "400199", "1", "tcp", "1"],
+        vec![t, "getaddr", "127.0.0.1", "400100", "1", "tcp", "2"],
+        vec![t, "getaddr", "localhost", "400101", "2", "tcp", "1"],
+        vec![t, "getaddr", "::1", "400100", "2", "tcp6", "1"],
+        vec![t, "getaddr", "127.0.0.1", "400199", "1", "udp", "1"],
+    ];
+    let mut out = Vec::new();
+    for uid in [0, NOBODY] {
+        for c in &commands {
+            let o = sb.run_in_ns_as(uid, c).await;
+            out.push((format!("uid {uid}: {}", c.join(" ")), transcript(&o)));
+        }
+    }
+    // A live service, for rpcinfo's -t/-u pings (its ports differ between
+    // sandboxes, so it is registered only after the listings above).
+    let mut server = spawn_in_ns(sb, 0, &[t, "serve", "400102", "1"]);
+    let mut ready = [0u8; 6];
+    let stdout = server.stdout.as_mut().expect("piped");
+    tokio::time::timeout(WAIT, stdout.read_exact(&mut ready))
+        .await
+        .expect("the service started")
+        .expect("reading its ready line");
+    assert_eq!(&ready, b"ready\n");
+    for uid in [0, NOBODY] {
+        for c in [
+            ["rpcinfo", "-t", "127.0.0.1", "400102", "1"],
+            ["rpcinfo", "-u", "127.0.0.1", "400102", "1"],
+            ["rpcinfo", "-t", "localhost", "400102", "2"],
+        ] {
+            let o = sb.run_in_ns_as(uid, &c).await;
+            out.push((format!("uid {uid}: {}", c.join(" ")), transcript(&o)));
+        }
+    }
+    let _ = server.kill().await;
+    out
+}
+
+/// A command started in the sandbox as `uid`, stdin and stdout piped,
+/// killed when dropped.
+fn spawn_in_ns(sb: &Sandbox, uid: u32, args: &[&str]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.arg("-t")
+        .arg(sb.anchor_pid().to_string())
+        .args(["-m", "--"]);
+    if uid != 0 {
+        cmd.args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+        ]);
+    }
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"))
+}
+
+#[test]
+fn unmodified_clients_print_exactly_what_they_print_against_rpcbind() {
+    let direct = with_sandbox(plain(), |sb| async move { client_transcripts(&sb).await });
+    let (through, flows, unix_requests) = with_sandbox(transparent(), |sb| async move {
+        let t = client_transcripts(&sb).await;
+        let status = sb.status().await;
+        let flows = status["intercept"]["redirected_flows"]
+            .as_u64()
+            .unwrap_or(0);
+        let requests = status["requests"]["total"].as_u64().unwrap_or(0);
+        (t, flows, requests)
+    });
+    // The comparison proves nothing unless the calls went through the proxy:
+    // every TCP/UDP client above was redirected, every host-less one came
+    // over /run/rpcbind.sock.
+    assert!(
+        flows >= 40,
+        "only {flows} flows were redirected to the proxy"
+    );
+    assert!(
+        unix_requests > flows,
+        "{unix_requests} requests for {flows} flows"
+    );
+    assert_eq!(direct.len(), through.len());
+    let differences: Vec<String> = direct
+        .iter()
+        .zip(&through)
+        .filter(|(d, t)| d != t)
+        .map(|((cmd, d), (_, t))| format!("{cmd}\n--- rpcbind:\n{d}\n--- through the proxy:\n{t}"))
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{} of {} commands differ:\n{}",
+        differences.len(),
+        direct.len(),
+        differences.join("\n")
+    );
+    // The listings themselves must have said something (a sandbox where
+    // every command failed the same way would compare equal).
+    let listing = &direct[0].1;
+    assert!(
+        listing.contains("portmapper") && listing.contains("400101"),
+        "{listing}"
+    );
+    println!(
+        "{} commands: identical output, {flows} flows redirected",
+        direct.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// TIME_WAIT and offload
+// ---------------------------------------------------------------------------
+
+const ONE_SHOT: &str = "1000";
+
+/// `rpcb_getaddr` over a fresh TCP connection to 127.0.0.1:111, 1,000
+/// times, as `uid` (root binds a reserved port for each).
+async fn one_shot_lookups(sb: &Sandbox, uid: u32) {
+    let out = ok_as(
+        sb,
+        uid,
+        &[
+            tirpc(),
+            "getaddr",
+            "127.0.0.1",
+            "100000",
+            "4",
+            "tcp",
+            ONE_SHOT,
+        ],
+    )
+    .await;
+    assert_eq!(out, "addr 127.0.0.1.0.111\n");
+}
+
+#[test]
+fn one_shot_lookups_leave_no_time_wait_and_rpcbind_serves_one_in_a_thousand() {
+    let (tw, served) = with_sandbox(transparent(), |sb| async move {
+        let before = rpcbind_lookups(&sb).await;
+        for uid in [0, NOBODY] {
+            one_shot_lookups(&sb, uid).await;
+        }
+        let served = rpcbind_lookups(&sb).await - before;
+        sb.wait_tcp_settled(None, WAIT).await.unwrap();
+        (sb.time_wait_count(None), served)
+    });
+    println!(
+        "transparent: 2 x {ONE_SHOT} one-shot lookups, {tw} TIME_WAIT, {served} served by rpcbind"
+    );
+    assert_eq!(tw, 0, "TIME_WAIT sockets left in the namespace");
+    assert!(served <= 2, "rpcbind served {served} of 2,000 lookups");
+
+    // The control: the same clients without the proxy leave one each.
+    let tw = with_sandbox(plain(), |sb| async move {
+        one_shot_lookups(&sb, 0).await;
+        sb.time_wait_count(Some(RPCBIND_PORT))
+    });
+    println!("without the proxy: {ONE_SHOT} one-shot lookups, {tw} TIME_WAIT");
+    assert!(tw >= 900, "only {tw} TIME_WAIT without the proxy");
+}
+
+// ---------------------------------------------------------------------------
+// Registrations
+// ---------------------------------------------------------------------------
+
+#[test]
+fn registrations_through_the_intercepted_socket_keep_the_callers_identity() {
+    run_with(transparent(), |sb| async move {
+        let t = tirpc();
+        assert_eq!(
+            ok_as(&sb, 0, &[t, "set", "400200", "1", "tcp", "127.0.0.1.9.1"]).await,
+            "true\n"
+        );
+        assert_eq!(
+            ok_as(
+                &sb,
+                NOBODY,
+                &[t, "set", "400201", "1", "tcp", "127.0.0.1.9.2"]
+            )
+            .await,
+            "true\n"
+        );
+        assert_eq!(
+            ok_as(&sb, 0, &[t, "pmap-set", "400202", "1", "udp", "2307"]).await,
+            "true\n"
+        );
+        let owner = |dump: &[RpcbEntry], prog: u32| {
+            dump.iter()
+                .find(|e| e.prog == prog)
+                .map(|e| e.owner.clone())
+                .unwrap_or_else(|| panic!("{prog} not registered: {dump:?}"))
+        };
+        let dump = sb.rpcbind_dump().await;
+        assert_eq!(owner(&dump, 400200), "superuser");
+        assert_eq!(owner(&dump, 400201), NOBODY.to_string());
+        assert_eq!(owner(&dump, 400202), "superuser");
+        // nobody cannot remove root's registration; its own, yes.
+        assert_eq!(
+            ok_as(&sb, NOBODY, &[t, "unset", "400200", "1"]).await,
+            "false\n"
+        );
+        assert_eq!(
+            ok_as(&sb, NOBODY, &[t, "unset", "400201", "1"]).await,
+            "true\n"
+        );
+        let dump = sb.rpcbind_dump().await;
+        assert!(dump.iter().any(|e| e.prog == 400200));
+        assert!(!dump.iter().any(|e| e.prog == 400201));
+        // And the answers came through the proxy.
+        let status = sb.status().await;
+        let sets = status["requests"]["by_procedure"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| matches!(p["procedure"].as_str(), Some("SET" | "UNSET")))
+            .map(|p| p["count"].as_u64().unwrap())
+            .sum::<u64>();
+        assert!(sets >= 5, "{sets} SET/UNSET through the proxy");
+    });
+}
+
+#[test]
+fn a_service_re_registering_is_never_answered_with_its_old_port() {
+    run_with(transparent(), |sb| async move {
+        let t = tirpc();
+        // Other clients asking for the same program all along, so that a
+        // fetch is often in flight while the service re-registers: a lookup
+        // arriving right after the SET must not get the answer rpcbind gave
+        // before it.
+        let hammers: Vec<_> = (0..3)
+            .map(|_| {
+                spawn_in_ns(
+                    &sb,
+                    0,
+                    &[t, "getaddr", "127.0.0.1", "400300", "1", "tcp", "100000000"],
+                )
+            })
+            .collect();
+        let out = ok_as(
+            &sb,
+            0,
+            &[t, "rereg-check", "127.0.0.1", "400300", "1", "200"],
+        )
+        .await;
+        drop(hammers);
+        println!("{}", out.trim_end());
+        assert_eq!(out, "rounds 200 stale 0 failed 0\n");
+        let invalidations = sb.status().await["cache"]["invalidations"]["registration"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            invalidations > 0,
+            "the registrations went through the proxy"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Fail-safe
+// ---------------------------------------------------------------------------
+
+/// Runs the prober (20 TCP and 20 UDP lookups a second to 127.0.0.1:111)
+/// and returns what it counted once its stdin closes.
+async fn finish_probe(mut probe: tokio::process::Child) -> String {
+    drop(probe.stdin.take());
+    let mut out = String::new();
+    let stdout = probe.stdout.as_mut().expect("piped");
+    tokio::time::timeout(WAIT, stdout.read_to_string(&mut out))
+        .await
+        .expect("the prober stopped")
+        .expect("reading the prober's output");
+    out
+}
+
+fn probe_counts(line: &str) -> [u64; 4] {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 8, "prober said {line:?}");
+    [1, 3, 5, 7].map(|i| words[i].parse().unwrap())
+}
+
+#[test]
+fn a_killed_or_stopped_daemon_never_takes_port_111_down() {
+    run_with(transparent(), |mut sb| async move {
+        let t = tirpc();
+        let probes: Vec<_> = [0, NOBODY]
+            .iter()
+            .map(|&uid| {
+                spawn_in_ns(
+                    &sb,
+                    uid,
+                    &[t, "probe", "127.0.0.1", "100000", "2", "20", "120"],
+                )
+            })
+            .collect();
+        // Each phase lasts until the probers made about a second's worth of
+        // lookups (2 probers, a TCP and a UDP flow each, 20 times a second).
+        // Through the proxy...
+        wait_until("flows redirected", 80, || redirected_flows(&sb)).await;
+
+        // ...SIGKILL: the kernel drops the table with the daemon's socket,
+        // and the probers reach rpcbind directly.
+        sb.signal_proxy(Signal::SIGKILL);
+        sb.kill_proxy().await;
+        assert!(!sb.intercept_table_exists(), "the table outlived a SIGKILL");
+        let at = rpcbind_lookups(&sb).await;
+        wait_until("lookups at rpcbind after SIGKILL", at + 80, || {
+            rpcbind_lookups(&sb)
+        })
+        .await;
+
+        // Back in transparent mode, then SIGTERM: stop redirecting, drain,
+        // remove the table, exit 0.
+        sb.start_proxy(&[]).await.unwrap();
+        wait_until("flows redirected after the restart", 80, || {
+            redirected_flows(&sb)
+        })
+        .await;
+        let exit = sb.stop_proxy().await;
+        assert_eq!(exit.as_deref(), Some("exit code 0"), "{}", sb.proxy_log());
+        assert!(!sb.intercept_table_exists(), "the table outlived SIGTERM");
+        let at = rpcbind_lookups(&sb).await;
+        wait_until("lookups at rpcbind after SIGTERM", at + 80, || {
+            rpcbind_lookups(&sb)
+        })
+        .await;
+
+        for (uid, probe) in [0, NOBODY].into_iter().zip(probes) {
+            let out = finish_probe(probe).await;
+            let [tcp_ok, tcp_failed, udp_ok, udp_failed] = probe_counts(&out);
+            println!("prober as uid {uid}: {}", out.trim_end());
+            assert_eq!(
+                (tcp_failed, udp_failed),
+                (0, 0),
+                "uid {uid} lost lookups: {out}"
+            );
+            assert!(tcp_ok >= 80 && udp_ok >= 80, "uid {uid}: {out}");
+        }
+    });
+}
+
+#[test]
+fn the_table_goes_with_the_daemon_however_it_exits() {
+    run_with(transparent(), |mut sb| async move {
+        for sig in [
+            Signal::SIGKILL,
+            Signal::SIGABRT,
+            Signal::SIGSEGV,
+            Signal::SIGTERM,
+        ] {
+            if sb.proxy_pid().is_none() {
+                sb.start_proxy(&[]).await.unwrap();
+            }
+            assert!(sb.intercept_table_exists(), "no table while serving");
+            sb.signal_proxy(sig);
+            let how = sb.stop_proxy().await;
+            assert!(
+                !sb.intercept_table_exists(),
+                "the table outlived {sig:?} ({how:?})"
+            );
+        }
+    });
+}
+
+#[test]
+fn intercept_refuses_to_start_when_it_cannot_own_the_table() {
+    run_with(transparent(), |sb| async move {
+        let other = |extra: &[&str]| {
+            let mut args = vec![
+                PROXY_BIN,
+                "serve",
+                "--intercept",
+                "--listen",
+                "tcp:127.0.0.1:2111",
+                "--listen",
+                "udp:127.0.0.1:2111",
+                "--control",
+                "/run/other.sock",
+                "--rpcbind-socket",
+                RPCBIND_UPSTREAM_SOCK,
+            ];
+            args.extend_from_slice(extra);
+            args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        // A second instance while the first holds the table.
+        let args = other(&[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sb.run_in_ns(&args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.lines()
+                .last()
+                .unwrap_or("")
+                .contains("another rpcbind-proxy instance holds table inet rpcbind_proxy"),
+            "{err}"
+        );
+        // Without CAP_NET_ADMIN.
+        let mut capless = vec![
+            "setpriv",
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+            "--",
+        ];
+        capless.extend_from_slice(&args);
+        let out = sb.run_in_ns(&capless).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+        // Without the listeners to redirect to.
+        let out = sb
+            .run_in_ns(&[
+                PROXY_BIN,
+                "serve",
+                "--intercept",
+                "--listen",
+                "unix:/run/x.sock",
+                "--control",
+                "/run/o.sock",
+            ])
+            .await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("needs a tcp and a udp listener on 127.0.0.1"),
+            "{err}"
+        );
+        // Forwarding to itself.
+        let out = sb
+            .run_in_ns(&[
+                PROXY_BIN,
+                "serve",
+                "--listen",
+                "unix:/run/y.sock",
+                "--rpcbind-socket",
+                "/run/y.sock",
+                "--control",
+                "/run/p.sock",
+            ])
+            .await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("would forward to itself"), "{err}");
+        // The first instance is untouched.
+        assert!(sb.intercept_table_exists());
+    });
+}
