@@ -32,6 +32,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Ask rpcbind through the proxy, printing like rpcinfo.
     Query(QueryArgs),
+    /// Transparent mode on a systemd host: enable, disable, status (root
+    /// for enable/disable).
+    Intercept(InterceptArgs),
     /// Write man pages or shell completions (packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -269,4 +272,28 @@ pub enum What {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// `intercept`: transparent mode under systemd.
+#[derive(Debug, Args)]
+pub struct InterceptArgs {
+    #[command(subcommand)]
+    pub action: InterceptAction,
+    #[command(flatten)]
+    pub control: ControlArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InterceptAction {
+    /// Move rpcbind's unix socket aside, give /run/rpcbind.sock and [::1] to
+    /// rpcbind-proxy.socket and restart the daemon with --intercept: local
+    /// clients of port 111 and /run/rpcbind.sock then go through the proxy.
+    /// Idempotent; no client is refused meanwhile.
+    Enable,
+    /// Undo `enable`: /run/rpcbind.sock back to rpcbind, the drop-ins
+    /// removed, the daemon restarted on its defaults. Idempotent.
+    Disable,
+    /// Which parts of transparent mode are in place (exit 0 on, 3 off, 1
+    /// partly on).
+    Status,
 }

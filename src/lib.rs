@@ -69,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Flush(args) => ops::flush::flush(args),
         Command::Check(args) => ops::check::check(args),
         Command::Query(args) => ops::query::query(args),
+        Command::Intercept(args) => ops::intercept::intercept(args),
         Command::Generate(args) => ops::generate::main(args),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Owns the control socket the daemon serves (`control`: one request line,
 //! one JSON answer), one module per subcommand (`status`, `flush`,
-//! `check`, `query`, sharing `client`), one per status format (`text`,
+//! `check`, `query`, `intercept`, sharing `client`), one per status format (`text`,
 //! `prometheus`; JSON is the control socket's own) and the man pages and shell completions (`generate`). It may
 //! import `proxy` (to read its counters), `protocol` and `host`; nothing in
 //! `proxy`, `protocol` or `host` imports it.
@@ -12,6 +12,7 @@ mod client;
 pub mod control;
 pub mod flush;
 pub mod generate;
+pub mod intercept;
 pub mod prometheus;
 pub mod query;
 pub mod status;

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -21,6 +22,22 @@ enum Via<'a> {
     Unix(&'a Path),
     Tcp(SocketAddr),
     Udp(SocketAddr),
+}
+
+/// Whether an rpcbind (or the proxy) answers a NULL call on the unix socket
+/// at `path` within a couple of seconds: a socket file alone proves nothing
+/// (a stopped rpcbind leaves it behind).
+pub(crate) fn answers_null(path: &Path) -> bool {
+    let exchange = || -> std::io::Result<Vec<u8>> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_write_timeout(Some(Duration::from_secs(2)))?;
+        let call = rpc::encode_call(std::process::id() ^ 0x4e55_4c4c, rpcb::PROGRAM, 2, 0, &[]);
+        stream_exchange(s, &call)
+    };
+    exchange().is_ok_and(|reply| {
+        rpc::parse_reply(&reply).is_ok_and(|r| r.accept == Some(AcceptStat::Success))
+    })
 }
 
 /// One call through the proxy; returns the procedure's results.

@@ -1,0 +1,384 @@
+//! `rpcbind-proxy intercept enable|disable|status`: transparent mode on a
+//! systemd host, turned on and off with one command each.
+//!
+//! What "on" is, part by part (`status` reports each):
+//! - three drop-ins (`systemd/intercept/`, embedded here): rpcbind.socket
+//!   moves rpcbind's unix socket to /run/rpcbind/upstream.sock;
+//!   rpcbind-proxy.socket takes /run/rpcbind.sock and [::1]:1111;
+//!   rpcbind-proxy.service runs `serve --intercept` with CAP_NET_ADMIN,
+//!   AF_NETLINK and a 5 s watchdog;
+//! - the running rpcbind reachable at /run/rpcbind/upstream.sock;
+//! - the daemon running with its redirect table in place.
+//!
+//! The order of the steps is what keeps clients served: `enable` first
+//! makes the running rpcbind reachable at the new path (a hard link to its
+//! live socket, so rpcbind need not restart), then restarts only the proxy's
+//! units (systemd holds the sockets: connections queue, none is refused);
+//! until the new daemon has installed its table, port 111 goes straight to
+//! rpcbind. `disable` first hands /run/rpcbind.sock back to rpcbind's live
+//! socket (an atomic rename), then stops the daemon (which stops redirecting
+//! before it drains), then removes the drop-ins and starts the proxy's units
+//! on their defaults. Both are idempotent.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use super::client::{control_request, fail};
+use super::query::answers_null;
+use crate::cli::{InterceptAction, InterceptArgs};
+use crate::config::DEFAULT_RPCBIND_SOCKET;
+
+/// rpcbind's unix socket in transparent mode.
+pub const UPSTREAM_SOCKET: &str = "/run/rpcbind/upstream.sock";
+/// Where systemd reads administrator drop-ins.
+const UNIT_DIR: &str = "/etc/systemd/system";
+/// The drop-ins' file name inside each `UNIT.d/`.
+const DROP_IN: &str = "50-rpcbind-proxy-intercept.conf";
+/// How long `enable` waits for the restarted daemon's table.
+const READY: Duration = Duration::from_secs(15);
+
+/// The drop-ins, as shipped in systemd/intercept/ (`@BIN@`: this binary).
+const DROP_INS: [(&str, &str); 3] = [
+    (
+        "rpcbind.socket",
+        include_str!("../../systemd/intercept/rpcbind.socket.conf"),
+    ),
+    (
+        "rpcbind-proxy.socket",
+        include_str!("../../systemd/intercept/rpcbind-proxy.socket.conf"),
+    ),
+    (
+        "rpcbind-proxy.service",
+        include_str!("../../systemd/intercept/rpcbind-proxy.service.conf"),
+    ),
+];
+
+pub fn intercept(args: InterceptArgs) -> ExitCode {
+    let result = match args.action {
+        InterceptAction::Enable => enable(&args.control.control),
+        InterceptAction::Disable => disable(),
+        InterceptAction::Status => return status(&args.control.control),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Each drop-in's path and the text it must hold.
+fn drop_ins(unit_dir: &Path, bin: &str) -> Vec<(PathBuf, String)> {
+    DROP_INS
+        .iter()
+        .map(|(unit, text)| {
+            (
+                unit_dir.join(format!("{unit}.d")).join(DROP_IN),
+                text.replace("@BIN@", bin),
+            )
+        })
+        .collect()
+}
+
+/// This binary's path, for the service drop-in's ExecStart=.
+fn this_binary() -> Result<String, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this binary's path: {e}"))?;
+    exe.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("this binary's path is not UTF-8: {}", exe.display()))
+}
+
+/// Root and a running systemd, or one line saying what is missing.
+fn preconditions(what: &str) -> Result<(), String> {
+    // /proc/self belongs to the process's effective uid.
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if euid != Some(0) {
+        return Err(format!(
+            "intercept {what} changes systemd units and needs root"
+        ));
+    }
+    if !Path::new("/run/systemd/system").exists() {
+        return Err(format!(
+            "intercept {what} needs systemd (not running here); without it run `rpcbind-proxy serve --intercept --listen unix:/run/rpcbind.sock ...` by hand (README: Transparent mode)"
+        ));
+    }
+    Ok(())
+}
+
+fn systemctl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Writes `text` to `path` atomically (a temporary file renamed over it),
+/// creating the directory.
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    let err = |e: io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("conf.tmp");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Makes `link` a second name of the socket at `target`, replacing
+/// whatever is at `link` in one step (rename), so that at no moment does
+/// `link` name nothing.
+fn link_socket(target: &Path, link: &Path) -> Result<(), String> {
+    let err = |e: io::Error| {
+        format!(
+            "cannot link {} to {}: {e}",
+            link.display(),
+            target.display()
+        )
+    };
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = link.with_extension("sock.rpcbind-proxy-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(target, &tmp).map_err(err)?;
+    std::fs::rename(&tmp, link).map_err(err)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Whether the daemon at `control` runs with its redirect table in place.
+fn daemon_intercepting(control: &Path) -> bool {
+    control_request(control, "status").is_ok_and(|v| {
+        v.pointer("/intercept/active")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+    })
+}
+
+fn enable(control: &Path) -> Result<(), String> {
+    preconditions("enable")?;
+    let bin = this_binary()?;
+    let files = drop_ins(Path::new(UNIT_DIR), &bin);
+    let upstream = Path::new(UPSTREAM_SOCKET);
+    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
+    let written = files
+        .iter()
+        .all(|(p, t)| std::fs::read_to_string(p).is_ok_and(|s| s == *t));
+    if written && daemon_intercepting(control) && answers_null(upstream) {
+        println!("transparent mode is already on");
+        return Ok(());
+    }
+    // 1. The running rpcbind, reachable at its new path before anything
+    //    depends on it there.
+    if !answers_null(upstream) {
+        if !answers_null(public) || daemon_intercepting(control) {
+            return Err(format!(
+                "rpcbind does not answer on {} or {}: start it first (systemctl start rpcbind)",
+                public.display(),
+                upstream.display()
+            ));
+        }
+        link_socket(public, upstream)?;
+        println!("rpcbind's running socket is reachable at {UPSTREAM_SOCKET}");
+    }
+    // 2. The drop-ins.
+    for (path, text) in &files {
+        write_file(path, text)?;
+        println!("wrote {}", path.display());
+    }
+    systemctl(&["daemon-reload"])?;
+    // 3. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
+    //    replaces the path; clients queue on it meanwhile), the daemon starts
+    //    in transparent mode and installs its table.
+    systemctl(&["restart", "rpcbind-proxy.socket", "rpcbind-proxy.service"])?;
+    let deadline = Instant::now() + READY;
+    while !daemon_intercepting(control) {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "rpcbind-proxy did not start intercepting within {READY:?}: see journalctl -u rpcbind-proxy (port 111 still reaches rpcbind directly)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
+    Ok(())
+}
+
+fn disable() -> Result<(), String> {
+    preconditions("disable")?;
+    let files = drop_ins(Path::new(UNIT_DIR), "");
+    let upstream = Path::new(UPSTREAM_SOCKET);
+    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
+    let any_drop_in = files.iter().any(|(p, _)| p.exists());
+    let handed_back = !upstream.exists();
+    if !any_drop_in && handed_back {
+        println!("transparent mode is already off");
+        return Ok(());
+    }
+    // 1. /run/rpcbind.sock back to rpcbind's live socket, in one step.
+    if !handed_back {
+        if !answers_null(upstream) {
+            return Err(format!(
+                "rpcbind does not answer on {UPSTREAM_SOCKET}: start it first (systemctl start rpcbind), then run disable again"
+            ));
+        }
+        link_socket(upstream, public)?;
+        println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
+    }
+    // 2. The daemon stops redirecting, drains and removes its table; its
+    //    socket unit leaves the path alone (RemoveOnStop=no in the drop-in).
+    systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])?;
+    // rpcbind's second name, which `enable` made (or its own path, if it
+    // restarted meanwhile: /run/rpcbind.sock names the same socket now).
+    if same_file(public, upstream) {
+        std::fs::remove_file(upstream)
+            .map_err(|e| format!("cannot remove {UPSTREAM_SOCKET}: {e}"))?;
+    }
+    // 3. The units as they were.
+    for (path, _) in &files {
+        match std::fs::remove_file(path) {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", path.display())),
+        }
+        if let Some(dir) = path.parent() {
+            // Only if empty: the administrator's own drop-ins stay.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"])?;
+    println!("transparent mode is off: clients reach rpcbind directly");
+    Ok(())
+}
+
+/// Exit status of `intercept status`: 0 on, 3 off (as `systemctl
+/// is-active`), 1 partly on.
+fn status(control: &Path) -> ExitCode {
+    let bin = this_binary().unwrap_or_default();
+    let files = drop_ins(Path::new(UNIT_DIR), &bin);
+    let mut parts: Vec<(String, bool)> = files
+        .iter()
+        .map(|(p, _)| (format!("drop-in {}", p.display()), p.exists()))
+        .collect();
+    parts.push((
+        format!("rpcbind answers on {UPSTREAM_SOCKET}"),
+        answers_null(Path::new(UPSTREAM_SOCKET)),
+    ));
+    let daemon = control_request(control, "status").ok();
+    let listens_on_public = daemon.as_ref().is_some_and(|v| {
+        v["listeners"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|s| s.as_str() == Some(&format!("unix:{DEFAULT_RPCBIND_SOCKET}")))
+        })
+    });
+    parts.push((
+        format!("rpcbind-proxy holds {DEFAULT_RPCBIND_SOCKET}"),
+        listens_on_public
+            && !same_file(
+                Path::new(DEFAULT_RPCBIND_SOCKET),
+                Path::new(UPSTREAM_SOCKET),
+            ),
+    ));
+    parts.push((
+        "rpcbind-proxy redirects port 111 (nftables table inet rpcbind_proxy)".into(),
+        daemon.is_some_and(|v| {
+            v.pointer("/intercept/active")
+                .and_then(serde_json::Value::as_bool)
+                == Some(true)
+        }),
+    ));
+    let on = parts.iter().filter(|(_, ok)| *ok).count();
+    let verdict = match on {
+        n if n == parts.len() => "on",
+        0 => "off",
+        _ => "partly on",
+    };
+    println!("transparent mode: {verdict}");
+    for (what, ok) in &parts {
+        println!("  [{}] {what}", if *ok { "x" } else { " " });
+    }
+    ExitCode::from(match verdict {
+        "on" => 0,
+        "off" => 3,
+        _ => 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_ins_name_this_binary_and_move_only_the_unix_socket() {
+        let files = drop_ins(Path::new("/etc/systemd/system"), "/opt/bin/rpcbind-proxy");
+        let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "/etc/systemd/system/rpcbind.socket.d/50-rpcbind-proxy-intercept.conf",
+                "/etc/systemd/system/rpcbind-proxy.socket.d/50-rpcbind-proxy-intercept.conf",
+                "/etc/systemd/system/rpcbind-proxy.service.d/50-rpcbind-proxy-intercept.conf",
+            ]
+        );
+        let service = &files[2].1;
+        assert!(service.contains(
+            "ExecStart=/opt/bin/rpcbind-proxy serve --intercept --rpcbind-socket /run/rpcbind/upstream.sock"
+        ));
+        assert!(!service.contains("@BIN@"));
+        let listen = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("Listen"))
+                .map(str::to_owned)
+                .collect()
+        };
+        // rpcbind keeps every listener of Debian's unit but the unix path.
+        assert_eq!(
+            listen(&files[0].1),
+            [
+                "ListenStream=",
+                "ListenStream=/run/rpcbind/upstream.sock",
+                "ListenStream=0.0.0.0:111",
+                "ListenDatagram=0.0.0.0:111",
+                "ListenStream=[::]:111",
+                "ListenDatagram=[::]:111",
+            ]
+        );
+        assert!(listen(&files[1].1).contains(&"ListenStream=/run/rpcbind.sock".to_string()));
+    }
+
+    #[test]
+    fn a_socket_link_replaces_the_old_name_in_one_step() {
+        let dir = std::env::temp_dir().join(format!("rbp-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let live = dir.join("live.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let name = dir.join("sub/name.sock");
+        link_socket(&live, &name).unwrap();
+        assert!(same_file(&live, &name));
+        assert!(std::os::unix::net::UnixStream::connect(&name).is_ok());
+        // Over an existing (stale) file too.
+        let other = dir.join("other.sock");
+        let _other = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        link_socket(&other, &name).unwrap();
+        assert!(same_file(&other, &name));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,153 @@
+#!/bin/sh
+# Runs inside the booted container of scripts/e2e-systemd, as a oneshot
+# service once multi-user.target is reached; writes its report to
+# /out/report.txt and powers the container off. Every check prints one
+# "ok ..." or "FAIL ..." line; the report ends on "e2e: N passed, M failed".
+#
+# The clients are unmodified: Debian's rpcinfo and the libtirpc test client
+# (/usr/local/bin/tirpc_client, tests/clients/tirpc_client.c), as the
+# container's own users would run them.
+set -u
+exec >/out/report.txt 2>&1
+PASS=0 FAIL=0
+ok() { PASS=$((PASS + 1)); echo "ok $*"; }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL $*"; }
+check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
+	what=$1; shift
+	if "$@"; then ok "$what"; else bad "$what"; fi
+}
+finish() {
+	journalctl --no-pager -o short-monotonic >/out/journal.txt 2>&1
+	if [ "$FAIL" -gt 0 ]; then
+		echo "--- journal of the units (whole journal in the run's out/journal.txt)"
+		journalctl -u rpcbind-proxy.socket -u rpcbind-proxy.service -u rpcbind.socket -u rpcbind.service --no-pager -o short-monotonic | tail -80
+	fi
+	echo "e2e: $PASS passed, $FAIL failed"
+	sync
+	systemctl poweroff --no-block
+	exit 0
+}
+# wait_for SECONDS COMMAND...: polls (every 0.1 s) until the command succeeds.
+wait_for() {
+	n=$(($1 * 10)); shift
+	while [ "$n" -gt 0 ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1; n=$((n - 1))
+	done
+	return 1
+}
+table() { nft list table inet rpcbind_proxy >/dev/null 2>&1; }
+no_table() { ! table; }
+active() { [ "$(systemctl is-active "$1")" = active ]; }
+main_pid() { systemctl show -p MainPID --value rpcbind-proxy.service; }
+T=/usr/local/bin/tirpc_client
+B=/usr/bin/rpcbind-proxy
+
+# A prober: 20 TCP and 20 UDP lookups a second to 127.0.0.1:111, until
+# stop_probe; then its counts must show no failure.
+start_probe() {
+	rm -f /tmp/probe.in; mkfifo /tmp/probe.in
+	$T probe 127.0.0.1 100000 2 20 600 </tmp/probe.in >/tmp/probe.out 2>/tmp/probe.err &
+	PROBE=$!
+	exec 7>/tmp/probe.in
+}
+stop_probe() { # stop_probe PHASE
+	exec 7>&-
+	wait "$PROBE"
+	counts=$(cat /tmp/probe.out)
+	set -- $counts
+	if [ "${2:-x}" -gt 40 ] && [ "${4:-x}" = 0 ] && [ "${6:-x}" -gt 40 ] && [ "${8:-x}" = 0 ]; then
+		ok "prober lost no lookup across $PHASE ($counts)"
+	else
+		bad "prober lost lookups across $PHASE ($counts; $(head -c 300 /tmp/probe.err))"
+	fi
+}
+listing() { rpcinfo; rpcinfo -s; rpcinfo -p localhost; rpcinfo -p 127.0.0.1; rpcinfo -T tcp6 ::1 100000; }
+
+check "rpcbind and rpcbind-proxy are running" wait_for 30 active rpcbind-proxy.service
+wait_for 10 active rpcbind.service
+check "a service registers through libtirpc" sh -c "[ \"\$($T set 400100 1 tcp 127.0.0.1.8.1)\" = true ]"
+runuser -u nobody -- $T set 400101 1 udp 0.0.0.0.8.2 >/dev/null
+listing >/tmp/before.txt 2>&1
+$B intercept status >/tmp/st.txt; rc=$?
+check "intercept status says off before enable (exit 3)" [ "$rc" = 3 ]
+
+# --- enable ----------------------------------------------------------------
+PHASE="intercept enable"; start_probe
+sleep 1
+$B intercept enable >/tmp/enable.txt 2>&1; rc=$?
+cat /tmp/enable.txt
+check "intercept enable exits 0" [ "$rc" = 0 ]
+sleep 1
+stop_probe
+$B intercept status; rc=$?
+check "intercept status says on (exit 0)" [ "$rc" = 0 ]
+check "the owner table is in place" table
+check "the unit gained CAP_NET_ADMIN" sh -c "systemctl show -p CapabilityBoundingSet rpcbind-proxy.service | grep -q cap_net_admin"
+check "the watchdog is 5 s in transparent mode" [ "$(systemctl show -p WatchdogUSec --value rpcbind-proxy.service)" = 5s ]
+listing >/tmp/after.txt 2>&1
+check "rpcinfo prints what it printed before, through the proxy" cmp -s /tmp/before.txt /tmp/after.txt
+diff /tmp/before.txt /tmp/after.txt | head -20
+tw_before=$(ss -Htan state time-wait | wc -l)
+runuser -u nobody -- $T getaddr 127.0.0.1 100000 4 tcp 500 >/dev/null
+$T getaddr 127.0.0.1 100000 4 tcp 500 >/dev/null
+tw_after=$(ss -Htan state time-wait | wc -l)
+check "1,000 one-shot TCP lookups left no TIME_WAIT ($tw_before -> $tw_after)" [ "$tw_after" -le "$tw_before" ]
+out=$($B intercept enable 2>&1); rc=$?
+check "enable again is a no-op ($out)" [ "$rc" = 0 ]
+$B status | sed -n '1p;/intercept/p'
+
+# --- rpcbind restarts under the drop-in: its socket moves ---------------------
+systemctl restart rpcbind.socket rpcbind.service
+wait_for 10 active rpcbind.service
+check "rpcbind now listens on /run/rpcbind/upstream.sock" sh -c "systemctl show -p Listen rpcbind.socket | grep -q /run/rpcbind/upstream.sock"
+listing >/tmp/moved.txt 2>&1
+check "after rpcbind moved, rpcinfo still prints what it printed before" cmp -s /tmp/before.txt /tmp/moved.txt
+diff /tmp/before.txt /tmp/moved.txt | head -20
+
+# --- the daemon killed, restarted, stopped ------------------------------------
+PHASE="SIGKILL and SIGTERM of the daemon"; start_probe
+sleep 1
+pid=$(main_pid)
+systemctl kill -s KILL rpcbind-proxy.service
+check "SIGKILL: the table is gone with the daemon" wait_for 5 no_table
+check "systemd restarts it in transparent mode" wait_for 15 sh -c "nft list table inet rpcbind_proxy >/dev/null && [ \"\$(systemctl show -p MainPID --value rpcbind-proxy.service)\" != $pid ]"
+sleep 1
+systemctl restart rpcbind-proxy.service
+check "SIGTERM (restart): the table is back with the new daemon" wait_for 15 table
+sleep 1
+stop_probe
+
+# --- a hung daemon: the watchdog ----------------------------------------------
+pid=$(main_pid)
+kill -STOP "$pid"
+started=$(date +%s)
+check "a SIGSTOPped daemon is killed by the watchdog and replaced" wait_for 30 sh -c "[ \"\$(systemctl show -p MainPID --value rpcbind-proxy.service)\" != $pid ] && nft list table inet rpcbind_proxy >/dev/null"
+echo "   (replaced after $(($(date +%s) - started)) s)"
+check "the journal names the watchdog" sh -c "journalctl -u rpcbind-proxy --no-pager | grep -qi watchdog"
+
+# --- disable -------------------------------------------------------------------
+PHASE="intercept disable"; start_probe
+sleep 1
+$B intercept disable >/tmp/disable.txt 2>&1; rc=$?
+cat /tmp/disable.txt
+check "intercept disable exits 0" [ "$rc" = 0 ]
+sleep 1
+stop_probe
+$B intercept status; rc=$?
+check "intercept status says off after disable (exit 3)" [ "$rc" = 3 ]
+check "the table is gone" no_table
+check "the proxy runs again on its defaults" wait_for 10 active rpcbind-proxy.service
+check "the drop-ins are gone" sh -c "! ls /etc/systemd/system/*.d/50-rpcbind-proxy-intercept.conf 2>/dev/null"
+listing >/tmp/off.txt 2>&1
+# rpcbind restarted while it was moved names /run/rpcbind/upstream.sock in its
+# own "local" entries until it restarts again; everything else is as before.
+check "rpcinfo prints what it printed before (but rpcbind's own local path)" sh -c "grep -v local /tmp/before.txt | cmp -s - /tmp/off-nolocal.txt 2>/dev/null || { grep -v local /tmp/off.txt >/tmp/off-nolocal.txt; grep -v local /tmp/before.txt | cmp -s - /tmp/off-nolocal.txt; }"
+out=$($B intercept disable 2>&1); rc=$?
+check "disable again is a no-op ($out)" [ "$rc" = 0 ]
+systemctl restart rpcbind.socket rpcbind.service
+wait_for 10 active rpcbind.service
+listing >/tmp/restored.txt 2>&1
+check "after rpcbind's next restart, everything is exactly as before" cmp -s /tmp/before.txt /tmp/restored.txt
+diff /tmp/before.txt /tmp/restored.txt | head -20
+finish
