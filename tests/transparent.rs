@@ -626,3 +626,44 @@ fn intercept_refuses_to_start_when_it_cannot_own_the_table() {
         assert!(sb.intercept_table_exists());
     });
 }
+
+#[test]
+fn an_abstract_socket_listener_answers_like_the_path() {
+    // libtirpc >= 1.3.4 tries @/run/rpcbind.sock before the path.
+    let opts = Options {
+        proxy_args: vec!["--listen".into(), "unix:@/run/rpcbind.sock".into()],
+        ..transparent()
+    };
+    run_with(opts, |sb| async move {
+        use std::io::{Read, Write};
+        use std::os::linux::net::SocketAddrExt;
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(b"/run/rpcbind.sock").unwrap();
+        let mut s = std::os::unix::net::UnixStream::connect_addr(&addr)
+            .expect("the proxy listens on @/run/rpcbind.sock");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let call = getport_call(PMAP_PROG).encode();
+        let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
+        record.extend_from_slice(&call);
+        s.write_all(&record).unwrap();
+        let mut mark = [0u8; 4];
+        s.read_exact(&mut mark).unwrap();
+        let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+        assert!(len <= 9000, "reply of {len} bytes");
+        let mut abstract_reply = vec![0u8; len];
+        s.read_exact(&mut abstract_reply).unwrap();
+        let by_path = sb
+            .call(Target::Proxy, Transport::Unix, &getport_call(PMAP_PROG))
+            .await;
+        let Outcome::Reply(by_path) = by_path else {
+            panic!("{by_path:?}")
+        };
+        assert_eq!(
+            abstract_reply[4..],
+            by_path[..],
+            "the same answer (after the XID)"
+        );
+        let listeners = sb.status().await["listeners"].to_string();
+        assert!(listeners.contains("unix:@/run/rpcbind.sock"), "{listeners}");
+    });
+}

@@ -68,7 +68,14 @@ impl FromStr for ListenSpec {
         };
         match kind {
             "unix" if rest.starts_with('/') => Ok(ListenSpec::Unix(PathBuf::from(rest))),
-            "unix" => Err(err("the unix socket path must be absolute")),
+            // An abstract socket name (libtirpc >= 1.3.4 tries
+            // @/run/rpcbind.sock before the path).
+            "unix" if rest.len() > 1 && rest.len() <= 107 && rest.starts_with('@') => {
+                Ok(ListenSpec::Unix(PathBuf::from(rest)))
+            }
+            "unix" => Err(err(
+                "the unix socket path must be absolute (or @NAME, an abstract name of at most 106 bytes)",
+            )),
             "tcp" => Ok(ListenSpec::Tcp(addr()?)),
             "udp" => Ok(ListenSpec::Udp(addr()?)),
             _ => Err(err("unknown transport")),
@@ -131,10 +138,26 @@ impl Drop for UnixSocketFile {
 /// Binds one listener. Errors name the spec and the reason.
 pub async fn bind(spec: &ListenSpec) -> io::Result<Bound> {
     match spec {
-        ListenSpec::Unix(path) => bind_unix(path).await,
+        ListenSpec::Unix(path) => match abstract_name(path) {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+                l.set_nonblocking(true)?;
+                // No file: nothing to remove at exit.
+                Ok(Bound::Unix(UnixListener::from_std(l)?, None))
+            }
+            None => bind_unix(path).await,
+        },
         ListenSpec::Tcp(addr) => Ok(Bound::Tcp(TcpListener::bind(addr).await?)),
         ListenSpec::Udp(addr) => Ok(Bound::Udp(UdpSocket::bind(addr).await?)),
     }
+}
+
+/// The abstract name of a `unix:@NAME` spec (NAME without the `@`).
+fn abstract_name(path: &Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().strip_prefix(b"@")
 }
 
 /// Binds a unix stream socket at `path`: creates the directory, replaces a
@@ -181,11 +204,22 @@ pub fn adopt(socket: Inherited) -> io::Result<(ListenSpec, Bound)> {
     Ok(match socket {
         Inherited::Unix(l) => {
             l.set_nonblocking(true)?;
-            let path = l
-                .local_addr()?
-                .as_pathname()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("(unnamed)"));
+            let addr = l.local_addr()?;
+            let path = match addr.as_pathname() {
+                Some(p) => p.to_path_buf(),
+                None => {
+                    use std::os::linux::net::SocketAddrExt;
+                    use std::os::unix::ffi::OsStrExt;
+                    match addr.as_abstract_name() {
+                        Some(name) => {
+                            let mut p = b"@".to_vec();
+                            p.extend_from_slice(name);
+                            PathBuf::from(std::ffi::OsStr::from_bytes(&p))
+                        }
+                        None => PathBuf::from("(unnamed)"),
+                    }
+                }
+            };
             (
                 ListenSpec::Unix(path),
                 Bound::Unix(UnixListener::from_std(l)?, None),
@@ -486,6 +520,11 @@ mod tests {
             "unix:/run/x.sock".parse(),
             Ok(ListenSpec::Unix("/run/x.sock".into()))
         );
+        assert_eq!(
+            "unix:@/run/rpcbind.sock".parse(),
+            Ok(ListenSpec::Unix("@/run/rpcbind.sock".into()))
+        );
+        assert!("unix:@".parse::<ListenSpec>().is_err());
         assert_eq!(
             "tcp:127.0.0.1:1111".parse(),
             Ok(ListenSpec::Tcp("127.0.0.1:1111".parse().unwrap()))
