@@ -191,3 +191,35 @@ fn a_registration_through_the_proxy_shows_at_once() {
         assert_eq!(v["cache"]["invalidations"]["registration"], 2, "{v:#}");
     });
 }
+
+#[test]
+fn getaddr_with_an_ipv6_hint_is_cached_and_answered_as_rpcbind_answers() {
+    run(|sb| async move {
+        assert!(sb.rpcbind_set(500010, 1, "tcp6", "::.8.1").await);
+        // An IPv6 universal address: longer than the 24 bytes the cache used
+        // to hold, so it used to be forwarded every time.
+        let hint = "fe80:1234:5678:9abc:def0:1234:5678:9abc.0.111";
+        let call = Call::rpcb(3, RPCBPROC_GETADDR, rpcb_args(500010, 1, "tcp6", hint, ""));
+        let direct = sb.call(Target::Direct, Transport::Unix, &call).await;
+        let before = rpcbind_lookups(&sb).await;
+        for i in 0..100 {
+            let through = sb.call(Target::Proxy, Transport::Unix, &call).await;
+            assert_eq!(through, direct, "lookup {i}");
+        }
+        let asked = rpcbind_lookups(&sb).await - before;
+        assert_eq!(
+            asked, 1,
+            "rpcbind answered {asked} of 100 lookups with one hint"
+        );
+        // A hint spelt another way is still answered, uncached.
+        let odd = Call::rpcb(
+            3,
+            RPCBPROC_GETADDR,
+            rpcb_args(500010, 1, "tcp6", "FE80::1.0.111", ""),
+        );
+        assert_eq!(
+            sb.call(Target::Proxy, Transport::Unix, &odd).await,
+            sb.call(Target::Direct, Transport::Unix, &odd).await
+        );
+    });
+}

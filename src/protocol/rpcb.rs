@@ -263,6 +263,23 @@ pub fn decode_pmaplist(body: &[u8]) -> Result<Vec<Mapping>, XdrError> {
     Ok(out)
 }
 
+/// A universal address (RFC 5665): `h1.h2.h3.h4.p1.p2` or `IPV6.p1.p2`.
+pub fn universal_address(ip: std::net::IpAddr, port: u16) -> String {
+    format!("{ip}.{}.{}", port >> 8, port & 0xff)
+}
+
+/// The IP address and port of a universal address, only when `text` is
+/// exactly the canonical spelling [`universal_address`] gives (so that the
+/// parsed form stands for the text without loss).
+pub fn parse_universal_address(text: &[u8]) -> Option<(std::net::IpAddr, u16)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut parts = text.rsplitn(3, '.');
+    let (p2, p1, host) = (parts.next()?, parts.next()?, parts.next()?);
+    let port = u16::from(p1.parse::<u8>().ok()?) << 8 | u16::from(p2.parse::<u8>().ok()?);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    (universal_address(ip, port) == text).then_some((ip, port))
+}
+
 /// Rewrites the universal address `from` to `to` in a successful reply of
 /// `procedure` (v3/v4 DUMP, GETADDR, GETVERSADDR), leaving every other byte
 /// as rpcbind sent it. Returns None when the reply holds no such address
@@ -321,6 +338,35 @@ pub fn rewrite_address(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn universal_addresses_parse_only_in_their_canonical_spelling() {
+        let v4: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: std::net::IpAddr = "fe80::1:2".parse().unwrap();
+        assert_eq!(parse_universal_address(b"127.0.0.1.4.1"), Some((v4, 0x401)));
+        assert_eq!(parse_universal_address(b"fe80::1:2.0.111"), Some((v6, 111)));
+        // Longer than the 24 bytes the cache used to hold inline.
+        let long = b"fe80:1234:5678:9abc:def0:1234:5678:9abc.255.255";
+        assert!(parse_universal_address(long).is_some());
+        for bad in [
+            &b"127.0.0.1.4"[..],
+            b"127.0.0.1.256.1",
+            b"127.0.0.01.4.1",
+            b"FE80::1.0.1",
+            b"fe80:0::1.0.1",
+            b"::1.00.1",
+            b"",
+            b"x.1.1",
+        ] {
+            assert_eq!(
+                parse_universal_address(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(universal_address(v4, 0x401), "127.0.0.1.4.1");
+    }
 
     #[test]
     fn rpcbinds_moved_socket_is_renamed_in_dumps_and_getaddr() {

@@ -29,28 +29,6 @@ use crate::protocol::rpcb::{self, Args, Procedure, RpcbEntry};
 use crate::proxy::policy::Class;
 use crate::proxy::upstream::UpstreamError;
 
-/// Hints longer than this are not cached (every IPv4 universal address
-/// fits; an IPv6 hint is rare and is simply forwarded). Keys stay small,
-/// fixed-size and allocation-free.
-pub const MAX_HINT: usize = 24;
-
-/// A universal-address hint stored inline.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Hint {
-    len: u8,
-    bytes: [u8; MAX_HINT],
-}
-
-impl std::fmt::Debug for Hint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:?}",
-            String::from_utf8_lossy(&self.bytes[..self.len as usize])
-        )
-    }
-}
-
 /// Whose address rpcbind merges a registered address with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
@@ -58,8 +36,11 @@ pub enum Origin {
     Local,
     /// No hint: the caller's IP address (the port does not matter).
     Caller(IpAddr),
-    /// The `r_addr` hint, verbatim.
-    Hint(Hint),
+    /// The `r_addr` hint: a universal address in its canonical spelling
+    /// (the one rpcbind and libtirpc write), IPv4 or IPv6, stored parsed so
+    /// that keys stay small, fixed-size and allocation-free. A hint spelt
+    /// any other way is forwarded uncached.
+    Hint(IpAddr, u16),
 }
 
 /// Everything rpcbind's answer depends on (../shared/rpcbind-notes.md).
@@ -103,15 +84,8 @@ impl Key {
                 Args::Rpcb(r),
             ) => {
                 let origin = if !r.addr.is_empty() {
-                    if r.addr.len() > MAX_HINT {
-                        return None;
-                    }
-                    let mut bytes = [0u8; MAX_HINT];
-                    bytes[..r.addr.len()].copy_from_slice(r.addr);
-                    Origin::Hint(Hint {
-                        len: r.addr.len() as u8,
-                        bytes,
-                    })
+                    let (ip, port) = rpcb::parse_universal_address(r.addr)?;
+                    Origin::Hint(ip, port)
                 } else {
                     match caller {
                         Some(ip) => Origin::Caller(ip),

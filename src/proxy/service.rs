@@ -7,7 +7,6 @@
 //! stage) slots in at `forward`, in front of the upstream.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -564,7 +563,7 @@ impl Proxy {
         {
             return None;
         }
-        let uaddr = universal_address(client.ip().to_canonical(), client.port());
+        let uaddr = rpcb::universal_address(client.ip().to_canonical(), client.port());
         let mut out = BytesMut::with_capacity(call.header.len() + 64);
         out.extend_from_slice(call.header);
         Rpcb {
@@ -600,11 +599,6 @@ fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
         return Err(UpstreamError::BadReply);
     }
     rpcb::decode_rpcblist(parsed.body).map_err(|_| UpstreamError::BadReply)
-}
-
-/// A universal address (RFC 5665): `h1.h2.h3.h4.p1.p2` or `ipv6.p1.p2`.
-pub fn universal_address(ip: IpAddr, port: u16) -> String {
-    format!("{ip}.{}.{}", port >> 8, port & 0xff)
 }
 
 /// The checks libtirpc makes before a procedure runs, in its order:
