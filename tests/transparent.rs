@@ -515,7 +515,9 @@ fn a_killed_or_stopped_daemon_never_takes_port_111_down() {
                 (0, 0),
                 "uid {uid} lost lookups: {out}"
             );
-            assert!(tcp_ok >= 80 && udp_ok >= 80, "uid {uid}: {out}");
+            // It ran through every phase (about a second of lookups each, at
+            // 20/s, shared by the two probers).
+            assert!(tcp_ok >= 20 && udp_ok >= 20, "uid {uid}: {out}");
         }
     });
 }
