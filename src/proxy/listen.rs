@@ -1,8 +1,9 @@
 //! Listeners: unix and TCP streams (record marking) and UDP datagrams.
 //!
 //! Each accepted stream gets a task that reads records, answers them in
-//! order (calls may be pipelined), and on the client's EOF closes in the way
-//! that leaves no TIME_WAIT behind.
+//! order (calls may be pipelined), and closes. A TCP client is always closed
+//! with an RST, whoever ends the connection and why, so that no TIME_WAIT is
+//! left behind on either side.
 
 use std::fmt;
 use std::io;
@@ -256,7 +257,7 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
                             Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                             Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
                         };
-                        proxy.tasks.spawn(serve_stream(stream, peer, proxy.clone(), None::<fn(&_)>, shutdown.clone()));
+                        proxy.tasks.spawn(serve_stream(stream, peer, proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -268,6 +269,7 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
                         if proxy.limits.at_connection_limit(&proxy.clients) {
+                            close_without_time_wait(stream);
                             continue;
                         }
                         let _ = stream.set_nodelay(true);
@@ -289,42 +291,59 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
+/// Makes every close of a TCP client socket an RST instead of a FIN
+/// (SO_LINGER {on, 0}). The side that sends the first FIN keeps a TIME_WAIT
+/// socket for 60 s; after an RST neither side keeps one.
+///
+/// Set as soon as the connection is accepted, so that it holds on every
+/// path: the client's EOF with every reply written (the client has read
+/// them), and every close the proxy starts itself: bad framing, an
+/// undecodable header, the idle and record timeouts, a write or read error,
+/// the shutdown drain, a task dropped when the drain runs out of time, the
+/// process exiting. The price: whatever the kernel has not sent yet is
+/// discarded. A written reply that reached the client's receive queue stays
+/// readable after the RST (on loopback that is at once); only a client that
+/// stopped reading until its receive window closed can lose the tail.
+fn reset_on_close(stream: &TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        debug!(error = %e, "cannot set SO_LINGER");
+    }
+}
+
+/// Closes a TCP client with an RST (see [`reset_on_close`]): for a
+/// connection refused at the connection limit.
+fn close_without_time_wait(stream: TcpStream) {
+    reset_on_close(&stream);
+    drop(stream);
+}
+
 async fn serve_tcp(
     stream: TcpStream,
     peer: Peer,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // Once the client has closed its side and every reply is written, close
-    // with SO_LINGER {on, 0}: an RST instead of a FIN, so neither side keeps
-    // a TIME_WAIT socket; the client has already read its reply.
-    let linger = |s: &TcpStream| {
-        if let Err(e) = s.set_zero_linger() {
-            debug!(error = %e, "cannot set SO_LINGER");
-        }
-    };
-    serve_stream(stream, peer, proxy, Some(linger), shutdown).await;
+    reset_on_close(&stream);
+    serve_stream(stream, peer, proxy, shutdown).await;
 }
 
 type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
-/// Reads records, answers them in order, and closes. `on_client_eof` runs on
-/// the stream after a clean end (the client closed, all replies written).
-/// On shutdown it stops reading, answers what is in flight, and closes.
+/// Reads records, answers them in order, and closes (how a close goes out
+/// is the stream's own: see [`reset_on_close`] for TCP). On shutdown it
+/// stops reading, answers what is in flight, and closes.
 ///
 /// The read side is a plain loop over the record codec rather than a
 /// `FramedRead`, so that the task sees partial records arrive: a client that
 /// starts a record must finish it within the record timeout, and one that
 /// sends nothing (with nothing in flight) is closed after the idle timeout.
-async fn serve_stream<S, F>(
+async fn serve_stream<S>(
     stream: S,
     peer: Peer,
     proxy: Arc<Proxy>,
-    on_client_eof: Option<F>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&S),
 {
     let _connected = proxy.clients.connected();
     let limits = &proxy.limits;
@@ -343,7 +362,7 @@ async fn serve_stream<S, F>(
     tokio::pin!(timer);
     let stop = shutdown.changed();
     tokio::pin!(stop);
-    let clean = loop {
+    loop {
         let max_in_flight = limits.max_in_flight();
         tokio::select! {
             read = rd.read_buf(&mut inbuf), if !eof && replies.len() < max_in_flight => {
@@ -382,7 +401,7 @@ async fn serve_stream<S, F>(
                         }
                         if !out.is_empty() {
                             if wr.write_all(&out).await.is_err() {
-                                break false;
+                                break;
                             }
                             out.clear();
                         }
@@ -404,18 +423,18 @@ async fn serve_stream<S, F>(
                             inbuf.reserve(READ_CHUNK);
                         }
                     }
-                    Err(_) => break false,
+                    Err(_) => break,
                 }
             },
             _ = &mut stop, if !eof => eof = true,
             Some(outcome) = replies.next(), if !replies.is_empty() => {
                 last_activity = Instant::now();
                 if !append_reply(&mut out, outcome) {
-                    break false;
+                    break;
                 }
                 if !out.is_empty() {
                     if wr.write_all(&out).await.is_err() {
-                        break false;
+                        break;
                     }
                     out.clear();
                 }
@@ -438,19 +457,13 @@ async fn serve_stream<S, F>(
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     debug!(?peer, partial = partial_since.is_some(), "closing a client that took too long");
-                    break false;
+                    break;
                 }
             },
-            else => break true,
-        }
-    };
-    let stream = rd.unsplit(wr);
-    if clean {
-        if let Some(f) = on_client_eof {
-            f(&stream);
+            else => break,
         }
     }
-    drop(stream);
+    // Dropping `rd` and `wr` closes the stream.
 }
 
 /// Appends an outcome's reply, record-marked, to `out`; false to close.

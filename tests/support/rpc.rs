@@ -634,7 +634,9 @@ enum StreamEnd {
     Error(String),
 }
 
-fn is_closed(e: &io::Error) -> bool {
+/// Whether an I/O error means the peer closed the connection: EOF, or a
+/// reset or broken pipe when the read or write raced the peer's close.
+pub fn is_closed(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::UnexpectedEof
@@ -642,6 +644,39 @@ fn is_closed(e: &io::Error) -> bool {
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionAborted
     )
+}
+
+/// Writes `bytes` to a stream the peer may close at any moment (the proxy
+/// closing a client it has given up on). `Ok(true)`: written; `Ok(false)`:
+/// the peer had closed the connection. A write racing the peer's close fails
+/// with BrokenPipe (unix) or ConnectionReset/BrokenPipe (TCP): an expected
+/// outcome, not a failure of the test; the caller then checks the close
+/// itself (e.g. with [`time_to_close`]).
+pub async fn write_unless_closed<S: AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    bytes: &[u8],
+) -> io::Result<bool> {
+    match s.write_all(bytes).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_closed(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads (and discards) until the peer closes the stream, by EOF or by a
+/// reset; how long that took. Panics if it is still open after `limit`.
+pub async fn time_to_close<S: AsyncRead + Unpin + ?Sized>(s: &mut S, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Ok(Ok(0)) => return start.elapsed(),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) if is_closed(&e) => return start.elapsed(),
+            Ok(Err(e)) => panic!("reading until the peer closes: {e}"),
+            Err(_) => panic!("the peer did not close the connection within {limit:?}"),
+        }
+    }
 }
 
 fn io_outcome(e: &io::Error) -> Outcome {
