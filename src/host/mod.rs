@@ -10,5 +10,6 @@
 
 pub mod netfilter;
 pub mod procnet;
+pub mod sockdiag;
 pub mod sys;
 pub mod systemd;
