@@ -308,42 +308,63 @@ fn nobody_client_named_by_uid_inode_cgroup_unit_pid_and_command() {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         udp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let (tcp_addr, udp_addr) = (listener.local_addr().unwrap(), udp.local_addr().unwrap());
-        let client = NobodyClient::start(&cg, tcp_addr, udp_addr);
-        let (_conn, peer) = listener.accept().unwrap();
         let mut buf = [0u8; 8];
-        let (_, from) = udp.recv_from(&mut buf).unwrap();
-
-        for (proto, client_addr, server, fd) in [
-            (Proto::Tcp, peer, tcp_addr, 3),
-            (Proto::Udp, from, udp_addr, 4),
-        ] {
-            let s = lookup(proto, client_addr, server).expect("client socket");
-            assert_eq!(s.uid, NOBODY, "{proto:?} uid");
-            assert_eq!(s.inode, fd_inode(client.pid(), fd), "{proto:?} inode");
-            let id = s.cgroup_id.expect("cgroup id");
-            assert_eq!(id, cg.id(), "{proto:?} cgroup id");
-            let path = cgroup::cgroup_path_by_id(id).unwrap();
-            assert_eq!(path.as_deref(), Some(cg.path.as_str()));
-            assert_eq!(cgroup::unit_of(&cg.path).as_deref(), Some("hammer.service"));
-            assert_eq!(
-                cgroup::pid_of_socket(&cg.path, s.inode, 64),
-                Some(client.pid()),
-                "{proto:?} pid"
-            );
-            // Another inode, or no pids looked at: not a guess.
-            assert_eq!(
-                cgroup::pid_of_socket(&cg.path, s.inode + 1_000_000, 64),
-                None
-            );
-            assert_eq!(cgroup::pid_of_socket(&cg.path, s.inode, 0), None);
-            // This process is not in that cgroup, though it holds sockets.
-            assert_eq!(cgroup::pid_of_socket("/", s.inode, 1), None);
+        // Two clients in the cgroup, one after the other (their connections
+        // are accepted in that order).
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let client = NobodyClient::start(&cg, tcp_addr, udp_addr);
+            let (conn, peer) = listener.accept().unwrap();
+            let (_, from) = udp.recv_from(&mut buf).unwrap();
+            clients.push((client, conn, peer, from));
         }
-        assert_eq!(cgroup::command(client.pid()).as_deref(), Some("bash"));
-        assert_eq!(
-            cgroup::process_cgroup(client.pid()).unwrap().as_deref(),
-            Some(cg.path.as_str())
-        );
+        let procs: Vec<u32> = std::fs::read_to_string(cg.leaf.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(procs.len(), 2, "cgroup.procs: {procs:?}");
+
+        for (client, _conn, peer, from) in &clients {
+            let pid = client.pid();
+            let at = procs.iter().position(|&p| p == pid).unwrap();
+            for (proto, client_addr, server, fd) in [
+                (Proto::Tcp, *peer, tcp_addr, 3),
+                (Proto::Udp, *from, udp_addr, 4),
+            ] {
+                let s = lookup(proto, client_addr, server).expect("client socket");
+                assert_eq!(s.uid, NOBODY, "{proto:?} uid");
+                assert_eq!(s.inode, fd_inode(pid, fd), "{proto:?} inode");
+                let id = s.cgroup_id.expect("cgroup id");
+                assert_eq!(id, cg.id(), "{proto:?} cgroup id");
+                let path = cgroup::cgroup_path_by_id(id).unwrap();
+                assert_eq!(path.as_deref(), Some(cg.path.as_str()));
+                assert_eq!(cgroup::unit_of(&cg.path).as_deref(), Some("hammer.service"));
+                assert_eq!(
+                    cgroup::pid_of_socket(&cg.path, s.inode, 64),
+                    Some(pid),
+                    "{proto:?} pid"
+                );
+                // Only the first `max_procs` pids of cgroup.procs are looked at.
+                assert_eq!(cgroup::pid_of_socket(&cg.path, s.inode, at + 1), Some(pid));
+                assert_eq!(cgroup::pid_of_socket(&cg.path, s.inode, at), None, "bound");
+                // Another inode: not a guess.
+                assert_eq!(
+                    cgroup::pid_of_socket(&cg.path, s.inode + 1_000_000, 64),
+                    None
+                );
+                // This process is not in that cgroup, though it holds sockets.
+                assert_eq!(cgroup::pid_of_socket("/", s.inode, 1), None);
+            }
+            assert_eq!(cgroup::command(pid).as_deref(), Some("bash"));
+            assert_eq!(
+                cgroup::process_cgroup(pid).unwrap().as_deref(),
+                Some(cg.path.as_str())
+            );
+        }
+        let (client, ..) = clients.pop().unwrap();
+        let (first, ..) = clients.pop().unwrap();
+        first.finish();
         let pid = client.pid();
         let id = cg.id();
         client.finish();
@@ -562,6 +583,9 @@ fn time_wait_counted_per_port_like_proc_net_tcp() {
 
         let c = sockdiag::count_time_wait(&[pa]).unwrap();
         assert_eq!(c.get(pa), want_a);
+        // The kernel's filters sent nothing else: not the established
+        // connection on pa (state), not the TIME_WAIT on pb (port).
+        assert_eq!(c.received(), c.total());
         assert_eq!(c.get(pa), proc_time_wait(pa));
         assert_eq!(c.get(pb), 0, "not asked for");
         let c = sockdiag::count_time_wait(&[pb, pa, pb]).unwrap();

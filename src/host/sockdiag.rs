@@ -128,6 +128,7 @@ pub struct PeerSocket {
 pub struct TimeWaitCounts {
     per_port: Vec<(u16, u64)>,
     total: u64,
+    received: u64,
 }
 
 impl TimeWaitCounts {
@@ -148,6 +149,13 @@ impl TimeWaitCounts {
     /// for counts once here, and once for each port in [`Self::get`]).
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Sockets the kernel sent, after its own state and port filters; equal
+    /// to [`Self::total`] unless a filter let something through (which is
+    /// then not counted).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 }
 
@@ -344,6 +352,7 @@ impl SockDiag {
         let mut counts = TimeWaitCounts {
             per_port: want.iter().map(|&p| (p, 0)).collect(),
             total: 0,
+            received: 0,
         };
         if want.is_empty() {
             return Ok(counts);
@@ -363,6 +372,7 @@ impl SockDiag {
                 let mut part = counts.clone();
                 let seq = inner.send(&req, NLM_F_DUMP)?;
                 let complete = inner.recv_dump(seq, |m| {
+                    part.received += 1;
                     if let Some(s) = parse_diag_msg(m) {
                         if s.state == TCP_TIME_WAIT {
                             part.add(s.sport, s.dport);
