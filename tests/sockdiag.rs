@@ -639,6 +639,11 @@ fn per_call(label: &str, n: u32, mut f: impl FnMut()) {
 #[ignore = "benchmark: cargo test --release --test sockdiag -- --ignored --nocapture"]
 fn cost_with_10000_unrelated_sockets() {
     in_netns("cost", || {
+        let d = SockDiag::open().unwrap();
+        println!("\nempty namespace");
+        per_call("count_time_wait([111]), kept SockDiag", 200, || {
+            assert_eq!(d.count_time_wait(&[111]).unwrap().total(), 0);
+        });
         let limit = rpcbind_proxy::host::sys::raise_nofile_limit().unwrap();
         assert!(
             limit >= 11_000,
@@ -667,7 +672,6 @@ fn cost_with_10000_unrelated_sockets() {
             "\n{tcp_sockets} TCP sockets in the namespace (100 TIME_WAIT on the port asked for)"
         );
 
-        let d = SockDiag::open().unwrap();
         let want = own_inode(&client);
         per_call("peer_socket TCP, kept SockDiag", 20_000, || {
             assert_eq!(
@@ -724,6 +728,10 @@ fn cost_with_10000_unrelated_sockets() {
                 100
             );
         });
+        let twp = tw.local_addr().unwrap().port();
+        per_call("count_time_wait([that port]): 10,000 sent", 20, || {
+            assert_eq!(d.count_time_wait(&[twp]).unwrap().get(twp), 10_000);
+        });
         per_call("count_time_wait([port]), socket per call", 200, || {
             assert_eq!(
                 sockdiag::count_time_wait(&[server.port()])
@@ -774,6 +782,33 @@ fn cost_with_10000_unrelated_sockets() {
                 let _ = cgroup::pid_of_socket(&path, s.inode, 1024);
             },
         );
+        // A client in a cgroup of its own (one process, a few descriptors).
+        if let Some(cg) = TestCgroup::create() {
+            let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let client = NobodyClient::start(&cg, server, udp.local_addr().unwrap());
+            let (_c, peer) = listener.accept().unwrap();
+            let s = d.peer_socket(Proto::Tcp, peer, server).unwrap().unwrap();
+            per_call("pid_of_socket (a cgroup of 1 pid)", 20_000, || {
+                assert_eq!(
+                    cgroup::pid_of_socket(&cg.path, s.inode, 64),
+                    Some(client.pid())
+                );
+            });
+            per_call(
+                "whole chain: peer_socket+path+unit+pid+command",
+                20_000,
+                || {
+                    let s = d.peer_socket(Proto::Tcp, peer, server).unwrap().unwrap();
+                    let path = cgroup::cgroup_path_by_id(s.cgroup_id.unwrap())
+                        .unwrap()
+                        .unwrap();
+                    let _unit = cgroup::unit_of(&path).unwrap();
+                    let pid = cgroup::pid_of_socket(&path, s.inode, 64).unwrap();
+                    assert!(cgroup::command(pid).is_some());
+                },
+            );
+            client.finish();
+        }
         drop(keep);
     });
 }
