@@ -128,7 +128,10 @@ pub fn cgroup2_mountpoint() -> io::Result<Option<PathBuf>> {
 /// No tree walk: opens the cgroup directory with open_by_handle_at on the
 /// cached cgroup2 mount with a kernfs file handle (type FILEID_KERNFS,
 /// 8 bytes: the id) and reads the descriptor's path back from
-/// /proc/self/fd. Needs CAP_DAC_READ_SEARCH (`Err` with EPERM without it).
+/// /proc/self/fd (about 8 µs). Needs CAP_DAC_READ_SEARCH: `Err` with EPERM
+/// without it, also for root (checked on Linux 6.18), so a unit with a
+/// reduced CapabilityBoundingSet must keep it. Cgroup ids are not reused
+/// while the system runs, so callers may cache the answer per id.
 ///
 /// `Ok(None)`: no cgroup2 mount, no cgroup with that id (removed since:
 /// ESTALE), or one outside what this process's mount shows.
@@ -249,7 +252,9 @@ pub fn command(pid: u32) -> Option<String> {
 /// The process holding socket `inode`, among the first `max_procs` pids of
 /// cgroup `cgroup_path` (its `cgroup.procs`): each one's /proc/PID/fd links
 /// are read until one is `socket:[INODE]`. Costs O(processes in that cgroup
-/// × their descriptors), not O(all of /proc).
+/// × their descriptors), not O(all of /proc): about 50 µs for a cgroup of
+/// one small process. Reading another user's /proc/PID/fd links needs
+/// CAP_SYS_PTRACE (root without it gets EACCES, hence `None`).
 ///
 /// `None`: no cgroup2 mount, the cgroup is gone, no process of it (among
 /// those looked at) holds the socket (it moved to another cgroup after
