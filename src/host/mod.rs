@@ -8,7 +8,9 @@
 //! each other and `protocol`, never `proxy` or `ops`, so the request path can
 //! call them without a cycle.
 
+pub mod cgroup;
 pub mod netfilter;
 pub mod procnet;
+pub mod sockdiag;
 pub mod sys;
 pub mod systemd;
