@@ -32,6 +32,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Ask rpcbind through the proxy, printing like rpcinfo.
     Query(QueryArgs),
+    /// Who is asking, live (like top): clients by rate, with their unit,
+    /// command and user; `q` quits.
+    Top(TopArgs),
     /// Transparent mode on a systemd host: enable, disable, status (root
     /// for enable/disable).
     Intercept(InterceptArgs),
@@ -122,6 +125,10 @@ pub struct ServeArgs {
     /// redirect lets through [default: 0x5250].
     #[arg(long, value_name = "MARK")]
     pub intercept_mark: Option<Mark>,
+    /// Do not name the process, user and systemd unit behind each client
+    /// (status and `top` then group clients by transport and uid only).
+    #[arg(long)]
+    pub no_attribution: bool,
 }
 
 impl ServeArgs {
@@ -160,6 +167,7 @@ impl ServeArgs {
             threads: self.threads,
             intercept: self.intercept.then_some(true),
             intercept_mark: self.intercept_mark,
+            attribution: self.no_attribution.then_some(false),
         })
     }
 }
@@ -296,4 +304,26 @@ pub enum InterceptAction {
     /// Which parts of transparent mode are in place (exit 0 on, 3 off, 1
     /// partly on).
     Status,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Print this many frames as plain text and exit (the default when
+    /// standard output is not a terminal: 1).
+    #[arg(short = 'n', long = "iterations", value_name = "N")]
+    pub iterations: Option<u32>,
+    /// Seconds between frames.
+    #[arg(short = 'd', long = "delay", value_name = "SECONDS", default_value_t = 1.0,
+          value_parser = delay)]
+    pub delay: f64,
+}
+
+/// A delay between 0.1 and 3600 seconds.
+fn delay(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(d) if (0.1..=3600.0).contains(&d) => Ok(d),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
 }

@@ -63,6 +63,7 @@ pub struct FileConfig {
     pub threads: Option<usize>,
     pub intercept: Option<bool>,
     pub intercept_mark: Option<Mark>,
+    pub attribution: Option<bool>,
 }
 
 /// A packet mark (SO_MARK): a decimal or 0x-prefixed hexadecimal u32, not 0
@@ -130,6 +131,8 @@ pub struct Config {
     pub intercept: bool,
     /// The mark of the daemon's own upstream sockets in transparent mode.
     pub intercept_mark: u32,
+    /// Name the process, user and unit behind each client (reloadable).
+    pub attribution: bool,
 }
 
 #[derive(Debug, Error)]
@@ -260,6 +263,7 @@ impl Config {
                 .intercept_mark
                 .or(file.intercept_mark)
                 .map_or(DEFAULT_INTERCEPT_MARK, |m| m.0),
+            attribution: flags.attribution.or(file.attribution).unwrap_or(true),
             limits: {
                 let d = LimitsConfig::default();
                 LimitsConfig {

@@ -93,6 +93,7 @@ pub async fn run(
         config.refresh,
     );
     proxy.limits.set(config.limits);
+    proxy.attribution.set_enabled(config.attribution);
     raise_fd_limit();
     if let Err(e) = proxy.upstream(Class::Unix).ensure_connected().await {
         warn!(socket = %config.rpcbind_socket.display(), error = %e, "rpcbind not reachable yet; will keep trying");
@@ -324,6 +325,7 @@ fn intercept_rules(specs: &[ListenSpec], mark: u32) -> Result<InterceptRules, St
 /// paths need a restart.
 fn apply(proxy: &Proxy, running: &Config, new: &Config) {
     proxy.reconfigure(new.upstream_timeout, new.cache, new.refresh, new.limits);
+    proxy.attribution.set_enabled(new.attribution);
     if (
         &new.listen,
         &new.control,

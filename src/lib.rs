@@ -70,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => ops::check::check(args),
         Command::Query(args) => ops::query::query(args),
         Command::Intercept(args) => ops::intercept::intercept(args),
+        Command::Top(args) => ops::top::top(args),
         Command::Generate(args) => ops::generate::main(args),
     }
 }

@@ -3,7 +3,10 @@
 //! Owns the raw syscalls (`sys`: per-thread credentials, inherited sockets,
 //! RLIMIT_NOFILE), systemd's protocols (`systemd`: sd_notify, watchdog,
 //! LISTEN_FDS), nf_tables over netlink (`netfilter`: transparent mode's
-//! owner table, SO_MARK) and /proc/net/tcp (`procnet`). Every `unsafe` block of the crate lives in this folder, each
+//! owner table, SO_MARK), sock_diag (`sockdiag`: a client's socket, TIME_WAIT
+//! counts), cgroups and /proc (`cgroup`: unit and command of a client),
+//! /proc/net/tcp (`procnet`, where sock_diag is missing) and the terminal of
+//! `top` (`terminal`). Every `unsafe` block of the crate lives in this folder, each
 //! with its own `// SAFETY:` line. Modules here are leaves: they may import
 //! each other and `protocol`, never `proxy` or `ops`, so the request path can
 //! call them without a cycle.
@@ -14,3 +17,4 @@ pub mod procnet;
 pub mod sockdiag;
 pub mod sys;
 pub mod systemd;
+pub mod terminal;

@@ -16,8 +16,8 @@ use tracing::{debug, info};
 
 use crate::host::netfilter::InterceptTable;
 use crate::host::procnet::{tcp_sockets, TCP_TIME_WAIT};
+use crate::host::sockdiag;
 use crate::proxy::cache::Invalidation;
-use crate::proxy::metrics::{ClientKey, ClientRow};
 use crate::proxy::policy::Class;
 use crate::proxy::service::Proxy;
 
@@ -221,54 +221,36 @@ pub fn status(ctx: &Context) -> Value {
         .map(|((prog, vers, netid), (h, m))| json!({"program": prog, "version": vers, "netid": netid, "hits": h, "misses": m}))
         .collect();
 
-    let sockets = tcp_sockets();
-    let time_wait = |port: u16| {
-        sockets
-            .iter()
-            .filter(|s| s.state == TCP_TIME_WAIT && (s.local_port == port || s.remote_port == port))
-            .count()
+    // TIME_WAIT on rpcbind's port and the proxy's: counted by the kernel
+    // (sock_diag with a state and port filter), /proc/net/tcp{,6} only
+    // where sock_diag is missing.
+    let mut ports = ctx.tcp_ports.clone();
+    ports.push(ctx.rpcbind_port);
+    let counts = sockdiag::count_time_wait(&ports).ok();
+    let sockets = if counts.is_none() {
+        tcp_sockets()
+    } else {
+        Vec::new()
     };
-    let tw_proxy: usize = ctx.tcp_ports.iter().map(|p| time_wait(*p)).sum();
-
-    let top: Vec<ClientRow> = proxy
-        .clients
-        .top(TOP_CLIENTS)
-        .into_iter()
-        .map(|(key, requests, port)| match key {
-            ClientKey::Unix { pid, uid } => ClientRow {
-                transport: "unix",
-                pid: Some(pid),
-                uid: Some(uid),
-                command: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .ok()
-                    .map(|s| s.trim_end().to_string()),
-                address: None,
-                port: None,
-                requests,
-            },
-            ClientKey::Tcp(ip) | ClientKey::Udp(ip) => ClientRow {
-                transport: if matches!(key, ClientKey::Tcp(_)) {
-                    "tcp"
-                } else {
-                    "udp"
-                },
-                pid: None,
-                // The owner of the client's socket, while it is still open.
-                uid: sockets
-                    .iter()
-                    .find(|s| {
-                        s.local_ip == ip
-                            && s.local_port == port
-                            && ctx.tcp_ports.contains(&s.remote_port)
-                    })
-                    .map(|s| s.uid),
-                command: None,
-                address: Some(ip.to_string()),
-                port: Some(port),
-                requests,
-            },
-        })
-        .collect();
+    let time_wait_on = |port: u16| -> u64 {
+        match &counts {
+            Some(c) => c.get(port),
+            None => sockets
+                .iter()
+                .filter(|s| {
+                    s.state == TCP_TIME_WAIT && (s.local_port == port || s.remote_port == port)
+                })
+                .count() as u64,
+        }
+    };
+    let tw_proxy: u64 = ctx.tcp_ports.iter().map(|p| time_wait_on(*p)).sum();
+    let mut top = proxy.clients.rows();
+    let rest = top.split_off(top.len().min(TOP_CLIENTS));
+    let rest = json!({
+        "rows": rest.len(),
+        "requests": rest.iter().map(|r| r.requests).sum::<u64>(),
+        "per_second_10s": rest.iter().map(|r| r.per_second_10s).sum::<f64>(),
+    });
 
     let s = &proxy.stats;
     json!({
@@ -319,9 +301,10 @@ pub fn status(ctx: &Context) -> Value {
             "connected": proxy.clients.connected.load(Ordering::Relaxed),
             "total": proxy.clients.total.load(Ordering::Relaxed),
             "top": top,
+            "rest": rest,
         },
         "time_wait": {
-            "port_111": time_wait(ctx.rpcbind_port),
+            "port_111": time_wait_on(ctx.rpcbind_port),
             "proxy_ports": tw_proxy,
         },
         "limits": limits(proxy),

@@ -5,8 +5,8 @@
 //! - three drop-ins (`systemd/intercept/`, embedded here): rpcbind.socket
 //!   moves rpcbind's unix socket to /run/rpcbind/upstream.sock;
 //!   rpcbind-proxy.socket takes /run/rpcbind.sock and [::1]:1111;
-//!   rpcbind-proxy.service runs `serve --intercept` with CAP_NET_ADMIN,
-//!   AF_NETLINK and a 5 s watchdog;
+//!   rpcbind-proxy.service runs `serve --intercept` with CAP_NET_ADMIN
+//!   and a 5 s watchdog;
 //! - the running rpcbind reachable at /run/rpcbind/upstream.sock;
 //! - the daemon running with its redirect table in place.
 //!

@@ -238,6 +238,55 @@ pub fn prometheus(v: &Value) -> String {
         "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.",
         tw,
     );
+    // Lookups by who asked: the top rows of `status` summed over their
+    // transports, the rest in one `other` series (bounded cardinality).
+    let mut by_who: std::collections::BTreeMap<(String, String, String), f64> =
+        std::collections::BTreeMap::new();
+    for c in v
+        .pointer("/clients/top")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let label = |x: &Value| x.as_str().map_or("-".to_string(), str::to_owned);
+        let key = if c["other"].as_bool() == Some(true) {
+            ("other".into(), "other".into(), "other".into())
+        } else {
+            (
+                c["address"]
+                    .as_str()
+                    .map_or_else(|| label(&c["unit"]), |a| format!("remote {a}")),
+                label(&c["command"]),
+                c["uid"].as_u64().map_or("-".to_string(), |u| u.to_string()),
+            )
+        };
+        *by_who.entry(key).or_default() += c["requests"].as_f64().unwrap_or(0.0);
+    }
+    let rest = f(v, "/clients/rest/requests");
+    if rest > 0.0 {
+        *by_who
+            .entry(("other".into(), "other".into(), "other".into()))
+            .or_default() += rest;
+    }
+    metric(
+        "client_requests_total",
+        "counter",
+        "Calls by the systemd unit, command and uid behind them (the busiest; the rest as other).",
+        by_who
+            .into_iter()
+            .map(|((unit, command, uid), n)| {
+                (
+                    format!(
+                        "{{unit=\"{}\",command=\"{}\",uid=\"{}\"}}",
+                        escape(&unit),
+                        escape(&command),
+                        escape(&uid)
+                    ),
+                    n,
+                )
+            })
+            .collect(),
+    );
     let enabled = v.pointer("/intercept/enabled").and_then(Value::as_bool) == Some(true);
     metric(
         "intercept_enabled",
@@ -266,4 +315,12 @@ pub fn prometheus(v: &Value) -> String {
         redirected,
     );
     o
+}
+
+/// A label value as the exposition format wants it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

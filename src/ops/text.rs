@@ -147,32 +147,9 @@ pub fn human(v: &Value) -> String {
             );
         }
     }
-    if let Some(top) = v
-        .pointer("/clients/top")
-        .and_then(Value::as_array)
-        .filter(|a| !a.is_empty())
-    {
-        let _ = writeln!(
-            o,
-            "\ntop clients  transport who                               uid   requests"
-        );
-        for c in top {
-            let who = match c["transport"].as_str() {
-                Some("unix") => format!(
-                    "pid {} {}",
-                    n(&c["pid"]),
-                    c["command"].as_str().unwrap_or("?")
-                ),
-                _ => format!("{}:{}", c["address"].as_str().unwrap_or("?"), n(&c["port"])),
-            };
-            let _ = writeln!(
-                o,
-                "             {:<9} {who:<31} {:>5} {:>10}",
-                c["transport"].as_str().unwrap_or("?"),
-                n(&c["uid"]),
-                n(&c["requests"])
-            );
-        }
+    let table = clients_table(v);
+    if !table.is_empty() {
+        let _ = write!(o, "\ntop clients\n{table}");
     }
     o
 }
@@ -204,4 +181,58 @@ fn intercept_line(v: &Value) -> Option<String> {
         i["redirected_flows"],
         rules.join(", ")
     ))
+}
+
+/// The top-clients table (status and `top`): who asks, by rate. Unknown
+/// values show as `-`, never a guess; a client on another host shows its
+/// address as its unit.
+pub fn clients_table(v: &Value) -> String {
+    let Some(top) = v
+        .pointer("/clients/top")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    else {
+        return String::new();
+    };
+    let text = |x: &Value| x.as_str().map_or("-".to_string(), str::to_owned);
+    let num = |x: &Value| x.as_u64().map_or("-".to_string(), |v| v.to_string());
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "  {:<28} {:<15} {:>6} {:<5} {:>9} {:>9} {:>10} {:>7}",
+        "UNIT", "COMMAND", "UID", "PROTO", "LOOKUP/S", "/S 1MIN", "TOTAL", "PID"
+    );
+    for c in top {
+        let unit = if c["other"].as_bool() == Some(true) {
+            "(other clients)".to_string()
+        } else {
+            c["address"]
+                .as_str()
+                .map_or_else(|| text(&c["unit"]), |a| format!("{a} (remote)"))
+        };
+        let _ = writeln!(
+            o,
+            "  {:<28} {:<15} {:>6} {:<5} {:>9.1} {:>9.1} {:>10} {:>7}",
+            unit,
+            text(&c["command"]),
+            num(&c["uid"]),
+            text(&c["transport"]),
+            c["per_second_10s"].as_f64().unwrap_or(0.0),
+            c["per_second_60s"].as_f64().unwrap_or(0.0),
+            num(&c["requests"]),
+            num(&c["pid"]),
+        );
+    }
+    if let Some(rows) = v
+        .pointer("/clients/rest/rows")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+    {
+        let _ = writeln!(
+            o,
+            "  ... {rows} more, {} lookups",
+            num(&v["clients"]["rest"]["requests"])
+        );
+    }
+    o
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::proxy::metrics::Clients;
+use crate::proxy::clients::Clients;
 
 /// The limits as configured.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -28,6 +28,8 @@ use tracing::{debug, warn};
 
 use crate::host::sys::Inherited;
 use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
+use crate::proxy::attribution::{Identity, Transport};
+use crate::proxy::clients::Tally;
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
 
@@ -257,7 +259,7 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
                             Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                             Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
                         };
-                        proxy.tasks.spawn(serve_stream(stream, peer, proxy.clone(), shutdown.clone()));
+                        proxy.tasks.spawn(serve_unix(stream, peer, proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -324,7 +326,30 @@ async fn serve_tcp(
     shutdown: watch::Receiver<bool>,
 ) {
     reset_on_close(&stream);
-    serve_stream(stream, peer, proxy, shutdown).await;
+    // Who it is, asked now, while the client's socket surely exists.
+    let tally = match (peer, stream.local_addr()) {
+        (Peer::Tcp(client), Ok(local)) => {
+            use std::os::fd::AsFd;
+            let id = proxy.attribution.tcp(stream.as_fd(), client, local);
+            proxy.clients.tally(&id)
+        }
+        _ => proxy.clients.tally(&Identity::unknown(Transport::Tcp)),
+    };
+    serve_stream(stream, peer, tally, proxy, shutdown).await;
+}
+
+async fn serve_unix(
+    stream: tokio::net::UnixStream,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = match peer {
+        Peer::Unix { uid, pid, .. } => proxy.attribution.unix(pid, uid),
+        _ => Identity::unknown(Transport::Unix),
+    };
+    let tally = proxy.clients.tally(&id);
+    serve_stream(stream, peer, tally, proxy, shutdown).await;
 }
 
 type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
@@ -340,6 +365,7 @@ type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 async fn serve_stream<S>(
     stream: S,
     peer: Peer,
+    tally: Arc<Tally>,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -377,6 +403,7 @@ async fn serve_stream<S>(
                                 // nothing earlier is still pending (replies
                                 // go out in order), and written together.
                                 Ok(Some(record)) => {
+                                    tally.count(proxy.clients.now());
                                     let now = if replies.is_empty() {
                                         proxy.answer_now(&record, peer)
                                     } else {
@@ -481,9 +508,50 @@ fn append_reply(out: &mut BytesMut, outcome: Outcome) -> bool {
     true
 }
 
+/// Who sent a datagram: identified once per source address and kept for a
+/// few seconds (a UDP client has no connection to hang its identity on; a
+/// source port is reused by the next socket only after this one closed).
+struct UdpSources {
+    local: Option<SocketAddr>,
+    seen: lru::LruCache<SocketAddr, (Instant, Arc<Tally>)>,
+}
+
+impl UdpSources {
+    /// Sources remembered at once.
+    const CAPACITY: usize = 4096;
+    /// How long an identification holds.
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn new(socket: &UdpSocket) -> UdpSources {
+        UdpSources {
+            local: socket.local_addr().ok(),
+            seen: lru::LruCache::new(
+                std::num::NonZeroUsize::new(Self::CAPACITY).expect("non-zero"),
+            ),
+        }
+    }
+
+    fn tally(&mut self, from: SocketAddr, proxy: &Proxy) -> Arc<Tally> {
+        let now = Instant::now();
+        if let Some((at, t)) = self.seen.get(&from) {
+            if now.duration_since(*at) < Self::FRESH {
+                return t.clone();
+            }
+        }
+        let id = match self.local {
+            Some(local) => proxy.attribution.udp(from, local, proxy.rpcbind_port()),
+            None => Identity::unknown(Transport::Udp),
+        };
+        let t = proxy.clients.tally(&id);
+        self.seen.put(from, (now, t.clone()));
+        t
+    }
+}
+
 async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = BytesMut::with_capacity(MAX_DATAGRAM);
+    let mut sources = UdpSources::new(&socket);
     loop {
         let (n, from) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -492,6 +560,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
             },
             _ = shutdown.changed() => return,
         };
+        sources.tally(from, &proxy).count(proxy.clients.now());
         // Cache hits are answered inline: no task, no copy of the request.
         if let Some(Outcome::Shared(reply, xid)) = proxy.answer_now(&buf[..n], Peer::Udp(from)) {
             out.clear();

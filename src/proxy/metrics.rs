@@ -1,17 +1,11 @@
 //! Counters the `status` command shows that belong to no single module:
-//! latency histograms, requests per procedure, and who the clients are.
+//! latency histograms and requests per procedure (who the clients are is
+//! `clients`).
 
-use std::net::IpAddr;
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lru::LruCache;
-use serde::Serialize;
-
 use crate::protocol::rpcb::Procedure;
-use crate::proxy::policy::Peer;
 
 /// A latency histogram with power-of-two microsecond buckets: lock-free to
 /// record, good enough for p50/p99 (each within a factor of two).
@@ -99,114 +93,6 @@ impl ProcCounters {
     }
 }
 
-/// How clients are grouped in the top-clients table: a unix client by its
-/// process, an IP client by its address (one-shot clients get a new port
-/// every time; the last one is kept to find the socket's owner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientKey {
-    Unix { pid: i32, uid: u32 },
-    Tcp(IpAddr),
-    Udp(IpAddr),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ClientCount {
-    requests: u64,
-    last_port: u16,
-}
-
-/// One row of the top-clients table.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientRow {
-    pub transport: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    pub requests: u64,
-}
-
-/// Clients: how many are connected, how many came, and who asks the most.
-#[derive(Debug)]
-pub struct Clients {
-    pub connected: AtomicI64,
-    pub total: AtomicU64,
-    /// Bounded: the least recently active client is forgotten first.
-    table: Mutex<LruCache<ClientKey, ClientCount>>,
-}
-
-/// Clients remembered for the top-clients table.
-const CLIENT_TABLE: usize = 4096;
-
-impl Default for Clients {
-    fn default() -> Self {
-        Clients {
-            connected: AtomicI64::new(0),
-            total: AtomicU64::new(0),
-            table: Mutex::new(LruCache::new(NonZeroUsize::new(CLIENT_TABLE).unwrap())),
-        }
-    }
-}
-
-impl Clients {
-    /// A stream client connected; the guard counts it out again.
-    pub fn connected(&self) -> ConnectedGuard<'_> {
-        self.connected.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        ConnectedGuard(self)
-    }
-
-    /// Counts one request from `peer`.
-    pub fn request(&self, peer: &Peer) {
-        let (key, port) = match *peer {
-            Peer::Unix { pid, uid, .. } => (
-                ClientKey::Unix {
-                    pid: pid.unwrap_or(0),
-                    uid,
-                },
-                0,
-            ),
-            Peer::Tcp(a) => (ClientKey::Tcp(a.ip().to_canonical()), a.port()),
-            Peer::Udp(a) => (ClientKey::Udp(a.ip().to_canonical()), a.port()),
-        };
-        let mut t = self.table.lock().unwrap();
-        let c = t.get_or_insert_mut(key, || ClientCount {
-            requests: 0,
-            last_port: port,
-        });
-        c.requests += 1;
-        c.last_port = port;
-    }
-
-    /// The `n` clients with the most requests.
-    pub fn top(&self, n: usize) -> Vec<(ClientKey, u64, u16)> {
-        let t = self.table.lock().unwrap();
-        let mut rows: Vec<_> = t
-            .iter()
-            .map(|(k, c)| (*k, c.requests, c.last_port))
-            .collect();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
-        rows.truncate(n);
-        rows
-    }
-}
-
-/// Decrements the connected count when a stream client goes.
-#[derive(Debug)]
-pub struct ConnectedGuard<'a>(&'a Clients);
-
-impl Drop for ConnectedGuard<'_> {
-    fn drop(&mut self) {
-        self.0.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,27 +118,5 @@ mod tests {
         p.count(4, 11);
         p.count(9, 1); // not a version of ours: ignored
         assert_eq!(p.snapshot(), vec![(2, "GETPORT", 2), (4, "GETADDRLIST", 1)]);
-    }
-
-    #[test]
-    fn top_clients_are_ordered_by_requests() {
-        let c = Clients::default();
-        let a = Peer::Tcp("127.0.0.1:40000".parse().unwrap());
-        let b = Peer::Unix {
-            uid: 1000,
-            gid: 1000,
-            pid: Some(42),
-        };
-        c.request(&a);
-        for _ in 0..3 {
-            c.request(&b);
-        }
-        let top = c.top(10);
-        assert_eq!(top[0].0, ClientKey::Unix { pid: 42, uid: 1000 });
-        assert_eq!(top[0].1, 3);
-        assert_eq!(
-            top[1],
-            (ClientKey::Tcp("127.0.0.1".parse().unwrap()), 1, 40000)
-        );
     }
 }

@@ -3,12 +3,15 @@
 //! Owns the listeners and per-connection loops (`listen`), the checks and
 //! local answers (`service`), who may do what (`policy`), the coherent cache
 //! (`cache`), the persistent upstream connections (`upstream`), the client
-//! limits (`limits`) and the counters the path bumps (`metrics`). It imports
+//! limits (`limits`), who each client is (`attribution`) and how much it
+//! asks (`clients`), and the counters the path bumps (`metrics`). It imports
 //! `protocol` for the wire formats and `host` for the few raw syscalls it
 //! needs; it never imports `ops` (operator commands read its counters, not
 //! the other way round) nor the top-level daemon, CLI or config modules.
 
+pub mod attribution;
 pub mod cache;
+pub mod clients;
 pub mod limits;
 pub mod listen;
 pub mod metrics;

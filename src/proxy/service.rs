@@ -19,9 +19,11 @@ use tracing::debug;
 
 use crate::protocol::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
 use crate::protocol::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
+use crate::proxy::attribution::Attributor;
 use crate::proxy::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
+use crate::proxy::clients::Clients;
 use crate::proxy::limits::{Limits, LimitsConfig};
-use crate::proxy::metrics::{Clients, ProcCounters};
+use crate::proxy::metrics::ProcCounters;
 use crate::proxy::policy::{
     callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route,
 };
@@ -80,6 +82,8 @@ pub struct Proxy {
     pub stats: Stats,
     pub procs: ProcCounters,
     pub clients: Clients,
+    /// Names the process, user and unit behind each client.
+    pub attribution: Attributor,
     pub limits: Limits,
     pub started: std::time::Instant,
     /// Every task serving a client: shutdown waits for them (bounded).
@@ -121,6 +125,7 @@ impl Proxy {
             stats: Stats::default(),
             procs: ProcCounters::default(),
             clients: Clients::default(),
+            attribution: Attributor::new(true),
             limits: Limits::new(LimitsConfig::default()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
@@ -128,6 +133,11 @@ impl Proxy {
             heartbeat_ms: AtomicU64::new(0),
             known: std::sync::Mutex::new(None),
         })
+    }
+
+    /// rpcbind's TCP/UDP port.
+    pub fn rpcbind_port(&self) -> u16 {
+        self.rpcbind.port
     }
 
     pub fn upstream(&self, class: Class) -> &Upstream {
@@ -183,7 +193,6 @@ impl Proxy {
             return None;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.clients.request(&peer);
         self.procs.count(call.vers, call.procedure);
         Some(Outcome::Shared(reply, call.xid))
     }
@@ -191,7 +200,6 @@ impl Proxy {
     /// Answers one call record from `peer`.
     pub async fn handle(&self, record: BytesMut, peer: Peer) -> Outcome {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.clients.request(&peer);
         let call = match rpc::parse_call(&record) {
             Ok(call) => call,
             Err(e) => return self.header_error(e, peer),

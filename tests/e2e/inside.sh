@@ -93,6 +93,13 @@ runuser -u nobody -- $T getaddr 127.0.0.1 100000 4 tcp 500 >/dev/null
 $T getaddr 127.0.0.1 100000 4 tcp 500 >/dev/null
 tw_after=$(ss -Htan state time-wait | wc -l)
 check "1,000 one-shot TCP lookups left no TIME_WAIT ($tw_before -> $tw_after)" [ "$tw_after" -le "$tw_before" ]
+# Attribution under the real unit's sandbox: a transient service of its own.
+systemd-run --quiet --wait --unit=hammer --uid=nobody $T getaddr 127.0.0.1 100000 4 tcp 100 >/dev/null 2>&1
+systemd-run --quiet --wait --unit=hammer-udp $T pmap-getport 127.0.0.1 100000 2 udp 20 >/dev/null 2>&1
+$B status >/tmp/status.txt
+check "status names hammer.service, its command and user (tcp)" grep -Eq "hammer.service +tirpc_client +65534 +tcp .* 100 " /tmp/status.txt
+check "status names hammer-udp.service (udp)" grep -Eq "hammer-udp.service +tirpc_client +0 +udp .* 20 " /tmp/status.txt
+sed -n '/top clients/,$p' /tmp/status.txt
 out=$($B intercept enable 2>&1); rc=$?
 check "enable again is a no-op ($out)" [ "$rc" = 0 ]
 $B status | sed -n '1p;/intercept/p'

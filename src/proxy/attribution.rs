@@ -1,0 +1,307 @@
+//! Who a client is: the process, user and systemd unit behind a connection
+//! (or a UDP source), found once when it arrives, never per call.
+//!
+//! - unix: SO_PEERCRED gives pid and uid; the command is /proc/PID/comm and
+//!   the unit comes from /proc/PID/cgroup (cached per pid for a moment).
+//! - loopback TCP/UDP: the client's own socket is on this host; sock_diag
+//!   finds it by its addresses (the original destination, 127.0.0.1:111,
+//!   for a redirected one) and gives its uid and cgroup id; the cgroup id
+//!   names the unit (cached per id: ids are never reused while the system
+//!   runs) and, within that cgroup, the process holding the socket gives
+//!   the command (looked for once per cgroup and user every few seconds:
+//!   the expensive part, kept off the per-connection path).
+//!
+//! What cannot be known (the process already gone, no sock_diag, cgroup v1
+//! only, not permitted) stays `None` and shows as `-`: never a guess. A
+//! remote client keeps only its address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use crate::host::cgroup;
+use crate::host::sockdiag::{original_destination, Proto, SockDiag};
+
+/// How long what was learnt of a pid, or of the process behind a cgroup
+/// and user, is trusted.
+const FRESH: Duration = Duration::from_secs(2);
+/// Processes of one cgroup looked at to find the one holding a socket.
+const MAX_PROCS: usize = 16;
+/// Entries kept in each cache.
+const CACHE: usize = 1024;
+
+/// How a client reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Unix,
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Unix => "unix",
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// Who a client is, as far as can be known.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub transport: Transport,
+    /// The systemd unit (`cron.service`, `session-3.scope`).
+    pub unit: Option<Arc<str>>,
+    /// The command name (/proc/PID/comm).
+    pub command: Option<Arc<str>>,
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    /// A client not on this host: its address stands in for everything.
+    pub remote: Option<IpAddr>,
+}
+
+impl Identity {
+    /// Nothing known but the transport.
+    pub fn unknown(transport: Transport) -> Identity {
+        Identity {
+            transport,
+            unit: None,
+            command: None,
+            uid: None,
+            pid: None,
+            remote: None,
+        }
+    }
+}
+
+/// A cgroup's path and its systemd unit.
+type Names = (Option<Arc<str>>, Option<Arc<str>>);
+/// The pid and command holding a socket.
+type Holder = (Option<u32>, Option<Arc<str>>);
+
+/// A process as /proc describes it.
+#[derive(Debug, Clone)]
+struct Process {
+    command: Option<Arc<str>>,
+    unit: Option<Arc<str>>,
+}
+
+/// Finds identities, with the caches that make it cheap.
+#[derive(Debug)]
+pub struct Attributor {
+    /// Reloadable (SIGHUP).
+    enabled: AtomicBool,
+    /// Opened on first use (it answers for the network namespace it was
+    /// opened in, which is the daemon's).
+    diag: Mutex<Option<SockDiag>>,
+    /// cgroup id → (its path, its unit).
+    cgroups: Mutex<LruCache<u64, Names>>,
+    /// pid → what /proc said, and when.
+    processes: Mutex<LruCache<u32, (Instant, Process)>>,
+    /// (cgroup id, uid) → the process last found holding a socket there.
+    holders: Mutex<LruCache<(u64, u32), (Instant, Holder)>>,
+}
+
+fn cache<K: std::hash::Hash + Eq, V>() -> Mutex<LruCache<K, V>> {
+    Mutex::new(LruCache::new(NonZeroUsize::new(CACHE).expect("non-zero")))
+}
+
+impl Attributor {
+    /// `enabled: false` names nobody (for measuring what attribution costs).
+    pub fn new(enabled: bool) -> Attributor {
+        Attributor {
+            enabled: AtomicBool::new(enabled),
+            diag: Mutex::new(None),
+            cgroups: cache(),
+            processes: cache(),
+            holders: cache(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Relaxed);
+    }
+
+    /// A unix client, from its SO_PEERCRED.
+    pub fn unix(&self, pid: Option<i32>, uid: u32) -> Identity {
+        let mut id = Identity {
+            uid: Some(uid),
+            ..Identity::unknown(Transport::Unix)
+        };
+        if !self.enabled() {
+            return id;
+        }
+        let Some(pid) = pid.and_then(|p| u32::try_from(p).ok()).filter(|&p| p != 0) else {
+            return id;
+        };
+        id.pid = Some(pid);
+        let p = self.process(pid);
+        id.command = p.command;
+        id.unit = p.unit;
+        id
+    }
+
+    /// A TCP client whose connection is `fd`, from `client` to `local` (the
+    /// proxy's address; the original destination is asked of conntrack).
+    pub fn tcp(&self, fd: BorrowedFd<'_>, client: SocketAddr, local: SocketAddr) -> Identity {
+        if !self.enabled() {
+            return Identity::unknown(Transport::Tcp);
+        }
+        let server = original_destination(fd).ok().flatten().unwrap_or(local);
+        self.inet(Proto::Tcp, client, &[server])
+    }
+
+    /// A UDP client sending from `client` to the proxy's `local` address. A
+    /// redirected client addressed port 111 of the same loopback address;
+    /// an unconnected socket (most are) is found either way.
+    pub fn udp(&self, client: SocketAddr, local: SocketAddr, rpcbind_port: u16) -> Identity {
+        if !self.enabled() {
+            return Identity::unknown(Transport::Udp);
+        }
+        let original = SocketAddr::new(local.ip(), rpcbind_port);
+        self.inet(Proto::Udp, client, &[local, original])
+    }
+
+    fn inet(&self, proto: Proto, client: SocketAddr, servers: &[SocketAddr]) -> Identity {
+        let transport = match proto {
+            Proto::Tcp => Transport::Tcp,
+            Proto::Udp => Transport::Udp,
+        };
+        let mut id = Identity::unknown(transport);
+        let ip = client.ip().to_canonical();
+        if !ip.is_loopback() {
+            // Another host: its socket is not here to ask about.
+            id.remote = Some(ip);
+            return id;
+        }
+        let found = {
+            let mut diag = self.diag.lock().unwrap();
+            if diag.is_none() {
+                *diag = SockDiag::open().ok();
+            }
+            let Some(d) = diag.as_ref() else { return id };
+            servers
+                .iter()
+                .find_map(|&s| d.peer_socket(proto, client, s).ok().flatten())
+        };
+        let Some(sock) = found else { return id };
+        tracing::trace!(?client, uid = sock.uid, cgroup = ?sock.cgroup_id, "client socket");
+        id.uid = Some(sock.uid);
+        let Some(cg) = sock.cgroup_id else { return id };
+        let (path, unit) = self.cgroup(cg);
+        id.unit = unit;
+        let Some(path) = path else { return id };
+        let (pid, command) = self.holder(cg, sock.uid, &path, sock.inode);
+        id.pid = pid;
+        id.command = command;
+        id
+    }
+
+    fn process(&self, pid: u32) -> Process {
+        if let Some((at, p)) = self.processes.lock().unwrap().get(&pid) {
+            if at.elapsed() < FRESH {
+                return p.clone();
+            }
+        }
+        let p = Process {
+            command: cgroup::command(pid).map(Arc::from),
+            unit: cgroup::process_cgroup(pid)
+                .ok()
+                .flatten()
+                .and_then(|path| cgroup::unit_of(&path))
+                .map(Arc::from),
+        };
+        self.processes
+            .lock()
+            .unwrap()
+            .put(pid, (Instant::now(), p.clone()));
+        p
+    }
+
+    fn cgroup(&self, id: u64) -> Names {
+        if let Some(v) = self.cgroups.lock().unwrap().get(&id) {
+            return v.clone();
+        }
+        let path = match cgroup::cgroup_path_by_id(id) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(cgroup = id, error = %e, "cannot name a client's cgroup");
+                None
+            }
+        };
+        tracing::trace!(cgroup = id, ?path, "client cgroup");
+        let unit = path.as_deref().and_then(cgroup::unit_of).map(Arc::from);
+        let v = (path.map(Arc::from), unit);
+        // A cgroup that could not be resolved may be one being created:
+        // only what was found is kept.
+        if v.0.is_some() {
+            self.cgroups.lock().unwrap().put(id, v.clone());
+        }
+        v
+    }
+
+    /// The process holding socket `inode` in cgroup `cg`, found at most
+    /// once every [`FRESH`] per cgroup and user (the same cron job making
+    /// a thousand connections costs one search).
+    fn holder(&self, cg: u64, uid: u32, path: &str, inode: u64) -> Holder {
+        if let Some((at, holder)) = self.holders.lock().unwrap().get(&(cg, uid)) {
+            if at.elapsed() < FRESH {
+                return holder.clone();
+            }
+        }
+        let pid = cgroup::pid_of_socket(path, inode, MAX_PROCS);
+        let command = pid.and_then(cgroup::command).map(Arc::from);
+        self.holders
+            .lock()
+            .unwrap()
+            .put((cg, uid), (Instant::now(), (pid, command.clone())));
+        (pid, command)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_named_by_its_pid() {
+        let a = Attributor::new(true);
+        let id = a.unix(Some(std::process::id() as i32), 0);
+        assert_eq!(id.pid, Some(std::process::id()));
+        assert!(id.command.is_some(), "{id:?}");
+        let off = Attributor::new(false).unix(Some(std::process::id() as i32), 0);
+        assert_eq!((off.pid, off.command, off.uid), (None, None, Some(0)));
+    }
+
+    #[test]
+    fn a_gone_process_is_unknown_not_guessed() {
+        let a = Attributor::new(true);
+        // Above pid_max (at most 2^22): no such process.
+        let id = a.unix(Some(i32::MAX), 1000);
+        assert_eq!((id.command, id.unit), (None, None));
+        assert_eq!(id.uid, Some(1000));
+    }
+
+    #[test]
+    fn remote_clients_keep_their_address() {
+        let a = Attributor::new(true);
+        let id = a.udp(
+            "192.0.2.7:700".parse().unwrap(),
+            "0.0.0.0:1111".parse().unwrap(),
+            111,
+        );
+        assert_eq!(id.remote, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!((id.uid, id.command), (None, None));
+    }
+}

@@ -1,0 +1,270 @@
+//! Every lookup attributed to the systemd unit, command and user behind
+//! it, live: clients run in a cgroup of their own named like a systemd unit
+//! (`hammer-<n>.service`), as a given uid, over each transport, in
+//! transparent mode (TCP and UDP to 127.0.0.1:111 are redirected to the
+//! proxy); `status --json`, `--prometheus` and `top` must name them.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::tirpc::tirpc_client;
+use support::*;
+
+const NOBODY: u32 = 65534;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn transparent() -> Options {
+    Options {
+        transparent: true,
+        ..Options::default()
+    }
+}
+
+/// A cgroup named like a systemd unit, removed when dropped.
+struct Unit {
+    name: String,
+    dir: PathBuf,
+}
+
+static UNITS: AtomicUsize = AtomicUsize::new(0);
+
+impl Unit {
+    fn new(stem: &str) -> Unit {
+        let mount = rpcbind_proxy::host::cgroup::cgroup2_mountpoint()
+            .expect("reading /proc/self/mountinfo")
+            .expect("attribution needs a cgroup2 hierarchy (none is mounted)");
+        let n = UNITS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{stem}-{}-{n}.service", std::process::id());
+        let dir = mount
+            .join(format!("rbp-test-{}-{n}", std::process::id()))
+            .join(&name);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        Unit { name, dir }
+    }
+
+    /// `args` run as `uid` inside this cgroup (the shell moves itself in,
+    /// then execs the client, so every socket is created inside).
+    fn command(&self, uid: u32, args: &[&str]) -> Vec<String> {
+        let procs = self.dir.join("cgroup.procs");
+        let mut script = format!("echo $$ > {} && exec", procs.display());
+        if uid != 0 {
+            script.push_str(&format!(
+                " setpriv --reuid={uid} --regid={uid} --clear-groups --"
+            ));
+        }
+        for a in args {
+            script.push(' ');
+            script.push_str(a);
+        }
+        vec!["sh".into(), "-c".into(), script]
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+async fn run_in(sb: &Sandbox, unit: &Unit, uid: u32, args: &[&str]) -> String {
+    let cmd = unit.command(uid, args);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let out = sb.run_in_ns(&cmd).await;
+    assert!(
+        out.status.success(),
+        "{args:?} as {uid} in {}: {}{}",
+        unit.name,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rows(status: &Value) -> Vec<Value> {
+    status["clients"]["top"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn row<'a>(rows: &'a [Value], unit: &str, transport: &str, uid: u32) -> Option<&'a Value> {
+    rows.iter().find(|r| {
+        r["unit"].as_str() == Some(unit)
+            && r["transport"].as_str() == Some(transport)
+            && r["uid"].as_u64() == Some(u64::from(uid))
+    })
+}
+
+fn tirpc() -> &'static str {
+    tirpc_client().to_str().expect("a UTF-8 path")
+}
+
+#[test]
+fn each_transport_is_attributed_to_its_unit_command_and_user() {
+    run_with(transparent(), |sb| async move {
+        let t = tirpc();
+        let unit = Unit::new("hammer");
+        // One-shot TCP lookups to 127.0.0.1:111 (redirected), as nobody.
+        let out = run_in(
+            &sb,
+            &unit,
+            NOBODY,
+            &[t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "200"],
+        )
+        .await;
+        assert_eq!(out, "addr 127.0.0.1.0.111\n");
+        // UDP lookups to 127.0.0.1:111 (pmap_getport), as root.
+        run_in(
+            &sb,
+            &unit,
+            0,
+            &[t, "pmap-getport", "127.0.0.1", "100000", "2", "udp", "30"],
+        )
+        .await;
+        // Over /run/rpcbind.sock, as nobody: rpcinfo without a host.
+        run_in(&sb, &unit, NOBODY, &["rpcinfo", "-p"]).await;
+
+        let status = sb.status().await;
+        let rows = rows(&status);
+        let tcp = row(&rows, &unit.name, "tcp", NOBODY)
+            .unwrap_or_else(|| panic!("no tcp row: {rows:#?}"));
+        assert_eq!(tcp["command"], "tirpc_client");
+        assert_eq!(tcp["requests"], 200);
+        assert!(tcp["pid"].as_u64().is_some(), "{tcp}");
+        assert!(tcp["per_second_10s"].as_f64().unwrap() > 0.0, "{tcp}");
+        let udp =
+            row(&rows, &unit.name, "udp", 0).unwrap_or_else(|| panic!("no udp row: {rows:#?}"));
+        assert_eq!(udp["command"], "tirpc_client");
+        assert_eq!(udp["requests"], 30);
+        let unix = row(&rows, &unit.name, "unix", NOBODY)
+            .unwrap_or_else(|| panic!("no unix row: {rows:#?}"));
+        assert_eq!(unix["command"], "rpcinfo");
+        assert!(unix["requests"].as_u64().unwrap() >= 1, "{unix}");
+        assert_eq!(
+            unix["per_second_60s"].as_f64().unwrap() * 60.0,
+            unix["requests"].as_f64().unwrap()
+        );
+
+        // Prometheus: one series per unit, command and uid.
+        let out = sb
+            .run_in_ns(&[
+                PROXY_BIN,
+                "status",
+                "--prometheus",
+                "--control",
+                CONTROL_SOCK,
+            ])
+            .await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let series = format!(
+            "rpcbind_proxy_client_requests_total{{unit=\"{}\",command=\"tirpc_client\",uid=\"{NOBODY}\"}} 200",
+            unit.name
+        );
+        assert!(
+            text.lines().any(|l| l == series),
+            "no line {series} in:\n{text}"
+        );
+
+        // The rate falls to 0 within 10 s of the client stopping.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let rows = self::rows(&sb.status().await);
+            let tcp = row(&rows, &unit.name, "tcp", NOBODY).expect("the row stays");
+            if tcp["per_second_10s"].as_f64() == Some(0.0) {
+                assert_eq!(tcp["requests"], 200, "the total stays");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "rate still {tcp}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
+#[test]
+fn commands_and_users_are_rows_and_ports_are_not() {
+    run_with(transparent(), |sb| async move {
+        let t = tirpc();
+        let unit = Unit::new("storm");
+        // 10,000 one-shot connections from one command: 10,000 source ports.
+        run_in(
+            &sb,
+            &unit,
+            NOBODY,
+            &[t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "10000"],
+        )
+        .await;
+        // Another command under another uid, same unit.
+        run_in(&sb, &unit, 0, &["rpcinfo", "-p", "127.0.0.1"]).await;
+        let rows = rows(&sb.status().await);
+        let mine: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["unit"] == unit.name.as_str())
+            .collect();
+        assert_eq!(mine.len(), 2, "{mine:#?}");
+        let storm = row(&rows, &unit.name, "tcp", NOBODY).expect("the storm row");
+        assert_eq!(
+            (storm["command"].as_str(), storm["requests"].as_u64()),
+            (Some("tirpc_client"), Some(10_000))
+        );
+        let other = row(&rows, &unit.name, "tcp", 0).expect("rpcinfo's row");
+        assert_eq!(other["command"], "rpcinfo");
+        // The busiest first.
+        assert_eq!(rows[0]["requests"], 10_000);
+    });
+}
+
+#[test]
+fn top_shows_the_clients_on_a_terminal_and_as_plain_text() {
+    run_with(transparent(), |sb| async move {
+        let t = tirpc();
+        let unit = Unit::new("monitor");
+        run_in(
+            &sb,
+            &unit,
+            NOBODY,
+            &[t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "50"],
+        )
+        .await;
+
+        // Not a terminal: one plain frame, then exit.
+        let out = sb
+            .run_in_ns(&[PROXY_BIN, "top", "--control", CONTROL_SOCK])
+            .await;
+        assert!(out.status.success());
+        let plain = String::from_utf8_lossy(&out.stdout);
+        assert!(plain.starts_with("rpcbind-proxy top"), "{plain}");
+        assert!(plain.contains("TIME_WAIT: port 111 0"), "{plain}");
+        let line = plain
+            .lines()
+            .find(|l| l.contains(&unit.name))
+            .unwrap_or_else(|| panic!("no row for {} in:\n{plain}", unit.name));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&cols[1..4], ["tirpc_client", "65534", "tcp"], "{line}");
+        assert_eq!(cols[6], "50", "{line}");
+        assert!(
+            !plain.contains('\x1b'),
+            "no escape sequences when not on a terminal"
+        );
+
+        // On a terminal (script(1) gives it a pseudo-terminal): the live
+        // view clears the screen, draws, and `q` ends it.
+        let cmd =
+            format!("printf q | script -qec '{PROXY_BIN} top --control {CONTROL_SOCK}' /dev/null");
+        let out = sb.run_in_ns(&["sh", "-c", &cmd]).await;
+        let screen = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{screen}");
+        assert!(screen.contains("\x1b[H\x1b[2J"), "{screen:?}");
+        assert!(
+            screen.contains(&unit.name) && screen.contains("q: quit"),
+            "{screen:?}"
+        );
+    });
+}
