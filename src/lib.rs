@@ -57,6 +57,9 @@ pub use daemon::run;
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        host::sys::default_sigpipe();
+    }
     match cli.command {
         Command::Serve(args) => match daemon::serve(args) {
             Ok(()) => ExitCode::SUCCESS,

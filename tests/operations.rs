@@ -291,3 +291,18 @@ fn every_command_fails_at_once_naming_the_socket_when_no_daemon_runs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains(sock));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    run(|sb| async move {
+        // The reader closes its end at once; the command writes afterwards.
+        for cmd in ["status", "status --json", "status --prometheus", "top -n 1"] {
+            let script =
+                format!("{PROXY_BIN} {cmd} --control {CONTROL_SOCK} | (exec 0<&-; sleep 0.3)");
+            let out = sb.run_in_ns(&["sh", "-c", &script]).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("panicked"), "{cmd}: {err}");
+            assert!(err.is_empty(), "{cmd}: {err}");
+        }
+    });
+}

@@ -121,3 +121,14 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// Restores the default SIGPIPE action (terminate) that the Rust runtime
+/// replaced with "ignore": an operator command whose output goes to a
+/// closed pipe (`status | head -1`) then ends quietly, as Unix tools do,
+/// instead of panicking on the write. Not for the daemon, which must
+/// survive a client that goes away.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory
+    // effects; called once at start, before any thread is spawned.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
