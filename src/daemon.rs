@@ -161,6 +161,7 @@ pub async fn run(
             "transparent mode: local traffic to port 111 is redirected here"
         );
         *intercept.lock().unwrap() = Some(table);
+        proxy.attribution.set_redirected(true);
     }
     background.push(tokio::spawn(stop_listening(
         shutdown.clone(),

@@ -17,7 +17,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use crate::host::cgroup;
-use crate::host::sockdiag::{original_destination, Proto, SockDiag};
+use crate::host::sockdiag::{Proto, SockDiag};
 
 /// How long what was learnt of a pid, or of the process behind a cgroup
 /// and user, is trusted.
@@ -98,6 +97,9 @@ struct Process {
 pub struct Attributor {
     /// Reloadable (SIGHUP).
     enabled: AtomicBool,
+    /// Transparent mode's redirect is in place: most TCP clients addressed
+    /// rpcbind's port, so their sockets are looked for there first.
+    redirected: AtomicBool,
     /// Opened on first use (it answers for the network namespace it was
     /// opened in, which is the daemon's).
     diag: Mutex<Option<SockDiag>>,
@@ -118,6 +120,7 @@ impl Attributor {
     pub fn new(enabled: bool) -> Attributor {
         Attributor {
             enabled: AtomicBool::new(enabled),
+            redirected: AtomicBool::new(false),
             diag: Mutex::new(None),
             cgroups: cache(),
             processes: cache(),
@@ -131,6 +134,11 @@ impl Attributor {
 
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Relaxed);
+    }
+
+    /// Whether transparent mode redirects port 111 here.
+    pub fn set_redirected(&self, redirected: bool) {
+        self.redirected.store(redirected, Relaxed);
     }
 
     /// A unix client, from its SO_PEERCRED.
@@ -152,14 +160,22 @@ impl Attributor {
         id
     }
 
-    /// A TCP client whose connection is `fd`, from `client` to `local` (the
-    /// proxy's address; the original destination is asked of conntrack).
-    pub fn tcp(&self, fd: BorrowedFd<'_>, client: SocketAddr, local: SocketAddr) -> Identity {
+    /// A TCP client from `client` to the proxy's `local` address. Its
+    /// socket names the destination it connected to: in transparent mode
+    /// usually rpcbind's port on the same address (redirected), which is
+    /// tried first; the kernel confirms the exact addresses, so this is a
+    /// lookup, not a guess. Outside transparent mode only `local` is asked:
+    /// one sock_diag exchange per connection either way.
+    pub fn tcp(&self, client: SocketAddr, local: SocketAddr, rpcbind_port: u16) -> Identity {
         if !self.enabled() {
             return Identity::unknown(Transport::Tcp);
         }
-        let server = original_destination(fd).ok().flatten().unwrap_or(local);
-        self.inet(Proto::Tcp, client, &[server])
+        if self.redirected.load(Relaxed) {
+            let original = SocketAddr::new(local.ip(), rpcbind_port);
+            self.inet(Proto::Tcp, client, &[original, local])
+        } else {
+            self.inet(Proto::Tcp, client, &[local])
+        }
     }
 
     /// A UDP client sending from `client` to the proxy's `local` address. A

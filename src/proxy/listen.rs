@@ -327,14 +327,13 @@ async fn serve_tcp(
 ) {
     reset_on_close(&stream);
     // Who it is, asked now, while the client's socket surely exists.
-    let tally = match (peer, stream.local_addr()) {
+    let id = match (peer, stream.local_addr()) {
         (Peer::Tcp(client), Ok(local)) => {
-            use std::os::fd::AsFd;
-            let id = proxy.attribution.tcp(stream.as_fd(), client, local);
-            proxy.clients.tally(&id)
+            proxy.attribution.tcp(client, local, proxy.rpcbind_port())
         }
-        _ => proxy.clients.tally(&Identity::unknown(Transport::Tcp)),
+        _ => Identity::unknown(Transport::Tcp),
     };
+    let tally = proxy.clients.tally(&id);
     serve_stream(stream, peer, tally, proxy, shutdown).await;
 }
 
