@@ -5,7 +5,8 @@
 //! under the machine's cgroup2 mount (found in /proc/self/mountinfo) and
 //! remove it afterwards. Must run as root. Client processes that must not be
 //! root are started with `setpriv` (util-linux) and use bash's /dev/tcp and
-//! /dev/udp.
+//! /dev/udp. A machine without a writable cgroup2 hierarchy fails the
+//! cgroup tests (CI machines have one).
 //!
 //! `cargo test --release --test sockdiag -- --ignored --nocapture` prints
 //! the cost figures (10,000 unrelated sockets open); nothing is asserted on
@@ -195,12 +196,16 @@ struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// `None` (with a message) when this machine has no writable cgroup2.
-    fn create() -> Option<Self> {
-        let Some(mp) = cgroup::cgroup2_mountpoint().unwrap() else {
-            eprintln!("SKIPPED: no cgroup2 mount in /proc/self/mountinfo");
-            return None;
-        };
+    /// Panics when this machine has no writable cgroup2 hierarchy.
+    fn create() -> Self {
+        let mp = cgroup::cgroup2_mountpoint()
+            .expect("reading /proc/self/mountinfo")
+            .unwrap_or_else(|| {
+                panic!(
+                    "needs a writable cgroup2 hierarchy: \
+                     no cgroup2 mount in /proc/self/mountinfo"
+                )
+            });
         let name = format!(
             "rbp-test-{}-{}",
             std::process::id(),
@@ -208,16 +213,18 @@ impl TestCgroup {
         );
         let parent = mp.join(&name);
         if let Err(e) = std::fs::create_dir(&parent) {
-            eprintln!("SKIPPED: cgroup2 at {} is not writable: {e}", mp.display());
-            return None;
+            panic!(
+                "needs a writable cgroup2 hierarchy: cannot create {}: {e}",
+                parent.display()
+            );
         }
         let leaf = parent.join("hammer.service");
         std::fs::create_dir(&leaf).expect("mkdir leaf cgroup");
-        Some(TestCgroup {
+        TestCgroup {
             parent,
             leaf,
             path: format!("/{name}/hammer.service"),
-        })
+        }
     }
 
     /// The cgroup id: on 64-bit kernels the kernfs inode number of the
@@ -301,9 +308,7 @@ impl Drop for NobodyClient {
 #[test]
 fn nobody_client_named_by_uid_inode_cgroup_unit_pid_and_command() {
     in_netns("nobody client", || {
-        let Some(cg) = TestCgroup::create() else {
-            return;
-        };
+        let cg = TestCgroup::create();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         udp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -783,7 +788,8 @@ fn cost_with_10000_unrelated_sockets() {
             },
         );
         // A client in a cgroup of its own (one process, a few descriptors).
-        if let Some(cg) = TestCgroup::create() {
+        {
+            let cg = TestCgroup::create();
             let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
             let client = NobodyClient::start(&cg, server, udp.local_addr().unwrap());
             let (_c, peer) = listener.accept().unwrap();
