@@ -21,7 +21,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -166,7 +166,7 @@ fn run(plan: Plan) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
     let client = TcpStream::connect(server).unwrap();
-    let (acc, peer) = listener.accept().unwrap();
+    let (_acc, peer) = listener.accept().unwrap();
     let udp_server = UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp_client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (uc, us) = (
@@ -298,17 +298,17 @@ fn run(plan: Plan) {
         "Attributor::tcp, this process, first call",
         plan.slow,
         |a| {
-            let i = a.tcp(acc.as_fd(), peer, server);
+            let i = a.tcp(peer, server, 111);
             assert_eq!(i.uid, Some(0), "{i:?}");
         },
     );
     let a = Attributor::new(true);
-    a.tcp(acc.as_fd(), peer, server);
+    a.tcp(peer, server, 111);
     plan.per_call(
         "Attributor::tcp, this process, cached call",
         plan.calls,
         || {
-            let i = a.tcp(acc.as_fd(), peer, server);
+            let i = a.tcp(peer, server, 111);
             assert_eq!(i.uid, Some(0), "{i:?}");
         },
     );
@@ -323,7 +323,7 @@ fn run(plan: Plan) {
     let udp_addr = udp.local_addr().unwrap();
     let nobody = NobodyClient::start(&cg, server, udp_addr);
     let pid = nobody.pid();
-    let (conn, peer) = listener.accept().unwrap();
+    let (_conn, peer) = listener.accept().unwrap();
     let mut buf = [0u8; 8];
     udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let (_, from) = udp.recv_from(&mut buf).unwrap();
@@ -353,7 +353,7 @@ fn run(plan: Plan) {
         assert_eq!(i.unit.as_deref(), Some(UNIT), "{i:?}");
         assert_eq!(i.command.as_deref(), Some("bash"), "{i:?}");
     };
-    let tcp = |a: &Attributor| named(&a.tcp(conn.as_fd(), peer, server), NOBODY);
+    let tcp = |a: &Attributor| named(&a.tcp(peer, server, 111), NOBODY);
     let udp_call = |a: &Attributor| named(&a.udp(from, udp_addr, RPCBIND_PORT), NOBODY);
     // Its SO_PEERCRED, were it a unix client.
     let unix = |a: &Attributor| named(&a.unix(Some(pid as i32), NOBODY), NOBODY);
