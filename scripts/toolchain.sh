@@ -47,7 +47,12 @@ toolchain_init() {
     fi
   done
   if [ -z "$TOOLCHAIN_CARGO" ]; then
-    echo "$who: no Rust toolchain: cargo is not in ${home:+$home/.cargo/bin, }${CARGO_HOME:+$CARGO_HOME/bin, }${HOME:-~}/.cargo/bin, /root/.cargo/bin or PATH; install one with rustup (https://rustup.rs: curl --proto '=https' -sSf https://sh.rustup.rs | sh), Rust >= 1.85" >&2
+    local where="" d
+    for cand in "${cands[@]}"; do
+      d=$(dirname "$cand")
+      case " $where " in *" $d,"*) ;; *) where+="$d, " ;; esac
+    done
+    echo "$who: no Rust toolchain: cargo is not in ${where}nor on PATH; install one with rustup (https://rustup.rs: curl --proto '=https' -sSf https://sh.rustup.rs | sh), Rust >= 1.85" >&2
     exit 1
   fi
   TOOLCHAIN_BIN=$(dirname "$TOOLCHAIN_CARGO")
