@@ -268,7 +268,7 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum What {
-    /// Man pages: rpcbind-proxy.1 and rpcbind-proxy-SUBCOMMAND.1 for each
+    /// Man pages: rpcbind-proxy.8 and rpcbind-proxy-SUBCOMMAND.8 for each
     /// subcommand, into DIR (created if missing).
     Man {
         #[arg(value_name = "DIR")]

@@ -1,6 +1,8 @@
 //! `rpcbind-proxy generate man|completions DIR` on the real binary: a page
 //! for the program and each visible subcommand, completions for bash, zsh
-//! and fish, all made from the command-line definition. Needs no root.
+//! and fish, all made from the command-line definition. Needs no root; the
+//! completion tests run the real bash, zsh and fish (scripts/deps installs
+//! zsh and fish) and ask each what TAB offers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,10 +44,10 @@ fn read(path: PathBuf) -> String {
 fn man_pages_cover_every_visible_subcommand() {
     // A directory that does not exist yet: generate creates it.
     let d = Dir::new("man");
-    let dir = d.0.join("man1");
+    let dir = d.0.join("man8");
     generate("man", &dir);
 
-    let main = read(dir.join("rpcbind-proxy.1"));
+    let main = read(dir.join("rpcbind-proxy.8"));
     assert!(
         main.starts_with(".ie") || main.contains(".TH"),
         "roff: {main}"
@@ -59,14 +61,23 @@ fn man_pages_cover_every_visible_subcommand() {
     for sub in &subs {
         // roff escapes '-' as '\-'.
         assert!(
-            main.contains(&format!("rpcbind\\-proxy\\-{sub}(1)")),
-            "rpcbind-proxy.1 lists {sub}: {main}"
+            main.contains(&format!("rpcbind\\-proxy\\-{sub}(8)")),
+            "rpcbind-proxy.8 lists {sub}: {main}"
         );
-        let page = read(dir.join(format!("rpcbind-proxy-{sub}.1")));
+        let page = read(dir.join(format!("rpcbind-proxy-{sub}.8")));
         assert!(page.contains(".SH NAME"), "{sub}: {page}");
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with(&format!(".TH rpcbind-proxy-{sub} 8 "))),
+            "{sub}: {page}"
+        );
+        assert!(
+            page.contains(".BR rpcbind\\-proxy (8)"),
+            "{sub} points at the main page: {page}"
+        );
     }
 
-    let serve = read(dir.join("rpcbind-proxy-serve.1"));
+    let serve = read(dir.join("rpcbind-proxy-serve.8"));
     for flag in ["listen", "config", "rpcbind\\-socket", "upstream\\-timeout"] {
         assert!(
             serve.contains(&format!("\\-\\-{flag}")),
@@ -76,7 +87,77 @@ fn man_pages_cover_every_visible_subcommand() {
 
     // The packaging subcommand stays out of the manual.
     assert!(!main.contains("generate"), "{main}");
-    assert!(!dir.join("rpcbind-proxy-generate.1").exists());
+    assert!(!dir.join("rpcbind-proxy-generate.8").exists());
+    // No page is left in section 1.
+    let in_1: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".8"))
+        .collect();
+    assert!(in_1.is_empty(), "{in_1:?}");
+}
+
+/// `man 8 rpcbind-proxy` is a daemon's manual, as Debian's rpcbind(8) is:
+/// more than a copy of `--help`.
+#[test]
+fn the_main_page_is_a_daemons_page_in_section_8() {
+    let d = Dir::new("man8");
+    generate("man", &d.0);
+    let main = read(d.0.join("rpcbind-proxy.8"));
+    assert!(
+        main.lines().any(|l| l.starts_with(".TH rpcbind-proxy 8 ")),
+        "{main}"
+    );
+    let sections: Vec<&str> = main
+        .lines()
+        .filter_map(|l| l.strip_prefix(".SH "))
+        .map(|s| s.trim_matches('"'))
+        .collect();
+    let want = [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "FILES",
+        "SIGNALS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "EXAMPLES",
+        "SEE ALSO",
+    ];
+    // In this order (man-pages(7)), each once.
+    let found: Vec<&str> = sections
+        .iter()
+        .copied()
+        .filter(|s| want.contains(s))
+        .collect();
+    assert_eq!(found, want, "sections: {sections:?}");
+    let see_also = main.split(".SH \"SEE ALSO\"").nth(1).unwrap();
+    for page in ["rpcbind (8)", "rpcinfo (8)", "rpcbind\\-proxy\\-serve (8)"] {
+        assert!(
+            see_also.contains(&format!(".BR {page}")),
+            "SEE ALSO {page}: {see_also}"
+        );
+    }
+    for what in [
+        "/etc/rpcbind\\-proxy/config.toml",
+        "/run/rpcbind\\-proxy/rpcbind.sock",
+        "SIGHUP",
+        "SIGTERM",
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+    ] {
+        assert!(main.contains(what), "{what}: {main}");
+    }
+    // man(1) itself renders it without a warning, when man-db is here.
+    if let Ok(out) = Command::new("man")
+        .args(["--warnings", "-l", "-Tutf8"])
+        .arg(d.0.join("rpcbind-proxy.8"))
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.trim().is_empty(), "man: {err}");
+    }
 }
 
 #[test]
@@ -89,14 +170,146 @@ fn completions_for_bash_zsh_and_fish() {
         assert!(script.contains("--listen"), "{name} offers --listen");
         assert!(!script.contains("generate"), "{name} hides generate");
     }
-    // The bash script at least parses.
-    if let Ok(st) = Command::new("bash")
-        .arg("-n")
-        .arg(d.0.join("rpcbind-proxy.bash"))
-        .status()
-    {
-        assert!(st.success(), "bash -n rpcbind-proxy.bash");
+}
+
+/// Every visible subcommand path (`serve`, `query getport`, ...) with the
+/// long options clap accepts there (its own and the global ones it
+/// inherits).
+fn subcommand_options() -> Vec<(Vec<String>, Vec<String>)> {
+    fn walk(
+        cmd: &clap::Command,
+        path: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, Vec<String>)>,
+    ) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            path.push(sub.get_name().to_owned());
+            let longs = sub
+                .get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long())
+                .map(|l| format!("--{l}"))
+                .collect();
+            out.push((path.clone(), longs));
+            walk(sub, path, out);
+            path.pop();
+        }
     }
+    let mut cmd = rpcbind_proxy::cli::Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, &mut Vec::new(), &mut out);
+    assert!(
+        out.iter().any(|(p, _)| p == &["query", "getport"]),
+        "{out:?}"
+    );
+    out
+}
+
+/// What TAB offers after `rpcbind-proxy WORDS... CURRENT` in `shell`, one
+/// match a line (fish adds a tab and the description: cut off).
+fn offered(shell: &str, dir: &Path, words: &[String], current: &str) -> Vec<String> {
+    let line = format!("rpcbind-proxy {} {current}", words.join(" "));
+    let mut cmd = Command::new("timeout");
+    cmd.arg("30");
+    match shell {
+        // As bash's programmable completion calls the function: COMP_WORDS,
+        // COMP_CWORD, then (command, word being completed, previous word).
+        "bash" => {
+            let script = dir.join("rpcbind-proxy.bash");
+            let mut all = vec!["rpcbind-proxy".to_owned()];
+            all.extend(words.iter().cloned());
+            let quoted: Vec<String> = all.iter().map(|w| format!("'{w}'")).collect();
+            let prev = all.last().unwrap().clone();
+            cmd.args(["bash", "--norc", "--noprofile", "-c"])
+                .arg(format!(
+                    "source '{}'; COMP_WORDS=({} '{current}'); COMP_CWORD={}; COMP_LINE='{line}'; \
+                 COMP_POINT=${{#COMP_LINE}}; _rpcbind__proxy rpcbind-proxy '{current}' '{prev}'; \
+                 printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                    script.display(),
+                    quoted.join(" "),
+                    all.len(),
+                ));
+        }
+        "zsh" => {
+            let harness =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/completion/zsh-complete.zsh");
+            cmd.args(["zsh", "-f"]).arg(harness).arg(dir).arg(&line);
+        }
+        "fish" => {
+            let script = dir.join("rpcbind-proxy.fish");
+            cmd.args(["fish", "--no-config", "-c"]).arg(format!(
+                "source '{}'; complete -C '{line}'",
+                script.display()
+            ));
+        }
+        _ => unreachable!(),
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{shell}: {e} (scripts/deps installs bash, zsh and fish)"));
+    assert!(
+        out.status.success(),
+        "{shell} on {line:?}: {out:?} (scripts/deps installs bash, zsh and fish)"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// TAB after a subcommand and `--` offers every long option of that
+/// subcommand. (bash's script, as clap_complete writes it for a binary
+/// named with a '-', completed only subcommand names.)
+fn completes_every_subcommands_options(shell: &str) {
+    let d = Dir::new(&format!("tab-{shell}"));
+    generate("completions", &d.0);
+    let top = offered(shell, &d.0, &[], "");
+    for sub in ["serve", "status", "flush", "check", "query"] {
+        assert!(
+            top.iter().any(|o| o == sub),
+            "{shell}: `rpcbind-proxy <TAB>` offers {sub}: {top:?}"
+        );
+    }
+    assert!(!top.iter().any(|o| o == "generate"), "{shell}: {top:?}");
+    let mut missing = Vec::new();
+    for (path, longs) in subcommand_options() {
+        let got = offered(shell, &d.0, &path, "--");
+        for long in &longs {
+            if !got.contains(long) {
+                missing.push(format!("{} {long}", path.join(" ")));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{shell} does not offer: {missing:?}");
+    // A prefix narrows the list, as a user types it: `serve --t<TAB>`.
+    let got = offered(shell, &d.0, &["serve".to_owned()], "--t");
+    assert_eq!(
+        got.iter().filter(|o| !o.starts_with("--t")).count(),
+        0,
+        "{shell}: {got:?}"
+    );
+    for want in ["--ttl", "--threads"] {
+        assert!(
+            got.iter().any(|o| o == want),
+            "{shell}: serve --t<TAB> offers {want}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn bash_completes_every_subcommands_options() {
+    completes_every_subcommands_options("bash");
+}
+
+#[test]
+fn zsh_completes_every_subcommands_options() {
+    completes_every_subcommands_options("zsh");
+}
+
+#[test]
+fn fish_completes_every_subcommands_options() {
+    completes_every_subcommands_options("fish");
 }
 
 #[test]

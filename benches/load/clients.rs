@@ -514,14 +514,16 @@ pub(crate) fn run_row(spec: Spec, expected: &[u8], proxy_pid: Option<u32>) -> Re
         rpcbind_served,
         proxy_hwm_kib,
     };
-    eprintln!(
-        "load: {:<34} {:>9.0}/s p50 {:>7.1} µs p99 {:>7.1} µs, {} errors",
-        spec.label(),
-        row.rate,
-        row.p50,
-        row.p99,
-        row.errors
-    );
+    if !crate::quiet() {
+        eprintln!(
+            "load: {:<34} {:>9.0}/s p50 {:>7.1} µs p99 {:>7.1} µs, {} errors",
+            spec.label(),
+            row.rate,
+            row.p50,
+            row.p99,
+            row.errors
+        );
+    }
     Ok(row)
 }
 

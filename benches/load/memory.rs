@@ -78,8 +78,9 @@ pub(crate) fn memory_section(env: &mut Env, plan: Plan, expected: &[u8]) -> Resu
     drop(idle);
     env.stop(pid);
     let mib = |k: u64| k as f64 / 1024.0;
-    println!();
-    println!(
+    if !crate::quiet() {
+        println!();
+        println!(
         "memory: VmRSS {:.1} MiB, VmHWM {:.1} MiB with {connected} client connections open ({} idle, each used once) and {entries} cache entries \
          ({filled} distinct lookups of unregistered programs in {fill_secs:.1} s, {misses} misses); \
          VmRSS {:.1} MiB at start, {:.1} MiB with the idle connections",
@@ -89,6 +90,7 @@ pub(crate) fn memory_section(env: &mut Env, plan: Plan, expected: &[u8]) -> Resu
         mib(at_start),
         mib(with_idle),
     );
+    }
     Ok(Memory {
         idle: plan.idle_connections,
         entries,

@@ -13,9 +13,9 @@ pub(crate) fn print_targets(
 ) {
     println!();
     if full {
-        println!("targets (issue 5):");
+        println!("targets:");
     } else {
-        println!("targets (issue 5), from a smoke run of the debug build: not a measurement:");
+        println!("targets, from a smoke run of the debug build: not a measurement:");
     }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let check = |ok: bool, text: String| println!("- {}: {text}", verdict(ok));

@@ -69,9 +69,18 @@ fn write(path: PathBuf, bytes: &[u8]) -> Result<PathBuf, GenerateError> {
     }
 }
 
+/// The manual section of every page: 8, system administration, as for
+/// rpcbind(8) and rpcinfo(8) (the daemon and the tools that query it).
+pub const SECTION: &str = "8";
+
 /// One page for the program and one for every visible subcommand (at any
-/// depth), named as clap_mangen names them: rpcbind-proxy.1,
-/// rpcbind-proxy-serve.1, ... Hidden subcommands (this one) get none.
+/// depth), named as clap_mangen names them: rpcbind-proxy.8,
+/// rpcbind-proxy-serve.8, ... Hidden subcommands (this one) get none.
+///
+/// The subcommand pages are clap's rendering of `--help`. The program's page
+/// is the daemon's manual: NAME, SYNOPSIS and COMMANDS from clap, and the
+/// sections a daemon's page has (DESCRIPTION, FILES, SIGNALS, EXIT STATUS,
+/// ENVIRONMENT, EXAMPLES, SEE ALSO) written here.
 pub fn man_pages(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
     create_dir(dir)?;
     let mut cmd = Cli::command().disable_help_subcommand(true);
@@ -79,25 +88,223 @@ pub fn man_pages(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
     // inherited version.
     cmd.build();
     let mut written = Vec::new();
-    page(cmd, dir, &mut written)?;
+    let main = clap_mangen::Man::new(cmd.clone()).section(SECTION);
+    let path = dir.join(main.get_filename());
+    let roff = render(&path, |w| {
+        main.render_title(w)?;
+        main.render_name_section(w)?;
+        main.render_synopsis_section(w)?;
+        w.write_all(MAIN_DESCRIPTION.as_bytes())?;
+        main.render_subcommands_section(w)?;
+        w.write_all(MAIN_SECTIONS.as_bytes())?;
+        main.render_version_section(w)
+    })?;
+    written.push(write(path, &roff)?);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        page(sub.clone(), dir, &mut written)?;
+    }
     Ok(written)
 }
 
-fn page(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> Result<(), GenerateError> {
-    let man = clap_mangen::Man::new(cmd.clone());
-    let path = dir.join(man.get_filename());
+fn render(
+    path: &Path,
+    f: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<Vec<u8>, GenerateError> {
     let mut roff = Vec::new();
-    man.render(&mut roff)
-        .map_err(|source| GenerateError::Write {
-            path: path.clone(),
-            source,
-        })?;
+    f(&mut roff).map_err(|source| GenerateError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(roff)
+}
+
+fn page(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> Result<(), GenerateError> {
+    let man = clap_mangen::Man::new(cmd.clone()).section(SECTION);
+    let path = dir.join(man.get_filename());
+    let roff = render(&path, |w| {
+        man.render(w)?;
+        w.write_all(SUB_SEE_ALSO.as_bytes())
+    })?;
     written.push(write(path, &roff)?);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         page(sub.clone(), dir, written)?;
     }
     Ok(())
 }
+
+/// rpcbind-proxy(8): DESCRIPTION, before the generated COMMANDS.
+const MAIN_DESCRIPTION: &str = r#".SH DESCRIPTION
+.B rpcbind-proxy serve
+sits in front of
+.BR rpcbind (8)
+on the same host and speaks its protocol (portmapper v2, rpcbind v3 and v4,
+every procedure) on a unix socket, a TCP port and a UDP port on loopback.
+It answers lookups (GETPORT, GETADDR, GETVERSADDR, GETADDRLIST, DUMP) from a
+cache that follows changes made directly at rpcbind within
+.B \-\-refresh
+(1 s), sends every other call to rpcbind over a few persistent connections,
+and closes finished client connections with a reset, so that a client that
+connects once per lookup leaves no TIME_WAIT socket behind.
+Answers are those rpcbind gives, byte for byte after the XID.
+.PP
+rpcbind always sees the caller's own identity: a registration (SET, UNSET)
+from an unprivileged user cannot act as the superuser through the proxy.
+CALLIT, BCAST and INDIRECT are never forwarded.
+.PP
+By default it listens on
+.IR /run/rpcbind\-proxy/rpcbind.sock ,
+127.0.0.1:1111 and [::1]:1111 (TCP and UDP), and talks to rpcbind at
+.I /run/rpcbind.sock
+and port 111 on loopback.
+Under systemd,
+.B rpcbind\-proxy.socket
+holds the listeners and starts
+.B rpcbind\-proxy.service
+on the first client.
+With
+.BR \-\-intercept ,
+unmodified clients of 127.0.0.1:111, [::1]:111 and the unix socket are
+caught by an nftables table that the kernel removes when the daemon exits.
+.PP
+The other commands talk to a running daemon:
+.B status
+(open to every local user),
+.B flush
+(root),
+.B check
+(a monitoring plugin) and
+.B query
+(asks through the proxy, printing as
+.BR rpcinfo (8)
+prints).
+Each has its own page, listed below; every option is also in
+.BI "rpcbind\-proxy " COMMAND " \-\-help" .
+"#;
+
+/// rpcbind-proxy(8): the sections after the generated COMMANDS.
+const MAIN_SECTIONS: &str = r#".SH FILES
+.TP
+.I /etc/rpcbind\-proxy/config.toml
+Configuration read by
+.B serve
+when it exists (or the file named by
+.BR \-\-config ):
+the options of
+.B serve
+in kebab\-case; unknown keys are refused, flags override it.
+.TP
+.I /run/rpcbind\-proxy/rpcbind.sock
+The proxy's unix socket (mode 0666), for clients.
+.TP
+.I /run/rpcbind\-proxy/control.sock
+The control socket read by
+.B status
+and
+.BR flush .
+.TP
+.I /run/rpcbind.sock
+rpcbind's own unix socket, where the proxy forwards.
+.TP
+.BR rpcbind\-proxy.socket ", " rpcbind\-proxy.service
+The package's systemd units
+.RB ( "systemctl cat rpcbind\-proxy.service"
+shows where they are and any drop\-ins).
+.SH SIGNALS
+.TP
+.B SIGHUP
+Re\-read the configuration file (TTLs, limits, timeouts, log level); the
+cache is kept. Listeners, the control socket, rpcbind's addresses and
+.B \-\-intercept
+change only with a restart.
+.TP
+.BR SIGTERM ", " SIGINT
+Stop accepting, answer the calls in flight (at most 2 s), remove the sockets
+(and the interception table) and exit 0.
+.SH "EXIT STATUS"
+.TP
+.B 0
+.B serve
+stopped on a signal; the other commands succeeded.
+.TP
+.B 1
+A start\-up error (a bad option value, an unreadable configuration file, a
+port in use), reported as one line on standard error naming the value; or
+the daemon could not be reached.
+.TP
+.BR 0 ", " 1 ", " 2 ", " 3
+.B check
+only: OK, WARNING, CRITICAL, UNKNOWN, as monitoring plugins do.
+.SH ENVIRONMENT
+.TP
+.BR NOTIFY_SOCKET ", " WATCHDOG_USEC
+Set by systemd: readiness, status and watchdog notifications are sent there.
+.TP
+.BR LISTEN_FDS ", " LISTEN_PID
+Set by systemd socket activation: the listeners are adopted instead of bound.
+.TP
+.B JOURNAL_STREAM
+Set by systemd when standard error goes to the journal: logs are then
+written to the journal with their fields; otherwise to standard error.
+.SH EXAMPLES
+Run the daemon in the foreground on its defaults (rpcbind must be running):
+.PP
+.RS
+.nf
+rpcbind\-proxy serve
+.fi
+.RE
+.PP
+What it is doing, and who is asking:
+.PP
+.RS
+.nf
+rpcbind\-proxy status
+.fi
+.RE
+.PP
+Is it answering? The list
+.B rpcinfo \-p
+prints, asked through the proxy:
+.PP
+.RS
+.nf
+rpcbind\-proxy query \-p
+.fi
+.RE
+.PP
+A Nagios or Icinga check:
+.PP
+.RS
+.nf
+rpcbind\-proxy check \-\-warn\-time\-wait 100 \-\-crit\-time\-wait 400
+.fi
+.RE
+.PP
+Under systemd, the socket unit and the logs:
+.PP
+.RS
+.nf
+systemctl enable \-\-now rpcbind\-proxy.socket
+journalctl \-u rpcbind\-proxy
+.fi
+.RE
+.SH "SEE ALSO"
+.BR rpcbind (8),
+.BR rpcinfo (8),
+.BR rpcbind\-proxy\-serve (8),
+.BR rpcbind\-proxy\-status (8),
+.BR rpcbind\-proxy\-flush (8),
+.BR rpcbind\-proxy\-check (8),
+.BR rpcbind\-proxy\-query (8),
+.BR systemd.socket (5)
+"#;
+
+/// Every subcommand's page points back at the main one.
+const SUB_SEE_ALSO: &str = r#".SH "SEE ALSO"
+.BR rpcbind\-proxy (8),
+.BR rpcbind (8),
+.BR rpcinfo (8)
+"#;
 
 /// bash, zsh and fish completion scripts, under the file names each shell's
 /// generator chooses.
@@ -108,10 +315,35 @@ pub fn completions(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
         let mut cmd = visible_command();
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+        if shell == Shell::Bash {
+            script = bash_case_labels(&script).into_bytes();
+        }
         let name = clap_complete::Generator::file_name(&shell, BIN);
         written.push(write(dir.join(name), &script)?);
     }
     Ok(written)
+}
+
+/// clap_complete's bash script names a subcommand's state in two ways for a
+/// binary whose name has a '-': the loop that walks the words sets
+/// `rpcbind__proxy__subcmd__serve` (the '-' of the binary's name becomes
+/// `__`), while the `case` that offers the options tests for
+/// `rpcbind__subcmd__proxy__subcmd__serve` (every '-' becomes `__subcmd__`).
+/// No label ever matched, so only subcommand names were completed. The
+/// labels are rewritten to the walker's spelling: only the binary's own name
+/// is spelled two ways (a subcommand's '-' becomes `__subcmd__` on both
+/// sides).
+fn bash_case_labels(script: &[u8]) -> String {
+    let script = String::from_utf8_lossy(script);
+    let walker = BIN.replace('-', "__");
+    let label = BIN.replace('-', "__subcmd__");
+    if walker == label {
+        return script.into_owned();
+    }
+    script.replace(
+        &format!("{label}__subcmd__"),
+        &format!("{walker}__subcmd__"),
+    )
 }
 
 /// The command line as users see it. The completion generators, unlike the
