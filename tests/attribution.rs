@@ -268,3 +268,64 @@ fn top_shows_the_clients_on_a_terminal_and_as_plain_text() {
         );
     });
 }
+
+#[test]
+fn processes_sharing_a_unit_and_a_user_are_told_apart() {
+    run_with(transparent(), |sb| async move {
+        let t = tirpc();
+        // A unit with a long-running client (a daemon and its jobs share a
+        // cgroup and a uid, as cron and its jobs do)...
+        let unit = Unit::new("cron");
+        let argv = unit.command(0, &[t, "probe", "127.0.0.1", "100000", "2", "20", "30"]);
+        let mut probe = tokio::process::Command::new("nsenter")
+            .arg("-t")
+            .arg(sb.anchor_pid().to_string())
+            .args(["-m", "--"])
+            .args(&argv)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the prober");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while row(&rows(&sb.status().await), &unit.name, "tcp", 0).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the prober's row never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ...and a short job of the same user in it meanwhile.
+        run_in(&sb, &unit, 0, &["rpcinfo", "-p", "127.0.0.1"]).await;
+        run_in(
+            &sb,
+            &unit,
+            0,
+            &["rpcinfo", "-T", "tcp", "127.0.0.1", "100000"],
+        )
+        .await;
+        drop(probe.stdin.take());
+        let _ = probe.wait().await;
+        let rows = rows(&sb.status().await);
+        let mine: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["unit"] == unit.name.as_str() && r["transport"] == "tcp")
+            .collect();
+        let count = |command: &str| {
+            mine.iter()
+                .filter(|r| r["command"] == command)
+                .map(|r| r["requests"].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        // rpcinfo -p: one DUMP; -T tcp: NULL to versions 2, 3, 4 (and the
+        // lookups before them): each call is rpcinfo's, none the prober's.
+        assert!(count("rpcinfo") >= 4, "{mine:#?}");
+        assert!(count("tirpc_client") >= 1, "{mine:#?}");
+        assert!(
+            mine.iter().all(|r| r["command"] == "rpcinfo"
+                || r["command"] == "tirpc_client"
+                || r["command"].is_null()),
+            "{mine:#?}"
+        );
+    });
+}

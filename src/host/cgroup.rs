@@ -286,6 +286,39 @@ pub fn pid_of_socket(cgroup_path: &str, inode: u64, max_procs: usize) -> Option<
         .find(|&pid| holds(pid, &want))
 }
 
+/// The first `max_procs` pids of cgroup `cgroup_path` (its `cgroup.procs`);
+/// `None` when the cgroup cannot be read.
+pub fn processes(cgroup_path: &str, max_procs: usize) -> Option<Vec<u32>> {
+    let m = mount().ok()??;
+    let root = m.root.trim_end_matches('/');
+    let inside = if root.is_empty() {
+        cgroup_path
+    } else {
+        cgroup_path.strip_prefix(root)?
+    };
+    let inside = inside.trim_start_matches('/');
+    if inside.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let procs = m.mountpoint.join(inside).join("cgroup.procs");
+    let text = read_bounded(&procs, (max_procs as u64).saturating_mul(8)).ok()??;
+    Some(
+        text.lines()
+            .take(max_procs)
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .collect(),
+    )
+}
+
+/// The owner of process `pid` (its /proc/PID directory's owner: the
+/// effective uid); `None` when it is gone.
+pub fn process_uid(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
 fn holds(pid: u32, want: &str) -> bool {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;

@@ -7,9 +7,13 @@
 //!   finds it by its addresses (the original destination, 127.0.0.1:111,
 //!   for a redirected one) and gives its uid and cgroup id; the cgroup id
 //!   names the unit (cached per id: ids are never reused while the system
-//!   runs) and, within that cgroup, the process holding the socket gives
-//!   the command (looked for once per cgroup and user every few seconds:
-//!   the expensive part, kept off the per-connection path).
+//!   runs); the process holding the socket gives the command. When it is
+//!   the only process of that user in that cgroup (a cron job, a check, a
+//!   transient unit), that is known without a search: the cgroup's process
+//!   list is read (one small read per connection) and, while it is the one
+//!   last seen, so is the answer. Otherwise each connection's socket is
+//!   looked for among the cgroup's processes, within a time budget (the
+//!   expensive part); beyond it the command stays unknown.
 //!
 //! What cannot be known (the process already gone, no sock_diag, cgroup v1
 //! only, not permitted) stays `None` and shows as `-`: never a guess. A
@@ -31,6 +35,10 @@ use crate::host::sockdiag::{Proto, SockDiag};
 const FRESH: Duration = Duration::from_secs(2);
 /// Processes of one cgroup looked at to find the one holding a socket.
 const MAX_PROCS: usize = 16;
+/// Processes of one cgroup looked at to tell whether one user has only one.
+const MAX_LISTED: usize = 256;
+/// Time per second that searches for a socket's process may take (2%).
+const SEARCH_BUDGET: Duration = Duration::from_millis(20);
 /// Entries kept in each cache.
 const CACHE: usize = 1024;
 
@@ -84,6 +92,10 @@ impl Identity {
 type Names = (Option<Arc<str>>, Option<Arc<str>>);
 /// The pid and command holding a socket.
 type Holder = (Option<u32>, Option<Arc<str>>);
+/// A user's only process in a cgroup, if it has exactly one.
+type Sole = Option<Holder>;
+/// A cgroup's process list as last read, and the `Sole` it gave.
+type Seen = (Vec<u32>, Sole);
 
 /// A process as /proc describes it.
 #[derive(Debug, Clone)]
@@ -107,8 +119,11 @@ pub struct Attributor {
     cgroups: Mutex<LruCache<u64, Names>>,
     /// pid → what /proc said, and when.
     processes: Mutex<LruCache<u32, (Instant, Process)>>,
-    /// (cgroup id, uid) → the process last found holding a socket there.
-    holders: Mutex<LruCache<(u64, u32), (Instant, Holder)>>,
+    /// (cgroup id, uid) → the cgroup's process list as last read, and that
+    /// user's only process in it, if it had exactly one.
+    holders: Mutex<LruCache<(u64, u32), Seen>>,
+    /// Search time spent in the current second: (the second's start, spent).
+    budget: Mutex<(Instant, Duration)>,
 }
 
 fn cache<K: std::hash::Hash + Eq, V>() -> Mutex<LruCache<K, V>> {
@@ -125,6 +140,7 @@ impl Attributor {
             cgroups: cache(),
             processes: cache(),
             holders: cache(),
+            budget: Mutex::new((Instant::now(), Duration::ZERO)),
         }
     }
 
@@ -267,22 +283,50 @@ impl Attributor {
         v
     }
 
-    /// The process holding socket `inode` in cgroup `cg`, found at most
-    /// once every [`FRESH`] per cgroup and user (the same cron job making
-    /// a thousand connections costs one search).
+    /// The process holding socket `inode` in cgroup `cg` created by `uid`,
+    /// and its command. Never a guess: the user's only process there, or
+    /// the one found holding this very socket.
     fn holder(&self, cg: u64, uid: u32, path: &str, inode: u64) -> Holder {
-        if let Some((at, holder)) = self.holders.lock().unwrap().get(&(cg, uid)) {
-            if at.elapsed() < FRESH {
-                return holder.clone();
+        let pids = cgroup::processes(path, MAX_LISTED).unwrap_or_default();
+        let cached = match self.holders.lock().unwrap().get(&(cg, uid)) {
+            Some((seen, sole)) if *seen == pids => Some(sole.clone()),
+            _ => None,
+        };
+        let sole = cached.unwrap_or_else(|| {
+            let mine: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|&p| cgroup::process_uid(p) == Some(uid))
+                .collect();
+            let sole = match mine[..] {
+                [only] => Some((Some(only), cgroup::command(only).map(Arc::from))),
+                _ => None,
+            };
+            self.holders
+                .lock()
+                .unwrap()
+                .put((cg, uid), (pids, sole.clone()));
+            sole
+        });
+        if let Some(sole) = sole {
+            return sole;
+        }
+        // Several processes of this user share the cgroup (a cron daemon and
+        // its jobs): look for the one holding this socket, while the budget
+        // lasts.
+        {
+            let mut budget = self.budget.lock().unwrap();
+            if budget.0.elapsed() >= Duration::from_secs(1) {
+                *budget = (Instant::now(), Duration::ZERO);
+            }
+            if budget.1 >= SEARCH_BUDGET {
+                return (None, None);
             }
         }
+        let started = Instant::now();
         let pid = cgroup::pid_of_socket(path, inode, MAX_PROCS);
-        let command = pid.and_then(cgroup::command).map(Arc::from);
-        self.holders
-            .lock()
-            .unwrap()
-            .put((cg, uid), (Instant::now(), (pid, command.clone())));
-        (pid, command)
+        self.budget.lock().unwrap().1 += started.elapsed();
+        (pid, pid.and_then(cgroup::command).map(Arc::from))
     }
 }
 
