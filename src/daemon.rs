@@ -472,7 +472,9 @@ fn load(args: &ServeArgs) -> Result<Config, StartError> {
         Some(path) => FileConfig::load(&path)?,
         None => FileConfig::default(),
     };
-    Ok(Config::resolve(file, flags)?)
+    // The file was checked on its own when read (its errors name the line):
+    // what fails now is a flag.
+    Ok(Config::resolve(file, flags).map_err(crate::config::ConfigError::as_flag)?)
 }
 
 /// `rpcbind-proxy serve`.

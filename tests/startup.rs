@@ -27,8 +27,31 @@ impl Drop for Dir {
     }
 }
 
+/// Runs the binary to its end. A refusal is immediate; a daemon still
+/// running after 10 s accepted what it should have refused: killed, and the
+/// test fails saying so (rather than hanging).
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let out = rx.recv().unwrap().unwrap();
+            panic!(
+                "{args:?} was accepted (still running after 10 s); it said:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    }
 }
 
 /// Asserts a failed start with exactly one line on stderr containing `needle`.
@@ -119,9 +142,11 @@ fn terminate(mut child: Child) -> std::process::ExitStatus {
 }
 
 #[test]
-fn the_unix_socket_is_created_0666_in_a_new_directory_and_removed_on_exit() {
+fn the_unix_socket_is_created_0666_and_removed_on_exit() {
     let d = Dir::new("life");
-    let path = d.0.join("sub/dir/rpcbind.sock");
+    // Directories under /run are created (every sandboxed test starts on a
+    // fresh /run); elsewhere the directory must exist.
+    let path = d.0.join("rpcbind.sock");
     let spec = format!("unix:{}", path.display());
     let child = start(&d.0, &["--listen", &spec]);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -152,4 +177,134 @@ fn a_stale_socket_is_replaced_but_a_live_one_is_not_stolen() {
     assert_one_line_error(&out, &spec);
     UnixStream::connect(&path).expect("the first daemon still owns the socket");
     assert!(terminate(child).success());
+}
+
+#[test]
+fn a_socket_directory_outside_run_is_never_created() {
+    let d = Dir::new("nodir");
+    let missing = d.0.join("no-such-dir");
+    let spec = format!("unix:{}/x.sock", missing.display());
+    let out = run(&[
+        "serve",
+        "--listen",
+        &spec,
+        "--rpcbind-socket",
+        "/nonexistent.sock",
+    ]);
+    assert_one_line_error(&out, &spec);
+    assert_one_line_error(&out, "does not exist");
+    assert!(!missing.exists(), "the mistyped directory was created");
+    // The control socket follows the same rule.
+    let control = format!("{}/control.sock", missing.display());
+    let out = run(&[
+        "serve",
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--control",
+        &control,
+        "--rpcbind-socket",
+        "/nonexistent.sock",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&control) && last.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_log_level_that_would_log_nothing_is_refused() {
+    let out = run(&["serve", "--log-level", "bogus"]);
+    assert_one_line_error(&out, "--log-level: \"bogus\"");
+    assert_one_line_error(&out, "error, warn, info, debug, trace");
+    let d = Dir::new("level");
+    let conf = d.0.join("c.toml");
+    std::fs::write(&conf, "ttl = 5\nlog-level = \"verbose\"\n").unwrap();
+    let out = run(&["serve", "--config", conf.to_str().unwrap()]);
+    assert_one_line_error(&out, &format!("{} line 2", conf.display()));
+    assert_one_line_error(&out, "log-level = \"verbose\"");
+}
+
+#[test]
+fn nonsense_values_are_refused_naming_the_value_and_the_range() {
+    for (args, needle, range) in [
+        (
+            &["--max-connections", "0"][..],
+            "--max-connections: 0",
+            "1 or more",
+        ),
+        (
+            &["--max-entries", "0"],
+            "--max-entries: 0",
+            "ttl and negative-ttl to 0",
+        ),
+        (&["--rpcbind-port", "0"], "--rpcbind-port: 0", "1 to 65535"),
+        (&["--ttl", "-1"], "--ttl: -1", "0 turns caching"),
+    ] {
+        let mut full = vec!["serve"];
+        full.extend_from_slice(args);
+        let out = run(&full);
+        assert_one_line_error(&out, needle);
+        assert_one_line_error(&out, range);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    let d = Dir::new("empty");
+    let conf = d.0.join("c.toml");
+    std::fs::write(&conf, "listen = []\n").unwrap();
+    let out = run(&["serve", "--config", conf.to_str().unwrap()]);
+    assert_one_line_error(&out, "line 1");
+    assert_one_line_error(&out, "listen = []: expected a non-empty list");
+}
+
+#[test]
+fn a_negative_number_reads_the_same_in_either_spelling() {
+    for (a, b) in [
+        (["--ttl", "-1"], ["--ttl=-1"]),
+        (["--max-connections", "-1"], ["--max-connections=-1"]),
+    ] {
+        let spaced = run(&[&["serve"][..], &a].concat());
+        let joined = run(&[&["serve"][..], &b].concat());
+        assert_one_line_error(&spaced, "-1");
+        assert_eq!(spaced.stderr, joined.stderr, "{a:?} vs {b:?}");
+        assert_eq!(spaced.status.code(), joined.status.code());
+    }
+}
+
+#[test]
+fn config_errors_name_the_file_line_key_and_form() {
+    let d = Dir::new("where");
+    let conf = d.0.join("c.toml");
+    std::fs::write(&conf, "# comment\nupstream-timeout = \"30s\"\n").unwrap();
+    let out = run(&["serve", "--config", conf.to_str().unwrap()]);
+    assert_one_line_error(&out, &format!("{} line 2, column 20", conf.display()));
+    assert_one_line_error(&out, "upstream-timeout: invalid type: string \"30s\"");
+    assert_one_line_error(&out, "a positive number of seconds without a unit");
+    std::fs::write(&conf, "ttl = 1\n[limits\n").unwrap();
+    let out = run(&["serve", "--config", conf.to_str().unwrap()]);
+    assert_one_line_error(&out, &format!("{} line 2", conf.display()));
+}
+
+#[test]
+fn check_refuses_thresholds_that_make_no_sense_as_unknown() {
+    for (args, needles) in [
+        (&["--min-hit-ratio", "1.5"][..], &["'1.5'", "0 to 1"][..]),
+        (
+            &["--warn-time-wait", "500", "--crit-time-wait", "100"],
+            &["500", "100", "at most"],
+        ),
+    ] {
+        let mut full = vec!["check", "--control", "/nonexistent/control.sock"];
+        full.extend_from_slice(args);
+        let out = run(&full);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "UNKNOWN: {out:?}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+        assert!(text.starts_with("UNKNOWN: "), "{text}");
+        for n in needles {
+            assert!(text.contains(n), "{n}: {text}");
+        }
+    }
 }

@@ -85,6 +85,10 @@ pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckS
 }
 
 pub fn check(args: CheckArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        println!("UNKNOWN: {e}");
+        return ExitCode::from(CheckState::Unknown as u8);
+    }
     let (state, line) = check_verdict(control_request(&args.control.control, "status"), &args);
     println!("{line}");
     ExitCode::from(state as u8)
@@ -103,6 +107,7 @@ mod tests {
             warn_time_wait: 10,
             crit_time_wait: 100,
             min_hit_ratio: 0.5,
+            min_lookups: 0,
         }
     }
 
