@@ -356,6 +356,29 @@ pub fn seconds_or_zero(key: &'static str, v: f64) -> Result<Duration, ConfigErro
 }
 
 impl Config {
+    /// The settings that can change with a reload, as one line for the log:
+    /// `ttl 60s, negative-ttl 10s, ...`.
+    pub fn summary(&self) -> String {
+        use crate::proxy::logs::human;
+        let l = &self.limits;
+        let c = &self.cache;
+        format!(
+            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, log-level {}",
+            human(c.ttl),
+            human(c.negative_ttl),
+            human(c.serve_stale),
+            c.max_entries,
+            human(self.refresh),
+            human(self.upstream_timeout),
+            l.max_connections,
+            l.max_in_flight,
+            human(l.idle_timeout),
+            human(l.record_timeout),
+            l.max_udp_reply,
+            self.log_level,
+        )
+    }
+
     /// Builds the effective configuration: `flags` override `file`, which
     /// overrides the defaults.
     pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<Config, ConfigError> {
@@ -651,6 +674,15 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn the_settings_summary_reads_like_the_config_file() {
+        let c = Config::resolve(FileConfig::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            c.summary(),
+            "ttl 1m, negative-ttl 10s, serve-stale 30s, max-entries 65536, refresh 1s, upstream-timeout 2s, max-connections 4096, max-in-flight 64, idle-timeout 2m, record-timeout 10s, max-udp-reply 9000 bytes, log-level info"
+        );
     }
 
     #[test]

@@ -308,3 +308,111 @@ fn check_refuses_thresholds_that_make_no_sense_as_unknown() {
         }
     }
 }
+
+/// Starts `serve` with stderr piped; every line it logs arrives on the
+/// returned channel.
+fn start_logging(dir: &Path, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--control", dir.join("control.sock").to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Lines until one matches `want` (returned last), within 10 s.
+fn lines_until(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains(want);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e) => panic!(
+                "no line with {want:?} ({e}); the daemon said:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_log_says_version_config_and_rpcbind_lost_once_and_back() {
+    let d = Dir::new("logs");
+    let rpcbind = d.0.join("rpcbind.sock");
+    let conf = d.0.join("c.toml");
+    std::fs::write(&conf, "ttl = 30\n").unwrap();
+    let (child, rx) = start_logging(
+        &d.0,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--listen",
+            &format!("unix:{}", d.0.join("proxy.sock").display()),
+            "--rpcbind-socket",
+            rpcbind.to_str().unwrap(),
+            // Debug for the proxy's own lines: each retry shows, at debug.
+            "--log-level",
+            "rpcbind_proxy=debug,info",
+        ],
+    );
+    let mut lines = lines_until(&rx, "starting");
+    let start = lines.last().unwrap().clone();
+    assert!(
+        start.contains(&format!(
+            "rpcbind-proxy {} starting",
+            env!("CARGO_PKG_VERSION")
+        )) && start.contains(&format!("config file {}", conf.display())),
+        "{start}"
+    );
+    let settings = lines_until(&rx, "settings:").pop().unwrap();
+    assert!(settings.contains("ttl 30s, negative-ttl 10s"), "{settings}");
+    // rpcbind is not there: said once, then two more attempts at debug.
+    for _ in 0..3 {
+        lines.extend(lines_until(&rx, "cannot connect to rpcbind"));
+    }
+    // rpcbind arrives (a listener is all a connect needs).
+    let _rpcbind = UnixListener::bind(&rpcbind).unwrap();
+    lines.extend(lines_until(&rx, "reachable again after"));
+    let warned: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("rpcbind"))
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning for the outage: {lines:#?}");
+    assert!(
+        warned[0].contains(&format!(
+            "cannot reach rpcbind at unix:{}",
+            rpcbind.display()
+        )),
+        "{}",
+        warned[0]
+    );
+    let back = lines.last().unwrap();
+    assert!(
+        back.contains("INFO")
+            && back.contains(&format!(
+                "rpcbind at unix:{} reachable again after",
+                rpcbind.display()
+            )),
+        "{back}"
+    );
+    assert!(terminate(child).success());
+}

@@ -3,7 +3,8 @@
 //! Owns the listeners and per-connection loops (`listen`), the checks and
 //! local answers (`service`), who may do what (`policy`), the coherent cache
 //! (`cache`), the persistent upstream connections (`upstream`), the client
-//! limits (`limits`) and the counters the path bumps (`metrics`). It imports
+//! limits (`limits`), the counters the path bumps (`metrics`) and the log
+//! lines of repeated events (`logs`). It imports
 //! `protocol` for the wire formats and `host` for the few raw syscalls it
 //! needs; it never imports `ops` (operator commands read its counters, not
 //! the other way round) nor the top-level daemon, CLI or config modules.
@@ -11,6 +12,7 @@
 pub mod cache;
 pub mod limits;
 pub mod listen;
+pub mod logs;
 pub mod metrics;
 pub mod policy;
 pub mod service;

@@ -22,7 +22,7 @@ use crate::protocol::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, Opaque
 use crate::protocol::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
 use crate::proxy::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
 use crate::proxy::limits::{Limits, LimitsConfig};
-use crate::proxy::metrics::{Clients, ProcCounters};
+use crate::proxy::metrics::{Clients, ProcCounters, Recent};
 use crate::proxy::policy::{
     callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route,
 };
@@ -82,6 +82,9 @@ pub struct Proxy {
     pub procs: ProcCounters,
     pub clients: Clients,
     pub limits: Limits,
+    /// Lookups of the last few minutes, for a hit ratio that is not the
+    /// whole life's.
+    pub recent: Recent,
     pub started: std::time::Instant,
     /// Every task serving a client: shutdown waits for them (bounded).
     pub tasks: TaskTracker,
@@ -123,12 +126,24 @@ impl Proxy {
             procs: ProcCounters::default(),
             clients: Clients::default(),
             limits: Limits::new(LimitsConfig::default()),
+            recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
             refresh_ms: AtomicU64::new(refresh.as_millis() as u64),
             heartbeat_ms: AtomicU64::new(0),
             known: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Lookups answered without asking rpcbind (hits, negative hits,
+    /// coalesced) and misses, since start.
+    pub fn lookup_counts(&self) -> (u64, u64) {
+        let c = &self.cache.stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            load(&c.hits) + load(&c.negative_hits) + load(&c.coalesced),
+            load(&c.misses),
+        )
     }
 
     pub fn upstream(&self, class: Class) -> &Upstream {
@@ -489,6 +504,9 @@ impl Proxy {
             next = (next + period).max(tokio::time::Instant::now());
             self.heartbeat_ms
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let (answered, misses) = self.lookup_counts();
+            self.recent
+                .tick(tokio::time::Instant::now(), answered, misses);
             if let Ok(reply) = self.dump().await {
                 self.compare_registrations(reply);
             }
