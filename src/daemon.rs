@@ -29,6 +29,8 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// connection was redirected just before (its SYN in flight or in the
 /// backlog) is still served rather than reset.
 const SETTLE: Duration = Duration::from_millis(200);
+/// The config file `serve` read, for the start-up line.
+static CONFIG_SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// The nftables table of transparent mode (family inet).
 pub const INTERCEPT_TABLE: &str = "rpcbind_proxy";
 
@@ -74,6 +76,14 @@ pub async fn run(
             bound.push(listen::adopt(socket).map_err(StartError::Inherited)?);
         }
     }
+    // Said once the listeners are bound, so that a listener that cannot be
+    // had stays the only line of a failed start.
+    info!(
+        "rpcbind-proxy {} starting; config file {}",
+        env!("CARGO_PKG_VERSION"),
+        CONFIG_SOURCE.get().map_or("not read", String::as_str)
+    );
+    info!("settings: {}", config.summary());
     let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
     let public_socket = stand_in_socket(&specs, &config)?;
     let redirects = if config.intercept {
@@ -95,9 +105,8 @@ pub async fn run(
     proxy.limits.set(config.limits);
     proxy.attribution.set_enabled(config.attribution);
     raise_fd_limit();
-    if let Err(e) = proxy.upstream(Class::Unix).ensure_connected().await {
-        warn!(socket = %config.rpcbind_socket.display(), error = %e, "rpcbind not reachable yet; will keep trying");
-    }
+    // Connected or not, the upstream says so itself (once).
+    let _ = proxy.upstream(Class::Unix).ensure_connected().await;
     let (control, _control_file) =
         listen::bind_unix_socket(&config.control)
             .await
@@ -342,14 +351,7 @@ fn apply(proxy: &Proxy, running: &Config, new: &Config) {
     ) {
         warn!("listen, control, rpcbind addresses and intercept change only with a restart");
     }
-    info!(
-        ttl = ?new.cache.ttl,
-        negative_ttl = ?new.cache.negative_ttl,
-        max_entries = new.cache.max_entries,
-        refresh = ?new.refresh,
-        limits = ?new.limits,
-        "configuration reloaded"
-    );
+    info!("configuration reloaded: {}", new.summary());
 }
 
 /// Every client connection is a descriptor: raise the soft limit to the
@@ -475,13 +477,24 @@ fn load(args: &ServeArgs) -> Result<Config, StartError> {
         Some(path) => FileConfig::load(&path)?,
         None => FileConfig::default(),
     };
-    Ok(Config::resolve(file, flags)?)
+    // The file was checked on its own when read (its errors name the line):
+    // what fails now is a flag.
+    Ok(Config::resolve(file, flags).map_err(crate::config::ConfigError::as_flag)?)
 }
 
 /// `rpcbind-proxy serve`.
 pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let config = load(&args)?;
     let log = init_logging(&config.log_level);
+    let _ = CONFIG_SOURCE.set(args.config_path().map_or_else(
+        || {
+            format!(
+                "none ({} does not exist; defaults and flags)",
+                crate::config::DEFAULT_CONFIG
+            )
+        },
+        |p| p.display().to_string(),
+    ));
     // Read (and unset) LISTEN_FDS while the process has one thread.
     let inherited = systemd::inherited_sockets().map_err(StartError::Inherited)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -56,7 +56,7 @@ pub use daemon::run;
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::or_exit(Cli::try_parse());
     if !matches!(cli.command, Command::Serve(_)) {
         host::sys::default_sigpipe();
     }

@@ -177,25 +177,37 @@ fn check_exit_codes_follow_the_state() {
         .await;
         assert_eq!(crit.status.code(), Some(2), "{}", stdout(&crit));
 
-        // A hit ratio below the minimum.
+        // A hit ratio below the minimum: not judged on a handful of
+        // lookups (a fresh daemon), judged once there are --min-lookups.
         assert!(sb
             .call(Target::Proxy, Transport::Unix, &getport_call(600003))
             .await
             .is_success());
-        let low = cli(
-            &sb,
-            &[
-                "check",
-                "--warn-time-wait",
-                "1000",
-                "--crit-time-wait",
-                "2000",
-                "--min-hit-ratio",
-                "0.9",
-            ],
-        )
-        .await;
+        let low_args = [
+            "check",
+            "--warn-time-wait",
+            "1000",
+            "--crit-time-wait",
+            "2000",
+            "--min-hit-ratio",
+            "0.9",
+        ];
+        let young = cli(&sb, &low_args).await;
+        assert_eq!(young.status.code(), Some(0), "{}", stdout(&young));
+        assert!(
+            stdout(&young).contains("hit ratio not judged: 1 lookups over the last")
+                && stdout(&young).contains("fewer than --min-lookups 100"),
+            "{}",
+            stdout(&young)
+        );
+        let low = cli(&sb, &[&low_args[..], &["--min-lookups", "1"]].concat()).await;
         assert_eq!(low.status.code(), Some(1), "{}", stdout(&low));
+        assert!(
+            stdout(&low).contains("hit ratio 0.000 below 0.9 over the last")
+                && stdout(&low).contains("(1 lookups)"),
+            "{}",
+            stdout(&low)
+        );
 
         // rpcbind gone: the upstream is down.
         sb.kill_rpcbind().await;
@@ -255,6 +267,18 @@ fn query_prints_what_rpcinfo_prints() {
             stdout(&cli(&sb, &["query", "getport", "100003", "3", "udp"]).await),
             "2049\n"
         );
+        // The options go before or after the subcommand (the README's form).
+        for args in [
+            &[
+                "query", "--socket", PROXY_SOCK, "getport", "100003", "3", "udp",
+            ][..],
+            &[
+                "query", "getport", "100003", "3", "udp", "--socket", PROXY_SOCK,
+            ],
+        ] {
+            let out = cli(&sb, args).await;
+            assert_eq!(stdout(&out), "2049\n", "{args:?}: {out:?}");
+        }
         assert_eq!(
             stdout(&cli(&sb, &["query", "getaddr", "100003", "3", "tcp"]).await),
             "127.0.0.1.8.1\n"
@@ -304,5 +328,62 @@ fn output_into_a_closed_pipe_ends_quietly_without_a_panic() {
             assert!(!err.contains("panicked"), "{cmd}: {err}");
             assert!(err.is_empty(), "{cmd}: {err}");
         }
+    });
+}
+
+#[test]
+fn a_refused_connection_is_logged_once_and_counted_in_every_status_format() {
+    let opts = Options {
+        proxy_args: vec!["--max-connections".into(), "1".into()],
+        ..Options::default()
+    };
+    run_with(opts, |sb| async move {
+        let _held = tokio::net::UnixStream::connect(sb.proxy_unix())
+            .await
+            .unwrap();
+        let mut n = 0;
+        while sb.status().await["clients"]["connected"] != 1 {
+            n += 1;
+            assert!(n < 1000, "the first client was never counted");
+        }
+        let mut refused = Vec::new();
+        for _ in 0..3 {
+            refused.push(
+                tokio::net::UnixStream::connect(sb.proxy_unix())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut n = 0;
+        while sb.status().await["limits"]["max_connections"]["refused"] != 3 {
+            n += 1;
+            assert!(n < 1000, "three refusals never counted");
+        }
+        let text = stdout(&cli(&sb, &["status", "--control", CONTROL_SOCK]).await);
+        assert!(
+            text.contains("max-connections 1 (refused 3), max-in-flight 64 (reached 0), idle-timeout 2m (closed 0)"),
+            "{text}"
+        );
+        let prom = stdout(&cli(&sb, &["status", "--prometheus", "--control", CONTROL_SOCK]).await);
+        for line in [
+            "rpcbind_proxy_limit_hits_total{limit=\"max_connections\"} 3",
+            "rpcbind_proxy_limit_hits_total{limit=\"record_timeout\"} 0",
+            "rpcbind_proxy_limit{limit=\"max_connections\"} 1",
+            "rpcbind_proxy_limit{limit=\"idle_timeout\"} 120",
+        ] {
+            assert!(prom.lines().any(|l| l == line), "{line} in:\n{prom}");
+        }
+        // The first refusal is said at once; the two after it are held for
+        // the window's line (src/proxy/logs.rs, in paused time), not one line each.
+        let log = sb.proxy_log();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("max-connections 1 reached"))
+            .collect();
+        assert_eq!(said.len(), 1, "{log}");
+        assert!(
+            said[0].contains("WARN") && said[0].contains("refused a new client"),
+            "{log}"
+        );
     });
 }

@@ -49,6 +49,33 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
             sb.proxy_log().contains("ttl-typo"),
             "the reload error names the key"
         );
+
+        // A log level that would silence the daemon is refused the same way,
+        // and the daemon keeps logging at its old level.
+        std::fs::write(&conf, "ttl = 90\nlog-level = \"bogus\"\n").unwrap();
+        sb.signal_proxy(Signal::SIGHUP);
+        sb.next_notify("READY=1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(sb.status().await["cache"]["ttl_seconds"], 120.0);
+        let log = sb.proxy_log();
+        let refused = log
+            .lines()
+            .position(|l| l.contains("reload failed") && l.contains("log-level = \"bogus\""))
+            .unwrap_or_else(|| panic!("no reload error naming the level:\n{log}"));
+        std::fs::write(&conf, "ttl = 30\n").unwrap();
+        sb.signal_proxy(Signal::SIGHUP);
+        sb.next_notify("READY=1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(sb.status().await["cache"]["ttl_seconds"], 30.0);
+        let log = sb.proxy_log();
+        assert!(
+            log.lines()
+                .skip(refused + 1)
+                .any(|l| l.contains("configuration reloaded")),
+            "still logging after a refused level:\n{log}"
+        );
     });
 }
 

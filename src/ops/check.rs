@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::client::{control_request, f, u};
 use crate::cli::CheckArgs;
+use crate::proxy::logs::human;
 
 /// Nagios plugin exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,11 +53,41 @@ pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckS
             args.warn_time_wait
         ));
     }
-    let ratio = f(&v, "/cache/hit_ratio");
-    let lookups = u(&v, "/cache/hits") + u(&v, "/cache/negative_hits") + u(&v, "/cache/misses");
-    if lookups > 0 && ratio < args.min_hit_ratio {
+    // The ratio of the last few minutes, not of the daemon's whole life,
+    // and only once they hold enough lookups to say something (a daemon
+    // older than this command judges its whole life).
+    let (ratio, lookups, over) = match v.pointer("/cache/recent") {
+        Some(r) => (
+            f(r, "/hit_ratio"),
+            u(r, "/lookups"),
+            format!(
+                "over the last {}",
+                human(std::time::Duration::from_secs(u(r, "/seconds")))
+            ),
+        ),
+        None => (
+            f(&v, "/cache/hit_ratio"),
+            u(&v, "/cache/hits") + u(&v, "/cache/negative_hits") + u(&v, "/cache/misses"),
+            "since start".to_string(),
+        ),
+    };
+    let judged = lookups > 0 && lookups >= args.min_lookups as u64;
+    let ratio_text = if judged {
+        format!("hit ratio {:.1}% {over} ({lookups} lookups)", ratio * 100.0)
+    } else if lookups == 0 {
+        format!("no lookups {over}")
+    } else {
+        format!(
+            "hit ratio not judged: {lookups} lookups {over}, fewer than --min-lookups {}",
+            args.min_lookups
+        )
+    };
+    if judged && ratio < args.min_hit_ratio {
         state = state.max(CheckState::Warning);
-        problems.push(format!("hit ratio {ratio:.3} below {}", args.min_hit_ratio));
+        problems.push(format!(
+            "hit ratio {ratio:.3} below {} {over} ({lookups} lookups)",
+            args.min_hit_ratio
+        ));
     }
     let label = match state {
         CheckState::Ok => "OK",
@@ -65,15 +96,12 @@ pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckS
         CheckState::Unknown => "UNKNOWN",
     };
     let summary = if problems.is_empty() {
-        format!(
-            "hit ratio {:.1}%, rpcbind connected, {tw} TIME_WAIT on port 111",
-            ratio * 100.0
-        )
+        format!("{ratio_text}, rpcbind connected, {tw} TIME_WAIT on port 111")
     } else {
         problems.join(", ")
     };
     let perf = format!(
-        "hit_ratio={ratio:.4};{};;0;1 time_wait_111={tw};{};{};0 upstream_connected={} cache_entries={} requests={}c",
+        "hit_ratio={ratio:.4};{};;0;1 recent_lookups={lookups} time_wait_111={tw};{};{};0 upstream_connected={} cache_entries={} requests={}c",
         args.min_hit_ratio,
         args.warn_time_wait,
         args.crit_time_wait,
@@ -85,6 +113,10 @@ pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckS
 }
 
 pub fn check(args: CheckArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        println!("UNKNOWN: {e}");
+        return ExitCode::from(CheckState::Unknown as u8);
+    }
     let (state, line) = check_verdict(control_request(&args.control.control, "status"), &args);
     println!("{line}");
     ExitCode::from(state as u8)
@@ -103,12 +135,14 @@ mod tests {
             warn_time_wait: 10,
             crit_time_wait: 100,
             min_hit_ratio: 0.5,
+            min_lookups: 5,
         }
     }
 
     fn status(connected: bool, tw: u64, ratio: f64, hits: u64) -> Value {
         json!({
-            "cache": {"hit_ratio": ratio, "hits": hits, "negative_hits": 0, "misses": 1, "entries": 3},
+            "cache": {"hit_ratio": ratio, "hits": hits, "negative_hits": 0, "misses": 1, "entries": 3,
+                      "recent": {"hit_ratio": ratio, "lookups": hits + 1, "seconds": 300}},
             "upstream": {"classes": {"unix": {"connected": connected}}},
             "time_wait": {"port_111": tw},
             "requests": {"total": 9},
@@ -144,5 +178,41 @@ mod tests {
         assert_eq!(s, CheckState::Critical);
         assert!(line.starts_with("CRITICAL: cannot reach the daemon at /x"));
         assert_eq!(check_verdict(Ok(json!({})), &a).0, CheckState::Unknown);
+    }
+
+    #[test]
+    fn the_hit_ratio_is_judged_over_the_recent_window_with_enough_lookups() {
+        let a = args();
+        // A fresh daemon, a few lookups old: 0.000 but not judged.
+        let mut v = status(true, 0, 0.0, 0);
+        v["cache"]["recent"] = json!({"hit_ratio": 0.0, "lookups": 3, "seconds": 40});
+        let (s, line) = check_verdict(Ok(v), &a);
+        assert_eq!(s, CheckState::Ok, "{line}");
+        assert!(
+            line.contains("not judged: 3 lookups over the last 40s, fewer than --min-lookups 5"),
+            "{line}"
+        );
+        // Enough recent lookups, a bad recent ratio, however good the life.
+        let mut v = status(true, 0, 0.99, 999);
+        v["cache"]["recent"] = json!({"hit_ratio": 0.2, "lookups": 50, "seconds": 300});
+        let (s, line) = check_verdict(Ok(v), &a);
+        assert_eq!(s, CheckState::Warning, "{line}");
+        assert!(
+            line.contains("hit ratio 0.200 below 0.5 over the last 5m (50 lookups)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("hit_ratio=0.2000;0.5;;0;1 recent_lookups=50"),
+            "{line}"
+        );
+        // And the other way round: a bad life, a good recent window.
+        let mut v = status(true, 0, 0.1, 9);
+        v["cache"]["recent"] = json!({"hit_ratio": 0.9, "lookups": 50, "seconds": 300});
+        let (s, line) = check_verdict(Ok(v), &a);
+        assert_eq!(s, CheckState::Ok, "{line}");
+        assert!(
+            line.contains("hit ratio 90.0% over the last 5m (50 lookups)"),
+            "{line}"
+        );
     }
 }

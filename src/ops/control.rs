@@ -160,6 +160,24 @@ fn limits(proxy: &Proxy) -> Value {
     })
 }
 
+/// Lookups of the last few minutes (what `check` judges), per 10-s bucket.
+fn recent(proxy: &Proxy) -> Value {
+    let (answered, misses) = proxy.lookup_counts();
+    let r = proxy
+        .recent
+        .over(tokio::time::Instant::now(), answered, misses);
+    json!({
+        "window_seconds": crate::proxy::metrics::RECENT_WINDOW.as_secs(),
+        "seconds": r.seconds,
+        "lookups": r.answered + r.misses,
+        "answered": r.answered,
+        "misses": r.misses,
+        "hit_ratio": ratio(r.answered, r.answered + r.misses),
+        "bucket_seconds": crate::proxy::metrics::RECENT_BUCKET.as_secs(),
+        "buckets": r.buckets,
+    })
+}
+
 fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
         0.0
@@ -283,6 +301,7 @@ pub fn status(ctx: &Context) -> Value {
             "negative_ttl_seconds": config.negative_ttl.as_secs_f64(),
             "serve_stale_seconds": config.serve_stale.as_secs_f64(),
             "refresh_seconds": ctx.refresh.as_secs_f64(),
+            "recent": recent(proxy),
         },
         "upstream": {
             "classes": classes,

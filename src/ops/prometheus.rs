@@ -287,6 +287,32 @@ pub fn prometheus(v: &Value) -> String {
             })
             .collect(),
     );
+    // Every client limit: how often it bit, and its setting.
+    const LIMITS: [(&str, &str, &str); 5] = [
+        ("max_connections", "refused", "limit"),
+        ("max_in_flight", "reached", "limit"),
+        ("idle_timeout", "closed", "seconds"),
+        ("record_timeout", "closed", "seconds"),
+        ("max_udp_reply", "too_large", "limit"),
+    ];
+    let sample = |l: &str, what: &str| {
+        (
+            format!("{{limit=\"{l}\"}}"),
+            f(v, &format!("/limits/{l}/{what}")).max(u(v, &format!("/limits/{l}/{what}")) as f64),
+        )
+    };
+    metric(
+        "limit_hits_total",
+        "counter",
+        "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply).",
+        LIMITS.iter().map(|(l, hits, _)| sample(l, hits)).collect(),
+    );
+    metric(
+        "limit",
+        "gauge",
+        "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes).",
+        LIMITS.iter().map(|(l, _, set)| sample(l, set)).collect(),
+    );
     let enabled = v.pointer("/intercept/enabled").and_then(Value::as_bool) == Some(true);
     metric(
         "intercept_enabled",

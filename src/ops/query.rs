@@ -197,6 +197,9 @@ pub fn format_short(list: &[rpcb::RpcbEntry], names: &BTreeMap<u32, String>) -> 
 pub fn query(args: QueryArgs) -> ExitCode {
     let unix = Via::Unix(&args.socket);
     let result = match (&args.lookup, args.portmap, args.short) {
+        (Some(_), true, _) | (Some(_), _, true) => {
+            Err("-p and -s list everything; give them without getport or getaddr".into())
+        }
         (None, true, _) => rpc_call(&unix, 2, 4, &[])
             .and_then(|b| rpcb::decode_pmaplist(&b).map_err(|e| e.to_string()))
             .map(|l| format_portmap(&l, &rpc_names())),

@@ -112,6 +112,7 @@ pub fn human(v: &Value) -> String {
             u(v, "/time_wait/proxy_ports")
         ),
     );
+    row(&mut o, "limits", limits_line(v));
     if let Some(line) = intercept_line(v) {
         row(&mut o, "intercept", line);
     }
@@ -152,6 +153,25 @@ pub fn human(v: &Value) -> String {
         let _ = write!(o, "\ntop clients\n{table}");
     }
     o
+}
+
+/// Each client limit, its setting and how often it bit.
+fn limits_line(v: &Value) -> String {
+    let secs =
+        |p: &str| crate::proxy::logs::human(std::time::Duration::from_secs_f64(f(v, p).max(0.0)));
+    format!(
+        "max-connections {} (refused {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {})",
+        u(v, "/limits/max_connections/limit"),
+        u(v, "/limits/max_connections/refused"),
+        u(v, "/limits/max_in_flight/limit"),
+        u(v, "/limits/max_in_flight/reached"),
+        secs("/limits/idle_timeout/seconds"),
+        u(v, "/limits/idle_timeout/closed"),
+        secs("/limits/record_timeout/seconds"),
+        u(v, "/limits/record_timeout/closed"),
+        u(v, "/limits/max_udp_reply/limit"),
+        u(v, "/limits/max_udp_reply/too_large"),
+    )
 }
 
 /// Transparent mode in one line: on with what it redirected, or why not.

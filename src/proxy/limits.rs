@@ -2,9 +2,16 @@
 //! when it bites (`status` shows them), all reloadable with SIGHUP.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::warn;
+
 use crate::proxy::clients::Clients;
+use crate::proxy::logs::{human, Throttle};
+
+/// Refused connections are logged at most once per this window.
+pub const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// The limits as configured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,7 +50,7 @@ impl Default for LimitsConfig {
 /// The live limits and how often each was hit.
 #[derive(Debug)]
 pub struct Limits {
-    max_connections: AtomicUsize,
+    max_connections: Arc<AtomicUsize>,
     max_in_flight: AtomicUsize,
     idle_timeout_ms: AtomicU64,
     record_timeout_ms: AtomicU64,
@@ -53,12 +60,28 @@ pub struct Limits {
     pub idle_closed: AtomicU64,
     pub record_timeouts: AtomicU64,
     pub udp_too_large: AtomicU64,
+    /// Says refused connections: the first at once, then one line per
+    /// window with how many.
+    refused_log: Arc<Throttle>,
 }
 
 impl Limits {
     pub fn new(c: LimitsConfig) -> Limits {
+        let max_connections = Arc::new(AtomicUsize::new(0));
+        let limit = max_connections.clone();
+        let refused_log = Arc::new(Throttle::new(REFUSED_LOG_WINDOW, move |n, over| {
+            let limit = limit.load(Ordering::Relaxed);
+            if over.is_zero() {
+                warn!("max-connections {limit} reached: refused a new client (further refusals are counted and logged at most every {})", human(REFUSED_LOG_WINDOW));
+            } else {
+                warn!(
+                    "max-connections {limit} reached: refused {n} new clients in the last {}",
+                    human(over)
+                );
+            }
+        }));
         let l = Limits {
-            max_connections: AtomicUsize::new(0),
+            max_connections,
             max_in_flight: AtomicUsize::new(0),
             idle_timeout_ms: AtomicU64::new(0),
             record_timeout_ms: AtomicU64::new(0),
@@ -68,6 +91,7 @@ impl Limits {
             idle_closed: AtomicU64::new(0),
             record_timeouts: AtomicU64::new(0),
             udp_too_large: AtomicU64::new(0),
+            refused_log,
         };
         l.set(c);
         l
@@ -116,6 +140,7 @@ impl Limits {
         let connected = clients.connected.load(Ordering::Relaxed).max(0) as usize;
         if connected >= self.max_connections.load(Ordering::Relaxed) {
             self.connections_refused.fetch_add(1, Ordering::Relaxed);
+            self.refused_log.event();
             true
         } else {
             false

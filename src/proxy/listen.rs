@@ -48,7 +48,7 @@ pub enum ListenSpec {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("bad listen spec {spec:?}: {why} (expected unix:PATH, tcp:HOST:PORT or udp:HOST:PORT)")]
+#[error("bad listen spec {spec:?}: {why} (expected unix:PATH, unix:@NAME, tcp:HOST:PORT or udp:HOST:PORT)")]
 pub struct SpecError {
     pub spec: String,
     pub why: &'static str,
@@ -175,7 +175,7 @@ pub async fn bind_unix_socket(path: &Path) -> io::Result<(UnixListener, UnixSock
 
 async fn bind_unix(path: &Path) -> io::Result<Bound> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        ensure_socket_dir(dir)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -199,6 +199,25 @@ async fn bind_unix(path: &Path) -> io::Result<Bound> {
     // 0666 like rpcbind's own socket: any local user may look things up.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(Bound::Unix(listener, Some(guard)))
+}
+
+/// A missing directory for a socket is created only under /run (the
+/// runtime directory, e.g. /run/rpcbind-proxy, empty after every boot);
+/// anywhere else it is most likely a typo, refused rather than created.
+fn ensure_socket_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if dir.starts_with("/run") && dir != Path::new("/run") {
+        return std::fs::create_dir_all(dir);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "directory {} does not exist (only directories under /run are created)",
+            dir.display()
+        ),
+    ))
 }
 
 /// A listener systemd passed (socket activation), ready to serve, with the

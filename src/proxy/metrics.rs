@@ -3,7 +3,10 @@
 //! `clients`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::protocol::rpcb::Procedure;
 
@@ -93,6 +96,110 @@ impl ProcCounters {
     }
 }
 
+/// The span the recent hit ratio is judged over.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(300);
+/// How often the cumulative lookup counters are noted for it.
+pub const RECENT_BUCKET: Duration = Duration::from_secs(10);
+
+/// Lookups answered without rpcbind, and misses, as cumulative counts at
+/// one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    at: tokio::time::Instant,
+    answered: u64,
+    misses: u64,
+}
+
+/// The hit ratio over the last [`RECENT_WINDOW`]: the cumulative counters
+/// noted every [`RECENT_BUCKET`] (by a loop that runs anyway, nothing on
+/// the lookup path), 31 notes at most.
+#[derive(Debug)]
+pub struct Recent {
+    notes: Mutex<std::collections::VecDeque<Snapshot>>,
+}
+
+/// Lookups over a recent span.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecentLookups {
+    /// How long the span is: the window, or less on a young daemon.
+    pub seconds: u64,
+    pub answered: u64,
+    pub misses: u64,
+    /// (answered, misses) per bucket, oldest first; the last one is the
+    /// bucket in progress.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl Recent {
+    /// Starts with a note of zero lookups at `now` (the daemon's start).
+    pub fn new(now: tokio::time::Instant) -> Recent {
+        Recent {
+            notes: Mutex::new(
+                [Snapshot {
+                    at: now,
+                    answered: 0,
+                    misses: 0,
+                }]
+                .into(),
+            ),
+        }
+    }
+
+    /// Notes the cumulative counts if a bucket has passed since the last
+    /// note; forgets notes no longer needed to cover the window.
+    pub fn tick(&self, now: tokio::time::Instant, answered: u64, misses: u64) {
+        let mut notes = self.notes.lock().unwrap();
+        if notes
+            .back()
+            .is_some_and(|last| now.duration_since(last.at) < RECENT_BUCKET)
+        {
+            return;
+        }
+        notes.push_back(Snapshot {
+            at: now,
+            answered,
+            misses,
+        });
+        while notes.len() > 1 && now.duration_since(notes[1].at) >= RECENT_WINDOW {
+            notes.pop_front();
+        }
+    }
+
+    /// The lookups since the newest note at least a window old (or the
+    /// oldest note), given the cumulative counts now.
+    pub fn over(&self, now: tokio::time::Instant, answered: u64, misses: u64) -> RecentLookups {
+        let notes = self.notes.lock().unwrap();
+        let start = notes
+            .iter()
+            .rposition(|n| now.duration_since(n.at) >= RECENT_WINDOW)
+            .unwrap_or(0);
+        let base = notes[start];
+        let mut buckets = Vec::with_capacity(notes.len() - start);
+        let mut prev = base;
+        for n in notes
+            .iter()
+            .skip(start + 1)
+            .chain(std::iter::once(&Snapshot {
+                at: now,
+                answered,
+                misses,
+            }))
+        {
+            buckets.push((
+                n.answered.saturating_sub(prev.answered),
+                n.misses.saturating_sub(prev.misses),
+            ));
+            prev = *n;
+        }
+        RecentLookups {
+            seconds: now.duration_since(base.at).as_secs(),
+            answered: answered.saturating_sub(base.answered),
+            misses: misses.saturating_sub(base.misses),
+            buckets,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +215,38 @@ mod tests {
         h.record(Duration::from_millis(3));
         assert_eq!(h.quantile_us(0.5), Some(32));
         assert_eq!(h.quantile_us(0.99), Some(4096));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_recent_ratio_covers_the_last_five_minutes_only() {
+        let t0 = tokio::time::Instant::now();
+        let r = Recent::new(t0);
+        // A young daemon: the span is its life so far.
+        let young = r.over(t0 + Duration::from_secs(25), 1, 3);
+        assert_eq!((young.seconds, young.answered, young.misses), (25, 1, 3));
+        // Ten minutes: 100 misses in the first five, then 900 hits, with the
+        // counters noted every second (the refresh loop).
+        let (mut answered, mut misses) = (0, 0);
+        for s in 1..=600u64 {
+            if s <= 300 {
+                misses += 1;
+            } else {
+                answered += 3;
+            }
+            r.tick(t0 + Duration::from_secs(s), answered, misses);
+        }
+        let now = t0 + Duration::from_secs(605);
+        let v = r.over(now, answered, misses);
+        assert!((300..=310).contains(&v.seconds), "{v:?}");
+        assert_eq!(v.misses, 0, "the misses are older than the window: {v:?}");
+        assert!(v.answered >= 900, "{v:?}");
+        assert_eq!(
+            v.buckets.iter().map(|b| b.0).sum::<u64>(),
+            v.answered,
+            "the buckets add up"
+        );
+        assert!(v.buckets.len() <= 32, "{}", v.buckets.len());
+        assert!(r.notes.lock().unwrap().len() <= 32, "bounded");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! local answers (`service`), who may do what (`policy`), the coherent cache
 //! (`cache`), the persistent upstream connections (`upstream`), the client
 //! limits (`limits`), who each client is (`attribution`) and how much it
-//! asks (`clients`), and the counters the path bumps (`metrics`). It imports
+//! asks (`clients`), the counters the path bumps (`metrics`) and the log
+//! lines of repeated events (`logs`). It imports
 //! `protocol` for the wire formats and `host` for the few raw syscalls it
 //! needs; it never imports `ops` (operator commands read its counters, not
 //! the other way round) nor the top-level daemon, CLI or config modules.
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod clients;
 pub mod limits;
 pub mod listen;
+pub mod logs;
 pub mod metrics;
 pub mod policy;
 pub mod service;

@@ -23,7 +23,7 @@ use crate::proxy::attribution::Attributor;
 use crate::proxy::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
 use crate::proxy::clients::Clients;
 use crate::proxy::limits::{Limits, LimitsConfig};
-use crate::proxy::metrics::ProcCounters;
+use crate::proxy::metrics::{ProcCounters, Recent};
 use crate::proxy::policy::{
     callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route,
 };
@@ -85,6 +85,9 @@ pub struct Proxy {
     /// Names the process, user and unit behind each client.
     pub attribution: Attributor,
     pub limits: Limits,
+    /// Lookups of the last few minutes, for a hit ratio that is not the
+    /// whole life's.
+    pub recent: Recent,
     pub started: std::time::Instant,
     /// Every task serving a client: shutdown waits for them (bounded).
     pub tasks: TaskTracker,
@@ -127,6 +130,7 @@ impl Proxy {
             clients: Clients::default(),
             attribution: Attributor::new(true),
             limits: Limits::new(LimitsConfig::default()),
+            recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
             refresh_ms: AtomicU64::new(refresh.as_millis() as u64),
@@ -138,6 +142,17 @@ impl Proxy {
     /// rpcbind's TCP/UDP port.
     pub fn rpcbind_port(&self) -> u16 {
         self.rpcbind.port
+    }
+
+    /// Lookups answered without asking rpcbind (hits, negative hits,
+    /// coalesced) and misses, since start.
+    pub fn lookup_counts(&self) -> (u64, u64) {
+        let c = &self.cache.stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            load(&c.hits) + load(&c.negative_hits) + load(&c.coalesced),
+            load(&c.misses),
+        )
     }
 
     pub fn upstream(&self, class: Class) -> &Upstream {
@@ -496,6 +511,9 @@ impl Proxy {
             next = (next + period).max(tokio::time::Instant::now());
             self.heartbeat_ms
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let (answered, misses) = self.lookup_counts();
+            self.recent
+                .tick(tokio::time::Instant::now(), answered, misses);
             if let Ok(reply) = self.dump().await {
                 self.compare_registrations(reply);
             }

@@ -27,10 +27,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::host::netfilter::set_mark;
 use crate::protocol::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
+use crate::proxy::logs::{human, Outage, Said};
 use crate::proxy::metrics::Histogram;
 
 /// Where rpcbind is reached for one class of calls.
@@ -171,6 +172,8 @@ impl Drop for PendingGuard<'_> {
 struct Reconnect {
     next_attempt: Option<Instant>,
     backoff: Duration,
+    /// What the log has said about reaching rpcbind.
+    outage: Outage,
 }
 
 /// A lazily opened, self-healing connection to rpcbind for one class.
@@ -198,6 +201,7 @@ impl Upstream {
             connecting: tokio::sync::Mutex::new(Reconnect {
                 next_attempt: None,
                 backoff: BACKOFF_MIN,
+                outage: Outage::default(),
             }),
             stats: Arc::default(),
             mark: None,
@@ -267,7 +271,15 @@ impl Upstream {
                 rc.next_attempt = None;
                 rc.backoff = BACKOFF_MIN;
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                debug!(target = %self.target, "connected to rpcbind");
+                match rc.outage.connected(Instant::now()) {
+                    Said::First => info!("connected to rpcbind at {}", self.target),
+                    Said::Back(down) => info!(
+                        "rpcbind at {} reachable again after {} unreachable",
+                        self.target,
+                        human(down)
+                    ),
+                    _ => debug!(target = %self.target, "connected to rpcbind"),
+                }
                 *self.current.lock().unwrap() = Some(conn.clone());
                 Ok(conn)
             }
@@ -277,7 +289,21 @@ impl Upstream {
                     _ => "timed out".to_string(),
                 };
                 self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(target = %self.target, error = %err, retry_in = ?rc.backoff, "cannot connect to rpcbind");
+                // Said when the outage starts, then once a minute, not at
+                // every attempt.
+                match rc.outage.failed(Instant::now()) {
+                    Said::Lost => warn!(
+                        "cannot reach rpcbind at {}: {err}; retrying with a backoff of up to {}; clients get SYSTEM_ERR (or a stale answer within serve-stale) meanwhile",
+                        self.target,
+                        human(BACKOFF_MAX)
+                    ),
+                    Said::StillDown(down, attempts) => warn!(
+                        "rpcbind at {} still unreachable after {} ({attempts} attempts): {err}",
+                        self.target,
+                        human(down)
+                    ),
+                    _ => debug!(target = %self.target, error = %err, retry_in = ?rc.backoff, "cannot connect to rpcbind"),
+                }
                 rc.next_attempt = Some(Instant::now() + rc.backoff);
                 rc.backoff = (rc.backoff * 2).min(BACKOFF_MAX);
                 Err(UpstreamError::Unavailable)
