@@ -18,33 +18,141 @@ fn with_args(args: &[&str]) -> Options {
     }
 }
 
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (never
+/// lowering the hard one: tests in this binary run side by side), which must
+/// be at least `need`.
+fn raise_nofile(need: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= need,
+        "RLIMIT_NOFILE's hard limit {hard} is below {need}"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raising RLIMIT_NOFILE");
+}
+
 #[test]
-fn at_the_connection_limit_new_clients_are_refused_and_old_ones_served() {
+fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     run_with(with_args(&["--max-connections", "5"]), |sb| async move {
         let mut held = Vec::new();
         for _ in 0..5 {
-            held.push(UnixStream::connect(sb.proxy_unix()).await.unwrap());
+            held.push(
+                Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+                    .await
+                    .unwrap(),
+            );
         }
-        // Let the proxy count them as connected.
-        let mut n = 0;
-        while sb.status().await["clients"]["connected"] != 5 {
-            n += 1;
-            assert!(n < 100, "the five clients were never counted");
+        // Each answered once, the third first: it is the longest idle
+        // (neither the first connected nor the last).
+        for i in [2, 0, 1, 3, 4] {
+            let out = held[i].call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "held client {i}: {out}");
         }
-        let mut extra = UnixStream::connect(sb.proxy_unix()).await.unwrap();
-        time_to_close(&mut extra, Duration::from_secs(5)).await;
-        let mut old = Conn::from_std_unix(held.pop().unwrap().into_std().unwrap()).unwrap();
-        let out = old.call(&getport_call(100000)).await;
+        let mut extra = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+            .await
+            .unwrap();
+        let out = extra.call(&getport_call(100000).fresh()).await;
         assert_eq!(
-            decode_u32(&out.expect_results("an existing client")).unwrap(),
+            decode_u32(&out.expect_results("the newcomer")).unwrap(),
             111
         );
-        assert!(
-            sb.status().await["limits"]["max_connections"]["refused"]
-                .as_u64()
+        // The longest idle (held[2]) was closed; the others are served.
+        let Conn::Stream(s) = &mut held[2] else {
+            unreachable!()
+        };
+        time_to_close(s.as_mut(), Duration::from_secs(5)).await;
+        for i in [0, 1, 3, 4] {
+            let out = held[i].call(&getport_call(100000).fresh()).await;
+            assert!(
+                out.is_success(),
+                "held client {i} after the eviction: {out}"
+            );
+        }
+        let v = sb.status().await;
+        assert_eq!(v["limits"]["max_connections"]["evicted"], 1);
+        assert_eq!(v["limits"]["max_connections"]["refused"], 0);
+        assert_eq!(v["limits"]["max_connections"]["connected"], 5);
+    });
+}
+
+/// The measured failure (issue 12): one unprivileged user holding more idle
+/// connections than the limit locked every other client out until the idle
+/// timeout. Now the flood only ever evicts its own, and another user's
+/// client is admitted and served at its full rate.
+#[test]
+fn ten_thousand_idle_connections_of_one_user_do_not_lock_out_another() {
+    run(|sb| async move {
+        raise_nofile(11_000);
+        let mut idle = Vec::with_capacity(10_000);
+        for i in 0..10_000 {
+            match sb.connect_unix_as(&sb.proxy_unix(), 65534, 65534).await {
+                Ok(c) => idle.push(c),
+                Err(e) => panic!("idle connection {i} as uid 65534: {e}"),
+            }
+        }
+        // A blocking connect, as libtirpc's: the proxy's backlog may still
+        // be full of the flood (a non-blocking one would fail with EAGAIN).
+        let path = sb.proxy_unix();
+        let std =
+            tokio::task::spawn_blocking(move || std::os::unix::net::UnixStream::connect(path))
+                .await
                 .unwrap()
-                >= 1
+                .unwrap();
+        let mut conn = Conn::from_std_unix(std).unwrap();
+        let start = Instant::now();
+        for i in 0..1000 {
+            let out = conn.call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "lookup {i}: {out}");
+        }
+        eprintln!(
+            "1000 lookups beside 10,000 idle connections of another user: {:?}",
+            start.elapsed()
         );
+        let v = sb.status().await;
+        let limit = &v["limits"]["max_connections"];
+        println!("{limit}");
+        assert_eq!(limit["refused"], 0);
+        assert!(limit["connected"].as_u64().unwrap() <= 4096);
+        assert!(limit["evicted"].as_u64().unwrap() > 10_000 - 4096);
+    });
+}
+
+/// The share: a user at its share evicts its own connections, never the
+/// idler ones of a user below it.
+#[test]
+fn a_flooding_user_cannot_evict_another_users_idle_connections() {
+    run_with(with_args(&["--max-connections", "8"]), |sb| async move {
+        // Root's three, opened first and never used again: the idlest.
+        let mut mine = Vec::new();
+        for _ in 0..3 {
+            mine.push(
+                Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut flood = Vec::new();
+        for _ in 0..40 {
+            flood.push(
+                sb.connect_unix_as(&sb.proxy_unix(), 65534, 65534)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // The newest of the flood is served (it evicted an older one).
+        let out = flood
+            .last_mut()
+            .unwrap()
+            .call(&getport_call(100000).fresh())
+            .await;
+        assert!(out.is_success(), "the flood's newest: {out}");
+        for (i, c) in mine.iter_mut().enumerate() {
+            let out = c.call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "root's connection {i}: {out}");
+        }
+        let v = sb.status().await;
+        assert_eq!(v["limits"]["max_connections"]["evicted"], 40 + 3 - 8);
+        assert_eq!(v["limits"]["max_connections"]["refused"], 0);
     });
 }
 
@@ -134,8 +242,7 @@ fn a_pipelining_client_is_held_to_its_in_flight_limit_and_answered_in_order() {
 #[test]
 fn thousands_of_idle_connections_do_not_starve_an_active_client() {
     run(|sb| async move {
-        let _ =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 8192, 8192);
+        raise_nofile(3_000);
         let mut idle = Vec::new();
         for _ in 0..2000 {
             idle.push(UnixStream::connect(sb.proxy_unix()).await.unwrap());

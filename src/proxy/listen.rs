@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use crate::host::sys::Inherited;
 use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
+use crate::proxy::limits::{Admitted, Owner};
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
 
@@ -250,14 +251,14 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, _)) => {
-                        if proxy.limits.at_connection_limit(&proxy.clients) {
-                            continue;
-                        }
                         let peer = match stream.peer_cred() {
                             Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                             Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
                         };
-                        proxy.tasks.spawn(serve_stream(stream, peer, proxy.clone(), shutdown.clone()));
+                        let Some(admitted) = proxy.limits.admit(Owner::of(&peer)) else {
+                            continue;
+                        };
+                        proxy.tasks.spawn(serve_stream(stream, peer, admitted, proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -268,12 +269,16 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
-                        if proxy.limits.at_connection_limit(&proxy.clients) {
+                        let owner = match stream.local_addr() {
+                            Ok(server) => Owner::tcp(addr, server),
+                            Err(_) => Owner::OtherIp,
+                        };
+                        let Some(admitted) = proxy.limits.admit(owner) else {
                             close_without_time_wait(stream);
                             continue;
-                        }
+                        };
                         let _ = stream.set_nodelay(true);
-                        proxy.tasks.spawn(serve_tcp(stream, Peer::Tcp(addr), proxy.clone(), shutdown.clone()));
+                        proxy.tasks.spawn(serve_tcp(stream, Peer::Tcp(addr), admitted, proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -320,11 +325,12 @@ fn close_without_time_wait(stream: TcpStream) {
 async fn serve_tcp(
     stream: TcpStream,
     peer: Peer,
+    admitted: Admitted,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
 ) {
     reset_on_close(&stream);
-    serve_stream(stream, peer, proxy, shutdown).await;
+    serve_stream(stream, peer, admitted, proxy, shutdown).await;
 }
 
 type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
@@ -340,6 +346,7 @@ type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 async fn serve_stream<S>(
     stream: S,
     peer: Peer,
+    admitted: Admitted,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -362,6 +369,9 @@ async fn serve_stream<S>(
     tokio::pin!(timer);
     let stop = shutdown.changed();
     tokio::pin!(stop);
+    // Told when the connection is evicted at the connection limit.
+    let evicted = admitted.evicted();
+    tokio::pin!(evicted);
     loop {
         let max_in_flight = limits.max_in_flight();
         tokio::select! {
@@ -371,6 +381,7 @@ async fn serve_stream<S>(
                     Ok(_) => {
                         let now = Instant::now();
                         last_activity = now;
+                        admitted.touch(now);
                         loop {
                             match codec.decode(&mut inbuf) {
                                 // Cache hits are answered right here, while
@@ -408,6 +419,7 @@ async fn serve_stream<S>(
                         if replies.len() >= max_in_flight {
                             limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
                         }
+                        admitted.set_busy(!replies.is_empty());
                         partial_since = match (codec.is_mid_record(&inbuf), partial_since) {
                             (false, _) => None,
                             (true, Some(t)) => Some(t),
@@ -427,8 +439,14 @@ async fn serve_stream<S>(
                 }
             },
             _ = &mut stop, if !eof => eof = true,
+            () = &mut evicted, if !eof || !replies.is_empty() => {
+                debug!(?peer, "evicted at the connection limit; closing");
+                break;
+            },
             Some(outcome) = replies.next(), if !replies.is_empty() => {
                 last_activity = Instant::now();
+                admitted.touch(last_activity);
+                admitted.set_busy(!replies.is_empty());
                 if !append_reply(&mut out, outcome) {
                     break;
                 }
