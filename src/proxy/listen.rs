@@ -27,7 +27,7 @@ use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
 use crate::host::sys::Inherited;
-use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
+use crate::protocol::rpc::{put_record, set_xid, RecordCodec, RecordError, MAX_CLIENT_RECORD};
 use crate::proxy::limits::{Admitted, Owner};
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
@@ -362,6 +362,8 @@ async fn serve_stream<S>(
     let mut eof = false;
     let mut last_activity = Instant::now();
     let mut partial_since: Option<Instant> = None;
+    // Whole records are buffered that the in-flight limit holds back.
+    let mut held = false;
     // One timer and one shutdown future for the connection's life, not one
     // per loop round: the timer is moved only when it fires early or a
     // partial record needs an earlier deadline.
@@ -375,41 +377,20 @@ async fn serve_stream<S>(
     loop {
         let max_in_flight = limits.max_in_flight();
         tokio::select! {
-            read = rd.read_buf(&mut inbuf), if !eof && replies.len() < max_in_flight => {
+            read = rd.read_buf(&mut inbuf), if !eof && !held && replies.len() < max_in_flight => {
                 match read {
                     Ok(0) => eof = true,
                     Ok(_) => {
                         let now = Instant::now();
                         last_activity = now;
                         admitted.touch(now);
-                        loop {
-                            match codec.decode(&mut inbuf) {
-                                // Cache hits are answered right here, while
-                                // nothing earlier is still pending (replies
-                                // go out in order), and written together.
-                                Ok(Some(record)) => {
-                                    let now = if replies.is_empty() {
-                                        proxy.answer_now(&record, peer)
-                                    } else {
-                                        None
-                                    };
-                                    match now {
-                                        Some(outcome) => {
-                                            append_reply(&mut out, outcome);
-                                        }
-                                        None => {
-                                            let proxy = proxy.clone();
-                                            replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
-                                        }
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    debug!(?peer, error = %e, "bad framing; closing");
-                                    return;
-                                }
+                        held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &proxy, peer, max_in_flight) {
+                            Ok(held) => held,
+                            Err(e) => {
+                                debug!(?peer, error = %e, "bad framing; closing");
+                                return;
                             }
-                        }
+                        };
                         if !out.is_empty() {
                             if wr.write_all(&out).await.is_err() {
                                 break;
@@ -420,7 +401,9 @@ async fn serve_stream<S>(
                             limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
                         }
                         admitted.set_busy(!replies.is_empty());
-                        partial_since = match (codec.is_mid_record(&inbuf), partial_since) {
+                        // Whole records held back by the in-flight limit
+                        // are the proxy's wait, not the client's.
+                        partial_since = match (!held && codec.is_mid_record(&inbuf), partial_since) {
                             (false, _) => None,
                             (true, Some(t)) => Some(t),
                             (true, None) => {
@@ -446,10 +429,29 @@ async fn serve_stream<S>(
             Some(outcome) = replies.next(), if !replies.is_empty() => {
                 last_activity = Instant::now();
                 admitted.touch(last_activity);
-                admitted.set_busy(!replies.is_empty());
                 if !append_reply(&mut out, outcome) {
                     break;
                 }
+                // A place came free: the next record the limit held back
+                // goes now (max-in-flight holds exactly, however many
+                // records one read brought).
+                if held {
+                    held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &proxy, peer, max_in_flight) {
+                        Ok(held) => held,
+                        Err(e) => {
+                            debug!(?peer, error = %e, "bad framing; closing");
+                            break;
+                        }
+                    };
+                    if !held && codec.is_mid_record(&inbuf) && partial_since.is_none() {
+                        partial_since = Some(last_activity);
+                        let due = last_activity + limits.record_timeout();
+                        if due < timer.deadline() {
+                            timer.as_mut().reset(due);
+                        }
+                    }
+                }
+                admitted.set_busy(!replies.is_empty());
                 if !out.is_empty() {
                     if wr.write_all(&out).await.is_err() {
                         break;
@@ -482,6 +484,42 @@ async fn serve_stream<S>(
         }
     }
     // Dropping `rd` and `wr` closes the stream.
+}
+
+/// Takes the buffered records while fewer than `max_in_flight` calls are in
+/// flight: cache hits are answered into `out` right here, while nothing
+/// earlier is still pending (replies go out in order), and written together;
+/// the rest queue in `replies`. True when it stopped at the limit with bytes
+/// still buffered (there may be whole records among them).
+fn take_records(
+    codec: &mut RecordCodec,
+    inbuf: &mut BytesMut,
+    replies: &mut FuturesOrdered<Pending>,
+    out: &mut BytesMut,
+    proxy: &Arc<Proxy>,
+    peer: Peer,
+    max_in_flight: usize,
+) -> Result<bool, RecordError> {
+    while replies.len() < max_in_flight {
+        let Some(record) = codec.decode(inbuf)? else {
+            return Ok(false);
+        };
+        let now = if replies.is_empty() {
+            proxy.answer_now(&record, peer)
+        } else {
+            None
+        };
+        match now {
+            Some(outcome) => {
+                append_reply(out, outcome);
+            }
+            None => {
+                let proxy = proxy.clone();
+                replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
+            }
+        }
+    }
+    Ok(!inbuf.is_empty())
 }
 
 /// Appends an outcome's reply, record-marked, to `out`; false to close.
