@@ -355,3 +355,56 @@ fn records_held_back_by_the_in_flight_limit_are_not_a_slow_sender() {
         },
     );
 }
+
+/// A flood of UDP misses is bounded per listener: at most 256 wait for
+/// rpcbind, the rest are dropped (counted), and the listener answers again
+/// once rpcbind does.
+#[test]
+fn udp_misses_are_bounded_and_the_excess_dropped() {
+    // Nothing times out while rpcbind is stopped.
+    run_with(with_args(&["--upstream-timeout", "30"]), |sb| async move {
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Udp))
+            .await
+            .unwrap();
+        // Enough that more than 256 get past the socket buffer.
+        let n = 1000;
+        for i in 0..n {
+            conn.send(&getport_call(920_000 + i).encode())
+                .await
+                .unwrap();
+        }
+        let mut seen_full = 0;
+        for round in 0.. {
+            assert!(round < 1000, "the listener never held 256 calls");
+            let v = sb.status().await;
+            let in_flight = v["upstream"]["in_flight"].as_u64().unwrap();
+            // 256, and maybe the refresh loop's DUMP.
+            assert!(in_flight <= 257, "{in_flight} calls in flight at rpcbind");
+            if in_flight >= 256 && v["limits"]["udp_in_flight"]["dropped"].as_u64().unwrap() > 0 {
+                seen_full += 1;
+                if seen_full == 5 {
+                    break;
+                }
+            }
+        }
+        sb.signal_rpcbind(Signal::SIGCONT);
+        for round in 0.. {
+            assert!(round < 1000, "the calls held never drained");
+            if sb.status().await["upstream"]["in_flight"] == 0 {
+                break;
+            }
+        }
+        let out = conn.call(&getport_call(100000).fresh()).await;
+        assert!(
+            out.is_success(),
+            "after the flood: {out}; {}",
+            sb.status().await
+        );
+        let dropped = sb.status().await["limits"]["udp_in_flight"]["dropped"]
+            .as_u64()
+            .unwrap();
+        println!("{dropped} of {n} dropped");
+        assert!(dropped <= n as u64 - 256);
+    });
+}

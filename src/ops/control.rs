@@ -157,6 +157,7 @@ fn limits(proxy: &Proxy) -> Value {
         "idle_timeout": {"seconds": c.idle_timeout.as_secs_f64(), "closed": load(&l.idle_closed)},
         "record_timeout": {"seconds": c.record_timeout.as_secs_f64(), "closed": load(&l.record_timeouts)},
         "max_udp_reply": {"limit": c.max_udp_reply, "too_large": load(&l.udp_too_large)},
+        "udp_in_flight": {"limit": crate::proxy::listen::UDP_MAX_IN_FLIGHT, "dropped": load(&l.udp_dropped)},
     })
 }
 

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use thiserror::Error;
@@ -36,6 +36,11 @@ use crate::proxy::service::{Outcome, Proxy};
 const READ_CHUNK: usize = 4096;
 /// The largest datagram the proxy reads (the UDP maximum).
 const MAX_DATAGRAM: usize = 65535;
+/// Calls one UDP listener may have past the cache (waiting for rpcbind or a
+/// fetch) at once; beyond it datagrams are dropped and counted
+/// (`limits.udp_in_flight.dropped`), as a full socket buffer would drop them. A UDP
+/// client retries; a flood of misses cannot pile up tasks and memory.
+pub const UDP_MAX_IN_FLIGHT: usize = 256;
 
 /// A listener specification: `unix:PATH`, `tcp:HOST:PORT` or `udp:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -540,13 +545,26 @@ fn append_reply(out: &mut BytesMut, outcome: Outcome) -> bool {
 async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = BytesMut::with_capacity(MAX_DATAGRAM);
+    // Calls that went past the cache, answered by this task itself (no task
+    // per datagram), at most UDP_MAX_IN_FLIGHT at a time.
+    let mut pending: FuturesUnordered<UdpPending> = FuturesUnordered::new();
     loop {
+        // In this order: answers that are done leave `pending` before a
+        // datagram is turned away for its being full.
         let (n, from) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                // The drain waits for these as for any client's task.
+                if !pending.is_empty() {
+                    proxy.tasks.spawn(async move { while pending.next().await.is_some() {} });
+                }
+                return;
+            }
+            Some(()) = pending.next(), if !pending.is_empty() => continue,
             r = socket.recv_from(&mut buf) => match r {
                 Ok(v) => v,
                 Err(e) => { debug!(error = %e, "udp receive failed"); continue; }
             },
-            _ = shutdown.changed() => return,
         };
         // Cache hits are answered inline: no task, no copy of the request.
         if let Some(Outcome::Shared(reply, xid)) = proxy.answer_now(&buf[..n], Peer::Udp(from)) {
@@ -558,24 +576,41 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
             }
             continue;
         }
+        if pending.len() >= UDP_MAX_IN_FLIGHT {
+            // As a full socket buffer would: the client retries.
+            proxy.limits.udp_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let record = BytesMut::from(&buf[..n]);
-        let task_proxy = proxy.clone();
-        let socket = socket.clone();
-        proxy.tasks.spawn(async move {
-            let proxy = task_proxy;
-            let sent = match proxy.handle(record, Peer::Udp(from)).await {
-                Outcome::Reply(reply) => socket.send_to(&reply, from).await,
-                Outcome::Shared(reply, xid) => {
-                    let mut dg = BytesMut::from(&reply[..]);
-                    set_xid(&mut dg, xid);
-                    socket.send_to(&dg, from).await
-                }
-                Outcome::NoReply | Outcome::Close => return,
-            };
-            if let Err(e) = sent {
-                debug!(%from, error = %e, "udp send failed");
-            }
-        });
+        pending.push(Box::pin(answer_datagram(
+            socket.clone(),
+            proxy.clone(),
+            record,
+            from,
+        )));
+    }
+}
+
+type UdpPending = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Answers one datagram that missed the cache.
+async fn answer_datagram(
+    socket: Arc<UdpSocket>,
+    proxy: Arc<Proxy>,
+    record: BytesMut,
+    from: SocketAddr,
+) {
+    let sent = match proxy.handle(record, Peer::Udp(from)).await {
+        Outcome::Reply(reply) => socket.send_to(&reply, from).await,
+        Outcome::Shared(reply, xid) => {
+            let mut dg = BytesMut::from(&reply[..]);
+            set_xid(&mut dg, xid);
+            socket.send_to(&dg, from).await
+        }
+        Outcome::NoReply | Outcome::Close => return,
+    };
+    if let Err(e) = sent {
+        debug!(%from, error = %e, "udp send failed");
     }
 }
 
