@@ -88,8 +88,8 @@ pub struct ServeArgs {
     /// unreachable (0: never) [default: 30].
     #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
     pub serve_stale: Option<f64>,
-    /// Stream clients connected at once; more are closed on arrival
-    /// [default: 4096].
+    /// Stream clients connected at once; at the limit a newcomer evicts the
+    /// longest-idle connection of the user holding the most [default: 4096].
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true)]
     pub max_connections: Option<usize>,
     /// Calls one stream client may have in flight before the proxy stops

@@ -18,33 +18,149 @@ fn with_args(args: &[&str]) -> Options {
     }
 }
 
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (never
+/// lowering the hard one: tests in this binary run side by side), which must
+/// be at least `need`.
+fn raise_nofile(need: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= need,
+        "RLIMIT_NOFILE's hard limit {hard} is below {need}"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raising RLIMIT_NOFILE");
+}
+
 #[test]
-fn at_the_connection_limit_new_clients_are_refused_and_old_ones_served() {
+fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     run_with(with_args(&["--max-connections", "5"]), |sb| async move {
         let mut held = Vec::new();
         for _ in 0..5 {
-            held.push(UnixStream::connect(sb.proxy_unix()).await.unwrap());
+            held.push(
+                Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+                    .await
+                    .unwrap(),
+            );
         }
-        // Let the proxy count them as connected.
-        let mut n = 0;
-        while sb.status().await["clients"]["connected"] != 5 {
-            n += 1;
-            assert!(n < 100, "the five clients were never counted");
+        // Each answered once, the third first: it is the longest idle
+        // (neither the first connected nor the last).
+        for i in [2, 0, 1, 3, 4] {
+            let out = held[i].call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "held client {i}: {out}");
         }
-        let mut extra = UnixStream::connect(sb.proxy_unix()).await.unwrap();
-        time_to_close(&mut extra, Duration::from_secs(5)).await;
-        let mut old = Conn::from_std_unix(held.pop().unwrap().into_std().unwrap()).unwrap();
-        let out = old.call(&getport_call(100000)).await;
+        let mut extra = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+            .await
+            .unwrap();
+        let out = extra.call(&getport_call(100000).fresh()).await;
         assert_eq!(
-            decode_u32(&out.expect_results("an existing client")).unwrap(),
+            decode_u32(&out.expect_results("the newcomer")).unwrap(),
             111
         );
-        assert!(
-            sb.status().await["limits"]["max_connections"]["refused"]
-                .as_u64()
+        // The longest idle (held[2]) was closed; the others are served.
+        let Conn::Stream(s) = &mut held[2] else {
+            unreachable!()
+        };
+        time_to_close(s.as_mut(), Duration::from_secs(5)).await;
+        for i in [0, 1, 3, 4] {
+            let out = held[i].call(&getport_call(100000).fresh()).await;
+            assert!(
+                out.is_success(),
+                "held client {i} after the eviction: {out}"
+            );
+        }
+        let v = sb.status().await;
+        assert_eq!(v["limits"]["max_connections"]["evicted"], 1);
+        assert_eq!(v["limits"]["max_connections"]["refused"], 0);
+        assert_eq!(v["limits"]["max_connections"]["connected"], 5);
+    });
+}
+
+/// The measured failure (issue 12): one unprivileged user holding more idle
+/// connections than the limit locked every other client out until the idle
+/// timeout. Now the flood only ever evicts its own, and another user's
+/// client is admitted and served at its full rate.
+#[test]
+fn ten_thousand_idle_connections_of_one_user_do_not_lock_out_another() {
+    run(|sb| async move {
+        raise_nofile(11_000);
+        let mut idle = Vec::with_capacity(10_000);
+        for i in 0..10_000 {
+            match sb.connect_unix_as(&sb.proxy_unix(), 65534, 65534).await {
+                Ok(c) => idle.push(c),
+                Err(e) => panic!("idle connection {i} as uid 65534: {e}"),
+            }
+        }
+        // Every one of the flood accepted (a connect returns once queued):
+        // the lookups below then measure the service, not the backlog.
+        for round in 0.. {
+            assert!(round < 1000, "the proxy never accepted the 10,000");
+            let v = sb.status().await;
+            if v["limits"]["max_connections"]["evicted"] == 10_000 - 4096 {
+                break;
+            }
+        }
+        // A blocking connect, as libtirpc's.
+        let path = sb.proxy_unix();
+        let std =
+            tokio::task::spawn_blocking(move || std::os::unix::net::UnixStream::connect(path))
+                .await
                 .unwrap()
-                >= 1
+                .unwrap();
+        let mut conn = Conn::from_std_unix(std).unwrap();
+        let start = Instant::now();
+        for i in 0..1000 {
+            let out = conn.call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "lookup {i}: {out}");
+        }
+        eprintln!(
+            "1000 lookups beside 10,000 idle connections of another user: {:?}",
+            start.elapsed()
         );
+        let v = sb.status().await;
+        let limit = &v["limits"]["max_connections"];
+        println!("{limit}");
+        assert_eq!(limit["refused"], 0);
+        assert!(limit["connected"].as_u64().unwrap() <= 4096);
+        assert_eq!(limit["evicted"], 10_000 - 4096 + 1);
+    });
+}
+
+/// The share: a user at its share evicts its own connections, never the
+/// idler ones of a user below it.
+#[test]
+fn a_flooding_user_cannot_evict_another_users_idle_connections() {
+    run_with(with_args(&["--max-connections", "8"]), |sb| async move {
+        // Root's three, opened first and never used again: the idlest.
+        let mut mine = Vec::new();
+        for _ in 0..3 {
+            mine.push(
+                Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut flood = Vec::new();
+        for _ in 0..40 {
+            flood.push(
+                sb.connect_unix_as(&sb.proxy_unix(), 65534, 65534)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // The newest of the flood is served (it evicted an older one).
+        let out = flood
+            .last_mut()
+            .unwrap()
+            .call(&getport_call(100000).fresh())
+            .await;
+        assert!(out.is_success(), "the flood's newest: {out}");
+        for (i, c) in mine.iter_mut().enumerate() {
+            let out = c.call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "root's connection {i}: {out}");
+        }
+        let v = sb.status().await;
+        assert_eq!(v["limits"]["max_connections"]["evicted"], 40 + 3 - 8);
+        assert_eq!(v["limits"]["max_connections"]["refused"], 0);
     });
 }
 
@@ -134,8 +250,7 @@ fn a_pipelining_client_is_held_to_its_in_flight_limit_and_answered_in_order() {
 #[test]
 fn thousands_of_idle_connections_do_not_starve_an_active_client() {
     run(|sb| async move {
-        let _ =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 8192, 8192);
+        raise_nofile(3_000);
         let mut idle = Vec::new();
         for _ in 0..2000 {
             idle.push(UnixStream::connect(sb.proxy_unix()).await.unwrap());
@@ -153,5 +268,143 @@ fn thousands_of_idle_connections_do_not_starve_an_active_client() {
             start.elapsed()
         );
         assert!(sb.status().await["clients"]["connected"].as_u64().unwrap() >= 2001);
+    });
+}
+
+/// max-in-flight holds exactly, however many calls one read brings: 200
+/// calls in one write, rpcbind stopped, and never more than 4 reach it.
+#[test]
+fn pipelined_calls_in_one_write_never_exceed_max_in_flight() {
+    run_with(with_args(&["--max-in-flight", "4"]), |sb| async move {
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+            .await
+            .unwrap();
+        // Distinct programs: each one a miss, forwarded on its own.
+        let calls: Vec<Call> = (0..200).map(|i| getport_call(900_000 + i)).collect();
+        let mut wire = Vec::new();
+        for c in &calls {
+            let body = c.encode();
+            wire.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
+            wire.extend_from_slice(&body);
+        }
+        let Conn::Stream(s) = &mut conn else {
+            unreachable!()
+        };
+        s.write_all(&wire).await.unwrap();
+        let mut n = 0;
+        for round in 0.. {
+            assert!(round < 500, "the proxy never had 4 calls in flight");
+            let v = sb.status().await;
+            let in_flight = v["upstream"]["in_flight"].as_u64().unwrap();
+            assert!(in_flight <= 4, "{in_flight} calls in flight at rpcbind");
+            if in_flight == 4 && v["limits"]["max_in_flight"]["reached"] != 0 {
+                n += 1;
+                // Seen full; a few more looks that it stays at 4.
+                if n == 5 {
+                    break;
+                }
+            }
+        }
+        sb.signal_rpcbind(Signal::SIGCONT);
+        for c in &calls {
+            let out = conn.recv(c.xid).await;
+            assert!(out.is_success(), "call {:#x}: {out}", c.xid);
+        }
+        assert_eq!(sb.status().await["upstream"]["in_flight"], 0);
+    });
+}
+
+/// Whole records the in-flight limit holds back are the proxy's wait, not a
+/// slow sender's: the record timeout does not close their client.
+#[test]
+fn records_held_back_by_the_in_flight_limit_are_not_a_slow_sender() {
+    run_with(
+        with_args(&[
+            "--max-in-flight",
+            "1",
+            "--record-timeout",
+            "0.2",
+            "--upstream-timeout",
+            "0.5",
+        ]),
+        |sb| async move {
+            sb.signal_rpcbind(Signal::SIGSTOP);
+            let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+                .await
+                .unwrap();
+            let calls: Vec<Call> = (0..3).map(|i| getport_call(910_000 + i)).collect();
+            let mut wire = Vec::new();
+            for c in &calls {
+                let body = c.encode();
+                wire.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
+                wire.extend_from_slice(&body);
+            }
+            let Conn::Stream(s) = &mut conn else {
+                unreachable!()
+            };
+            s.write_all(&wire).await.unwrap();
+            // Each times out at rpcbind in turn (SYSTEM_ERR), 1.5 s in all,
+            // far past the record timeout.
+            for c in &calls {
+                let out = conn.recv(c.xid).await;
+                assert!(matches!(out, Outcome::Reply(_)), "call {:#x}: {out}", c.xid);
+            }
+            sb.signal_rpcbind(Signal::SIGCONT);
+            assert_eq!(sb.status().await["limits"]["record_timeout"]["closed"], 0);
+        },
+    );
+}
+
+/// A flood of UDP misses is bounded per listener: at most 256 wait for
+/// rpcbind, the rest are dropped (counted), and the listener answers again
+/// once rpcbind does.
+#[test]
+fn udp_misses_are_bounded_and_the_excess_dropped() {
+    // Nothing times out while rpcbind is stopped.
+    run_with(with_args(&["--upstream-timeout", "30"]), |sb| async move {
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Udp))
+            .await
+            .unwrap();
+        // Enough that more than 256 get past the socket buffer.
+        let n = 1000;
+        for i in 0..n {
+            conn.send(&getport_call(920_000 + i).encode())
+                .await
+                .unwrap();
+        }
+        let mut seen_full = 0;
+        for round in 0.. {
+            assert!(round < 1000, "the listener never held 256 calls");
+            let v = sb.status().await;
+            let in_flight = v["upstream"]["in_flight"].as_u64().unwrap();
+            // 256, and maybe the refresh loop's DUMP.
+            assert!(in_flight <= 257, "{in_flight} calls in flight at rpcbind");
+            if in_flight >= 256 && v["limits"]["udp_in_flight"]["dropped"].as_u64().unwrap() > 0 {
+                seen_full += 1;
+                if seen_full == 5 {
+                    break;
+                }
+            }
+        }
+        sb.signal_rpcbind(Signal::SIGCONT);
+        for round in 0.. {
+            assert!(round < 1000, "the calls held never drained");
+            if sb.status().await["upstream"]["in_flight"] == 0 {
+                break;
+            }
+        }
+        let out = conn.call(&getport_call(100000).fresh()).await;
+        assert!(
+            out.is_success(),
+            "after the flood: {out}; {}",
+            sb.status().await
+        );
+        let dropped = sb.status().await["limits"]["udp_in_flight"]["dropped"]
+            .as_u64()
+            .unwrap();
+        println!("{dropped} of {n} dropped");
+        assert!(dropped <= n as u64 - 256);
     });
 }

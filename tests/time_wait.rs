@@ -184,17 +184,44 @@ fn a_record_timeout_close_leaves_no_time_wait() {
 #[test]
 fn a_refusal_at_the_connection_limit_leaves_no_time_wait() {
     run_with(with_args(&["--max-connections", "1"]), |sb| async move {
-        // The one connection allowed, on the unix socket.
-        let _held = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+        // The one connection allowed, on the unix socket, with a call in
+        // flight (rpcbind stopped): not idle, so it cannot be evicted.
+        let mut held = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
             .await
             .unwrap();
-        wait_status(&sb, "the held client counted", |v| {
-            v["clients"]["connected"] == 1
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        held.send(&getport_call(700_002).encode()).await.unwrap();
+        wait_status(&sb, "the held client's call in flight", |v| {
+            v["upstream"]["in_flight"] != 0
         })
         .await;
-        send_and_wait_closed(tcp_client(&sb).await, &[]).await;
-        assert_eq!(sb.status().await["limits"]["max_connections"]["refused"], 1);
+        // The refusal's RST may beat the connect's completion to the client.
+        match TcpStream::connect(sb.proxy_tcp()).await {
+            Ok(s) => send_and_wait_closed(s, &[]).await,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connecting: {e}"),
+        }
+        sb.signal_rpcbind(Signal::SIGCONT);
+        let v = sb.status().await;
+        assert_eq!(v["limits"]["max_connections"]["refused"], 1);
+        assert_eq!(v["limits"]["max_connections"]["evicted"], 0);
         assert_no_time_wait(&sb, "a refusal at the connection limit").await;
+    });
+}
+
+#[test]
+fn an_eviction_at_the_connection_limit_leaves_no_time_wait() {
+    run_with(with_args(&["--max-connections", "1"]), |sb| async move {
+        let idle = tcp_client(&sb).await;
+        wait_status(&sb, "the idle client counted", |v| {
+            v["limits"]["max_connections"]["connected"] == 1
+        })
+        .await;
+        // A newer client of the same user takes the idle one's place.
+        let _newer = tcp_client(&sb).await;
+        send_and_wait_closed(idle, &[]).await;
+        assert_eq!(sb.status().await["limits"]["max_connections"]["evicted"], 1);
+        assert_no_time_wait(&sb, "an eviction at the connection limit").await;
     });
 }
 

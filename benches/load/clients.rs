@@ -546,7 +546,7 @@ fn tcp_sockets() -> Vec<(String, String, String)> {
     out
 }
 
-fn time_wait_sockets() -> HashSet<(String, String)> {
+pub(crate) fn time_wait_sockets() -> HashSet<(String, String)> {
     tcp_sockets()
         .into_iter()
         .filter(|(_, _, st)| st == TCP_TIME_WAIT)
@@ -556,7 +556,7 @@ fn time_wait_sockets() -> HashSet<(String, String)> {
 
 /// Waits (at most 2 s) until no TCP socket is half-way through closing, so
 /// that the ones bound for TIME_WAIT are there.
-fn settle_tcp() {
+pub(crate) fn settle_tcp() {
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline
         && tcp_sockets()

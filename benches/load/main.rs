@@ -28,8 +28,13 @@
 //! rpcbind with 4 client threads; then the miss rows, the proxy with its
 //! cache off against rpcbind directly, with 1 client (latency) and 4.
 //!
+//! Then the same paths (unix, TCP; persistent and one connection per
+//! lookup; proxy and rpcbind) driven by stock libtirpc clients (`tirpc.rs`,
+//! `tirpc_bench.c` compiled with the system compiler): what a real client
+//! sees.
+//!
 //! Flags after `--`: `--no-instructions` skips the callgrind part,
-//! `--only=table|memory|instructions` runs one section, `--keep` keeps the
+//! `--only=table|tirpc|memory|instructions` runs one section, `--keep` keeps the
 //! logs and callgrind's dumps (for `callgrind_annotate`).
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs a smoke
 //! version (rows of 0.2 s, a small memory section, no callgrind, the debug
@@ -46,6 +51,7 @@ mod instructions;
 mod memory;
 mod table;
 mod targets;
+mod tirpc;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -188,7 +194,7 @@ fn main() -> ExitCode {
         plan.instructions = false;
     }
     plan.keep = args.iter().any(|a| a == "--keep");
-    for section in ["table", "memory", "instructions"] {
+    for section in ["table", "tirpc", "memory", "instructions"] {
         if args.iter().any(|a| *a == format!("--only={section}")) {
             plan.only = Some(section);
         }
@@ -356,6 +362,10 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     );
         println!();
         print_table(&rows);
+    }
+    if only("table") || only("tirpc") {
+        let tirpc = tirpc::tirpc_rows(&env.tmp, plan.clients, plan.row)?;
+        tirpc::print_tirpc_table(&tirpc, &rows);
     }
     env.stop(miss_pid);
     if !quiet() {

@@ -152,11 +152,12 @@ fn limits(proxy: &Proxy) -> Value {
     let c = l.get();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     json!({
-        "max_connections": {"limit": c.max_connections, "refused": load(&l.connections_refused)},
+        "max_connections": {"limit": c.max_connections, "connected": l.connected(), "refused": load(&l.connections_refused), "evicted": load(&l.connections_evicted)},
         "max_in_flight": {"limit": c.max_in_flight, "reached": load(&l.in_flight_reached)},
         "idle_timeout": {"seconds": c.idle_timeout.as_secs_f64(), "closed": load(&l.idle_closed)},
         "record_timeout": {"seconds": c.record_timeout.as_secs_f64(), "closed": load(&l.record_timeouts)},
         "max_udp_reply": {"limit": c.max_udp_reply, "too_large": load(&l.udp_too_large)},
+        "udp_in_flight": {"limit": crate::proxy::listen::UDP_MAX_IN_FLIGHT, "dropped": load(&l.udp_dropped)},
     })
 }
 

@@ -1,23 +1,27 @@
 //! Resource limits on clients, each a flag and a config key, each counted
 //! when it bites (`status` shows them), all reloadable with SIGHUP.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::warn;
+use futures_util::task::AtomicWaker;
+use hashbrown::HashMap;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
-use crate::proxy::clients::Clients;
+use crate::host::sockdiag::{Proto, SockDiag};
 use crate::proxy::logs::{human, Throttle};
-
-/// Refused connections are logged at most once per this window.
-pub const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(10);
+use crate::proxy::policy::Peer;
 
 /// The limits as configured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LimitsConfig {
-    /// Stream clients connected at once; beyond it new ones are closed at
-    /// once while existing ones keep being served.
+    /// Stream clients connected at once. A client that comes when they are
+    /// all taken is admitted by closing the longest-idle connection of the
+    /// user holding the most (its own, once it holds its share): see
+    /// [`Limits::admit`].
     pub max_connections: usize,
     /// Calls one stream client may have in flight before the proxy stops
     /// reading from it (backpressure, not an error).
@@ -55,15 +59,27 @@ pub struct Limits {
     idle_timeout_ms: AtomicU64,
     record_timeout_ms: AtomicU64,
     max_udp_reply: AtomicUsize,
+    /// Clients turned away at the connection limit: nothing could be
+    /// evicted for them (a limit of 0, or every connection they could take
+    /// has calls in flight).
     pub connections_refused: AtomicU64,
+    /// Connections closed at the connection limit to admit a newer client.
+    pub connections_evicted: AtomicU64,
+    /// UDP calls dropped because their listener had as many in flight to
+    /// rpcbind as it may (as a full socket buffer would drop them).
+    pub udp_dropped: AtomicU64,
     pub in_flight_reached: AtomicU64,
     pub idle_closed: AtomicU64,
     pub record_timeouts: AtomicU64,
     pub udp_too_large: AtomicU64,
+    conns: Arc<Mutex<Conns>>,
     /// Says refused connections: the first at once, then one line per
     /// window with how many.
     refused_log: Arc<Throttle>,
 }
+
+/// Refused connections are logged at most once per this window.
+pub const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 impl Limits {
     pub fn new(c: LimitsConfig) -> Limits {
@@ -87,10 +103,13 @@ impl Limits {
             record_timeout_ms: AtomicU64::new(0),
             max_udp_reply: AtomicUsize::new(0),
             connections_refused: AtomicU64::new(0),
+            connections_evicted: AtomicU64::new(0),
+            udp_dropped: AtomicU64::new(0),
             in_flight_reached: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
             record_timeouts: AtomicU64::new(0),
             udp_too_large: AtomicU64::new(0),
+            conns: Arc::new(Mutex::new(Conns::new())),
             refused_log,
         };
         l.set(c);
@@ -135,15 +154,457 @@ impl Limits {
         Duration::from_millis(self.record_timeout_ms.load(Ordering::Relaxed))
     }
 
-    /// Whether a newly accepted client must be turned away (and counts it).
-    pub fn at_connection_limit(&self, clients: &Clients) -> bool {
-        let connected = clients.connected.load(Ordering::Relaxed).max(0) as usize;
-        if connected >= self.max_connections.load(Ordering::Relaxed) {
-            self.connections_refused.fetch_add(1, Ordering::Relaxed);
-            self.refused_log.event();
-            true
-        } else {
-            false
+    /// Stream connections held now.
+    pub fn connected(&self) -> usize {
+        self.conns.lock().unwrap().live
+    }
+
+    /// Admits a newly accepted stream client of `owner`, or says no (and
+    /// counts it). At the connection limit a connection is evicted to make
+    /// room, as libtirpc does since CVE-2021-46828 (it closes the least
+    /// active one), with a share per user so that one user's idle
+    /// connections cannot lock the others out:
+    ///
+    /// - the share is the limit divided by the users holding connections
+    ///   (the newcomer's counted);
+    /// - a newcomer whose user holds less than its share evicts the
+    ///   longest-idle connection of the user holding the most;
+    /// - one whose user holds its share or more evicts its own user's
+    ///   longest-idle connection: it can never take another user's.
+    ///
+    /// A connection with calls in flight is not idle and is never evicted;
+    /// when the chosen user has no other, the newcomer is refused. The
+    /// evicted connection's task is told through its [`Admitted`] and
+    /// closes (with an RST for TCP).
+    pub fn admit(&self, owner: Owner) -> Option<Admitted> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        let mut conns = self.conns.lock().unwrap();
+        let mut owner = owner;
+        while conns.live >= max {
+            if max == 0 {
+                break;
+            }
+            conns.resolve_pending();
+            owner = conns.resolve(owner);
+            let Some(victim) = conns.victim(owner.key(), max) else {
+                break;
+            };
+            conns.evict(victim);
+            self.connections_evicted.fetch_add(1, Ordering::Relaxed);
         }
+        if conns.live >= max {
+            self.connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(conns);
+            self.refused_log.event();
+            return None;
+        }
+        let slot = Arc::new(Slot {
+            last_active_us: AtomicU64::new(conns.now_us(Instant::now())),
+            busy: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let index = conns.insert(owner, slot.clone());
+        Some(Admitted {
+            conns: self.conns.clone(),
+            epoch: conns.epoch,
+            index,
+            slot,
+        })
+    }
+}
+
+/// Who holds a stream connection, for the per-user share at the
+/// connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A known uid: a unix client's (SO_PEERCRED), or a local TCP client's
+    /// once looked up.
+    Uid(u32),
+    /// A TCP client on this host: its socket's uid is looked up
+    /// (NETLINK_SOCK_DIAG, about 4 µs) only when the limit is reached, so
+    /// that a connection costs nothing more below it.
+    LocalTcp {
+        client: SocketAddr,
+        server: SocketAddr,
+    },
+    /// TCP clients of other hosts, and local ones whose socket could not be
+    /// found: one class, as if one user.
+    OtherIp,
+}
+
+impl Owner {
+    /// The owner of a unix client (its uid); for an IP peer, [`Owner::OtherIp`]
+    /// (TCP clients are classed by [`Owner::tcp`]).
+    pub fn of(peer: &Peer) -> Owner {
+        match *peer {
+            Peer::Unix { uid, .. } => Owner::Uid(uid),
+            Peer::Tcp(_) | Peer::Udp(_) => Owner::OtherIp,
+        }
+    }
+
+    /// The owner of a TCP connection from `client` to `server`.
+    pub fn tcp(client: SocketAddr, server: SocketAddr) -> Owner {
+        if client.ip().to_canonical().is_loopback() {
+            Owner::LocalTcp { client, server }
+        } else {
+            Owner::OtherIp
+        }
+    }
+
+    /// The share is counted per key: None for [`Owner::OtherIp`].
+    fn key(self) -> Option<u32> {
+        match self {
+            Owner::Uid(uid) => Some(uid),
+            _ => None,
+        }
+    }
+}
+
+/// What the connection's task and the registry share.
+#[derive(Debug)]
+struct Slot {
+    /// Microseconds since the registry's epoch of the last read or write.
+    last_active_us: AtomicU64,
+    /// Calls in flight: not idle, never evicted.
+    busy: AtomicBool,
+    /// Set (under the registry's lock) when evicted: the slot is no longer
+    /// the registry's.
+    evicted: AtomicBool,
+    /// The connection's task, woken when evicted (cheaper to poll than a
+    /// `Notify`: one compare of the waker, no lock).
+    waker: AtomicWaker,
+}
+
+/// A stream client's place under the connection limit, for the life of its
+/// connection; dropping it gives the place back.
+#[derive(Debug)]
+pub struct Admitted {
+    conns: Arc<Mutex<Conns>>,
+    epoch: Instant,
+    index: usize,
+    slot: Arc<Slot>,
+}
+
+impl Admitted {
+    /// The connection read or wrote at `now`.
+    pub fn touch(&self, now: Instant) {
+        let us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.slot.last_active_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Whether the connection has calls in flight (only those without are
+    /// idle, and may be evicted).
+    pub fn set_busy(&self, busy: bool) {
+        if self.slot.busy.load(Ordering::Relaxed) != busy {
+            self.slot.busy.store(busy, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the connection was evicted to admit another client.
+    pub fn is_evicted(&self) -> bool {
+        self.slot.evicted.load(Ordering::Acquire)
+    }
+
+    /// Completes when the connection was evicted to admit another client;
+    /// the caller then closes it.
+    pub async fn evicted(&self) {
+        std::future::poll_fn(|cx| {
+            if self.slot.evicted.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.slot.waker.register(cx.waker());
+            if self.slot.evicted.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut conns = self.conns.lock().unwrap();
+        if !self.slot.evicted.load(Ordering::Relaxed) {
+            conns.remove(self.index);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    owner: Owner,
+    slot: Arc<Slot>,
+}
+
+/// The stream connections held, for the connection limit. Only admission
+/// and close take the lock; the connections' own activity is atomics.
+#[derive(Debug)]
+struct Conns {
+    epoch: Instant,
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    live: usize,
+    /// Connections per owner key (resolved owners only).
+    counts: HashMap<Option<u32>, usize>,
+    /// Entries whose owner is an unresolved [`Owner::LocalTcp`].
+    pending: usize,
+    /// Opened the first time a local TCP owner is looked up; None after
+    /// it failed to open (then such clients count as [`Owner::OtherIp`]).
+    diag: Option<Option<SockDiag>>,
+}
+
+impl Conns {
+    fn new() -> Conns {
+        Conns {
+            epoch: Instant::now(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            counts: HashMap::new(),
+            pending: 0,
+            diag: None,
+        }
+    }
+
+    fn now_us(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    fn insert(&mut self, owner: Owner, slot: Arc<Slot>) -> usize {
+        self.count(owner, 1);
+        self.live += 1;
+        let entry = Some(Entry { owner, slot });
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = entry;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) {
+        if let Some(e) = self.entries.get_mut(index).and_then(Option::take) {
+            self.count(e.owner, -1);
+            self.live -= 1;
+            self.free.push(index);
+        }
+    }
+
+    fn count(&mut self, owner: Owner, delta: isize) {
+        if let Owner::LocalTcp { .. } = owner {
+            self.pending = self.pending.wrapping_add_signed(delta);
+            return;
+        }
+        let key = owner.key();
+        let n = self.counts.entry(key).or_insert(0);
+        *n = n.wrapping_add_signed(delta);
+        if *n == 0 {
+            self.counts.remove(&key);
+        }
+    }
+
+    /// The uid behind a local TCP owner, if its socket can be found.
+    fn resolve(&mut self, owner: Owner) -> Owner {
+        let Owner::LocalTcp { client, server } = owner else {
+            return owner;
+        };
+        let diag = self.diag.get_or_insert_with(|| match SockDiag::open() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                debug!(error = %e, "no sock_diag: local TCP clients share one class");
+                None
+            }
+        });
+        match diag
+            .as_ref()
+            .and_then(|d| d.peer_socket(Proto::Tcp, client, server).ok().flatten())
+        {
+            Some(sock) => Owner::Uid(sock.uid),
+            None => Owner::OtherIp,
+        }
+    }
+
+    /// Looks up the owners of the local TCP connections admitted below the
+    /// limit (once each).
+    fn resolve_pending(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        for i in 0..self.entries.len() {
+            let owner = match &self.entries[i] {
+                Some(e) if matches!(e.owner, Owner::LocalTcp { .. }) => e.owner,
+                _ => continue,
+            };
+            let resolved = self.resolve(owner);
+            self.count(owner, -1);
+            self.count(resolved, 1);
+            if let Some(e) = self.entries[i].as_mut() {
+                e.owner = resolved;
+            }
+        }
+    }
+
+    /// The connection to close to admit a client of `key` (see
+    /// [`Limits::admit`]): the longest-idle one, without calls in flight,
+    /// of the owner the share points at.
+    fn victim(&self, key: Option<u32>, max: usize) -> Option<usize> {
+        let own = self.counts.get(&key).copied().unwrap_or(0);
+        let owners = self.counts.len() + usize::from(own == 0);
+        let share = (max / owners).max(1);
+        let from = if own >= share {
+            key
+        } else {
+            // The owner holding the most (the lowest key among equals, so
+            // the choice does not depend on the map's order).
+            let (&top, _) = self
+                .counts
+                .iter()
+                .max_by_key(|&(k, n)| (*n, std::cmp::Reverse(*k)))?;
+            top
+        };
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+            .filter(|(_, e)| e.owner.key() == from && !e.slot.busy.load(Ordering::Relaxed))
+            .min_by_key(|(_, e)| e.slot.last_active_us.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+    }
+
+    fn evict(&mut self, index: usize) {
+        if let Some(e) = &self.entries[index] {
+            e.slot.evicted.store(true, Ordering::Release);
+            e.slot.waker.wake();
+            debug!(owner = ?e.owner, "evicted the longest-idle connection at the connection limit");
+        }
+        self.remove(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize) -> Limits {
+        Limits::new(LimitsConfig {
+            max_connections: max,
+            ..LimitsConfig::default()
+        })
+    }
+
+    /// Admits one connection of `uid`, last active `ms` after the epoch.
+    fn admit(l: &Limits, uid: u32, ms: u64) -> Option<Admitted> {
+        let a = l.admit(Owner::Uid(uid))?;
+        a.touch(a.epoch + Duration::from_millis(ms));
+        Some(a)
+    }
+
+    fn evicted(conns: &[Admitted]) -> Vec<usize> {
+        (0..conns.len())
+            .filter(|&i| conns[i].is_evicted())
+            .collect()
+    }
+
+    #[test]
+    fn below_the_limit_everyone_is_admitted_and_counted_out_again() {
+        let l = limits(3);
+        let a = admit(&l, 1, 0).unwrap();
+        let b = admit(&l, 2, 0).unwrap();
+        assert_eq!(l.connected(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(l.connected(), 0);
+        assert_eq!(l.connections_evicted.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_user_below_its_share_evicts_the_longest_idle_of_the_biggest_holder() {
+        let l = limits(4);
+        // uid 1 holds three (the idlest is the second), uid 2 one, older
+        // than all of them.
+        let held = vec![
+            admit(&l, 2, 0).unwrap(),
+            admit(&l, 1, 30).unwrap(),
+            admit(&l, 1, 10).unwrap(),
+            admit(&l, 1, 20).unwrap(),
+        ];
+        let new = admit(&l, 3, 40).unwrap();
+        assert_eq!(evicted(&held), vec![2]);
+        assert_eq!(l.connected(), 4);
+        assert!(!new.is_evicted());
+        assert_eq!(l.connections_evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(l.connections_refused.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_user_at_its_share_only_ever_evicts_its_own() {
+        let l = limits(4);
+        // uid 1's two are the idlest, but uid 2 holds its share (2 of 4).
+        let mut held = vec![
+            admit(&l, 1, 0).unwrap(),
+            admit(&l, 1, 1).unwrap(),
+            admit(&l, 2, 10).unwrap(),
+            admit(&l, 2, 20).unwrap(),
+        ];
+        for ms in 30..40 {
+            held.push(admit(&l, 2, ms).unwrap());
+        }
+        assert!(!held[0].is_evicted() && !held[1].is_evicted());
+        // Each newcomer took the place of uid 2's idlest.
+        assert_eq!(evicted(&held), (2..12).collect::<Vec<_>>());
+        assert_eq!(l.connected(), 4);
+    }
+
+    #[test]
+    fn ten_thousand_from_one_user_leave_room_for_another() {
+        let l = limits(64);
+        let mut flood: Vec<Admitted> = (0..10_000).map(|i| admit(&l, 65534, i).unwrap()).collect();
+        let mine = admit(&l, 0, 20_000).unwrap();
+        assert!(!mine.is_evicted());
+        flood.retain(|a| !a.is_evicted());
+        assert_eq!(flood.len(), 63);
+        assert_eq!(l.connected(), 64);
+    }
+
+    #[test]
+    fn connections_with_calls_in_flight_are_not_idle() {
+        let l = limits(2);
+        let a = admit(&l, 1, 0).unwrap();
+        let b = admit(&l, 1, 1).unwrap();
+        a.set_busy(true);
+        let c = admit(&l, 2, 2).unwrap();
+        assert!(!a.is_evicted() && b.is_evicted() && !c.is_evicted());
+        c.set_busy(true);
+        // uid 1 (1 of 2) is at its share: only its own, which is busy.
+        assert!(admit(&l, 1, 3).is_none());
+        assert_eq!(l.connections_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(l.connected(), 2);
+    }
+
+    #[test]
+    fn a_limit_of_zero_refuses_everyone() {
+        let l = limits(0);
+        assert!(admit(&l, 0, 0).is_none());
+        assert_eq!(l.connections_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_lowered_limit_evicts_down_to_it_as_clients_come() {
+        let l = limits(4);
+        let held: Vec<Admitted> = (0..4).map(|i| admit(&l, 1, i).unwrap()).collect();
+        l.set(LimitsConfig {
+            max_connections: 2,
+            ..LimitsConfig::default()
+        });
+        let _new = admit(&l, 1, 10).unwrap();
+        assert_eq!(evicted(&held), vec![0, 1, 2]);
+        assert_eq!(l.connected(), 2);
     }
 }

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use thiserror::Error;
@@ -27,9 +27,10 @@ use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
 use crate::host::sys::Inherited;
-use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
+use crate::protocol::rpc::{put_record, set_xid, RecordCodec, RecordError, MAX_CLIENT_RECORD};
 use crate::proxy::attribution::{Identity, Transport};
 use crate::proxy::clients::Tally;
+use crate::proxy::limits::{Admitted, Owner};
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
 
@@ -37,6 +38,11 @@ use crate::proxy::service::{Outcome, Proxy};
 const READ_CHUNK: usize = 4096;
 /// The largest datagram the proxy reads (the UDP maximum).
 const MAX_DATAGRAM: usize = 65535;
+/// Calls one UDP listener may have past the cache (waiting for rpcbind or a
+/// fetch) at once; beyond it datagrams are dropped and counted
+/// (`limits.udp_in_flight.dropped`), as a full socket buffer would drop them. A UDP
+/// client retries; a flood of misses cannot pile up tasks and memory.
+pub const UDP_MAX_IN_FLIGHT: usize = 256;
 
 /// A listener specification: `unix:PATH`, `tcp:HOST:PORT` or `udp:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -271,14 +277,14 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, _)) => {
-                        if proxy.limits.at_connection_limit(&proxy.clients) {
-                            continue;
-                        }
                         let peer = match stream.peer_cred() {
                             Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                             Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
                         };
-                        proxy.tasks.spawn(serve_unix(stream, peer, proxy.clone(), shutdown.clone()));
+                        let Some(admitted) = proxy.limits.admit(Owner::of(&peer)) else {
+                            continue;
+                        };
+                        proxy.tasks.spawn(serve_unix(stream, peer, admitted, proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -289,12 +295,16 @@ pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receive
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
-                        if proxy.limits.at_connection_limit(&proxy.clients) {
+                        let owner = match stream.local_addr() {
+                            Ok(server) => Owner::tcp(addr, server),
+                            Err(_) => Owner::OtherIp,
+                        };
+                        let Some(admitted) = proxy.limits.admit(owner) else {
                             close_without_time_wait(stream);
                             continue;
-                        }
+                        };
                         let _ = stream.set_nodelay(true);
-                        proxy.tasks.spawn(serve_tcp(stream, Peer::Tcp(addr), proxy.clone(), shutdown.clone()));
+                        proxy.tasks.spawn(serve_tcp(stream, Peer::Tcp(addr), admitted, proxy.clone(), shutdown.clone()));
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -341,6 +351,7 @@ fn close_without_time_wait(stream: TcpStream) {
 async fn serve_tcp(
     stream: TcpStream,
     peer: Peer,
+    admitted: Admitted,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -353,12 +364,13 @@ async fn serve_tcp(
         _ => Identity::unknown(Transport::Tcp),
     };
     let tally = proxy.clients.tally(&id);
-    serve_stream(stream, peer, tally, proxy, shutdown).await;
+    serve_stream(stream, peer, tally, admitted, proxy, shutdown).await;
 }
 
 async fn serve_unix(
     stream: tokio::net::UnixStream,
     peer: Peer,
+    admitted: Admitted,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -367,7 +379,7 @@ async fn serve_unix(
         _ => Identity::unknown(Transport::Unix),
     };
     let tally = proxy.clients.tally(&id);
-    serve_stream(stream, peer, tally, proxy, shutdown).await;
+    serve_stream(stream, peer, tally, admitted, proxy, shutdown).await;
 }
 
 type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
@@ -384,6 +396,7 @@ async fn serve_stream<S>(
     stream: S,
     peer: Peer,
     tally: Arc<Tally>,
+    admitted: Admitted,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -399,6 +412,8 @@ async fn serve_stream<S>(
     let mut eof = false;
     let mut last_activity = Instant::now();
     let mut partial_since: Option<Instant> = None;
+    // Whole records are buffered that the in-flight limit holds back.
+    let mut held = false;
     // One timer and one shutdown future for the connection's life, not one
     // per loop round: the timer is moved only when it fires early or a
     // partial record needs an earlier deadline.
@@ -406,44 +421,26 @@ async fn serve_stream<S>(
     tokio::pin!(timer);
     let stop = shutdown.changed();
     tokio::pin!(stop);
+    // Told when the connection is evicted at the connection limit.
+    let evicted = admitted.evicted();
+    tokio::pin!(evicted);
     loop {
         let max_in_flight = limits.max_in_flight();
         tokio::select! {
-            read = rd.read_buf(&mut inbuf), if !eof && replies.len() < max_in_flight => {
+            read = rd.read_buf(&mut inbuf), if !eof && !held && replies.len() < max_in_flight => {
                 match read {
                     Ok(0) => eof = true,
                     Ok(_) => {
                         let now = Instant::now();
                         last_activity = now;
-                        loop {
-                            match codec.decode(&mut inbuf) {
-                                // Cache hits are answered right here, while
-                                // nothing earlier is still pending (replies
-                                // go out in order), and written together.
-                                Ok(Some(record)) => {
-                                    tally.count(proxy.clients.now());
-                                    let now = if replies.is_empty() {
-                                        proxy.answer_now(&record, peer)
-                                    } else {
-                                        None
-                                    };
-                                    match now {
-                                        Some(outcome) => {
-                                            append_reply(&mut out, outcome);
-                                        }
-                                        None => {
-                                            let proxy = proxy.clone();
-                                            replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
-                                        }
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    debug!(?peer, error = %e, "bad framing; closing");
-                                    return;
-                                }
+                        admitted.touch(now);
+                        held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &proxy, peer, max_in_flight, &tally) {
+                            Ok(held) => held,
+                            Err(e) => {
+                                debug!(?peer, error = %e, "bad framing; closing");
+                                return;
                             }
-                        }
+                        };
                         if !out.is_empty() {
                             if wr.write_all(&out).await.is_err() {
                                 break;
@@ -453,7 +450,10 @@ async fn serve_stream<S>(
                         if replies.len() >= max_in_flight {
                             limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
                         }
-                        partial_since = match (codec.is_mid_record(&inbuf), partial_since) {
+                        admitted.set_busy(!replies.is_empty());
+                        // Whole records held back by the in-flight limit
+                        // are the proxy's wait, not the client's.
+                        partial_since = match (!held && codec.is_mid_record(&inbuf), partial_since) {
                             (false, _) => None,
                             (true, Some(t)) => Some(t),
                             (true, None) => {
@@ -472,11 +472,36 @@ async fn serve_stream<S>(
                 }
             },
             _ = &mut stop, if !eof => eof = true,
+            () = &mut evicted, if !eof || !replies.is_empty() => {
+                debug!(?peer, "evicted at the connection limit; closing");
+                break;
+            },
             Some(outcome) = replies.next(), if !replies.is_empty() => {
                 last_activity = Instant::now();
+                admitted.touch(last_activity);
                 if !append_reply(&mut out, outcome) {
                     break;
                 }
+                // A place came free: the next record the limit held back
+                // goes now (max-in-flight holds exactly, however many
+                // records one read brought).
+                if held {
+                    held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &proxy, peer, max_in_flight, &tally) {
+                        Ok(held) => held,
+                        Err(e) => {
+                            debug!(?peer, error = %e, "bad framing; closing");
+                            break;
+                        }
+                    };
+                    if !held && codec.is_mid_record(&inbuf) && partial_since.is_none() {
+                        partial_since = Some(last_activity);
+                        let due = last_activity + limits.record_timeout();
+                        if due < timer.deadline() {
+                            timer.as_mut().reset(due);
+                        }
+                    }
+                }
+                admitted.set_busy(!replies.is_empty());
                 if !out.is_empty() {
                     if wr.write_all(&out).await.is_err() {
                         break;
@@ -509,6 +534,44 @@ async fn serve_stream<S>(
         }
     }
     // Dropping `rd` and `wr` closes the stream.
+}
+
+/// Takes the buffered records while fewer than `max_in_flight` calls are in
+/// flight: cache hits are answered into `out` right here, while nothing
+/// earlier is still pending (replies go out in order), and written together;
+/// the rest queue in `replies`. True when it stopped at the limit with bytes
+/// still buffered (there may be whole records among them).
+fn take_records(
+    codec: &mut RecordCodec,
+    inbuf: &mut BytesMut,
+    replies: &mut FuturesOrdered<Pending>,
+    out: &mut BytesMut,
+    proxy: &Arc<Proxy>,
+    peer: Peer,
+    max_in_flight: usize,
+    tally: &Tally,
+) -> Result<bool, RecordError> {
+    while replies.len() < max_in_flight {
+        let Some(record) = codec.decode(inbuf)? else {
+            return Ok(false);
+        };
+        tally.count(proxy.clients.now());
+        let now = if replies.is_empty() {
+            proxy.answer_now(&record, peer)
+        } else {
+            None
+        };
+        match now {
+            Some(outcome) => {
+                append_reply(out, outcome);
+            }
+            None => {
+                let proxy = proxy.clone();
+                replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
+            }
+        }
+    }
+    Ok(!inbuf.is_empty())
 }
 
 /// Appends an outcome's reply, record-marked, to `out`; false to close.
@@ -570,13 +633,26 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = BytesMut::with_capacity(MAX_DATAGRAM);
     let mut sources = UdpSources::new(&socket);
+    // Calls that went past the cache, answered by this task itself (no task
+    // per datagram), at most UDP_MAX_IN_FLIGHT at a time.
+    let mut pending: FuturesUnordered<UdpPending> = FuturesUnordered::new();
     loop {
+        // In this order: answers that are done leave `pending` before a
+        // datagram is turned away for its being full.
         let (n, from) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                // The drain waits for these as for any client's task.
+                if !pending.is_empty() {
+                    proxy.tasks.spawn(async move { while pending.next().await.is_some() {} });
+                }
+                return;
+            }
+            Some(()) = pending.next(), if !pending.is_empty() => continue,
             r = socket.recv_from(&mut buf) => match r {
                 Ok(v) => v,
                 Err(e) => { debug!(error = %e, "udp receive failed"); continue; }
             },
-            _ = shutdown.changed() => return,
         };
         sources.tally(from, &proxy).count(proxy.clients.now());
         // Cache hits are answered inline: no task, no copy of the request.
@@ -589,24 +665,41 @@ async fn serve_udp(socket: Arc<UdpSocket>, proxy: Arc<Proxy>, mut shutdown: watc
             }
             continue;
         }
+        if pending.len() >= UDP_MAX_IN_FLIGHT {
+            // As a full socket buffer would: the client retries.
+            proxy.limits.udp_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let record = BytesMut::from(&buf[..n]);
-        let task_proxy = proxy.clone();
-        let socket = socket.clone();
-        proxy.tasks.spawn(async move {
-            let proxy = task_proxy;
-            let sent = match proxy.handle(record, Peer::Udp(from)).await {
-                Outcome::Reply(reply) => socket.send_to(&reply, from).await,
-                Outcome::Shared(reply, xid) => {
-                    let mut dg = BytesMut::from(&reply[..]);
-                    set_xid(&mut dg, xid);
-                    socket.send_to(&dg, from).await
-                }
-                Outcome::NoReply | Outcome::Close => return,
-            };
-            if let Err(e) = sent {
-                debug!(%from, error = %e, "udp send failed");
-            }
-        });
+        pending.push(Box::pin(answer_datagram(
+            socket.clone(),
+            proxy.clone(),
+            record,
+            from,
+        )));
+    }
+}
+
+type UdpPending = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Answers one datagram that missed the cache.
+async fn answer_datagram(
+    socket: Arc<UdpSocket>,
+    proxy: Arc<Proxy>,
+    record: BytesMut,
+    from: SocketAddr,
+) {
+    let sent = match proxy.handle(record, Peer::Udp(from)).await {
+        Outcome::Reply(reply) => socket.send_to(&reply, from).await,
+        Outcome::Shared(reply, xid) => {
+            let mut dg = BytesMut::from(&reply[..]);
+            set_xid(&mut dg, xid);
+            socket.send_to(&dg, from).await
+        }
+        Outcome::NoReply | Outcome::Close => return,
+    };
+    if let Err(e) = sent {
+        debug!(%from, error = %e, "udp send failed");
     }
 }
 
