@@ -417,6 +417,11 @@ async fn serve_stream<S>(
     // One timer and one shutdown future for the connection's life, not one
     // per loop round: the timer is moved only when it fires early or a
     // partial record needs an earlier deadline.
+    let client = Client {
+        proxy: &proxy,
+        peer,
+        tally: &tally,
+    };
     let timer = tokio::time::sleep(limits.idle_timeout());
     tokio::pin!(timer);
     let stop = shutdown.changed();
@@ -434,7 +439,7 @@ async fn serve_stream<S>(
                         let now = Instant::now();
                         last_activity = now;
                         admitted.touch(now);
-                        held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &proxy, peer, max_in_flight, &tally) {
+                        held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &client, max_in_flight) {
                             Ok(held) => held,
                             Err(e) => {
                                 debug!(?peer, error = %e, "bad framing; closing");
@@ -486,7 +491,7 @@ async fn serve_stream<S>(
                 // goes now (max-in-flight holds exactly, however many
                 // records one read brought).
                 if held {
-                    held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &proxy, peer, max_in_flight, &tally) {
+                    held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &client, max_in_flight) {
                         Ok(held) => held,
                         Err(e) => {
                             debug!(?peer, error = %e, "bad framing; closing");
@@ -536,6 +541,14 @@ async fn serve_stream<S>(
     // Dropping `rd` and `wr` closes the stream.
 }
 
+/// A connection's client: where its calls go, who it is, and its row.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    proxy: &'a Arc<Proxy>,
+    peer: Peer,
+    tally: &'a Tally,
+}
+
 /// Takes the buffered records while fewer than `max_in_flight` calls are in
 /// flight: cache hits are answered into `out` right here, while nothing
 /// earlier is still pending (replies go out in order), and written together;
@@ -546,11 +559,10 @@ fn take_records(
     inbuf: &mut BytesMut,
     replies: &mut FuturesOrdered<Pending>,
     out: &mut BytesMut,
-    proxy: &Arc<Proxy>,
-    peer: Peer,
+    client: &Client<'_>,
     max_in_flight: usize,
-    tally: &Tally,
 ) -> Result<bool, RecordError> {
+    let Client { proxy, peer, tally } = *client;
     while replies.len() < max_in_flight {
         let Some(record) = codec.decode(inbuf)? else {
             return Ok(false);
