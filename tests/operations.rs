@@ -338,13 +338,26 @@ fn a_refused_connection_is_logged_once_and_counted_in_every_status_format() {
         ..Options::default()
     };
     run_with(opts, |sb| async move {
-        let _held = tokio::net::UnixStream::connect(sb.proxy_unix())
+        // The one connection allowed, with a call in flight (rpcbind
+        // stopped): at the limit an idle connection would be evicted to
+        // admit a newcomer, a busy one never is, so newcomers are refused.
+        let mut held = tokio::net::UnixStream::connect(sb.proxy_unix())
+            .await
+            .unwrap();
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let call = getport_call(399_999).encode();
+        let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
+        record.extend_from_slice(&call);
+        tokio::io::AsyncWriteExt::write_all(&mut held, &record)
             .await
             .unwrap();
         let mut n = 0;
-        while sb.status().await["clients"]["connected"] != 1 {
+        while sb.status().await["upstream"]["in_flight"] != 1 {
             n += 1;
-            assert!(n < 1000, "the first client was never counted");
+            assert!(
+                n < 1000,
+                "the first client's call never reached the upstream"
+            );
         }
         let mut refused = Vec::new();
         for _ in 0..3 {
@@ -361,7 +374,7 @@ fn a_refused_connection_is_logged_once_and_counted_in_every_status_format() {
         }
         let text = stdout(&cli(&sb, &["status", "--control", CONTROL_SOCK]).await);
         assert!(
-            text.contains("max-connections 1 (refused 3), max-in-flight 64 (reached 0), idle-timeout 2m (closed 0)"),
+            text.contains("max-connections 1 (refused 3, evicted 0), max-in-flight 64 (reached 0), idle-timeout 2m (closed 0)"),
             "{text}"
         );
         let prom = stdout(&cli(&sb, &["status", "--prometheus", "--control", CONTROL_SOCK]).await);
@@ -385,5 +398,6 @@ fn a_refused_connection_is_logged_once_and_counted_in_every_status_format() {
             said[0].contains("WARN") && said[0].contains("refused a new client"),
             "{log}"
         );
+        sb.signal_rpcbind(Signal::SIGCONT);
     });
 }

@@ -18,7 +18,8 @@ use rpcbind_proxy::protocol::xdr::Reader;
 
 use crate::table::Row;
 use crate::{
-    FLOOR_PORT, FLOOR_SOCK, MAIN, MISS, RPCBIND_PORT, RPCBIND_SOCK, TEST_PORT, TEST_PROG, TEST_VERS,
+    FLOOR_PORT, FLOOR_SOCK, MAIN, MISS, NOATTR, RPCBIND_PORT, RPCBIND_SOCK, TEST_PORT, TEST_PROG,
+    TEST_VERS,
 };
 
 // ---------------------------------------------------------------------------
@@ -192,6 +193,8 @@ pub(crate) enum Target {
     Floor,
     /// The proxy with its cache off: every lookup is a miss.
     Miss,
+    /// The proxy with attribution off.
+    NoAttribution,
 }
 
 impl Target {
@@ -201,6 +204,7 @@ impl Target {
             Target::Proxy => "proxy",
             Target::Floor => "floor",
             Target::Miss => "proxy, miss",
+            Target::NoAttribution => "proxy, no attribution",
         }
     }
 
@@ -210,6 +214,7 @@ impl Target {
             Target::Proxy => (MAIN.sock(), MAIN.port),
             Target::Floor => (FLOOR_SOCK.into(), FLOOR_PORT),
             Target::Miss => (MISS.sock(), MISS.port),
+            Target::NoAttribution => (NOATTR.sock(), NOATTR.port),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         match t {

@@ -115,6 +115,13 @@ const MEM: Instance = Instance {
     port: 1113,
     args: &["--negative-ttl", "600", "--max-entries", "200000"],
 };
+/// Attribution off: what naming each client costs, next to MAIN.
+const NOATTR: Instance = Instance {
+    name: "proxy-noattr",
+    dir: "/run/rpcbind-proxy-noattr",
+    port: 1115,
+    args: &["--no-attribution"],
+};
 /// Run under callgrind for instructions per hit.
 const CG: Instance = Instance {
     name: "proxy-callgrind",
@@ -287,6 +294,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     let expected = expected_reply()?;
     let proxy_pid = env.start_proxy(&MAIN, None)?;
     let miss_pid = env.start_proxy(&MISS, None)?;
+    let noattr_pid = env.start_proxy(&NOATTR, None)?;
     start_floor(&expected)?;
 
     // Warm the cache: the rows below measure hits (an entry lives 60 s, so a
@@ -308,6 +316,13 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     for t in [Transport::Unix, Transport::Tcp] {
         for target in targets {
             specs.push(Spec::new(t, Mode::OneShot, target, c, plan.row));
+        }
+    }
+    // What attribution costs: the same rows with it off, right after.
+    for mode in [Mode::OneShot, Mode::Persistent] {
+        for t in [Transport::Unix, Transport::Tcp] {
+            specs.push(Spec::new(t, mode, Target::Proxy, c, plan.row));
+            specs.push(Spec::new(t, mode, Target::NoAttribution, c, plan.row));
         }
     }
     for t in Transport::ALL {
@@ -343,6 +358,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
         let pid = match spec.target {
             Target::Proxy => Some(proxy_pid),
             Target::Miss => Some(miss_pid),
+            Target::NoAttribution => Some(noattr_pid),
             _ => None,
         };
         let row = run_row(spec, &expected, pid)?;

@@ -85,6 +85,33 @@ pub(crate) fn print_targets(
             );
         }
     }
+    // Attribution's cost: each proxy row measured right before its
+    // no-attribution twin (the last proxy row of that kind).
+    for mode in [Mode::OneShot, Mode::Persistent] {
+        for t in [Transport::Unix, Transport::Tcp] {
+            let twin = |target| {
+                rows.iter().rev().find(|r| {
+                    r.spec.transport == t
+                        && r.spec.mode == mode
+                        && r.spec.target == target
+                        && r.spec.clients == c
+                })
+            };
+            if let (Some(on), Some(off)) = (twin(Target::Proxy), twin(Target::NoAttribution)) {
+                check(
+                    on.rate >= 0.9 * off.rate,
+                    format!(
+                        "{} {} lookups with attribution >= 0.9 of without: {:.0}/s vs {:.0}/s = {:.2}",
+                        t.name(),
+                        if mode == Mode::OneShot { "one-connection-per-lookup" } else { "persistent" },
+                        on.rate,
+                        off.rate,
+                        on.rate / off.rate
+                    ),
+                );
+            }
+        }
+    }
     let hit_rows = rows.iter().filter(|r| r.spec.target == Target::Proxy);
     let (served, answered) =
         hit_rows.fold((0, 0), |(s, a), r| (s + r.rpcbind_served, a + r.lookups));

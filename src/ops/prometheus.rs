@@ -304,8 +304,21 @@ pub fn prometheus(v: &Value) -> String {
     metric(
         "limit_hits_total",
         "counter",
-        "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply).",
-        LIMITS.iter().map(|(l, hits, _)| sample(l, hits)).collect(),
+        "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply), UDP misses dropped (udp_in_flight).",
+        LIMITS
+            .iter()
+            .map(|(l, hits, _)| sample(l, hits))
+            .chain([sample("udp_in_flight", "dropped")])
+            .collect(),
+    );
+    metric(
+        "connections_evicted_total",
+        "counter",
+        "Idle connections closed at max_connections to admit a newer client.",
+        vec![sample("max_connections", "evicted")]
+            .into_iter()
+            .map(|(_, n)| (String::new(), n))
+            .collect(),
     );
     metric(
         "limit",

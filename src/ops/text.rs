@@ -160,9 +160,10 @@ fn limits_line(v: &Value) -> String {
     let secs =
         |p: &str| crate::proxy::logs::human(std::time::Duration::from_secs_f64(f(v, p).max(0.0)));
     format!(
-        "max-connections {} (refused {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {})",
+        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), udp misses in flight {} (dropped {})",
         u(v, "/limits/max_connections/limit"),
         u(v, "/limits/max_connections/refused"),
+        u(v, "/limits/max_connections/evicted"),
         u(v, "/limits/max_in_flight/limit"),
         u(v, "/limits/max_in_flight/reached"),
         secs("/limits/idle_timeout/seconds"),
@@ -171,6 +172,8 @@ fn limits_line(v: &Value) -> String {
         u(v, "/limits/record_timeout/closed"),
         u(v, "/limits/max_udp_reply/limit"),
         u(v, "/limits/max_udp_reply/too_large"),
+        u(v, "/limits/udp_in_flight/limit"),
+        u(v, "/limits/udp_in_flight/dropped"),
     )
 }
 
