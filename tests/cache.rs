@@ -93,45 +93,12 @@ fn a_restarted_rpcbind_is_relearnt() {
     });
 }
 
-/// Lookups rpcbind itself served (GETPORT, GETADDR, GETVERSADDR,
-/// GETADDRLIST), from its own counters (v4 GETSTAT, as `rpcinfo -m`).
-async fn rpcbind_lookups(sb: &Sandbox) -> u64 {
-    let call = Call::rpcb(4, RPCBPROC_GETSTAT, vec![]);
-    let stat = sb.call(Target::Direct, Transport::Unix, &call).await;
-    let body = stat.expect_results("GETSTAT");
-    let mut r = XdrReader::new(&body);
-    let mut total = 0u64;
-    for vers in [2, 3, 4] {
-        let info: Vec<u32> = (0..13).map(|_| r.u32().unwrap()).collect();
-        total += info[3] as u64; // GETPORT (v2) / GETADDR (v3, v4)
-        if vers == 4 {
-            total += (info[9] + info[11]) as u64;
-        }
-        let (_set, _unset) = (r.u32().unwrap(), r.u32().unwrap());
-        while r.bool().unwrap() {
-            // rpcbs_addrlist: prog, vers, success, failure, netid
-            for _ in 0..4 {
-                r.u32().unwrap();
-            }
-            r.string().unwrap();
-        }
-        while r.bool().unwrap() {
-            // rpcbs_rmtcalllist: prog, vers, proc, success, failure, indirect, netid
-            for _ in 0..6 {
-                r.u32().unwrap();
-            }
-            r.string().unwrap();
-        }
-    }
-    total
-}
-
 #[test]
 fn rpcbind_sees_a_handful_of_ten_thousand_lookups() {
     run(|sb| async move {
         assert!(sb.rpcbind_set(500004, 1, "tcp", "0.0.0.0.8.1").await);
         assert!(sb.rpcbind_set(500004, 1, "udp", "0.0.0.0.8.1").await);
-        let before = rpcbind_lookups(&sb).await;
+        let before = sb.rpcbind_lookups().await;
         let getaddr = Call::rpcb(3, RPCBPROC_GETADDR, rpcb_args(500004, 1, "tcp", "", ""));
         let calls = [getport_call(500004), getaddr];
         let mut served = 0;
@@ -145,7 +112,7 @@ fn rpcbind_sees_a_handful_of_ten_thousand_lookups() {
                 served += 1;
             }
         }
-        let upstream = rpcbind_lookups(&sb).await - before;
+        let upstream = sb.rpcbind_lookups().await - before;
         eprintln!("{served} lookups through the proxy, {upstream} reached rpcbind");
         // One miss per distinct question: GETPORT once (shared by every
         // transport), GETADDR once per arrival class.
@@ -201,12 +168,12 @@ fn getaddr_with_an_ipv6_hint_is_cached_and_answered_as_rpcbind_answers() {
         let hint = "fe80:1234:5678:9abc:def0:1234:5678:9abc.0.111";
         let call = Call::rpcb(3, RPCBPROC_GETADDR, rpcb_args(500010, 1, "tcp6", hint, ""));
         let direct = sb.call(Target::Direct, Transport::Unix, &call).await;
-        let before = rpcbind_lookups(&sb).await;
+        let before = sb.rpcbind_lookups().await;
         for i in 0..100 {
             let through = sb.call(Target::Proxy, Transport::Unix, &call).await;
             assert_eq!(through, direct, "lookup {i}");
         }
-        let asked = rpcbind_lookups(&sb).await - before;
+        let asked = sb.rpcbind_lookups().await - before;
         assert_eq!(
             asked, 1,
             "rpcbind answered {asked} of 100 lookups with one hint"

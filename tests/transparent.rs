@@ -78,39 +78,6 @@ async fn ok_as(sb: &Sandbox, uid: u32, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Lookups rpcbind itself served (GETPORT, GETADDR, GETVERSADDR,
-/// GETADDRLIST), from its own counters (v4 GETSTAT over its own socket).
-async fn rpcbind_lookups(sb: &Sandbox) -> u64 {
-    let call = Call::rpcb(4, RPCBPROC_GETSTAT, vec![]);
-    let body = sb
-        .call(Target::Direct, Transport::Unix, &call)
-        .await
-        .expect_results("GETSTAT");
-    let mut r = XdrReader::new(&body);
-    let mut total = 0u64;
-    for vers in [2, 3, 4] {
-        let info: Vec<u32> = (0..13).map(|_| r.u32().unwrap()).collect();
-        total += u64::from(info[3]);
-        if vers == 4 {
-            total += u64::from(info[9] + info[11]);
-        }
-        let (_set, _unset) = (r.u32().unwrap(), r.u32().unwrap());
-        while r.bool().unwrap() {
-            for _ in 0..4 {
-                r.u32().unwrap();
-            }
-            r.string().unwrap();
-        }
-        while r.bool().unwrap() {
-            for _ in 0..6 {
-                r.u32().unwrap();
-            }
-            r.string().unwrap();
-        }
-    }
-    total
-}
-
 /// Flows the proxy's redirect rules caught so far (0 without the table).
 async fn redirected_flows(sb: &Sandbox) -> u64 {
     sb.status()
@@ -318,11 +285,11 @@ async fn one_shot_lookups(sb: &Sandbox, uid: u32) {
 #[test]
 fn one_shot_lookups_leave_no_time_wait_and_rpcbind_serves_one_in_a_thousand() {
     let (tw, served) = with_sandbox(transparent(), |sb| async move {
-        let before = rpcbind_lookups(&sb).await;
+        let before = sb.rpcbind_lookups().await;
         for uid in [0, NOBODY] {
             one_shot_lookups(&sb, uid).await;
         }
-        let served = rpcbind_lookups(&sb).await - before;
+        let served = sb.rpcbind_lookups().await - before;
         sb.wait_tcp_settled(None, WAIT).await.unwrap();
         (sb.time_wait_count(None), served)
     });
@@ -484,9 +451,9 @@ fn a_killed_or_stopped_daemon_never_takes_port_111_down() {
         sb.signal_proxy(Signal::SIGKILL);
         sb.kill_proxy().await;
         assert!(!sb.intercept_table_exists(), "the table outlived a SIGKILL");
-        let at = rpcbind_lookups(&sb).await;
+        let at = sb.rpcbind_lookups().await;
         wait_until("lookups at rpcbind after SIGKILL", at + 80, || {
-            rpcbind_lookups(&sb)
+            sb.rpcbind_lookups()
         })
         .await;
 
@@ -500,9 +467,9 @@ fn a_killed_or_stopped_daemon_never_takes_port_111_down() {
         let exit = sb.stop_proxy().await;
         assert_eq!(exit.as_deref(), Some("exit code 0"), "{}", sb.proxy_log());
         assert!(!sb.intercept_table_exists(), "the table outlived SIGTERM");
-        let at = rpcbind_lookups(&sb).await;
+        let at = sb.rpcbind_lookups().await;
         wait_until("lookups at rpcbind after SIGTERM", at + 80, || {
-            rpcbind_lookups(&sb)
+            sb.rpcbind_lookups()
         })
         .await;
 

@@ -264,6 +264,15 @@ pub fn pid_of_socket(cgroup_path: &str, inode: u64, max_procs: usize) -> Option<
     if max_procs == 0 || inode == 0 {
         return None;
     }
+    let want = format!("socket:[{inode}]");
+    processes(cgroup_path, max_procs)?
+        .into_iter()
+        .find(|&pid| holds(pid, &want))
+}
+
+/// The first `max_procs` pids of cgroup `cgroup_path` (its `cgroup.procs`);
+/// `None` when the cgroup cannot be read.
+pub fn processes(cgroup_path: &str, max_procs: usize) -> Option<Vec<u32>> {
     let m = mount().ok()??;
     let root = m.root.trim_end_matches('/');
     // cgroup_path is relative to the hierarchy; the mount shows `root`.
@@ -278,29 +287,6 @@ pub fn pid_of_socket(cgroup_path: &str, inode: u64, max_procs: usize) -> Option<
     }
     let procs = m.mountpoint.join(inside).join("cgroup.procs");
     // A pid is at most 7 digits plus a newline.
-    let text = read_bounded(&procs, (max_procs as u64).saturating_mul(8)).ok()??;
-    let want = format!("socket:[{inode}]");
-    text.lines()
-        .take(max_procs)
-        .filter_map(|l| l.trim().parse::<u32>().ok())
-        .find(|&pid| holds(pid, &want))
-}
-
-/// The first `max_procs` pids of cgroup `cgroup_path` (its `cgroup.procs`);
-/// `None` when the cgroup cannot be read.
-pub fn processes(cgroup_path: &str, max_procs: usize) -> Option<Vec<u32>> {
-    let m = mount().ok()??;
-    let root = m.root.trim_end_matches('/');
-    let inside = if root.is_empty() {
-        cgroup_path
-    } else {
-        cgroup_path.strip_prefix(root)?
-    };
-    let inside = inside.trim_start_matches('/');
-    if inside.split('/').any(|c| c == "..") {
-        return None;
-    }
-    let procs = m.mountpoint.join(inside).join("cgroup.procs");
     let text = read_bounded(&procs, (max_procs as u64).saturating_mul(8)).ok()??;
     Some(
         text.lines()

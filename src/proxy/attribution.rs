@@ -10,10 +10,13 @@
 //!   runs); the process holding the socket gives the command. When it is
 //!   the only process of that user in that cgroup (a cron job, a check, a
 //!   transient unit), that is known without a search: the cgroup's process
-//!   list is read (one small read per connection) and, while it is the one
-//!   last seen, so is the answer. Otherwise each connection's socket is
-//!   looked for among the cgroup's processes, within a time budget (the
-//!   expensive part); beyond it the command stays unknown.
+//!   list is read (one small read per connection, the cgroup being small)
+//!   and, while it is the one last seen, so is the answer. Otherwise each
+//!   connection's socket is looked for among the cgroup's processes, within
+//!   a time budget (the expensive part); beyond it the command stays
+//!   unknown. A cgroup with several processes of the user is looked at
+//!   again only every few seconds, so a large one is not read per
+//!   connection.
 //!
 //! What cannot be known (the process already gone, no sock_diag, cgroup v1
 //! only, not permitted) stays `None` and shows as `-`: never a guess. A
@@ -94,8 +97,9 @@ type Names = (Option<Arc<str>>, Option<Arc<str>>);
 type Holder = (Option<u32>, Option<Arc<str>>);
 /// A user's only process in a cgroup, if it has exactly one.
 type Sole = Option<Holder>;
-/// A cgroup's process list as last read, and the `Sole` it gave.
-type Seen = (Vec<u32>, Sole);
+/// When a cgroup's process list was last read, the list, and the `Sole` it
+/// gave.
+type Seen = (Instant, Vec<u32>, Sole);
 
 /// A process as /proc describes it.
 #[derive(Debug, Clone)]
@@ -283,31 +287,54 @@ impl Attributor {
         v
     }
 
+    /// The user's only process among `pids` (cgroup `cg`), remembered with
+    /// the list it was found in.
+    fn sole(&self, cg: u64, uid: u32, pids: Vec<u32>) -> Sole {
+        let mine: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| cgroup::process_uid(p) == Some(uid))
+            .collect();
+        let sole = match mine[..] {
+            [only] => Some((Some(only), cgroup::command(only).map(Arc::from))),
+            _ => None,
+        };
+        self.holders
+            .lock()
+            .unwrap()
+            .put((cg, uid), (Instant::now(), pids, sole.clone()));
+        sole
+    }
+
     /// The process holding socket `inode` in cgroup `cg` created by `uid`,
     /// and its command. Never a guess: the user's only process there, or
     /// the one found holding this very socket.
     fn holder(&self, cg: u64, uid: u32, path: &str, inode: u64) -> Holder {
-        let pids = cgroup::processes(path, MAX_LISTED).unwrap_or_default();
+        // A user's only process: checked against the cgroup's current list
+        // on every connection (a small read: such a cgroup is small), so a
+        // process joining it is seen at once. Several processes: the list
+        // is looked at again only after a while (the search below is exact
+        // meanwhile), so a large cgroup is not read per connection.
         let cached = match self.holders.lock().unwrap().get(&(cg, uid)) {
-            Some((seen, sole)) if *seen == pids => Some(sole.clone()),
+            Some((at, _, None)) if at.elapsed() < FRESH => Some((None, None)),
+            Some((_, seen, Some(sole))) => Some((Some(seen.clone()), Some(sole.clone()))),
             _ => None,
         };
-        let sole = cached.unwrap_or_else(|| {
-            let mine: Vec<u32> = pids
-                .iter()
-                .copied()
-                .filter(|&p| cgroup::process_uid(p) == Some(uid))
-                .collect();
-            let sole = match mine[..] {
-                [only] => Some((Some(only), cgroup::command(only).map(Arc::from))),
-                _ => None,
-            };
-            self.holders
-                .lock()
-                .unwrap()
-                .put((cg, uid), (pids, sole.clone()));
-            sole
-        });
+        let sole = match cached {
+            Some((None, None)) => None,
+            Some((Some(seen), sole)) => {
+                let pids = cgroup::processes(path, MAX_LISTED).unwrap_or_default();
+                if pids == seen {
+                    sole
+                } else {
+                    self.sole(cg, uid, pids)
+                }
+            }
+            _ => {
+                let pids = cgroup::processes(path, MAX_LISTED).unwrap_or_default();
+                self.sole(cg, uid, pids)
+            }
+        };
         if let Some(sole) = sole {
             return sole;
         }

@@ -539,6 +539,39 @@ impl Sandbox {
         decode_rpcb_list(&out.expect_results("rpcbind DUMP")).unwrap()
     }
 
+    /// Lookups rpcbind itself served (GETPORT, GETADDR, GETVERSADDR,
+    /// GETADDRLIST), from its own counters (v4 GETSTAT, as `rpcinfo -m`).
+    pub async fn rpcbind_lookups(&self) -> u64 {
+        let call = Call::rpcb(4, RPCBPROC_GETSTAT, vec![]);
+        let stat = self.call(Target::Direct, Transport::Unix, &call).await;
+        let body = stat.expect_results("GETSTAT");
+        let mut r = XdrReader::new(&body);
+        let mut total = 0u64;
+        for vers in [2, 3, 4] {
+            let info: Vec<u32> = (0..13).map(|_| r.u32().unwrap()).collect();
+            total += info[3] as u64; // GETPORT (v2) / GETADDR (v3, v4)
+            if vers == 4 {
+                total += (info[9] + info[11]) as u64;
+            }
+            let (_set, _unset) = (r.u32().unwrap(), r.u32().unwrap());
+            while r.bool().unwrap() {
+                // rpcbs_addrlist: prog, vers, success, failure, netid
+                for _ in 0..4 {
+                    r.u32().unwrap();
+                }
+                r.string().unwrap();
+            }
+            while r.bool().unwrap() {
+                // rpcbs_rmtcalllist: prog, vers, proc, success, failure, indirect, netid
+                for _ in 0..6 {
+                    r.u32().unwrap();
+                }
+                r.string().unwrap();
+            }
+        }
+        total
+    }
+
     // --- rpcbind --------------------------------------------------------------
 
     async fn start_rpcbind(&mut self) -> Result<(), String> {
