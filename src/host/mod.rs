@@ -13,6 +13,7 @@
 
 pub mod cgroup;
 pub mod netfilter;
+pub(crate) mod netlink;
 pub mod procnet;
 pub mod sockdiag;
 pub mod sys;

@@ -16,33 +16,25 @@
 //!   own socket records in transparent mode (127.0.0.1:111, not the proxy's
 //!   port).
 //!
-//! The netlink messages are built and parsed here with `libc` only; every
-//! length the kernel sends is checked against the datagram it came in, and
-//! one receive is bounded by a fixed buffer and a 2 s timeout.
+//! The inet_diag messages are built and parsed here, on the socket and
+//! message codec of `host::netlink` (`libc` only); every length the kernel
+//! sends is checked against the datagram it came in, and one receive is
+//! bounded by a fixed buffer and a 2 s timeout.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::netlink::{
+    self, NLA_HDRLEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_MULTI, NLM_F_REQUEST,
+};
+
 // --- kernel uapi (linux/netlink.h, sock_diag.h, inet_diag.h, tcp_states.h) ---
-
-const NLMSG_HDRLEN: usize = 16;
-const NLA_HDRLEN: usize = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
-
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_MULTI: u16 = 0x02;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLM_F_DUMP: u16 = 0x300;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 
@@ -266,7 +258,7 @@ pub struct SockDiag {
 
 #[derive(Debug)]
 struct Inner {
-    fd: OwnedFd,
+    sock: netlink::Socket,
     seq: u32,
     buf: Vec<u8>,
     /// An exchange ended early (timeout, malformed reply, dump cut short):
@@ -280,7 +272,7 @@ impl SockDiag {
     pub fn open() -> io::Result<Self> {
         Ok(SockDiag {
             inner: Mutex::new(Inner {
-                fd: open_socket()?,
+                sock: open_socket()?,
                 seq: 0,
                 buf: vec![0u8; RECV_BUF],
                 dirty: false,
@@ -572,20 +564,12 @@ fn parse_diag_msg(p: &[u8]) -> Option<DiagMsg> {
     let uid = u32_at(p, after_id + 12)?;
     let inode = u32_at(p, after_id + 16)?;
     let mut cgroup_id = None;
-    let mut attrs = &p[DIAG_MSG_LEN..];
-    while attrs.len() >= NLA_HDRLEN {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || len > attrs.len() {
-            break;
-        }
-        let value = &attrs[NLA_HDRLEN..len];
+    for (ty, value) in netlink::attrs(&p[DIAG_MSG_LEN..]).map_while(Result::ok) {
         if ty == INET_DIAG_CGROUP_ID {
             if let Ok(v) = <[u8; 8]>::try_from(value) {
                 cgroup_id = Some(u64::from_ne_bytes(v));
             }
         }
-        attrs = attrs.get(align4(len)..).unwrap_or(&[]);
     }
     Some(DiagMsg {
         family,
@@ -637,43 +621,6 @@ fn match_peer(
     })
 }
 
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// One netlink message of a datagram: (type, flags, seq, payload).
-type Msg<'a> = (u16, u16, u32, &'a [u8]);
-
-/// Splits a datagram into messages; `Err` on a length that does not fit.
-fn split_msgs(mut buf: &[u8], mut each: impl FnMut(Msg<'_>) -> bool) -> io::Result<()> {
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(protocol(format!(
-                "netlink message length {len} out of bounds ({} bytes left)",
-                buf.len()
-            )));
-        }
-        let msg = (
-            u16::from_ne_bytes([buf[4], buf[5]]),
-            u16::from_ne_bytes([buf[6], buf[7]]),
-            u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
-            &buf[NLMSG_HDRLEN..len],
-        );
-        if !each(msg) {
-            return Ok(());
-        }
-        buf = buf.get(align4(len)..).unwrap_or(&[]);
-    }
-    Ok(())
-}
-
-/// The errno of an NLMSG_ERROR payload (positive; 0 = ACK).
-fn error_code(payload: &[u8]) -> io::Result<i32> {
-    let e = u32_at(payload, 0).ok_or_else(|| protocol("short NLMSG_ERROR".into()))? as i32;
-    Ok(e.checked_neg().unwrap_or(i32::MAX))
-}
-
 fn protocol(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -687,7 +634,7 @@ impl Inner {
             // The rest of an exchange that ended early may be queued, or a
             // dump still running (a new dump would get EBUSY): start over on
             // a fresh socket.
-            self.fd = open_socket()?;
+            self.sock = open_socket()?;
         }
         self.dirty = true; // until the answer has been read to its end
         self.seq = self.seq.wrapping_add(1).max(1);
@@ -695,79 +642,23 @@ impl Inner {
         let len = u32::try_from(NLMSG_HDRLEN + payload.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "request too large"))?;
         let mut out = Vec::with_capacity(len as usize);
-        out.extend_from_slice(&len.to_ne_bytes());
-        out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        out.extend_from_slice(&(NLM_F_REQUEST | extra_flags).to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel fills it
+        netlink::put_header(
+            &mut out,
+            len,
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST | extra_flags,
+            seq,
+        );
         out.extend_from_slice(payload);
-        // SAFETY: sockaddr_nl is plain data; all-zero (pid 0) is the kernel.
-        let mut sa: libc::sockaddr_nl = unsafe { mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
-            // SAFETY: `out` is valid for reads of out.len() bytes, `sa` is a
-            // valid sockaddr_nl with a matching length.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    out.as_ptr().cast::<libc::c_void>(),
-                    out.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
-                    mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n as usize != out.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short netlink send",
-                ));
-            }
-            return Ok(seq);
-        }
+        self.sock.send(&out)?;
+        Ok(seq)
     }
 
     /// Receives one datagram into the buffer; returns its length. Fails with
     /// `TimedOut` after RECV_TIMEOUT.
     fn recv(&mut self) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for writes of buf.len() bytes; the kernel
-            // writes at most that many and returns the datagram's full length
-            // (MSG_TRUNC), which is checked below before use.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast::<libc::c_void>(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no sock_diag reply within 2 s",
-                    )),
-                    _ => Err(e),
-                };
-            }
-            let n = n as usize;
-            if n > self.buf.len() {
-                return Err(protocol(format!(
-                    "sock_diag datagram of {n} bytes truncated"
-                )));
-            }
-            return Ok(n);
-        }
+        // A blocking receive returns a datagram or an error, never `None`.
+        Ok(self.sock.recv(&mut self.buf, false)?.unwrap_or(0))
     }
 
     /// The answer to an exact request: the message's payload, or `None` when
@@ -777,23 +668,24 @@ impl Inner {
         loop {
             let n = self.recv()?;
             let mut answer: Option<io::Result<Option<Vec<u8>>>> = None;
-            split_msgs(&self.buf[..n], |(ty, _flags, s, payload)| {
-                if s != seq {
-                    return true; // stale answer to an earlier exchange
+            for m in netlink::msgs(&self.buf[..n]) {
+                let m = m?;
+                if m.seq != seq {
+                    continue; // stale answer to an earlier exchange
                 }
-                answer = Some(match ty {
-                    SOCK_DIAG_BY_FAMILY => Ok(Some(payload.to_vec())),
-                    NLMSG_ERROR => match error_code(payload) {
+                answer = Some(match m.msg_type {
+                    SOCK_DIAG_BY_FAMILY => Ok(Some(m.payload.to_vec())),
+                    NLMSG_ERROR => match netlink::error_code(m.payload) {
                         Ok(0) => Ok(None),
                         Ok(libc::ENOENT) => Ok(None),
                         Ok(errno) => Err(io::Error::from_raw_os_error(errno)),
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.into()),
                     },
-                    NLMSG_NOOP => return true,
+                    NLMSG_NOOP => continue,
                     other => Err(protocol(format!("unexpected netlink message type {other}"))),
                 });
-                false
-            })?;
+                break;
+            }
             if let Some(a) = answer {
                 // An exact request draws exactly one message.
                 self.dirty = false;
@@ -810,30 +702,31 @@ impl Inner {
         loop {
             let n = self.recv()?;
             let mut end: Option<io::Result<()>> = None;
-            split_msgs(&self.buf[..n], |(ty, flags, s, payload)| {
-                if s != seq {
-                    return true;
+            for m in netlink::msgs(&self.buf[..n]) {
+                let m = m?;
+                if m.seq != seq {
+                    continue;
                 }
-                if flags & NLM_F_DUMP_INTR != 0 {
+                if m.flags & NLM_F_DUMP_INTR != 0 {
                     interrupted = true;
                 }
-                match ty {
+                match m.msg_type {
                     NLMSG_DONE => {
                         end = Some(Ok(()));
-                        return false;
+                        break;
                     }
                     NLMSG_ERROR => {
-                        end = Some(match error_code(payload) {
-                            Ok(0) => return true,
+                        end = Some(match netlink::error_code(m.payload) {
+                            Ok(0) => continue,
                             Ok(errno) => Err(io::Error::from_raw_os_error(errno)),
-                            Err(e) => Err(e),
+                            Err(e) => Err(e.into()),
                         });
-                        return false;
+                        break;
                     }
                     NLMSG_NOOP => {}
                     NLMSG_OVERRUN => {
                         end = Some(Err(protocol("netlink overrun".into())));
-                        return false;
+                        break;
                     }
                     SOCK_DIAG_BY_FAMILY => {
                         seen += 1;
@@ -841,18 +734,17 @@ impl Inner {
                             end = Some(Err(protocol(format!(
                                 "sock_diag dump longer than {DUMP_MAX_MSGS} messages"
                             ))));
-                            return false;
+                            break;
                         }
-                        each(payload);
-                        if flags & NLM_F_MULTI == 0 {
+                        each(m.payload);
+                        if m.flags & NLM_F_MULTI == 0 {
                             end = Some(Ok(()));
-                            return false;
+                            break;
                         }
                     }
                     _ => {}
                 }
-                true
-            })?;
+            }
             match end {
                 Some(Ok(())) => {
                     self.dirty = false;
@@ -872,58 +764,16 @@ impl Inner {
 
 /// A NETLINK_SOCK_DIAG socket, close-on-exec, with send and receive
 /// timeouts. `Err` with kind `Unsupported` when the kernel has none.
-fn open_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
+fn open_socket() -> io::Result<netlink::Socket> {
+    netlink::Socket::open(libc::NETLINK_SOCK_DIAG, "sock_diag", RECV_TIMEOUT).map_err(|e| {
+        match e.raw_os_error() {
             Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!("NETLINK_SOCK_DIAG socket: {e}"),
             ),
             _ => e,
-        });
-    }
-    // SAFETY: `raw` is a descriptor we just created and own exclusively.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let tv = libc::timeval {
-        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    setsockopt_raw(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-    setsockopt_raw(raw, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
-    Ok(fd)
-}
-
-fn setsockopt_raw<T>(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` points to a live, initialised T of size_of::<T>() bytes
-    // that the kernel only reads; `fd` is a descriptor the caller holds open.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (value as *const T).cast::<libc::c_void>(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+        }
+    })
 }
 
 /// getsockopt into a plain-data `T`; returns the length the kernel wrote.
