@@ -443,3 +443,59 @@ fn kernel_addr() -> libc::sockaddr_nl {
     sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     sa
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded_to_four_bytes() {
+        let mut a = AttrBuf::new();
+        a.put_str(1, "nat"); // 4 + 4 = 8, no padding
+        a.put(2, &[0xaa]); // 4 + 1 -> 8
+        a.put_u32_be(3, 0x0102_0304);
+        let b = a.into_bytes();
+        assert_eq!(b.len(), 8 + 8 + 8);
+        assert_eq!(&b[0..8], &[8, 0, 1, 0, b'n', b'a', b't', 0]);
+        assert_eq!(&b[8..16], &[5, 0, 2, 0, 0xaa, 0, 0, 0]);
+        assert_eq!(&b[16..24], &[8, 0, 3, 0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn nested_attributes_carry_their_length_and_flag() {
+        let mut a = AttrBuf::new();
+        let n = a.nest_start(4);
+        a.put_u32_be(1, 3);
+        a.put_u32_be(2, (-100i32) as u32);
+        a.nest_end(n);
+        let b = a.into_bytes();
+        assert_eq!(b.len(), 20);
+        assert_eq!(u16::from_ne_bytes([b[0], b[1]]), 20);
+        assert_eq!(u16::from_ne_bytes([b[2], b[3]]), 4 | NLA_F_NESTED);
+        let parsed: Vec<_> = attrs(&b).map(Result::unwrap).collect();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].0, 4, "NLA_F_NESTED masked");
+        let inner: Vec<_> = attrs(parsed[0].1).map(Result::unwrap).collect();
+        assert_eq!(
+            inner,
+            vec![(1, &[0, 0, 0, 3][..]), (2, &[0xff, 0xff, 0xff, 0x9c][..])]
+        );
+    }
+
+    #[test]
+    fn extended_ack_message_is_read() {
+        // errno -EINVAL, capped request header, NLMSGERR_ATTR_MSG "bad".
+        let mut p = (-libc::EINVAL).to_ne_bytes().to_vec();
+        p.extend_from_slice(&[0; NLMSG_HDRLEN]);
+        let mut a = AttrBuf::new();
+        a.put_str(NLMSGERR_ATTR_MSG, "bad");
+        p.extend_from_slice(&a.into_bytes());
+        let m = NlMsg {
+            msg_type: NLMSG_ERROR,
+            flags: NLM_F_ACK_TLVS | NLM_F_CAPPED,
+            seq: 0,
+            payload: &p,
+        };
+        assert_eq!(parse_error(&m).unwrap(), (libc::EINVAL, Some("bad".into())));
+    }
+}
