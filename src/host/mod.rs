@@ -2,9 +2,11 @@
 //!
 //! Owns the raw syscalls (`sys`: per-thread credentials, inherited sockets,
 //! RLIMIT_NOFILE), systemd's protocols (`systemd`: sd_notify, watchdog,
-//! LISTEN_FDS), nf_tables over netlink (`netfilter`: transparent mode's
-//! owner table, SO_MARK), sock_diag (`sockdiag`: a client's socket, TIME_WAIT
-//! counts), cgroups and /proc (`cgroup`: unit and command of a client),
+//! LISTEN_FDS), the netlink socket and message codec both netlink users
+//! share (`netlink`: bounded send/receive with timeouts, nlmsg/nlattr
+//! building and checked parsing, NLMSG_ERROR/DONE), nf_tables over netlink
+//! (`netfilter`: transparent mode's owner table, SO_MARK), sock_diag
+//! (`sockdiag`: a client's socket, TIME_WAIT counts), cgroups and /proc (`cgroup`: unit and command of a client),
 //! /proc/net/tcp (`procnet`, where sock_diag is missing) and the terminal of
 //! `top` (`terminal`). Every `unsafe` block of the crate lives in this folder, each
 //! with its own `// SAFETY:` line. Modules here are leaves: they may import
@@ -13,6 +15,7 @@
 
 pub mod cgroup;
 pub mod netfilter;
+pub(crate) mod netlink;
 pub mod procnet;
 pub mod sockdiag;
 pub mod sys;

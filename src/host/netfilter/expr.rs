@@ -1,0 +1,320 @@
+//! nf_tables expressions and messages: the install batch (table, chain, mark
+//! rule, one `counter redirect` rule per family and protocol), the rule
+//! comment in libnftnl's userdata TLVs, and parsing a dumped rule back
+//! (handle, comment, counter).
+
+use super::netlink::{attrs, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
+use super::*;
+
+pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg>, NetfilterError> {
+    check_name(&rules.table, "table name")?;
+    if rules.mark == 0 {
+        // `meta mark 0 return` would exempt every unmarked packet.
+        return Err(NetfilterError::Invalid("mark must not be 0".into()));
+    }
+    for r in [rules.ipv4, rules.ipv6].into_iter().flatten() {
+        if r.tcp_port == 0 || r.udp_port == 0 {
+            return Err(NetfilterError::Invalid("redirect port 0".into()));
+        }
+    }
+    let mut out = Vec::new();
+
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_TABLE_NAME, &rules.table);
+    a.put_u32_be(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+    out.push(BatchMsg {
+        msg_type: NFT_MSG_NEWTABLE,
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        attrs: a.into_bytes(),
+        op: Op::NewTable,
+    });
+
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_CHAIN_TABLE, &rules.table);
+    a.put_str(NFTA_CHAIN_NAME, CHAIN);
+    let hook = a.nest_start(NFTA_CHAIN_HOOK);
+    a.put_u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
+    a.put_u32_be(NFTA_HOOK_PRIORITY, CHAIN_PRIORITY as u32);
+    a.nest_end(hook);
+    a.put_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
+    a.put_str(NFTA_CHAIN_TYPE, "nat");
+    out.push(BatchMsg {
+        msg_type: NFT_MSG_NEWCHAIN,
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        attrs: a.into_bytes(),
+        op: Op::NewChain,
+    });
+
+    // meta mark M return
+    let exprs = vec![
+        Expr::Meta { key: NFT_META_MARK },
+        Expr::CmpEq(rules.mark.to_ne_bytes().to_vec()),
+        Expr::Return,
+    ];
+    out.push(rule_msg(&rules.table, &exprs, None, Op::NewMarkRule)?);
+
+    if let Some(r) = rules.ipv4 {
+        for (proto, port, name) in [
+            (libc::IPPROTO_TCP, r.tcp_port, "tcp"),
+            (libc::IPPROTO_UDP, r.udp_port, "udp"),
+        ] {
+            let label = format!("ipv4 {name}");
+            let exprs = redirect_exprs(NFPROTO_IPV4, 16, &[127, 0, 0, 1], proto as u8, port);
+            out.push(rule_msg(
+                &rules.table,
+                &exprs,
+                Some(&label),
+                Op::NewRule(label.clone()),
+            )?);
+        }
+    }
+    if let Some(r) = rules.ipv6 {
+        let lo6 = std::net::Ipv6Addr::LOCALHOST.octets();
+        for (proto, port, name) in [
+            (libc::IPPROTO_TCP, r.tcp_port, "tcp"),
+            (libc::IPPROTO_UDP, r.udp_port, "udp"),
+        ] {
+            let label = format!("ipv6 {name}");
+            let exprs = redirect_exprs(NFPROTO_IPV6, 24, &lo6, proto as u8, port);
+            out.push(rule_msg(
+                &rules.table,
+                &exprs,
+                Some(&label),
+                Op::NewRule(label.clone()),
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// The expressions nft generates for
+/// `ip[6] daddr A tcp|udp dport 111 counter redirect to :PORT`.
+pub(super) fn redirect_exprs(
+    nfproto: u8,
+    daddr_offset: u32,
+    addr: &[u8],
+    l4proto: u8,
+    port: u16,
+) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: NFT_META_NFPROTO,
+        },
+        Expr::CmpEq(vec![nfproto]),
+        Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset: daddr_offset,
+            len: addr.len() as u32,
+        },
+        Expr::CmpEq(addr.to_vec()),
+        Expr::Meta {
+            key: NFT_META_L4PROTO,
+        },
+        Expr::CmpEq(vec![l4proto]),
+        Expr::Payload {
+            base: NFT_PAYLOAD_TRANSPORT_HEADER,
+            offset: 2,
+            len: 2,
+        },
+        Expr::CmpEq(InterceptRules::RPCBIND_PORT.to_be_bytes().to_vec()),
+        Expr::Counter,
+        Expr::ImmediateData(port.to_be_bytes().to_vec()),
+        Expr::Redir,
+    ]
+}
+
+/// One nf_tables expression, always loading into / comparing NFT_REG_1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Expr {
+    Meta { key: u32 },
+    Payload { base: u32, offset: u32, len: u32 },
+    CmpEq(Vec<u8>),
+    Counter,
+    ImmediateData(Vec<u8>),
+    Return,
+    Redir,
+}
+
+impl Expr {
+    pub(super) fn encode(&self, a: &mut AttrBuf) {
+        let elem = a.nest_start(NFTA_LIST_ELEM);
+        let name = match self {
+            Expr::Meta { .. } => "meta",
+            Expr::Payload { .. } => "payload",
+            Expr::CmpEq(_) => "cmp",
+            Expr::Counter => "counter",
+            Expr::ImmediateData(_) | Expr::Return => "immediate",
+            Expr::Redir => "redir",
+        };
+        a.put_str(NFTA_EXPR_NAME, name);
+        let data = a.nest_start(NFTA_EXPR_DATA);
+        match self {
+            Expr::Meta { key } => {
+                a.put_u32_be(NFTA_META_KEY, *key);
+                a.put_u32_be(NFTA_META_DREG, NFT_REG_1);
+            }
+            Expr::Payload { base, offset, len } => {
+                a.put_u32_be(NFTA_PAYLOAD_DREG, NFT_REG_1);
+                a.put_u32_be(NFTA_PAYLOAD_BASE, *base);
+                a.put_u32_be(NFTA_PAYLOAD_OFFSET, *offset);
+                a.put_u32_be(NFTA_PAYLOAD_LEN, *len);
+            }
+            Expr::CmpEq(value) => {
+                a.put_u32_be(NFTA_CMP_SREG, NFT_REG_1);
+                a.put_u32_be(NFTA_CMP_OP, NFT_CMP_EQ);
+                let d = a.nest_start(NFTA_CMP_DATA);
+                a.put(NFTA_DATA_VALUE, value);
+                a.nest_end(d);
+            }
+            Expr::Counter => {
+                a.put_u64_be(NFTA_COUNTER_BYTES, 0);
+                a.put_u64_be(NFTA_COUNTER_PACKETS, 0);
+            }
+            Expr::ImmediateData(value) => {
+                a.put_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+                let d = a.nest_start(NFTA_IMMEDIATE_DATA);
+                a.put(NFTA_DATA_VALUE, value);
+                a.nest_end(d);
+            }
+            Expr::Return => {
+                a.put_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+                let d = a.nest_start(NFTA_IMMEDIATE_DATA);
+                let v = a.nest_start(NFTA_DATA_VERDICT);
+                a.put_u32_be(NFTA_VERDICT_CODE, NFT_RETURN as u32);
+                a.nest_end(v);
+                a.nest_end(d);
+            }
+            Expr::Redir => {
+                a.put_u32_be(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+                a.put_u32_be(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+            }
+        }
+        a.nest_end(data);
+        a.nest_end(elem);
+    }
+}
+
+pub(super) fn rule_msg(
+    table: &str,
+    exprs: &[Expr],
+    comment: Option<&str>,
+    op: Op,
+) -> Result<BatchMsg, NetfilterError> {
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_RULE_TABLE, table);
+    a.put_str(NFTA_RULE_CHAIN, CHAIN);
+    let list = a.nest_start(NFTA_RULE_EXPRESSIONS);
+    for e in exprs {
+        e.encode(&mut a);
+    }
+    a.nest_end(list);
+    if let Some(c) = comment {
+        a.put(NFTA_RULE_USERDATA, &encode_comment(c)?);
+    }
+    Ok(BatchMsg {
+        msg_type: NFT_MSG_NEWRULE,
+        flags: NLM_F_CREATE | NLM_F_APPEND,
+        attrs: a.into_bytes(),
+        op,
+    })
+}
+
+/// libnftnl's userdata TLV (u8 type, u8 length, value) holding the comment
+/// with its NUL, as `nft add rule ... comment "x"` stores it.
+pub(super) fn encode_comment(comment: &str) -> Result<Vec<u8>, NetfilterError> {
+    if comment.len() > COMMENT_MAX || comment.bytes().any(|b| b == 0) {
+        return Err(NetfilterError::Invalid(format!(
+            "comment {comment:?} too long or has NUL"
+        )));
+    }
+    let mut v = Vec::with_capacity(comment.len() + 3);
+    v.push(NFTNL_UDATA_RULE_COMMENT);
+    v.push((comment.len() + 1) as u8);
+    v.extend_from_slice(comment.as_bytes());
+    v.push(0);
+    Ok(v)
+}
+
+/// The comment in a rule's userdata TLVs, if any (malformed TLVs: `None`).
+pub(super) fn decode_comment(mut udata: &[u8]) -> Option<String> {
+    while udata.len() >= 2 {
+        let (ty, len) = (udata[0], usize::from(udata[1]));
+        let value = udata.get(2..2 + len)?;
+        if ty == NFTNL_UDATA_RULE_COMMENT {
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return std::str::from_utf8(&value[..end]).ok().map(str::to_owned);
+        }
+        udata = &udata[2 + len..];
+    }
+    None
+}
+
+// --- parsing (everything here is bounded by the slice it is given) ---
+
+pub(super) fn be_u64(v: &[u8]) -> Result<u64, NetfilterError> {
+    let a: [u8; 8] = v
+        .try_into()
+        .map_err(|_| NetfilterError::Protocol(format!("expected 8-byte value, got {}", v.len())))?;
+    Ok(u64::from_be_bytes(a))
+}
+
+/// One rule from a GETRULE dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DumpedRule {
+    pub(super) handle: u64,
+    pub(super) label: Option<String>,
+    /// (packets, bytes) of its counter expression, if it has one.
+    pub(super) counter: Option<(u64, u64)>,
+}
+
+/// Parses a NEWRULE message payload (nfgenmsg + attributes).
+pub(super) fn parse_rule(payload: &[u8]) -> Result<DumpedRule, NetfilterError> {
+    let body = payload
+        .get(NFGENMSG_LEN..)
+        .ok_or_else(|| NetfilterError::Protocol("rule message shorter than nfgenmsg".into()))?;
+    let mut handle = None;
+    let mut label = None;
+    let mut counter = None;
+    for attr in attrs(body) {
+        let (ty, val) = attr?;
+        match ty {
+            NFTA_RULE_HANDLE => handle = Some(be_u64(val)?),
+            NFTA_RULE_USERDATA => label = decode_comment(val),
+            NFTA_RULE_EXPRESSIONS => {
+                for elem in attrs(val) {
+                    let (ety, eval) = elem?;
+                    if ety != NFTA_LIST_ELEM {
+                        continue;
+                    }
+                    let mut name: &[u8] = &[];
+                    let mut data: &[u8] = &[];
+                    for e in attrs(eval) {
+                        match e? {
+                            (NFTA_EXPR_NAME, n) => name = n,
+                            (NFTA_EXPR_DATA, d) => data = d,
+                            _ => {}
+                        }
+                    }
+                    if name.split(|&b| b == 0).next() == Some(b"counter".as_slice()) {
+                        let (mut packets, mut bytes) = (0, 0);
+                        for c in attrs(data) {
+                            match c? {
+                                (NFTA_COUNTER_PACKETS, v) => packets = be_u64(v)?,
+                                (NFTA_COUNTER_BYTES, v) => bytes = be_u64(v)?,
+                                _ => {}
+                            }
+                        }
+                        counter = Some((packets, bytes));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let handle = handle.ok_or_else(|| NetfilterError::Protocol("rule without handle".into()))?;
+    Ok(DumpedRule {
+        handle,
+        label,
+        counter,
+    })
+}

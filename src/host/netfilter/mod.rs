@@ -1,0 +1,363 @@
+//! Transparent interception of port 111 with an nf_tables table that the
+//! kernel removes by itself when this process dies.
+//!
+//! Owns one `NETLINK_NETFILTER` socket and, through it, the table
+//! `inet <name>` created with `flags owner` (Linux >= 5.12): a `nat` chain on
+//! the `output` hook (priority -100) holding `meta mark M return` (the proxy's
+//! own upstream sockets carry that mark, see [`set_mark`]) and one
+//! `counter redirect` rule per family and protocol, sending locally
+//! originated traffic for 127.0.0.1:111 / [::1]:111 to the proxy's ports. The
+//! whole table is created in one atomic nf_tables batch; the kernel deletes it
+//! when the socket closes (exit, crash, SIGKILL), so a dead proxy never leaves
+//! clients redirected to nothing. The nf_tables messages are built and
+//! parsed here (`expr`, `socket`) on top of `host::netlink`, with `libc`
+//! only; every length that comes from the kernel is bounded before use.
+//!
+//! Files: this one is the public API; `expr` builds the install batch and
+//! its expressions and parses dumped rules; `socket` runs the batch, request
+//! and dump exchanges and maps the kernel's errno; `consts` is the uapi table.
+
+mod consts;
+mod expr;
+mod socket;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::netlink::{self, AttrBuf};
+use consts::*;
+use expr::*;
+use socket::*;
+
+// --- public API ---
+
+/// Where the redirect rules of one address family send port-111 traffic: the
+/// same loopback address, these ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redirect {
+    pub tcp_port: u16,
+    pub udp_port: u16,
+}
+
+/// What [`InterceptTable::install`] creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptRules {
+    /// Table name in family `inet`, e.g. "rpcbind_proxy".
+    pub table: String,
+    /// Packets carrying this mark (SO_MARK) are never redirected.
+    pub mark: u32,
+    /// 127.0.0.1:111 redirects; `None`: no IPv4 rules.
+    pub ipv4: Option<Redirect>,
+    /// [::1]:111 redirects; `None`: no IPv6 rules.
+    pub ipv6: Option<Redirect>,
+}
+
+impl InterceptRules {
+    /// The port whose traffic is intercepted (rpcbind's).
+    pub const RPCBIND_PORT: u16 = 111;
+}
+
+/// Packet and byte counts of one redirect rule. NAT chains see only the first
+/// packet of each flow, so `packets` counts new connections / UDP flows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCounter {
+    /// "ipv4 tcp", "ipv4 udp", "ipv6 tcp" or "ipv6 udp" (also the rule's comment).
+    pub label: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why an nf_tables operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    /// No NETLINK_NETFILTER (EPROTONOSUPPORT), no nf_tables subsystem
+    /// (EOPNOTSUPP on the batch), or no `nat` chain type / expression module
+    /// (ENOENT, EOPNOTSUPP on NEWCHAIN / NEWRULE).
+    #[error("nf_tables is not available in this kernel ({detail})")]
+    Unavailable { detail: String },
+    #[error("the kernel refused nf_tables owner tables (`flags owner` needs Linux >= 5.12): {}", errno_text(*errno))]
+    /// NEWTABLE refused the owner flag (EOPNOTSUPP / EINVAL: Linux < 5.12).
+    OwnerUnsupported { errno: i32 },
+    #[error("not permitted to change nf_tables: needs CAP_NET_ADMIN in this network namespace")]
+    /// EPERM: the caller (or the socket's opener) lacks CAP_NET_ADMIN.
+    PermissionDenied,
+    /// NEWTABLE got EPERM: another netlink socket owns the table.
+    #[error("another rpcbind-proxy instance holds table inet {table}")]
+    TableExists { table: String },
+    #[error("table inet {table} already exists without an owner (left by nft?); remove it with `nft delete table inet {table}`")]
+    /// NEWTABLE got EEXIST: a table of that name exists without an owner.
+    TableLeftOver { table: String },
+    /// Rejected before anything was sent.
+    #[error("invalid interception rules: {0}")]
+    Invalid(String),
+    /// Any other errno, with the operation and the kernel's extended-ack
+    /// message when it sent one.
+    #[error("nf_tables {op} failed: {}{}", errno_text(*errno), extack_text(message))]
+    Kernel {
+        op: String,
+        errno: i32,
+        message: Option<String>,
+    },
+    /// A reply that does not parse, or is missing what it must contain.
+    #[error("malformed netlink reply: {0}")]
+    Protocol(String),
+    /// The socket itself failed (also `TimedOut` after 5 s without a reply).
+    #[error("netlink I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<netlink::Error> for NetfilterError {
+    fn from(e: netlink::Error) -> Self {
+        match e {
+            netlink::Error::Io(e) => NetfilterError::Io(e),
+            netlink::Error::Malformed(m) => NetfilterError::Protocol(m),
+        }
+    }
+}
+
+fn errno_text(errno: i32) -> String {
+    io::Error::from_raw_os_error(errno).to_string()
+}
+
+fn extack_text(message: &Option<String>) -> String {
+    match message {
+        Some(m) => format!(" ({m})"),
+        None => String::new(),
+    }
+}
+
+impl NetfilterError {
+    /// The kernel's errno behind this error, when there is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::OwnerUnsupported { errno } | Self::Kernel { errno, .. } => Some(*errno),
+            Self::PermissionDenied => Some(libc::EPERM),
+            Self::TableExists { .. } => Some(libc::EPERM),
+            Self::TableLeftOver { .. } => Some(libc::EEXIST),
+            Self::Io(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// The installed table. Holds the owning netlink socket: dropping this value
+/// closes it and the kernel deletes the table (and its rules) at once; no
+/// `Drop` impl is needed. The socket is close-on-exec, but a `fork()`ed child
+/// that keeps running holds the table alive with it. Methods need
+/// CAP_NET_ADMIN still held by the calling thread.
+#[derive(Debug)]
+pub struct InterceptTable {
+    sock: NlSocket,
+    table: String,
+    /// Redirect rules still installed: (label, kernel handle), install order.
+    rules: Vec<(String, u64)>,
+}
+
+impl InterceptTable {
+    /// One atomic batch: NEWTABLE (owner flag, NLM_F_EXCL) + NEWCHAIN + the
+    /// mark rule + the redirect rules. Every message is ACKed; the first
+    /// failing one decides the error. Then reads back the rule handles.
+    pub fn install(rules: &InterceptRules) -> Result<Self, NetfilterError> {
+        let batch = build_install_batch(rules)?;
+        let sock = NlSocket::open()?;
+        sock.batch(&batch).map_err(|f| f.into_error(&rules.table))?;
+        let mut table = InterceptTable {
+            sock,
+            table: rules.table.clone(),
+            rules: Vec::new(),
+        };
+        let labels: Vec<String> = batch.iter().filter_map(|m| m.op.rule_label()).collect();
+        let dumped = table.dump_rules()?;
+        for label in labels {
+            match dumped
+                .iter()
+                .find(|r| r.label.as_deref() == Some(label.as_str()))
+            {
+                Some(r) => table.rules.push((label, r.handle)),
+                None => {
+                    return Err(NetfilterError::Protocol(format!(
+                        "rule {label:?} missing from the dump right after install"
+                    )))
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// The table's name (family `inet`).
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Labels and kernel handles of the redirect rules still installed.
+    pub fn rule_handles(&self) -> &[(String, u64)] {
+        &self.rules
+    }
+
+    /// Per redirect rule still installed: label, packets, bytes (a GETRULE
+    /// dump on the owning socket). Empty after [`Self::stop_redirecting`].
+    pub fn counters(&self) -> Result<Vec<RuleCounter>, NetfilterError> {
+        let dumped = self.dump_rules()?;
+        let mut out = Vec::with_capacity(self.rules.len());
+        for (label, handle) in &self.rules {
+            let r = dumped.iter().find(|r| r.handle == *handle).ok_or_else(|| {
+                NetfilterError::Protocol(format!(
+                    "rule {label:?} (handle {handle}) not in the dump"
+                ))
+            })?;
+            let (packets, bytes) = r.counter.unwrap_or((0, 0));
+            out.push(RuleCounter {
+                label: label.clone(),
+                packets,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Graceful exit step 1: delete the redirect rules only (one batch; the
+    /// table, chain and mark rule stay), so new flows go straight to port
+    /// 111 while flows already redirected keep their conntrack NAT binding
+    /// and still reach the proxy. Idempotent.
+    pub fn stop_redirecting(&mut self) -> Result<(), NetfilterError> {
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<BatchMsg> = self
+            .rules
+            .iter()
+            .map(|(label, handle)| {
+                let mut a = AttrBuf::new();
+                a.put_str(NFTA_RULE_TABLE, &self.table);
+                a.put_str(NFTA_RULE_CHAIN, CHAIN);
+                a.put_u64_be(NFTA_RULE_HANDLE, *handle);
+                BatchMsg {
+                    msg_type: NFT_MSG_DELRULE,
+                    flags: 0,
+                    attrs: a.into_bytes(),
+                    op: Op::DelRule(label.clone()),
+                }
+            })
+            .collect();
+        self.sock
+            .batch(&batch)
+            .map_err(|f| f.into_error(&self.table))?;
+        self.rules.clear();
+        Ok(())
+    }
+
+    /// Graceful exit step 2: delete the table (DELTABLE), then close the
+    /// socket. Takes effect at once, also for flows redirected earlier.
+    pub fn remove(self) -> Result<(), NetfilterError> {
+        let mut a = AttrBuf::new();
+        a.put_str(NFTA_TABLE_NAME, &self.table);
+        let batch = [BatchMsg {
+            msg_type: NFT_MSG_DELTABLE,
+            flags: 0,
+            attrs: a.into_bytes(),
+            op: Op::DelTable,
+        }];
+        let res = self
+            .sock
+            .batch(&batch)
+            .map_err(|f| f.into_error(&self.table));
+        drop(self); // closes the socket; the kernel would delete an owner table anyway
+        res
+    }
+
+    fn dump_rules(&self) -> Result<Vec<DumpedRule>, NetfilterError> {
+        let mut a = AttrBuf::new();
+        a.put_str(NFTA_RULE_TABLE, &self.table);
+        a.put_str(NFTA_RULE_CHAIN, CHAIN);
+        let msgs = self
+            .sock
+            .dump(NFT_MSG_GETRULE, NFPROTO_INET, &a.into_bytes(), "GETRULE")?;
+        let mut out = Vec::with_capacity(msgs.len());
+        for (ty, payload) in msgs {
+            if ty != nft_type(NFT_MSG_NEWRULE) {
+                continue;
+            }
+            out.push(parse_rule(&payload)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether table `inet <name>` exists in this network namespace (GETTABLE on
+/// a fresh socket). For diagnostics and tests.
+pub fn table_exists(name: &str) -> Result<bool, NetfilterError> {
+    check_name(name, "table name")?;
+    let sock = NlSocket::open()?;
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_TABLE_NAME, name);
+    match sock.request(NFT_MSG_GETTABLE, NFPROTO_INET, &a.into_bytes(), "GETTABLE") {
+        Ok(()) => Ok(true),
+        Err(NetfilterError::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// SO_MARK on a socket before it connects (needs CAP_NET_ADMIN): its packets
+/// then skip the redirect (`meta mark M return`).
+pub fn set_mark(fd: BorrowedFd<'_>, mark: u32) -> io::Result<()> {
+    netlink::setsockopt_raw(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, &mark)
+}
+
+// --- batch construction ---
+
+/// What one message of a batch does, for error messages and mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Begin,
+    NewTable,
+    NewChain,
+    NewMarkRule,
+    NewRule(String),
+    DelRule(String),
+    DelTable,
+    End,
+}
+
+impl Op {
+    fn rule_label(&self) -> Option<String> {
+        match self {
+            Op::NewRule(l) => Some(l.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Begin => f.write_str("batch"),
+            Op::NewTable => f.write_str("NEWTABLE"),
+            Op::NewChain => write!(f, "NEWCHAIN {CHAIN}"),
+            Op::NewMarkRule => f.write_str("NEWRULE (meta mark return)"),
+            Op::NewRule(l) => write!(f, "NEWRULE ({l})"),
+            Op::DelRule(l) => write!(f, "DELRULE ({l})"),
+            Op::DelTable => f.write_str("DELTABLE"),
+            Op::End => f.write_str("batch commit"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BatchMsg {
+    msg_type: u16,
+    flags: u16,
+    attrs: Vec<u8>,
+    op: Op,
+}
+
+fn check_name(name: &str, what: &str) -> Result<(), NetfilterError> {
+    if name.is_empty() || name.len() > NAME_MAX || name.bytes().any(|b| b == 0) {
+        return Err(NetfilterError::Invalid(format!(
+            "{what} {name:?} must be 1-{NAME_MAX} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
