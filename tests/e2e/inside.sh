@@ -51,13 +51,14 @@ start_probe() {
 	PROBE=$!
 	exec 7>/tmp/probe.in
 }
-stop_probe() { # stop_probe PHASE
+stop_probe() { # stop_probe [LOST]: at most LOST lookups may fail (default 0)
+	allowed=${1:-0}
 	exec 7>&-
 	wait "$PROBE"
 	counts=$(cat /tmp/probe.out)
 	set -- $counts
-	if [ "${2:-x}" -gt 40 ] && [ "${4:-x}" = 0 ] && [ "${6:-x}" -gt 40 ] && [ "${8:-x}" = 0 ]; then
-		ok "prober lost no lookup across $PHASE ($counts)"
+	if [ "${2:-0}" -ge 20 ] && [ "${6:-0}" -ge 20 ] && [ $((${4:-1} + ${8:-1})) -le "$allowed" ]; then
+		ok "prober lost at most $allowed lookup across $PHASE ($counts)"
 	else
 		bad "prober lost lookups across $PHASE ($counts; $(head -c 300 /tmp/probe.err))"
 	fi
@@ -113,12 +114,17 @@ check "after rpcbind moved, rpcinfo still prints what it printed before" cmp -s 
 diff /tmp/before.txt /tmp/moved.txt | head -20
 
 # --- the daemon killed, restarted, stopped ------------------------------------
-PHASE="SIGKILL and SIGTERM of the daemon"; start_probe
+# A lookup on a connection to the daemon at the very moment it is killed
+# dies with it: at most that one across SIGKILL; none across SIGTERM.
+PHASE="SIGKILL of the daemon"; start_probe
 sleep 1
 pid=$(main_pid)
 systemctl kill -s KILL rpcbind-proxy.service
 check "SIGKILL: the table is gone with the daemon" wait_for 5 no_table
 check "systemd restarts it in transparent mode" wait_for 15 sh -c "nft list table inet rpcbind_proxy >/dev/null && [ \"\$(systemctl show -p MainPID --value rpcbind-proxy.service)\" != $pid ]"
+sleep 1
+stop_probe 1
+PHASE="SIGTERM of the daemon (restart)"; start_probe
 sleep 1
 systemctl restart rpcbind-proxy.service
 check "SIGTERM (restart): the table is back with the new daemon" wait_for 15 table
