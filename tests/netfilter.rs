@@ -8,6 +8,8 @@
 //! That a SIGKILLed owner loses its table is tested end to end with the real
 //! daemon in tests/transparent.rs (`rpcbind-proxy serve --intercept`).
 
+#[path = "support/host_fixtures.rs"]
+mod host_fixtures;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
@@ -16,7 +18,6 @@ use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sched::CloneFlags;
 use nix::unistd::{Gid, Uid};
 use rpcbind_proxy::host::netfilter as nf;
 
@@ -59,25 +60,7 @@ fn in_netns_alone<F: FnOnce() + Send + 'static>(name: &str, f: F) {
 }
 
 fn run_in_netns<F: FnOnce() + Send + 'static>(name: &str, f: F) {
-    assert!(
-        Uid::effective().is_root(),
-        "{name}: the tests must run as root (unshare(CLONE_NEWNET) and nf_tables)"
-    );
-    let h = std::thread::spawn(move || {
-        // Affects only this thread's network namespace (and its children's).
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) (the tests must run as root)");
-        // A child spawned from this thread inherits its network namespace.
-        let st = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("run `ip link set lo up` (iproute2)");
-        assert!(st.success(), "ip link set lo up: {st}");
-        f();
-    });
-    if let Err(p) = h.join() {
-        std::panic::resume_unwind(p);
-    }
+    host_fixtures::in_netns(name, f);
 }
 
 /// The effective uid and gid of the whole process switched to nobody

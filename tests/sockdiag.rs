@@ -11,58 +11,23 @@
 //! The cost figures (10,000 unrelated sockets open, the whole naming chain)
 //! are `cargo bench --bench attribution` (benches/attribution.rs).
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/host_fixtures.rs"]
+mod host_fixtures;
+use host_fixtures::*;
+use std::io::Read;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::os::fd::AsFd;
+use std::time::Duration;
 
-use nix::sched::CloneFlags;
-use nix::unistd::Uid;
 use rpcbind_proxy::host::cgroup;
 use rpcbind_proxy::host::netfilter::{InterceptRules, InterceptTable, Redirect};
-use rpcbind_proxy::host::procnet;
 use rpcbind_proxy::host::sockdiag::{self, PeerSocket, Proto};
 
-const NOBODY: u32 = 65534;
 const PROXY_PORT: u16 = 1111;
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs `f` on a new thread that first moves into a fresh network namespace
-/// with `lo` up. Panics when not root.
-fn in_netns<F: FnOnce() + Send + 'static>(name: &str, f: F) {
-    assert!(
-        Uid::effective().is_root(),
-        "{name}: the tests must run as root (unshare(CLONE_NEWNET), cgroups)"
-    );
-    let h = std::thread::spawn(move || {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) (the tests must run as root)");
-        // A child spawned from this thread inherits its network namespace.
-        let st = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("run `ip link set lo up` (iproute2)");
-        assert!(st.success(), "ip link set lo up: {st}");
-        f();
-    });
-    if let Err(p) = h.join() {
-        std::panic::resume_unwind(p);
-    }
-}
-
 fn ipv6_loopback() -> bool {
     UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
-}
-
-/// The inode of one of this process's descriptors (what `socket:[N]` names).
-fn own_inode(fd: &impl AsRawFd) -> u64 {
-    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .expect("stat /proc/self/fd/N")
-        .ino()
 }
 
 /// The socket inode behind /proc/PID/fd/FD.
@@ -183,126 +148,6 @@ fn udp_client_socket_found_connected_or_not() {
 }
 
 // --- a client process as nobody in its own cgroup ---
-
-static CGROUP_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// `<cgroup2>/rbp-test-<pid>-<n>/hammer.service`, removed on drop.
-struct TestCgroup {
-    parent: PathBuf,
-    leaf: PathBuf,
-    /// The leaf's path relative to the hierarchy ("/rbp-test-…/hammer.service").
-    path: String,
-}
-
-impl TestCgroup {
-    /// Panics when this machine has no writable cgroup2 hierarchy.
-    fn create() -> Self {
-        let mp = cgroup::cgroup2_mountpoint()
-            .expect("reading /proc/self/mountinfo")
-            .unwrap_or_else(|| {
-                panic!(
-                    "needs a writable cgroup2 hierarchy: \
-                     no cgroup2 mount in /proc/self/mountinfo"
-                )
-            });
-        let name = format!(
-            "rbp-test-{}-{}",
-            std::process::id(),
-            CGROUP_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let parent = mp.join(&name);
-        if let Err(e) = std::fs::create_dir(&parent) {
-            panic!(
-                "needs a writable cgroup2 hierarchy: cannot create {}: {e}",
-                parent.display()
-            );
-        }
-        let leaf = parent.join("hammer.service");
-        std::fs::create_dir(&leaf).expect("mkdir leaf cgroup");
-        TestCgroup {
-            parent,
-            leaf,
-            path: format!("/{name}/hammer.service"),
-        }
-    }
-
-    /// The cgroup id: on 64-bit kernels the kernfs inode number of the
-    /// directory is the cgroup id (what INET_DIAG_CGROUP_ID reports).
-    fn id(&self) -> u64 {
-        std::fs::metadata(&self.leaf).unwrap().ino()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Every process started in it has been reaped by now.
-        let a = std::fs::remove_dir(&self.leaf);
-        let b = std::fs::remove_dir(&self.parent);
-        if !std::thread::panicking() {
-            a.expect("rmdir leaf cgroup");
-            b.expect("rmdir test cgroup");
-        }
-    }
-}
-
-/// A bash that moved itself into `cg` before dropping to nobody, holding a
-/// TCP connection (fd 3) to `tcp` and a UDP socket (fd 4) connected to `udp`
-/// (one datagram sent). Ends when its stdin closes.
-struct NobodyClient {
-    child: Child,
-}
-
-impl NobodyClient {
-    fn start(cg: &TestCgroup, tcp: SocketAddr, udp: SocketAddr) -> Self {
-        let procs = cg.leaf.join("cgroup.procs");
-        let inner = format!(
-            "exec 3<>/dev/tcp/{}/{} 4<>/dev/udp/{}/{} && printf hi >&4 && echo ready && {{ read x; true; }}",
-            tcp.ip(),
-            tcp.port(),
-            udp.ip(),
-            udp.port()
-        );
-        // The shell moves itself first, so every socket is created in `cg`
-        // (a socket records the cgroup of its creator at creation).
-        let script = format!(
-            "echo $$ > '{}' && exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups bash -c '{inner}'",
-            procs.display()
-        );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "client did not connect");
-        NobodyClient { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn finish(mut self) {
-        drop(self.child.stdin.take());
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "client: {st}");
-    }
-}
-
-impl Drop for NobodyClient {
-    /// On a failed assertion: end and reap the client, so that its cgroup
-    /// can be removed.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 #[test]
 fn nobody_client_named_by_uid_inode_cgroup_unit_pid_and_command() {
@@ -483,69 +328,6 @@ fn redirected_clients_found_through_the_original_destination() {
 }
 
 // --- TIME_WAIT counts ---
-
-/// `n` connections to `listener`, each closed by the side `client_first`
-/// says first, then by the other (which sees EOF first).
-fn one_shots(listener: &TcpListener, n: usize, client_first: bool) {
-    let addr = listener.local_addr().unwrap();
-    for _ in 0..n {
-        let mut c = TcpStream::connect(addr).unwrap();
-        let (mut s, _) = listener.accept().unwrap();
-        let mut b = [0u8; 1];
-        if client_first {
-            drop(c);
-            assert_eq!(s.read(&mut b).unwrap(), 0);
-        } else {
-            s.write_all(b"r").unwrap();
-            drop(s);
-            c.read_exact(&mut b).unwrap();
-            assert_eq!(c.read(&mut b).unwrap(), 0);
-            s = c; // the client now closes second
-        }
-        drop(s);
-    }
-}
-
-/// TIME_WAIT sockets of this thread's network namespace with `port` as
-/// local or remote port, from /proc/thread-self/net/tcp{,6}: the reference.
-/// (Not `procnet::tcp_sockets`: /proc/net is the namespace of the process's
-/// main thread, and these tests unshare on a thread of their own.) Reads and
-/// parses every line, as `procnet` does.
-fn proc_time_wait(port: u16) -> u64 {
-    let mut n = 0;
-    for file in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let port_of = |a: &str| {
-                a.rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-            };
-            if f.len() > 3
-                && u8::from_str_radix(f[3], 16) == Ok(procnet::TCP_TIME_WAIT)
-                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
-            {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-/// Waits (bounded) until /proc/net/tcp shows `want` TIME_WAIT for `port`:
-/// the last FIN of each connection is processed by the kernel on its own.
-fn settle(port: u16, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proc_time_wait(port) != want {
-        assert!(
-            Instant::now() < deadline,
-            "port {port}: {} TIME_WAIT in /proc/net/tcp, expected {want}",
-            proc_time_wait(port)
-        );
-        std::thread::yield_now();
-    }
-}
 
 #[test]
 fn time_wait_counted_per_port_like_proc_net_tcp() {
