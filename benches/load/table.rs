@@ -73,11 +73,17 @@ pub(crate) fn print_table(rows: &[Row]) {
             ratio(Target::Rpcbind),
         ]);
     }
+    print_markdown(&header, table);
+}
+
+/// A markdown table with aligned columns: the first three left-aligned
+/// (names), the rest right-aligned (figures).
+pub(crate) fn print_markdown(header: &[&str], table: Vec<Vec<String>>) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             table
                 .iter()
-                .map(|row| row[i].chars().count())
+                .map(|row: &Vec<String>| row[i].chars().count())
                 .chain([header[i].chars().count()])
                 .max()
                 .unwrap_or(0)

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::clients::{settle_tcp, time_wait_sockets, Mode, Target, Transport};
+use crate::table::print_markdown;
 use crate::table::{find, Row};
 use crate::{MAIN, RPCBIND_PORT, RPCBIND_SOCK, TEST_PROG, TEST_VERS};
 
@@ -249,46 +250,5 @@ pub(crate) fn print_tirpc_table(rows: &[TirpcRow], raw: &[Row]) {
         rows[0].clients
     );
     println!();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|row: &Vec<String>| row[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let pad = widths[i] - c.chars().count();
-                if i < 3 {
-                    format!("{c}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{c}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    println!(
-        "|{}|",
-        widths
-            .iter()
-            .enumerate()
-            .map(|(i, w)| if i < 3 {
-                format!(":{}-", "-".repeat(*w))
-            } else {
-                format!("-{}:", "-".repeat(*w))
-            })
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for row in table {
-        line(row);
-    }
+    print_markdown(&header, table);
 }
