@@ -17,7 +17,7 @@ use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
 use crate::ops::control;
-use crate::proxy::listen::{self, ListenSpec};
+use crate::proxy::listen::{self, Bound, ListenSpec, StreamLoop};
 use crate::proxy::policy::Class;
 use crate::proxy::service::{Proxy, RpcbindAddr};
 use crate::StartError;
@@ -146,20 +146,21 @@ pub async fn run(
     // datagram of a flow redirected earlier never finds the port closed.
     let (stop_tx, stop) = watch::channel(false);
     let (stop_udp_tx, stop_udp) = watch::channel(false);
-    let mut listeners = Vec::new();
+    let mut streams = Vec::new();
     let mut udp_listeners = Vec::new();
     for (spec, b) in bound {
         info!(%spec, "listening");
-        if matches!(spec, ListenSpec::Udp(_)) {
-            udp_listeners.push(tokio::spawn(listen::serve(
-                b,
+        match b {
+            Bound::Udp(socket) => udp_listeners.push(tokio::spawn(listen::serve_datagrams(
+                socket,
                 proxy.clone(),
                 stop_udp.clone(),
-            )));
-        } else {
-            listeners.push(tokio::spawn(listen::serve(b, proxy.clone(), stop.clone())));
+            ))),
+            b => streams.push(b),
         }
     }
+    let mut streams = StreamLoop::start(streams, proxy.clone(), tokio::runtime::Handle::current())
+        .map_err(StartError::StreamLoop)?;
     if let Some(rules) = &redirects {
         let table = InterceptTable::install(rules).map_err(StartError::Intercept)?;
         info!(
@@ -198,10 +199,11 @@ pub async fn run(
     systemd::ready();
     info!("ready");
 
-    // Listeners end when `stop` turns true: nothing new is accepted.
-    for l in listeners {
-        let _ = l.await;
-    }
+    // The stream listeners close when `stop` turns true: nothing new is
+    // accepted, and the clients are drained.
+    let _ = stop.clone().wait_for(|&s| s).await;
+    streams.stop();
+    streams.stopped_accepting().await;
     systemd::stopping();
     proxy.tasks.close();
     if tokio::time::timeout(DRAIN, proxy.tasks.wait())

@@ -132,3 +132,62 @@ pub fn default_sigpipe() {
     // effects; called once at start, before any thread is spawned.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
+
+/// A unix stream peer's credentials (SO_PEERCRED): uid, gid and pid (None
+/// when the kernel has no pid for it, as for a peer in another pid
+/// namespace).
+pub fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32, Option<i32>)> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `fd` is a live descriptor for the borrow's life; `cred` and
+    // `len` are valid and writable, and `len` is the size of `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_PEERCRED returned a short answer",
+        ));
+    }
+    Ok((cred.uid, cred.gid, (cred.pid > 0).then_some(cred.pid)))
+}
+
+/// SO_LINGER {on, 0}: closing the socket then sends an RST, and neither
+/// side keeps a TIME_WAIT socket.
+pub fn set_zero_linger(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is a live descriptor for the borrow's life; `linger` is
+    // a valid linger struct and the length given is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -149,11 +149,15 @@ impl Default for Clients {
 }
 
 impl Clients {
-    /// A stream client connected; the guard counts it out again.
-    pub fn connected(&self) -> ConnectedGuard<'_> {
+    /// A stream client connected (until [`Clients::closed`]).
+    pub fn opened(&self) {
         self.connected.fetch_add(1, Relaxed);
         self.total.fetch_add(1, Relaxed);
-        ConnectedGuard(self)
+    }
+
+    /// A stream connection counted by [`Clients::opened`] closed.
+    pub fn closed(&self) {
+        self.connected.fetch_sub(1, Relaxed);
     }
 
     /// The current second, for [`Tally::count`].
@@ -221,16 +225,6 @@ impl Clients {
                 .then(a.command.cmp(&b.command))
         });
         rows
-    }
-}
-
-/// Decrements the connected count when a stream client goes.
-#[derive(Debug)]
-pub struct ConnectedGuard<'a>(&'a Clients);
-
-impl Drop for ConnectedGuard<'_> {
-    fn drop(&mut self) {
-        self.0.connected.fetch_sub(1, Relaxed);
     }
 }
 

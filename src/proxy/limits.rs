@@ -271,8 +271,7 @@ struct Slot {
     /// Set (under the registry's lock) when evicted: the slot is no longer
     /// the registry's.
     evicted: AtomicBool,
-    /// The connection's task, woken when evicted (cheaper to poll than a
-    /// `Notify`: one compare of the waker, no lock).
+    /// Woken when evicted: the stream loop's signal for this connection.
     waker: AtomicWaker,
 }
 
@@ -306,21 +305,12 @@ impl Admitted {
         self.slot.evicted.load(Ordering::Acquire)
     }
 
-    /// Completes when the connection was evicted to admit another client;
-    /// the caller then closes it.
-    pub async fn evicted(&self) {
-        std::future::poll_fn(|cx| {
-            if self.slot.evicted.load(Ordering::Acquire) {
-                return std::task::Poll::Ready(());
-            }
-            self.slot.waker.register(cx.waker());
-            if self.slot.evicted.load(Ordering::Acquire) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await
+    /// Has `waker` woken when the connection is evicted to admit another
+    /// client (the caller then sees [`Admitted::is_evicted`] and closes it).
+    /// True if it already was.
+    pub fn wake_on_evict(&self, waker: &std::task::Waker) -> bool {
+        self.slot.waker.register(waker);
+        self.is_evicted()
     }
 }
 

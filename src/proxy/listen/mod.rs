@@ -19,17 +19,15 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio::sync::watch;
-use tracing::warn;
 
 use crate::host::sys::Inherited;
-use crate::proxy::limits::Owner;
-use crate::proxy::policy::Peer;
 use crate::proxy::service::Proxy;
 
+mod event_loop;
 mod stream;
 mod udp;
 
-use stream::{close_without_time_wait, serve_tcp, serve_unix};
+pub use event_loop::StreamLoop;
 use udp::serve_udp;
 
 /// Bytes read from a stream client at a time.
@@ -268,56 +266,14 @@ pub fn adopt(socket: Inherited) -> io::Result<(ListenSpec, Bound)> {
     })
 }
 
-/// Serves a bound listener until `shutdown` turns true.
-pub async fn serve(bound: Bound, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
-    match bound {
-        Bound::Unix(listener, _guard) => loop {
-            tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((stream, _)) => {
-                        let peer = match stream.peer_cred() {
-                            Ok(c) => Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
-                            Err(e) => { warn!(error = %e, "no peer credentials; dropping client"); continue; }
-                        };
-                        let Some(admitted) = proxy.limits.admit(Owner::of(&peer)) else {
-                            continue;
-                        };
-                        proxy.tasks.spawn(serve_unix(stream, peer, admitted, proxy.clone(), shutdown.clone()));
-                    }
-                    Err(e) => accept_failed(e).await,
-                },
-                _ = shutdown.changed() => return,
-            }
-        },
-        Bound::Tcp(listener) => loop {
-            tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((stream, addr)) => {
-                        let owner = match stream.local_addr() {
-                            Ok(server) => Owner::tcp(addr, server),
-                            Err(_) => Owner::OtherIp,
-                        };
-                        let Some(admitted) = proxy.limits.admit(owner) else {
-                            close_without_time_wait(stream);
-                            continue;
-                        };
-                        let _ = stream.set_nodelay(true);
-                        proxy.tasks.spawn(serve_tcp(stream, Peer::Tcp(addr), admitted, proxy.clone(), shutdown.clone()));
-                    }
-                    Err(e) => accept_failed(e).await,
-                },
-                _ = shutdown.changed() => return,
-            }
-        },
-        Bound::Udp(socket) => serve_udp(Arc::new(socket), proxy, shutdown).await,
-    }
-}
-
-/// Accept fails mostly for lack of descriptors; back off briefly rather than
-/// spin.
-async fn accept_failed(e: io::Error) {
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+/// Serves a UDP listener until `shutdown` turns true (stream listeners go
+/// to the [`StreamLoop`]).
+pub async fn serve_datagrams(
+    socket: UdpSocket,
+    proxy: Arc<Proxy>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_udp(Arc::new(socket), proxy, shutdown).await;
 }
 
 #[cfg(test)]

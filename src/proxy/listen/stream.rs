@@ -1,293 +1,386 @@
-//! Stream clients (unix and TCP): one task per connection reads records,
-//! answers them in order (calls may be pipelined, at most max-in-flight at
-//! a time), counts them on the client's row, and closes so that no
-//! TIME_WAIT is left behind.
+//! One stream client (unix or TCP), as the stream loop drives it: reads
+//! records, answers them in order (calls may be pipelined, at most
+//! max-in-flight at a time), counts them on the client's row, and closes so
+//! that no TIME_WAIT is left behind.
+//!
+//! Nothing here blocks or waits: the loop calls [`Stream::run`] when the
+//! socket is readable or writable, when an answer from rpcbind arrives, and
+//! at shutdown, and `run` does all that can be done now and returns. A cached
+//! hit is answered inside `run`, in the same wake-up as its read: that is
+//! the hot path, one read and one write per lookup. A call the cache cannot
+//! answer becomes a task on the runtime, whose outcome comes back through
+//! the loop's inbox ([`Stream::answered`]).
 
-use std::pin::Pin;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
-use std::sync::atomic::Ordering;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::codec::Decoder;
-use tracing::debug;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::protocol::rpc::{put_record, set_xid, RecordCodec, RecordError, MAX_CLIENT_RECORD};
-use crate::proxy::attribution::{Identity, Transport};
 use crate::proxy::clients::Tally;
-use crate::proxy::limits::Admitted;
+use crate::proxy::limits::{Admitted, Limits};
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
 
-use super::READ_CHUNK;
+/// Reads at most this many times per wake-up before letting the other
+/// clients have their turn (the client stays on the loop's ready list).
+const READS_PER_TURN: usize = 16;
 
-/// Makes every close of a TCP client socket an RST instead of a FIN
-/// (SO_LINGER {on, 0}). The side that sends the first FIN keeps a TIME_WAIT
-/// socket for 60 s; after an RST neither side keeps one.
-///
-/// Set as soon as the connection is accepted, so that it holds on every
-/// path: the client's EOF with every reply written (the client has read
-/// them), and every close the proxy starts itself: bad framing, an
-/// undecodable header, the idle and record timeouts, a write or read error,
-/// the shutdown drain, a task dropped when the drain runs out of time, the
-/// process exiting. The price: whatever the kernel has not sent yet is
-/// discarded. A written reply that reached the client's receive queue stays
-/// readable after the RST (on loopback that is at once); only a client that
-/// stopped reading until its receive window closed can lose the tail.
-fn reset_on_close(stream: &TcpStream) {
-    if let Err(e) = stream.set_zero_linger() {
-        debug!(error = %e, "cannot set SO_LINGER");
+/// A client's socket.
+pub(super) enum Sock {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+
+    pub(super) fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Tcp(s) => s,
+            Sock::Unix(s) => s,
+        }
     }
 }
 
-/// Closes a TCP client with an RST (see [`reset_on_close`]): for a
-/// connection refused at the connection limit.
-pub(super) fn close_without_time_wait(stream: TcpStream) {
-    reset_on_close(&stream);
-    drop(stream);
+/// Why a client was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closed {
+    /// Its EOF, with every reply written; or the shutdown drain.
+    Done,
+    /// Bad framing, a read or write error, or an answer that closes.
+    Error,
 }
 
-pub(super) async fn serve_tcp(
-    stream: TcpStream,
-    peer: Peer,
-    admitted: Admitted,
-    proxy: Arc<Proxy>,
-    shutdown: watch::Receiver<bool>,
-) {
-    reset_on_close(&stream);
-    // Who it is, asked now, while the client's socket surely exists.
-    let id = match (peer, stream.local_addr()) {
-        (Peer::Tcp(client), Ok(local)) => {
-            proxy.attribution.tcp(client, local, proxy.rpcbind_port())
-        }
-        _ => Identity::unknown(Transport::Tcp),
-    };
-    let tally = proxy.clients.tally(&id);
-    serve_stream(stream, peer, tally, admitted, proxy, shutdown).await;
+/// What a client's turn knows of the loop.
+pub(super) struct Turn<'a> {
+    pub proxy: &'a Arc<Proxy>,
+    pub runtime: &'a tokio::runtime::Handle,
+    pub inbox: &'a Arc<super::event_loop::Inbox>,
+    /// The client's slot in the loop (with [`Stream::id`], the address of
+    /// an answer).
+    pub slot: usize,
+    /// The wake-up's time, read once for every client it serves.
+    pub now: Instant,
+    /// The current second, for the client's row.
+    pub second: u32,
 }
 
-pub(super) async fn serve_unix(
-    stream: tokio::net::UnixStream,
-    peer: Peer,
-    admitted: Admitted,
-    proxy: Arc<Proxy>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let id = match peer {
-        Peer::Unix { uid, pid, .. } => proxy.attribution.unix(pid, uid),
-        _ => Identity::unknown(Transport::Unix),
-    };
-    let tally = proxy.clients.tally(&id);
-    serve_stream(stream, peer, tally, admitted, proxy, shutdown).await;
+/// The loop's buffers, lent to each client in turn.
+pub(super) struct Buffers {
+    /// Bytes read land here first; only a partial record is kept per client.
+    pub rbuf: Box<[u8]>,
+    /// The records being decoded, when the client keeps nothing of its own.
+    pub work: BytesMut,
+    /// The replies being written.
+    pub wbuf: BytesMut,
 }
 
-type Pending = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
-
-/// Reads records, answers them in order, and closes (how a close goes out
-/// is the stream's own: see [`reset_on_close`] for TCP). On shutdown it
-/// stops reading, answers what is in flight, and closes.
-///
-/// The read side is a plain loop over the record codec rather than a
-/// `FramedRead`, so that the task sees partial records arrive: a client that
-/// starts a record must finish it within the record timeout, and one that
-/// sends nothing (with nothing in flight) is closed after the idle timeout.
-async fn serve_stream<S>(
-    stream: S,
-    peer: Peer,
+pub(super) struct Stream {
+    pub sock: Sock,
+    pub peer: Peer,
+    /// Unique for the loop's life: an answer for a slot's earlier client is
+    /// dropped.
+    pub id: u64,
     tally: Arc<Tally>,
-    admitted: Admitted,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let _connected = proxy.clients.connected();
-    let limits = &proxy.limits;
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut codec = RecordCodec::new(MAX_CLIENT_RECORD);
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut replies: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut out = BytesMut::new();
-    let mut eof = false;
-    let mut last_activity = Instant::now();
-    let mut partial_since: Option<Instant> = None;
-    // Whole records are buffered that the in-flight limit holds back.
-    let mut held = false;
-    // One timer and one shutdown future for the connection's life, not one
-    // per loop round: the timer is moved only when it fires early or a
-    // partial record needs an earlier deadline.
-    let client = Client {
-        proxy: &proxy,
-        peer,
-        tally: &tally,
-    };
-    let timer = tokio::time::sleep(limits.idle_timeout());
-    tokio::pin!(timer);
-    let stop = shutdown.changed();
-    tokio::pin!(stop);
-    // Told when the connection is evicted at the connection limit.
-    let evicted = admitted.evicted();
-    tokio::pin!(evicted);
-    loop {
-        let max_in_flight = limits.max_in_flight();
-        tokio::select! {
-            read = rd.read_buf(&mut inbuf), if !eof && !held && replies.len() < max_in_flight => {
-                match read {
-                    Ok(0) => eof = true,
-                    Ok(_) => {
-                        let now = Instant::now();
-                        last_activity = now;
-                        admitted.touch(now);
-                        held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &client, max_in_flight) {
-                            Ok(held) => held,
-                            Err(e) => {
-                                debug!(?peer, error = %e, "bad framing; closing");
-                                return;
-                            }
-                        };
-                        if !out.is_empty() {
-                            if wr.write_all(&out).await.is_err() {
-                                break;
-                            }
-                            out.clear();
-                        }
-                        if replies.len() >= max_in_flight {
-                            limits.in_flight_reached.fetch_add(1, Ordering::Relaxed);
-                        }
-                        admitted.set_busy(!replies.is_empty());
-                        // Whole records held back by the in-flight limit
-                        // are the proxy's wait, not the client's.
-                        partial_since = match (!held && codec.is_mid_record(&inbuf), partial_since) {
-                            (false, _) => None,
-                            (true, Some(t)) => Some(t),
-                            (true, None) => {
-                                let due = now + limits.record_timeout();
-                                if due < timer.deadline() {
-                                    timer.as_mut().reset(due);
-                                }
-                                Some(now)
-                            }
-                        };
-                        if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-                            inbuf.reserve(READ_CHUNK);
-                        }
-                    }
-                    Err(_) => break,
-                }
-            },
-            _ = &mut stop, if !eof => eof = true,
-            () = &mut evicted, if !eof || !replies.is_empty() => {
-                debug!(?peer, "evicted at the connection limit; closing");
+    pub admitted: Admitted,
+    /// Shutdown waits for the client (see `Proxy::tasks`).
+    _tracked: TaskTrackerToken,
+    codec: RecordCodec,
+    /// Bytes of a record not yet complete (or held back by max-in-flight);
+    /// empty, without an allocation, between records.
+    inbuf: BytesMut,
+    /// Reply bytes the socket would not take yet (the client is not reading).
+    out: BytesMut,
+    /// The calls past the cache, in order: None until answered.
+    pending: VecDeque<Option<Outcome>>,
+    /// The sequence number of `pending[0]`.
+    first_seq: u64,
+    /// The socket may have bytes: a readable event came and no read since
+    /// found it empty.
+    pub readable: bool,
+    /// No more reads: the client's EOF, or shutdown.
+    pub eof: bool,
+    last_activity: Instant,
+    /// Since when a record has been part-received (not counting whole
+    /// records the in-flight limit holds back: that wait is the proxy's).
+    partial_since: Option<Instant>,
+}
+
+impl Stream {
+    pub(super) fn new(
+        sock: Sock,
+        peer: Peer,
+        id: u64,
+        tally: Arc<Tally>,
+        admitted: Admitted,
+        tracked: TaskTrackerToken,
+        now: Instant,
+    ) -> Stream {
+        Stream {
+            sock,
+            peer,
+            id,
+            tally,
+            admitted,
+            _tracked: tracked,
+            codec: RecordCodec::new(MAX_CLIENT_RECORD),
+            inbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            pending: VecDeque::new(),
+            first_seq: 0,
+            // Try a read at once: a client usually writes its call right
+            // after connecting, and it may be there already.
+            readable: true,
+            eof: false,
+            last_activity: now,
+            partial_since: None,
+        }
+    }
+
+    /// The answer to call `seq` came back from the runtime.
+    pub(super) fn answered(&mut self, seq: u64, outcome: Outcome) {
+        if let Some(at) = seq.checked_sub(self.first_seq) {
+            if let Some(slot) = self.pending.get_mut(at as usize) {
+                *slot = Some(outcome);
+            }
+        }
+    }
+
+    /// When the client is to be closed for taking too long (None: it waits
+    /// for rpcbind, which the upstream timeout bounds), and whether that is
+    /// the record timeout.
+    pub(super) fn deadline(&self, limits: &Limits) -> Option<(Instant, bool)> {
+        if let Some(t) = self.partial_since {
+            return Some((t + limits.record_timeout(), true));
+        }
+        if !self.pending.is_empty() {
+            return None;
+        }
+        // Idle, or not reading its replies (`out` waits).
+        Some((self.last_activity + limits.idle_timeout(), false))
+    }
+
+    /// Whether the client's turn ended with reads left to do (it goes on the
+    /// loop's ready list).
+    pub(super) fn wants_more(&self, limits: &Limits) -> bool {
+        self.readable
+            && !self.eof
+            && self.out.is_empty()
+            && self.pending.len() < limits.max_in_flight()
+    }
+
+    /// Does everything that can be done now: replies ready in order go out,
+    /// records read go to the cache or the runtime, and the socket is read
+    /// while it has bytes, the in-flight limit allows, and the client reads
+    /// its replies. Ok: keep the client; Err: close it.
+    pub(super) fn run(&mut self, t: &Turn<'_>, b: &mut Buffers) -> Result<(), Closed> {
+        let limits = &t.proxy.limits;
+        let max = limits.max_in_flight();
+        b.wbuf.clear();
+        let mut reads = 0;
+        loop {
+            self.take_answers(&mut b.wbuf, t.now)?;
+            // Records read earlier that the limit held back.
+            if !self.inbuf.is_empty() && self.pending.len() < max {
+                let mut inbuf = std::mem::take(&mut self.inbuf);
+                let taken = self.take_records(&mut inbuf, &mut b.wbuf, t, max);
+                self.inbuf = inbuf;
+                taken?;
+            }
+            self.flush(&mut b.wbuf, t.now)?;
+            if !self.out.is_empty() {
+                // Wait for the client to read (a writable event).
                 break;
-            },
-            Some(outcome) = replies.next(), if !replies.is_empty() => {
-                last_activity = Instant::now();
-                admitted.touch(last_activity);
-                if !append_reply(&mut out, outcome) {
+            }
+            if self.eof {
+                if self.pending.is_empty() {
+                    return Err(Closed::Done);
+                }
+                break;
+            }
+            if !self.readable || self.pending.len() >= max || reads == READS_PER_TURN {
+                break;
+            }
+            reads += 1;
+            let n = match self.sock.read(&mut b.rbuf) {
+                Ok(0) => {
+                    self.eof = true;
+                    continue;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
                     break;
                 }
-                // A place came free: the next record the limit held back
-                // goes now (max-in-flight holds exactly, however many
-                // records one read brought).
-                if held {
-                    held = match take_records(&mut codec, &mut inbuf, &mut replies, &mut out, &client, max_in_flight) {
-                        Ok(held) => held,
-                        Err(e) => {
-                            debug!(?peer, error = %e, "bad framing; closing");
-                            break;
-                        }
-                    };
-                    if !held && codec.is_mid_record(&inbuf) && partial_since.is_none() {
-                        partial_since = Some(last_activity);
-                        let due = last_activity + limits.record_timeout();
-                        if due < timer.deadline() {
-                            timer.as_mut().reset(due);
-                        }
-                    }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Closed::Error),
+            };
+            // A short read emptied the socket: the next bytes bring an
+            // event, so no read to see EAGAIN (and no wake-up for it).
+            if n < b.rbuf.len() {
+                self.readable = false;
+            }
+            self.last_activity = t.now;
+            self.admitted.touch(tokio::time::Instant::from_std(t.now));
+            if self.inbuf.is_empty() {
+                // The common case: whole records, decoded from the loop's
+                // buffer; only a remainder is copied to the client's own.
+                b.work.clear();
+                b.work.extend_from_slice(&b.rbuf[..n]);
+                let taken = self.take_records(&mut b.work, &mut b.wbuf, t, max);
+                if !b.work.is_empty() {
+                    self.inbuf = BytesMut::from(&b.work[..]);
                 }
-                admitted.set_busy(!replies.is_empty());
-                if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
-                        break;
-                    }
-                    out.clear();
-                }
-            },
-            () = &mut timer, if !eof || !replies.is_empty() => {
-                let now = Instant::now();
-                let due = match partial_since {
-                    Some(t) => t + limits.record_timeout(),
-                    None if replies.is_empty() => last_activity + limits.idle_timeout(),
-                    // Waiting for rpcbind is bounded by the upstream timeout.
-                    None => now + limits.idle_timeout(),
-                };
-                if now < due {
-                    timer.as_mut().reset(due);
-                } else {
-                    let counter = if partial_since.is_some() {
-                        &limits.record_timeouts
-                    } else {
-                        &limits.idle_closed
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    debug!(?peer, partial = partial_since.is_some(), "closing a client that took too long");
-                    break;
-                }
-            },
-            else => break,
+                taken?;
+            } else {
+                self.inbuf.extend_from_slice(&b.rbuf[..n]);
+                let mut inbuf = std::mem::take(&mut self.inbuf);
+                let taken = self.take_records(&mut inbuf, &mut b.wbuf, t, max);
+                self.inbuf = inbuf;
+                taken?;
+            }
+            if self.pending.len() >= max {
+                limits
+                    .in_flight_reached
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
-    }
-    // Dropping `rd` and `wr` closes the stream.
-}
-
-/// A connection's client: where its calls go, who it is, and its row.
-#[derive(Clone, Copy)]
-struct Client<'a> {
-    proxy: &'a Arc<Proxy>,
-    peer: Peer,
-    tally: &'a Tally,
-}
-
-/// Takes the buffered records while fewer than `max_in_flight` calls are in
-/// flight: cache hits are answered into `out` right here, while nothing
-/// earlier is still pending (replies go out in order), and written together;
-/// the rest queue in `replies`. True when it stopped at the limit with bytes
-/// still buffered (there may be whole records among them).
-fn take_records(
-    codec: &mut RecordCodec,
-    inbuf: &mut BytesMut,
-    replies: &mut FuturesOrdered<Pending>,
-    out: &mut BytesMut,
-    client: &Client<'_>,
-    max_in_flight: usize,
-) -> Result<bool, RecordError> {
-    let Client { proxy, peer, tally } = *client;
-    while replies.len() < max_in_flight {
-        let Some(record) = codec.decode(inbuf)? else {
-            return Ok(false);
+        self.admitted.set_busy(!self.pending.is_empty());
+        // A part-received record must be finished in time; whole records
+        // held back by the limit are not the client's delay.
+        let mid_record = self.pending.len() < max && self.codec.is_mid_record(&self.inbuf);
+        self.partial_since = match (mid_record, self.partial_since) {
+            (false, _) => None,
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(t.now),
         };
-        tally.count(proxy.clients.now());
-        let now = if replies.is_empty() {
-            proxy.answer_now(&record, peer)
+        Ok(())
+    }
+
+    /// Moves the answers at the head of the queue, in order, into `wbuf`.
+    fn take_answers(&mut self, wbuf: &mut BytesMut, now: Instant) -> Result<(), Closed> {
+        let mut answered = false;
+        while let Some(Some(_)) = self.pending.front() {
+            let Some(Some(outcome)) = self.pending.pop_front() else {
+                unreachable!("the front was just seen answered");
+            };
+            self.first_seq += 1;
+            answered = true;
+            if !append_reply(wbuf, outcome) {
+                return Err(Closed::Error);
+            }
+        }
+        if answered {
+            // Idle from now on, as far as the connection limit's choice of
+            // whom to evict goes.
+            self.last_activity = now;
+            self.admitted.touch(tokio::time::Instant::from_std(now));
+        }
+        Ok(())
+    }
+
+    /// Takes whole records from `src` while fewer than `max` calls are in
+    /// flight: with nothing in flight a cached hit is answered into `wbuf`
+    /// at once; anything else queues behind, as a task on the runtime (so
+    /// that replies go out in order).
+    fn take_records(
+        &mut self,
+        src: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        t: &Turn<'_>,
+        max: usize,
+    ) -> Result<(), Closed> {
+        while self.pending.len() < max {
+            let record = match self.codec.decode(src) {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(peer = ?self.peer, error = %e, "bad framing; closing");
+                    return Err(bad_framing(e));
+                }
+            };
+            self.tally.count(t.second);
+            if self.pending.is_empty() {
+                if let Some(outcome) = t.proxy.answer_now(&record, self.peer) {
+                    append_reply(wbuf, outcome);
+                    continue;
+                }
+            }
+            let seq = self.first_seq + self.pending.len() as u64;
+            self.pending.push_back(None);
+            let (proxy, inbox, peer) = (t.proxy.clone(), t.inbox.clone(), self.peer);
+            let (slot, id) = (t.slot, self.id);
+            t.proxy.tasks.spawn_on(
+                async move {
+                    let outcome = proxy.handle(record, peer).await;
+                    inbox.answer(slot, id, seq, outcome);
+                },
+                t.runtime,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes what waits in `out`, then `wbuf`; what the socket does not
+    /// take stays in `out`.
+    fn flush(&mut self, wbuf: &mut BytesMut, now: Instant) -> Result<(), Closed> {
+        if !self.out.is_empty() {
+            self.out.extend_from_slice(wbuf);
+            wbuf.clear();
+            let n = write_some(&mut self.sock, &self.out)?;
+            let _ = self.out.split_to(n);
+            if self.out.is_empty() {
+                // Give the memory back: an idle client holds no buffer.
+                self.out = BytesMut::new();
+            }
+        } else if !wbuf.is_empty() {
+            let n = write_some(&mut self.sock, wbuf)?;
+            if n < wbuf.len() {
+                self.out = BytesMut::from(&wbuf[n..]);
+            }
+            wbuf.clear();
         } else {
-            None
-        };
-        match now {
-            Some(outcome) => {
-                append_reply(out, outcome);
-            }
-            None => {
-                let proxy = proxy.clone();
-                replies.push_back(Box::pin(async move { proxy.handle(record, peer).await }));
-            }
+            return Ok(());
+        }
+        self.last_activity = now;
+        Ok(())
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now.
+fn write_some(sock: &mut Sock, buf: &[u8]) -> Result<usize, Closed> {
+    let mut done = 0;
+    while done < buf.len() {
+        match sock.write(&buf[done..]) {
+            Ok(0) => return Err(Closed::Error),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Closed::Error),
         }
     }
-    Ok(!inbuf.is_empty())
+    Ok(done)
+}
+
+fn bad_framing(_: RecordError) -> Closed {
+    Closed::Error
 }
 
 /// Appends an outcome's reply, record-marked, to `out`; false to close.

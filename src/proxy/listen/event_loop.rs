@@ -1,0 +1,571 @@
+//! The stream loop: one thread that accepts the unix and TCP clients and
+//! serves them all from one `epoll` set (through mio), so that a cached
+//! lookup costs what it costs rpcbind: a wake-up, a read and a write.
+//!
+//! Why not a task per connection on the runtime: every answer then also
+//! paid for a waker, the scheduler's queue, a task poll, a `select!` over
+//! the connection's timers and shutdown signal, and the time driver's turn,
+//! about twice the proxy's own work per hit. Here a readable socket is read
+//! at once, a short read is taken as "drained" (the next bytes bring an
+//! event), the hit is answered in the same turn, and timeouts are one sweep
+//! when the earliest of them is due, not a timer per connection.
+//!
+//! What needs to wait (a call past the cache) is a task on the runtime; its
+//! answer comes back through the [`Inbox`], which wakes the loop. So do
+//! evictions at the connection limit and shutdown.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::{Events, Interest, Poll, Token};
+use tracing::{debug, error, warn};
+
+use crate::host::sys::{peer_cred, set_zero_linger};
+use crate::proxy::attribution::{Identity, Transport};
+use crate::proxy::limits::Owner;
+use crate::proxy::policy::Peer;
+use crate::proxy::service::{Outcome, Proxy};
+
+use super::stream::{Buffers, Closed, Sock, Stream, Turn};
+use super::{Bound, UnixSocketFile, READ_CHUNK};
+
+/// Tokens at and above this are listeners; below, client slots.
+const LISTENERS: usize = 1 << 40;
+const WAKER: Token = Token(usize::MAX);
+/// Readiness events taken per wake-up.
+const EVENTS: usize = 1024;
+/// The longest the loop sleeps without looking at the clients' deadlines
+/// (a reload may have shortened a timeout).
+const SWEEP_AT_LEAST: Duration = Duration::from_secs(1);
+/// How long a listener rests after accept failed (mostly: out of file
+/// descriptors) rather than spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// One warning per this long about failing accepts.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Where the runtime's side leaves work for the loop.
+pub(super) struct Inbox {
+    waker: mio::Waker,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// (slot, client id, call sequence, outcome).
+    answers: Vec<(usize, u64, u64, Outcome)>,
+    /// (slot, client id) of clients evicted at the connection limit.
+    evicted: Vec<(usize, u64)>,
+    stop: bool,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.evicted.is_empty() && !self.stop
+    }
+}
+
+impl Inbox {
+    /// Adds work; wakes the loop only if the queue was empty (it takes the
+    /// whole queue when woken).
+    fn push(&self, add: impl FnOnce(&mut Queue)) {
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap();
+            let was = q.is_empty();
+            add(&mut q);
+            was
+        };
+        if was_empty {
+            if let Err(e) = self.waker.wake() {
+                error!(error = %e, "cannot wake the stream loop");
+            }
+        }
+    }
+
+    /// The answer to a client's call, from the runtime.
+    pub(super) fn answer(&self, slot: usize, id: u64, seq: u64, outcome: Outcome) {
+        self.push(|q| q.answers.push((slot, id, seq, outcome)));
+    }
+}
+
+/// Wakes the loop when a client is evicted at the connection limit.
+struct EvictSignal {
+    inbox: Arc<Inbox>,
+    slot: usize,
+    id: u64,
+}
+
+impl std::task::Wake for EvictSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let (slot, id) = (self.slot, self.id);
+        self.inbox.push(|q| q.evicted.push((slot, id)));
+    }
+}
+
+/// The running loop, as the daemon holds it.
+pub struct StreamLoop {
+    inbox: Arc<Inbox>,
+    accepting: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl std::fmt::Debug for StreamLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLoop")
+            .field("accepting", &self.accepting.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamLoop {
+    /// Serves `listeners` (unix and TCP; a UDP one is refused) on a thread
+    /// of its own. Calls past the cache run on `runtime`.
+    pub fn start(
+        listeners: Vec<Bound>,
+        proxy: Arc<Proxy>,
+        runtime: tokio::runtime::Handle,
+    ) -> io::Result<StreamLoop> {
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let inbox = Arc::new(Inbox {
+            waker,
+            queue: Mutex::new(Queue::default()),
+        });
+        let mut held = Vec::with_capacity(listeners.len());
+        for (i, bound) in listeners.into_iter().enumerate() {
+            let mut l = match bound {
+                Bound::Tcp(l) => Listener::Tcp(mio::net::TcpListener::from_std(l.into_std()?)),
+                Bound::Unix(l, file) => Listener::Unix {
+                    listener: mio::net::UnixListener::from_std(l.into_std()?),
+                    _file: file,
+                },
+                Bound::Udp(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a UDP socket is not served by the stream loop",
+                    ))
+                }
+            };
+            poll.registry()
+                .register(l.source(), Token(LISTENERS + i), Interest::READABLE)?;
+            held.push(Listening {
+                listener: Some(l),
+                paused_until: None,
+            });
+        }
+        let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel();
+        let now = Instant::now();
+        let mut lp = Loop {
+            poll,
+            inbox: inbox.clone(),
+            second: proxy.clients.now(),
+            proxy,
+            runtime,
+            listeners: held,
+            accepting: Some(accepting_tx),
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next_id: 0,
+            ready: Vec::new(),
+            bufs: Buffers {
+                rbuf: vec![0; READ_CHUNK].into_boxed_slice(),
+                work: BytesMut::with_capacity(READ_CHUNK),
+                wbuf: BytesMut::with_capacity(READ_CHUNK),
+            },
+            now,
+            next_check: now + SWEEP_AT_LEAST,
+            stopped: false,
+            accept_warned: None,
+        };
+        std::thread::Builder::new()
+            .name("streams".into())
+            .spawn(move || {
+                // A loop that died would leave the stream listeners open
+                // and unanswered: better the whole daemon goes (systemd
+                // restarts it; in transparent mode the kernel drops the
+                // redirect with it).
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.run()));
+                if ran.is_err() {
+                    error!("the stream loop panicked; aborting");
+                    std::process::abort();
+                }
+            })?;
+        Ok(StreamLoop {
+            inbox,
+            accepting: Some(accepting_rx),
+        })
+    }
+
+    /// Stops accepting and reading: clients get the answers to the calls
+    /// they have in flight, then are closed.
+    pub fn stop(&self) {
+        self.inbox.push(|q| q.stop = true);
+    }
+
+    /// Completes once the listeners are closed.
+    pub async fn stopped_accepting(&mut self) {
+        if let Some(rx) = self.accepting.take() {
+            let _ = rx.await;
+        }
+    }
+}
+
+enum Listener {
+    Tcp(mio::net::TcpListener),
+    Unix {
+        listener: mio::net::UnixListener,
+        /// The socket file, removed when the listener closes (None:
+        /// systemd's, or an abstract name).
+        _file: Option<UnixSocketFile>,
+    },
+}
+
+impl Listener {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Listener::Tcp(l) => l,
+            Listener::Unix { listener, .. } => listener,
+        }
+    }
+}
+
+struct Listening {
+    /// None once closed (shutdown).
+    listener: Option<Listener>,
+    /// Accept failed; try again at this time.
+    paused_until: Option<Instant>,
+}
+
+struct Loop {
+    poll: Poll,
+    inbox: Arc<Inbox>,
+    proxy: Arc<Proxy>,
+    runtime: tokio::runtime::Handle,
+    listeners: Vec<Listening>,
+    accepting: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Clients by slot (their token).
+    conns: Vec<Option<Stream>>,
+    free: Vec<usize>,
+    live: usize,
+    next_id: u64,
+    /// Clients whose turn ended with bytes possibly left to read.
+    ready: Vec<usize>,
+    bufs: Buffers,
+    /// When the current wake-up began.
+    now: Instant,
+    second: u32,
+    /// When to look at the clients' deadlines next.
+    next_check: Instant,
+    stopped: bool,
+    accept_warned: Option<Instant>,
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let _in_runtime = self.runtime.enter();
+        let mut events = Events::with_capacity(EVENTS);
+        let mut turn_ready = Vec::new();
+        loop {
+            let timeout = if self.ready.is_empty() {
+                self.next_check.saturating_duration_since(self.now)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!(error = %e, "the stream loop cannot wait for events; aborting");
+                std::process::abort();
+            }
+            self.now = Instant::now();
+            self.second = self.proxy.clients.now();
+            let mut inbox = false;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => inbox = true,
+                    Token(t) if t >= LISTENERS => self.accept(t - LISTENERS),
+                    Token(slot) => {
+                        if let Some(Some(c)) = self.conns.get_mut(slot) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                c.readable = true;
+                            }
+                            self.serve(slot);
+                        }
+                    }
+                }
+            }
+            if inbox {
+                self.take_inbox();
+            }
+            if !self.ready.is_empty() {
+                std::mem::swap(&mut turn_ready, &mut self.ready);
+                for slot in turn_ready.drain(..) {
+                    self.serve(slot);
+                }
+            }
+            if self.now >= self.next_check {
+                self.sweep();
+            }
+            if self.stopped && self.live == 0 {
+                debug!("stream loop: every client is closed");
+                return;
+            }
+        }
+    }
+
+    /// Gives the client in `slot` its turn; closes it if it is done.
+    fn serve(&mut self, slot: usize) {
+        let Some(Some(c)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let turn = Turn {
+            proxy: &self.proxy,
+            runtime: &self.runtime,
+            inbox: &self.inbox,
+            slot,
+            now: self.now,
+            second: self.second,
+        };
+        match c.run(&turn, &mut self.bufs) {
+            Ok(()) => {
+                let limits = &self.proxy.limits;
+                if c.wants_more(limits) {
+                    self.ready.push(slot);
+                }
+                if let Some((due, _)) = c.deadline(limits) {
+                    self.next_check = self.next_check.min(due);
+                }
+            }
+            Err(why) => {
+                if why == Closed::Error {
+                    debug!(peer = ?c.peer, "closing a client (bad framing, an error, or an answer that closes)");
+                }
+                self.close(slot);
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot).and_then(Option::take) {
+            // Dropping the socket closes it (a TCP client with an RST:
+            // SO_LINGER 0 was set when it was accepted), which also takes it
+            // out of the epoll set.
+            drop(c);
+            self.free.push(slot);
+            self.live -= 1;
+            self.proxy.clients.closed();
+        }
+    }
+
+    /// Accepts what waits on listener `i`.
+    fn accept(&mut self, i: usize) {
+        loop {
+            let Some(listening) = self.listeners.get_mut(i) else {
+                return;
+            };
+            if listening.paused_until.is_some() {
+                return;
+            }
+            let accepted = match &listening.listener {
+                Some(Listener::Tcp(l)) => l.accept().map(|(s, a)| (Sock::Tcp(s), Some(a))),
+                Some(Listener::Unix { listener, .. }) => {
+                    listener.accept().map(|(s, _)| (Sock::Unix(s), None))
+                }
+                None => return,
+            };
+            match accepted {
+                Ok((sock, addr)) => self.admit(sock, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    let now = self.now;
+                    if self
+                        .accept_warned
+                        .is_none_or(|t| now >= t + ACCEPT_WARN_EVERY)
+                    {
+                        warn!(error = %e, "accept failed; pausing the listener {ACCEPT_PAUSE:?} (this warning repeats at most every {ACCEPT_WARN_EVERY:?})");
+                        self.accept_warned = Some(now);
+                    }
+                    let until = now + ACCEPT_PAUSE;
+                    listening.paused_until = Some(until);
+                    self.next_check = self.next_check.min(until);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes in a client that was accepted: its identity, its place under
+    /// the connection limit, its row, and a first read.
+    fn admit(&mut self, mut sock: Sock, addr: Option<std::net::SocketAddr>) {
+        let proxy = &self.proxy;
+        let (peer, owner, local) = match (&sock, addr) {
+            (Sock::Unix(s), _) => match peer_cred(s.as_fd()) {
+                Ok((uid, gid, pid)) => {
+                    let peer = Peer::Unix { uid, gid, pid };
+                    (peer, Owner::of(&peer), None)
+                }
+                Err(e) => {
+                    warn!(error = %e, "no peer credentials; dropping client");
+                    return;
+                }
+            },
+            (Sock::Tcp(s), Some(client)) => {
+                // An RST on every close, whoever closes and why: no
+                // TIME_WAIT on either side.
+                if let Err(e) = set_zero_linger(s.as_fd()) {
+                    debug!(error = %e, "cannot set SO_LINGER");
+                }
+                let local = s.local_addr().ok();
+                let owner = local.map_or(Owner::OtherIp, |server| Owner::tcp(client, server));
+                (Peer::Tcp(client), owner, local)
+            }
+            (Sock::Tcp(_), None) => return,
+        };
+        let Some(admitted) = proxy.limits.admit(owner) else {
+            return;
+        };
+        if let Sock::Tcp(s) = &sock {
+            let _ = s.set_nodelay(true);
+        }
+        // Who it is, asked now, while the client's socket surely exists.
+        let identity = match (peer, local) {
+            (Peer::Unix { uid, pid, .. }, _) => proxy.attribution.unix(pid, uid),
+            (Peer::Tcp(client), Some(local)) => {
+                proxy.attribution.tcp(client, local, proxy.rpcbind_port())
+            }
+            _ => Identity::unknown(Transport::Tcp),
+        };
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            sock.source(),
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(error = %e, "cannot watch a client's socket; dropping it");
+            self.free.push(slot);
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let tally = proxy.clients.tally(&identity);
+        proxy.clients.opened();
+        let tracked = proxy.tasks.token();
+        let c = Stream::new(sock, peer, id, tally, admitted, tracked, self.now);
+        let signal = std::task::Waker::from(Arc::new(EvictSignal {
+            inbox: self.inbox.clone(),
+            slot,
+            id,
+        }));
+        let evicted = c.admitted.wake_on_evict(&signal);
+        self.conns[slot] = Some(c);
+        self.live += 1;
+        if evicted {
+            self.close(slot);
+            return;
+        }
+        self.serve(slot);
+    }
+
+    fn take_inbox(&mut self) {
+        let q = std::mem::take(&mut *self.inbox.queue.lock().unwrap());
+        let mut answered: Vec<usize> = Vec::with_capacity(q.answers.len());
+        for (slot, id, seq, outcome) in q.answers {
+            if let Some(Some(c)) = self.conns.get_mut(slot) {
+                if c.id == id {
+                    c.answered(seq, outcome);
+                    answered.push(slot);
+                }
+            }
+        }
+        answered.sort_unstable();
+        answered.dedup();
+        for slot in answered {
+            self.serve(slot);
+        }
+        for (slot, id) in q.evicted {
+            if let Some(Some(c)) = self.conns.get(slot) {
+                if c.id == id && c.admitted.is_evicted() {
+                    debug!(peer = ?c.peer, "evicted at the connection limit; closing");
+                    self.close(slot);
+                }
+            }
+        }
+        if q.stop && !self.stopped {
+            self.stop();
+        }
+    }
+
+    /// Shutdown: the listeners close (their files go), and every client
+    /// stops being read and is closed once its calls in flight are answered.
+    fn stop(&mut self) {
+        self.stopped = true;
+        for l in &mut self.listeners {
+            if let Some(mut listener) = l.listener.take() {
+                let _ = self.poll.registry().deregister(listener.source());
+            }
+        }
+        if let Some(tx) = self.accepting.take() {
+            let _ = tx.send(());
+        }
+        for slot in 0..self.conns.len() {
+            if let Some(Some(c)) = self.conns.get_mut(slot) {
+                c.eof = true;
+                self.serve(slot);
+            }
+        }
+    }
+
+    /// Closes the clients past their deadline, resumes paused listeners,
+    /// and sets when to look again.
+    fn sweep(&mut self) {
+        let now = self.now;
+        self.next_check = now + SWEEP_AT_LEAST;
+        for i in 0..self.listeners.len() {
+            match self.listeners[i].paused_until {
+                Some(t) if t <= now => {
+                    self.listeners[i].paused_until = None;
+                    self.accept(i);
+                }
+                Some(t) => self.next_check = self.next_check.min(t),
+                None => {}
+            }
+        }
+        let limits = &self.proxy.limits;
+        let mut expired = Vec::new();
+        for (slot, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            match c.deadline(limits) {
+                Some((due, record)) if due <= now => {
+                    let counter = if record {
+                        &limits.record_timeouts
+                    } else {
+                        &limits.idle_closed
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    debug!(peer = ?c.peer, partial = record, "closing a client that took too long");
+                    expired.push(slot);
+                }
+                Some((due, _)) => self.next_check = self.next_check.min(due),
+                None => {}
+            }
+        }
+        for slot in expired {
+            self.close(slot);
+        }
+    }
+}
