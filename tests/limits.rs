@@ -177,6 +177,44 @@ fn a_silent_client_is_closed_after_the_idle_timeout() {
     });
 }
 
+/// A client that sends calls and never reads the replies: once its socket
+/// is full the proxy stops reading from it (its replies wait, bounded, in
+/// the proxy), and when it has taken nothing for the idle timeout it is
+/// closed. Other clients are served all along.
+#[test]
+fn a_client_that_never_reads_its_replies_is_closed_after_the_idle_timeout() {
+    run_with(with_args(&["--idle-timeout", "0.5"]), |sb| async move {
+        let body = getport_call(100000).encode();
+        let mut wire = Vec::new();
+        for _ in 0..2000 {
+            wire.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
+            wire.extend_from_slice(&body);
+        }
+        let mut hog = UnixStream::connect(sb.proxy_unix()).await.unwrap();
+        // Writes until the proxy closes the connection (a write fails).
+        let writer = tokio::spawn(async move {
+            let start = Instant::now();
+            while hog.write_all(&wire).await.is_ok() {}
+            start.elapsed()
+        });
+        let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
+            .await
+            .unwrap();
+        for i in 0..100 {
+            let out = conn.call(&getport_call(100000).fresh()).await;
+            assert!(out.is_success(), "lookup {i} beside the hog: {out}");
+        }
+        // Closed by the client: not an idle close.
+        drop(conn);
+        let took = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the client that does not read was never closed")
+            .unwrap();
+        assert!(took >= Duration::from_millis(450), "closed too early: {took:?}");
+        assert_eq!(sb.status().await["limits"]["idle_timeout"]["closed"], 1);
+    });
+}
+
 #[test]
 fn a_slow_sender_must_finish_its_record_in_time() {
     run_with(

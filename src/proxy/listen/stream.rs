@@ -264,8 +264,12 @@ impl Stream {
         }
         self.admitted.set_busy(!self.pending.is_empty());
         // A part-received record must be finished in time; whole records
-        // held back by the limit are not the client's delay.
-        let mid_record = self.pending.len() < max && self.codec.is_mid_record(&self.inbuf);
+        // held back by the limit, or the rest of a record left unread while
+        // the client does not read its replies, are not the client's delay
+        // in sending.
+        let mid_record = self.out.is_empty()
+            && self.pending.len() < max
+            && self.codec.is_mid_record(&self.inbuf);
         self.partial_since = match (mid_record, self.partial_since) {
             (false, _) => None,
             (true, Some(since)) => Some(since),
