@@ -61,6 +61,19 @@ impl RecordCodec {
     pub fn is_mid_record(&self, buffered: &BytesMut) -> bool {
         self.fragments > 0 || !buffered.is_empty()
     }
+
+    /// The common case, read in place: with no record part-received, the
+    /// length of the one-fragment record at the start of `buf` (after its
+    /// 4-byte mark) if it is all there and within the bound. None for
+    /// anything else, which the decoder then takes (and refuses, if bad).
+    pub fn whole(&self, buf: &[u8]) -> Option<usize> {
+        if self.fragments > 0 {
+            return None;
+        }
+        let mark = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?);
+        let len = (mark & !LAST_FRAGMENT) as usize;
+        (mark & LAST_FRAGMENT != 0 && len <= self.max && buf.len() - 4 >= len).then_some(len)
+    }
 }
 
 impl Decoder for RecordCodec {
@@ -406,6 +419,28 @@ mod tests {
             out.push(r);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn whole_takes_only_complete_one_fragment_records_within_the_bound() {
+        let mut codec = RecordCodec::new(16);
+        let mut wire = BytesMut::new();
+        put_record(&mut wire, b"abcd");
+        assert_eq!(codec.whole(&wire), Some(4));
+        // Cut short, or only part of the mark: the decoder's job.
+        assert_eq!(codec.whole(&wire[..7]), None);
+        assert_eq!(codec.whole(&wire[..3]), None);
+        // Not the last fragment.
+        assert_eq!(codec.whole(&[0, 0, 0, 1, b'x']), None);
+        // Over the bound: left to the decoder, which refuses it.
+        let mut big = BytesMut::new();
+        put_record(&mut big, &[0; 17]);
+        assert_eq!(codec.whole(&big), None);
+        assert!(codec.decode(&mut big).is_err());
+        // After a first fragment, a last one is not a whole record.
+        let mut first = BytesMut::from(&[0, 0, 0, 1, b'x'][..]);
+        assert_eq!(codec.decode(&mut first).unwrap(), None);
+        assert_eq!(codec.whole(&wire), None);
     }
 
     #[test]

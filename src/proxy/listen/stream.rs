@@ -240,15 +240,29 @@ impl Stream {
             self.last_activity = t.now;
             self.admitted.touch(tokio::time::Instant::from_std(t.now));
             if self.inbuf.is_empty() {
-                // The common case: whole records, decoded from the loop's
-                // buffer; only a remainder is copied to the client's own.
-                b.work.clear();
-                b.work.extend_from_slice(&b.rbuf[..n]);
-                let taken = self.take_records(&mut b.work, &mut b.wbuf, t, max);
-                if !b.work.is_empty() {
-                    self.inbuf = BytesMut::from(&b.work[..]);
+                // The common case: whole one-fragment records, taken where
+                // they were read, without a copy.
+                let mut at = 0;
+                while self.pending.len() < max {
+                    let Some(len) = self.codec.whole(&b.rbuf[at..n]) else {
+                        break;
+                    };
+                    let record = &b.rbuf[at + 4..at + 4 + len];
+                    at += 4 + len;
+                    self.take_record(record, &mut b.wbuf, t);
                 }
-                taken?;
+                if at < n {
+                    // The rest (a partial record, fragments, records the
+                    // limit holds back) goes through the decoder; only what
+                    // it leaves is kept, in the client's own buffer.
+                    b.work.clear();
+                    b.work.extend_from_slice(&b.rbuf[at..n]);
+                    let taken = self.take_records(&mut b.work, &mut b.wbuf, t, max);
+                    if !b.work.is_empty() {
+                        self.inbuf = BytesMut::from(&b.work[..]);
+                    }
+                    taken?;
+                }
             } else {
                 self.inbuf.extend_from_slice(&b.rbuf[..n]);
                 let mut inbuf = std::mem::take(&mut self.inbuf);
@@ -301,9 +315,7 @@ impl Stream {
     }
 
     /// Takes whole records from `src` while fewer than `max` calls are in
-    /// flight: with nothing in flight a cached hit is answered into `wbuf`
-    /// at once; anything else queues behind, as a task on the runtime (so
-    /// that replies go out in order).
+    /// flight.
     fn take_records(
         &mut self,
         src: &mut BytesMut,
@@ -320,26 +332,34 @@ impl Stream {
                     return Err(bad_framing(e));
                 }
             };
-            self.tally.count(t.second);
-            if self.pending.is_empty() {
-                if let Some(outcome) = t.proxy.answer_now(&record, self.peer) {
-                    append_reply(wbuf, outcome);
-                    continue;
-                }
-            }
-            let seq = self.first_seq + self.pending.len() as u64;
-            self.pending.push_back(None);
-            let (proxy, inbox, peer) = (t.proxy.clone(), t.inbox.clone(), self.peer);
-            let (slot, id) = (t.slot, self.id);
-            t.proxy.tasks.spawn_on(
-                async move {
-                    let outcome = proxy.handle(record, peer).await;
-                    inbox.answer(slot, id, seq, outcome);
-                },
-                t.runtime,
-            );
+            self.take_record(&record, wbuf, t);
         }
         Ok(())
+    }
+
+    /// One call: with nothing in flight a cached hit is answered into `wbuf`
+    /// at once; anything else queues behind, as a task on the runtime (so
+    /// that replies go out in order).
+    fn take_record(&mut self, record: &[u8], wbuf: &mut BytesMut, t: &Turn<'_>) {
+        self.tally.count(t.second);
+        if self.pending.is_empty() {
+            if let Some(outcome) = t.proxy.answer_now(record, self.peer) {
+                append_reply(wbuf, outcome);
+                return;
+            }
+        }
+        let seq = self.first_seq + self.pending.len() as u64;
+        self.pending.push_back(None);
+        let (proxy, inbox, peer) = (t.proxy.clone(), t.inbox.clone(), self.peer);
+        let (slot, id) = (t.slot, self.id);
+        let record = BytesMut::from(record);
+        t.proxy.tasks.spawn_on(
+            async move {
+                let outcome = proxy.handle(record, peer).await;
+                inbox.answer(slot, id, seq, outcome);
+            },
+            t.runtime,
+        );
     }
 
     /// Writes what waits in `out`, then `wbuf`; what the socket does not
