@@ -29,6 +29,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// connection was redirected just before (its SYN in flight or in the
 /// backlog) is still served rather than reset.
 const SETTLE: Duration = Duration::from_millis(200);
+/// The stream loop wakes at least once a second; this long without a turn,
+/// it is stuck (and the watchdog ping is withheld).
+const STREAM_LOOP_STUCK: Duration = Duration::from_secs(3);
 /// The config file `serve` read, for the start-up line.
 static CONFIG_SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// The nftables table of transparent mode (family inet).
@@ -185,6 +188,7 @@ pub async fn run(
     background.push(tokio::spawn(supervise(
         proxy.clone(),
         probe_at,
+        streams.turn_counter(),
         shutdown.clone(),
     )));
     let reloader = {
@@ -371,8 +375,10 @@ fn raise_fd_limit() {
 async fn supervise(
     proxy: Arc<Proxy>,
     probe_at: Option<std::net::SocketAddr>,
+    stream_turns: impl Fn() -> u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut last_turns = (stream_turns(), tokio::time::Instant::now());
     let watchdog = systemd::watchdog_interval();
     let period = watchdog.map_or(Duration::from_secs(5), |w| {
         (w / 2).min(Duration::from_secs(5))
@@ -382,8 +388,18 @@ async fn supervise(
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
+        // The stream loop wakes at least once a second, busy or not.
+        let turns = stream_turns();
+        if turns != last_turns.0 {
+            last_turns = (turns, tokio::time::Instant::now());
+        }
+        let streams_stuck = last_turns.1.elapsed() > STREAM_LOOP_STUCK;
         if !proxy.healthy() {
             error!("the refresh loop has stalled; withholding the watchdog ping");
+        } else if streams_stuck {
+            error!(
+                "the stream loop (unix and TCP clients) is stuck; withholding the watchdog ping"
+            );
         } else if let Some(w) = watchdog {
             match probe_at {
                 Some(at) => match answers(at, w / 2).await {

@@ -16,6 +16,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,9 @@ const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct Inbox {
     waker: mio::Waker,
     queue: Mutex<Queue>,
+    /// How many times the loop has woken (at least once a second): the
+    /// watchdog's sign that it is not stuck.
+    turns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -135,6 +139,7 @@ impl StreamLoop {
         let inbox = Arc::new(Inbox {
             waker,
             queue: Mutex::new(Queue::default()),
+            turns: AtomicU64::new(0),
         });
         let mut held = Vec::with_capacity(listeners.len());
         for (i, bound) in listeners.into_iter().enumerate() {
@@ -182,6 +187,7 @@ impl StreamLoop {
             next_check: now + SWEEP_AT_LEAST,
             stopped: false,
             accept_warned: None,
+            turns: 0,
         };
         std::thread::Builder::new()
             .name("streams".into())
@@ -206,6 +212,14 @@ impl StreamLoop {
     /// they have in flight, then are closed.
     pub fn stop(&self) {
         self.inbox.push(|q| q.stop = true);
+    }
+
+    /// How many times the loop has gone round, for the watchdog: it goes
+    /// round at least once a second, so a count that stays put means it is
+    /// stuck.
+    pub fn turn_counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let inbox = self.inbox.clone();
+        move || inbox.turns.load(Ordering::Relaxed)
     }
 
     /// Completes once the listeners are closed.
@@ -264,6 +278,7 @@ struct Loop {
     next_check: Instant,
     stopped: bool,
     accept_warned: Option<Instant>,
+    turns: u64,
 }
 
 impl Loop {
@@ -286,6 +301,8 @@ impl Loop {
             }
             self.now = Instant::now();
             self.second = self.proxy.clients.now();
+            self.turns += 1;
+            self.inbox.turns.store(self.turns, Ordering::Relaxed);
             let mut inbox = false;
             for event in events.iter() {
                 match event.token() {
@@ -556,7 +573,7 @@ impl Loop {
                     } else {
                         &limits.idle_closed
                     };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counter.fetch_add(1, Ordering::Relaxed);
                     debug!(peer = ?c.peer, partial = record, "closing a client that took too long");
                     expired.push(slot);
                 }
