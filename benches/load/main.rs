@@ -398,10 +398,15 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
         println!();
         print_table(&rows);
     }
-    if only("table") || only("tirpc") {
+    let tirpc = if only("table") || only("tirpc") {
         let tirpc = tirpc::tirpc_rows(&env.tmp, plan.clients, plan.row)?;
-        tirpc::print_tirpc_table(&tirpc, &rows);
-    }
+        if !quiet() {
+            tirpc::print_tirpc_table(&tirpc, &rows);
+        }
+        tirpc
+    } else {
+        Vec::new()
+    };
     env.stop(miss_pid);
     if !quiet() {
         eprintln!(
@@ -435,7 +440,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
         );
         return Ok(());
     }
-    print_targets(plan.full, &rows, mem.as_ref(), cg.as_ref());
+    print_targets(plan.full, &rows, &tirpc, mem.as_ref(), cg.as_ref());
     println!();
     println!(
         "whole run: {:.0} s (not counting the build)",
