@@ -337,7 +337,27 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    fn percentile_us(&self, p: f64) -> f64 {
+    /// Lookups answered per second over the row.
+    pub(crate) fn rate(&self) -> f64 {
+        self.lookups as f64 / self.secs.max(1e-9)
+    }
+
+    /// Adds another window's figures (as many clients) to these: the rate
+    /// and percentiles over both.
+    pub(crate) fn absorb(&mut self, other: Load) {
+        self.lookups += other.lookups;
+        self.errors += other.errors;
+        self.secs += other.secs;
+        self.lat.extend(other.lat);
+        self.lat.sort_unstable();
+    }
+
+    /// Calls that failed (timed out, wrong reply, connection refused).
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    pub(crate) fn percentile_us(&self, p: f64) -> f64 {
         if self.lat.is_empty() {
             return f64::NAN;
         }
@@ -512,7 +532,7 @@ pub(crate) fn run_row(spec: Spec, expected: &[u8], proxy_pid: Option<u32>) -> Re
         spec,
         lookups: load.lookups,
         errors: load.errors,
-        rate: load.lookups as f64 / load.secs.max(1e-9),
+        rate: load.rate(),
         p50: load.percentile_us(0.50),
         p99: load.percentile_us(0.99),
         time_wait,

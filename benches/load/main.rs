@@ -17,9 +17,10 @@
 //!   a blocking thread per connection;
 //! - drives each target with client threads (plain blocking std sockets,
 //!   GETPORT of the registered program) for a fixed time per row, and prints
-//!   one table, then the memory section (1,000 idle connections and 100,000
-//!   cache entries) and instructions per cached hit (callgrind), and the
-//!   issue's targets with the measured figures.
+//!   one table, then the memory section (10,000 idle connections and
+//!   100,000 cache entries, and an active client's rate beside them) and
+//!   instructions per cached hit (callgrind), and the targets with
+//!   the measured figures.
 //!
 //! Rows: per transport (unix, tcp, udp) and mode ("persistent": one
 //! connection per client thread for the whole row; "datagrams" for UDP;
@@ -108,12 +109,21 @@ const MISS: Instance = Instance {
     port: 1112,
     args: &["--ttl", "0", "--negative-ttl", "0"],
 };
-/// The memory section: negative answers kept long enough to count them all.
+/// The memory section: negative answers kept long enough to count them all,
+/// and room for every idle connection (at the default max-connections, 4096,
+/// the proxy would evict the longest-idle ones to admit newer clients).
 const MEM: Instance = Instance {
     name: "proxy-mem",
     dir: "/run/rpcbind-proxy-mem",
     port: 1113,
-    args: &["--negative-ttl", "600", "--max-entries", "200000"],
+    args: &[
+        "--negative-ttl",
+        "600",
+        "--max-entries",
+        "200000",
+        "--max-connections",
+        "12000",
+    ],
 };
 /// Attribution off: what naming each client costs, next to MAIN.
 const NOATTR: Instance = Instance {
@@ -156,6 +166,9 @@ struct Plan {
     miss_row: Duration,
     idle_connections: usize,
     entries: u32,
+    /// How long the memory section's active client runs, with the idle
+    /// connections open and again without them.
+    active: Duration,
     instructions: bool,
     cg_hits: u32,
     /// `--only=table|memory|instructions`: one section (for working on it).
@@ -169,8 +182,9 @@ const FULL: Plan = Plan {
     clients: 4,
     row: Duration::from_millis(2500),
     miss_row: Duration::from_millis(1500),
-    idle_connections: 1000,
+    idle_connections: 10_000,
     entries: 100_000,
+    active: Duration::from_millis(1500),
     instructions: true,
     cg_hits: 5000,
     only: None,
@@ -184,6 +198,7 @@ const SMOKE: Plan = Plan {
     miss_row: Duration::from_millis(200),
     idle_connections: 20,
     entries: 500,
+    active: Duration::from_millis(100),
     instructions: false,
     cg_hits: 0,
     only: None,
@@ -256,11 +271,15 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 fn run(plan: Plan) -> Result<(), String> {
     let bin = proxy_binary(plan.full)?;
-    // 1,000 idle connections plus everything else, in here and in the
-    // proxy (which inherits the limit).
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
-    let want = hard.min(65536);
-    setrlimit(Resource::RLIMIT_NOFILE, want, hard).map_err(|e| format!("setrlimit: {e}"))?;
+    // The memory section's idle connections plus everything else, in here
+    // (the client ends) and in the proxy (the server ends; it inherits the
+    // limit and raises its soft limit to the hard one). As root the hard
+    // limit may go up too, if it is below what the section needs.
+    let need = plan.idle_connections as u64 + 4096;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    let want = hard.min(65536).max(soft).max(need);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want))
+        .map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {want}): {e}"))?;
 
     // Still one thread here: unshare(CLONE_NEWNS) refuses a multi-threaded
     // process. Every thread and child from now on lives in these namespaces.
@@ -379,10 +398,15 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
         println!();
         print_table(&rows);
     }
-    if only("table") || only("tirpc") {
+    let tirpc = if only("table") || only("tirpc") {
         let tirpc = tirpc::tirpc_rows(&env.tmp, plan.clients, plan.row)?;
-        tirpc::print_tirpc_table(&tirpc, &rows);
-    }
+        if !quiet() {
+            tirpc::print_tirpc_table(&tirpc, &rows);
+        }
+        tirpc
+    } else {
+        Vec::new()
+    };
     env.stop(miss_pid);
     if !quiet() {
         eprintln!(
@@ -416,7 +440,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
         );
         return Ok(());
     }
-    print_targets(plan.full, &rows, mem.as_ref(), cg.as_ref());
+    print_targets(plan.full, &rows, &tirpc, mem.as_ref(), cg.as_ref());
     println!();
     println!(
         "whole run: {:.0} s (not counting the build)",

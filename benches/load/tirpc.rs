@@ -22,15 +22,15 @@ use crate::{MAIN, RPCBIND_PORT, RPCBIND_SOCK, TEST_PROG, TEST_VERS};
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/tirpc_bench.c");
 
 pub(crate) struct TirpcRow {
-    transport: Transport,
-    mode: Mode,
-    target: Target,
-    clients: usize,
+    pub(crate) transport: Transport,
+    pub(crate) mode: Mode,
+    pub(crate) target: Target,
+    pub(crate) clients: usize,
     errors: u64,
-    rate: f64,
+    pub(crate) rate: f64,
     p50: f64,
     p99: f64,
-    time_wait: usize,
+    pub(crate) time_wait: usize,
 }
 
 /// Builds the client; None (and says why) when there is no compiler or no
@@ -44,7 +44,7 @@ fn build(dir: &Path) -> Option<PathBuf> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     let Some(flags) = flags else {
-        println!("load: no libtirpc rows: pkg-config finds no libtirpc (libtirpc-dev)");
+        say("pkg-config finds no libtirpc (libtirpc-dev)");
         return None;
     };
     let built = Command::new("cc")
@@ -57,16 +57,23 @@ fn build(dir: &Path) -> Option<PathBuf> {
     match built {
         Ok(o) if o.status.success() => Some(out),
         Ok(o) => {
-            println!(
-                "load: no libtirpc rows: cc failed: {}",
+            say(&format!(
+                "cc failed: {}",
                 String::from_utf8_lossy(&o.stderr)
-            );
+            ));
             None
         }
         Err(e) => {
-            println!("load: no libtirpc rows: cannot run cc: {e}");
+            say(&format!("cannot run cc: {e}"));
             None
         }
+    }
+}
+
+/// Why there are no libtirpc rows (unless the smoke run keeps quiet).
+fn say(why: &str) {
+    if !crate::quiet() {
+        println!("load: no libtirpc rows: {why}");
     }
 }
 
@@ -144,7 +151,8 @@ pub(crate) fn tirpc_rows(
                     p99: get("p99_us")?,
                     time_wait,
                 };
-                eprintln!(
+                if !crate::quiet() {
+                    eprintln!(
                     "load: libtirpc {} {} {:<8} {:>9.0}/s p50 {:>7.1} µs p99 {:>7.1} µs, {} errors, {} TIME_WAIT",
                     transport.name(),
                     mode_arg,
@@ -155,6 +163,7 @@ pub(crate) fn tirpc_rows(
                     row.errors,
                     row.time_wait
                 );
+                }
                 if lookups == 0 {
                     return Err(format!("libtirpc {mode_arg} {addr}: no lookup answered"));
                 }
