@@ -602,8 +602,9 @@ impl Sandbox {
             Proc::spawn("rpcbind", &mut cmd).map_err(|e| format!("spawning rpcbind: {e}"))?;
         self.rpcbind = Some(proc);
 
-        // rpcbind creates its unix socket after the inet ones: once a connect
-        // succeeds, every transport is listening.
+        // Ready once its unix socket accepts and its TCP socket listens on
+        // port 111 (read from /proc, so that the check leaves no TIME_WAIT
+        // behind: the order rpcbind opens them in is not to be relied on).
         // Socket-activated, it starts on the first connection: the socket
         // accepts at once, so wait for an answer to NULL instead.
         let sock = self.rpcbind_unix();
@@ -622,6 +623,10 @@ impl Sandbox {
                 )
             } else {
                 std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                    && self
+                        .tcp_sockets()
+                        .iter()
+                        .any(|s| s.state == TCP_LISTEN && s.local_port == RPCBIND_PORT)
             };
             if ready {
                 if self.transparent {
