@@ -338,6 +338,7 @@ const RPCSEC_GSS: u32 = 6;
 /// echoes the call's verifier when that is non-empty (`_svcauth_unix`).
 /// rpcbind has no AUTH_DES keys (FAILED) and no GSS contexts (BADCRED); every
 /// other flavor is refused with REJECTEDCRED. Checked against rpcbind 1.2.6.
+#[inline]
 pub fn authenticate<'a>(call: &Call<'a>) -> Result<OpaqueAuth<'a>, AuthStat> {
     match call.cred.flavor {
         AUTH_NONE => Ok(OpaqueAuth::NONE),

@@ -104,6 +104,38 @@ impl<'a> Reader<'a> {
         Ok(hi << 32 | lo)
     }
 
+    /// `N` values of four bytes at once (a struct of `u32` fields), with the
+    /// error reading them one by one would give.
+    #[inline]
+    pub fn u32s<const N: usize>(&mut self) -> Result<[u32; N], XdrError> {
+        if self.rest.len() < 4 * N {
+            return Err(self.truncated_at_word());
+        }
+        let (words, rest) = self.rest.split_at(4 * N);
+        self.rest = rest;
+        Ok(std::array::from_fn(|i| {
+            u32::from_be_bytes([
+                words[4 * i],
+                words[4 * i + 1],
+                words[4 * i + 2],
+                words[4 * i + 3],
+            ])
+        }))
+    }
+
+    /// Where reading four-byte values one by one stops short: at the first
+    /// value not wholly there.
+    #[cold]
+    #[inline(never)]
+    fn truncated_at_word(&self) -> XdrError {
+        let whole = self.rest.len() & !3;
+        XdrError::Truncated {
+            offset: self.position() + whole,
+            needed: 4,
+            left: self.rest.len() - whole,
+        }
+    }
+
     /// XDR bool: any non-zero value is true (as libtirpc's xdr_bool).
     #[inline]
     pub fn bool(&mut self) -> Result<bool, XdrError> {
@@ -213,6 +245,29 @@ mod tests {
                 max: 255
             })
         );
+    }
+
+    #[test]
+    fn words_at_once_read_and_fail_as_one_by_one() {
+        let buf: Vec<u8> = (0..24).collect();
+        for len in 4..=buf.len() {
+            let (mut at_once, mut one_by_one) =
+                (Reader::new(&buf[..len]), Reader::new(&buf[..len]));
+            at_once.u32().unwrap();
+            one_by_one.u32().unwrap();
+            let expected = (|| {
+                Ok([
+                    one_by_one.u32()?,
+                    one_by_one.u32()?,
+                    one_by_one.u32()?,
+                    one_by_one.u32()?,
+                ])
+            })();
+            assert_eq!(at_once.u32s::<4>(), expected, "{len} bytes");
+            if expected.is_ok() {
+                assert_eq!(at_once.position(), one_by_one.position());
+            }
+        }
     }
 
     #[test]
