@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::protocol::rpc::{self, AcceptStat};
 use crate::protocol::rpcb::{self, Args, Procedure, RpcbEntry};
-use crate::proxy::policy::Class;
+use crate::proxy::policy::{Class, Peer};
 use crate::proxy::upstream::UpstreamError;
 
 /// Whose address rpcbind merges a registered address with.
@@ -65,13 +65,16 @@ pub enum Key {
 }
 
 impl Key {
-    /// The key of a call, if its answer may be cached.
+    /// The key of a call from `peer`, if its answer may be cached. (The
+    /// caller's address is looked at only for the procedures whose answer
+    /// depends on it.)
+    #[inline]
     pub fn of(
         rpcb_vers: u32,
         procedure: Procedure,
         args: &Args<'_>,
         class: Class,
-        caller: Option<IpAddr>,
+        peer: &Peer,
     ) -> Option<Key> {
         match (procedure, args) {
             (Procedure::GetPort, Args::Mapping(m)) => Some(Key::GetPort {
@@ -87,7 +90,7 @@ impl Key {
                     let (ip, port) = rpcb::parse_universal_address(r.addr)?;
                     Origin::Hint(ip, port)
                 } else {
-                    match caller {
+                    match peer.ip() {
                         Some(ip) => Origin::Caller(ip),
                         None => Origin::Local,
                     }

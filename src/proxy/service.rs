@@ -617,7 +617,7 @@ fn cache_key(
     if verf != OpaqueAuth::NONE {
         return None;
     }
-    Key::of(call.vers, procedure, args, class, peer.ip())
+    Key::of(call.vers, procedure, args, class, &peer)
 }
 
 fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
