@@ -191,3 +191,51 @@ pub fn set_zero_linger(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Time since boot from CLOCK_MONOTONIC_COARSE: the clock's value as of
+/// the last timer tick (a few milliseconds old at most), read without the
+/// hardware counter `Instant::now` reads, so much cheaper. For counting in
+/// whole seconds on the request path. Falls back to CLOCK_MONOTONIC (the
+/// clock of `Instant`) on a kernel without the coarse one.
+pub fn coarse_monotonic() -> std::time::Duration {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; clock_gettime only
+        // writes it, and reports an unknown clock as an error.
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (rc == 0).then(|| {
+            std::time::Duration::new(
+                u64::try_from(ts.tv_sec).unwrap_or(0),
+                u32::try_from(ts.tv_nsec).unwrap_or(0),
+            )
+        })
+    };
+    read(libc::CLOCK_MONOTONIC_COARSE)
+        .or_else(|| read(libc::CLOCK_MONOTONIC))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_coarse_clock_keeps_up_with_instant_within_a_tick() {
+        let (c0, i0) = (coarse_monotonic(), Instant::now());
+        std::thread::sleep(Duration::from_millis(60));
+        let (c1, i1) = (coarse_monotonic(), Instant::now());
+        let coarse = c1 - c0;
+        let fine = i1 - i0;
+        assert!(c0 > Duration::ZERO);
+        // A tick is 1 to 10 ms (HZ 1000 to 100); allow two.
+        assert!(
+            coarse + Duration::from_millis(20) >= fine
+                && coarse <= fine + Duration::from_millis(20),
+            "coarse {coarse:?}, Instant {fine:?}"
+        );
+    }
+}

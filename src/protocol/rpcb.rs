@@ -43,7 +43,29 @@ pub enum Procedure {
 
 impl Procedure {
     /// The procedure `number` of version `vers`, if it exists.
+    #[inline]
     pub fn lookup(vers: u32, number: u32) -> Option<Procedure> {
+        // Every call looks its procedure up: an index into the table that
+        // `numbered` fills at compile time, not a chain of comparisons.
+        const TABLE: [[Option<Procedure>; 13]; 3] = {
+            let mut t = [[None; 13]; 3];
+            let mut v = 0;
+            while v < 3 {
+                let mut n = 0;
+                while n < 13 {
+                    t[v][n] = Procedure::numbered(v as u32 + LOW_VERSION, n as u32);
+                    n += 1;
+                }
+                v += 1;
+            }
+            t
+        };
+        let row = TABLE.get(vers.wrapping_sub(LOW_VERSION) as usize)?;
+        *row.get(number as usize)?
+    }
+
+    /// The procedures of program 100000, by version and number.
+    const fn numbered(vers: u32, number: u32) -> Option<Procedure> {
         use Procedure::*;
         Some(match (vers, number) {
             (2..=4, 0) => Null,
@@ -150,12 +172,14 @@ pub enum Args<'a> {
 }
 
 impl Mapping {
+    #[inline]
     pub fn decode(r: &mut Reader<'_>) -> Result<Mapping, XdrError> {
+        let [prog, vers, prot, port] = r.u32s()?;
         Ok(Mapping {
-            prog: r.u32()?,
-            vers: r.u32()?,
-            prot: r.u32()?,
-            port: r.u32()?,
+            prog,
+            vers,
+            prot,
+            port,
         })
     }
 
@@ -189,6 +213,7 @@ impl<'a> Rpcb<'a> {
 /// Decodes the arguments of `procedure` the way rpcbind's `svc_getargs`
 /// does: a failure here is rpcbind's GARBAGE_ARGS. Trailing bytes are
 /// ignored, as XDR decoding ignores them.
+#[inline]
 pub fn decode_args(procedure: Procedure, vers: u32, args: &[u8]) -> Result<Args<'_>, XdrError> {
     use Procedure::*;
     let mut r = Reader::new(args);
@@ -427,6 +452,11 @@ mod tests {
         assert_eq!(Procedure::lookup(5, 0), None);
         assert_eq!(Procedure::lookup(2, 3), Some(Procedure::GetPort));
         assert_eq!(Procedure::lookup(4, 5), Some(Procedure::Bcast));
+        for vers in (0..8).chain([u32::MAX - 1, u32::MAX]) {
+            for p in (0..20).chain([u32::MAX]) {
+                assert_eq!(Procedure::lookup(vers, p), Procedure::numbered(vers, p));
+            }
+        }
     }
 
     #[test]

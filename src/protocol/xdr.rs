@@ -23,10 +23,15 @@ pub enum XdrError {
 }
 
 /// A cursor over one XDR-encoded buffer.
+///
+/// It keeps the bytes not yet consumed as a slice of their own, so that a
+/// read is one bounds check and a slice split; every reader is inlined into
+/// its caller (the cached-hit path decodes a dozen values per call), and the
+/// errors are built out of line.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
     buf: &'a [u8],
-    pos: usize,
+    rest: &'a [u8],
 }
 
 fn padded(len: usize) -> usize {
@@ -34,78 +39,153 @@ fn padded(len: usize) -> usize {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader { buf, rest: buf }
     }
 
     /// Bytes consumed so far.
+    #[inline]
     pub fn position(&self) -> usize {
-        self.pos
+        self.buf.len() - self.rest.len()
     }
 
+    #[inline]
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.rest.len()
     }
 
     /// The bytes not yet consumed.
+    #[inline]
     pub fn rest(&self) -> &'a [u8] {
-        &self.buf[self.pos..]
+        self.rest
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], XdrError> {
-        if n > self.remaining() {
-            return Err(XdrError::Truncated {
-                offset: self.pos,
-                needed: n,
-                left: self.remaining(),
-            });
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, needed: usize) -> XdrError {
+        XdrError::Truncated {
+            offset: self.position(),
+            needed,
+            left: self.remaining(),
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], XdrError> {
+        if n > self.rest.len() {
+            return Err(self.truncated(n));
+        }
+        let (s, rest) = self.rest.split_at(n);
+        self.rest = rest;
         Ok(s)
     }
 
+    #[inline]
     pub fn u32(&mut self) -> Result<u32, XdrError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        match self.rest.split_first_chunk::<4>() {
+            Some((b, rest)) => {
+                self.rest = rest;
+                Ok(u32::from_be_bytes(*b))
+            }
+            None => Err(self.truncated(4)),
+        }
     }
 
+    #[inline]
     pub fn i32(&mut self) -> Result<i32, XdrError> {
         self.u32().map(|v| v as i32)
     }
 
+    #[inline]
     pub fn u64(&mut self) -> Result<u64, XdrError> {
         let hi = self.u32()? as u64;
         let lo = self.u32()? as u64;
         Ok(hi << 32 | lo)
     }
 
+    /// `N` values of four bytes at once (a struct of `u32` fields), with the
+    /// error reading them one by one would give.
+    #[inline]
+    pub fn u32s<const N: usize>(&mut self) -> Result<[u32; N], XdrError> {
+        if self.rest.len() < 4 * N {
+            return Err(self.truncated_at_word());
+        }
+        let (words, rest) = self.rest.split_at(4 * N);
+        self.rest = rest;
+        Ok(std::array::from_fn(|i| {
+            u32::from_be_bytes([
+                words[4 * i],
+                words[4 * i + 1],
+                words[4 * i + 2],
+                words[4 * i + 3],
+            ])
+        }))
+    }
+
+    /// Where reading four-byte values one by one stops short: at the first
+    /// value not wholly there.
+    #[cold]
+    #[inline(never)]
+    fn truncated_at_word(&self) -> XdrError {
+        let whole = self.rest.len() & !3;
+        XdrError::Truncated {
+            offset: self.position() + whole,
+            needed: 4,
+            left: self.rest.len() - whole,
+        }
+    }
+
     /// XDR bool: any non-zero value is true (as libtirpc's xdr_bool).
+    #[inline]
     pub fn bool(&mut self) -> Result<bool, XdrError> {
         self.u32().map(|v| v != 0)
     }
 
     /// Fixed-length opaque data of `len` bytes plus padding.
+    #[inline]
     pub fn opaque_fixed(&mut self, len: usize) -> Result<&'a [u8], XdrError> {
+        // Data and padding taken at once when both are there (`len` is
+        // bounded by what is left before it is rounded up); otherwise the
+        // two steps, for the error that names the missing part.
+        if len <= self.rest.len() && padded(len) <= self.rest.len() {
+            let (data, rest) = self.rest.split_at(padded(len));
+            self.rest = rest;
+            return Ok(&data[..len]);
+        }
+        self.opaque_fixed_short(len)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn opaque_fixed_short(&mut self, len: usize) -> Result<&'a [u8], XdrError> {
         let data = self.take(len)?;
         self.take(padded(len) - len)?;
         Ok(data)
     }
 
     /// Variable-length opaque data of at most `max` bytes.
+    #[inline]
     pub fn opaque(&mut self, max: u32) -> Result<&'a [u8], XdrError> {
         let len = self.u32()?;
         if len > max {
-            return Err(XdrError::TooLong { len, max });
+            return Err(too_long(len, max));
         }
         // Checked against what is left before slicing: no allocation either way.
         self.opaque_fixed(len as usize)
     }
 
     /// A string of at most `max` bytes. XDR strings are bytes; no UTF-8 check.
+    #[inline]
     pub fn string(&mut self, max: u32) -> Result<&'a [u8], XdrError> {
         self.opaque(max)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn too_long(len: u32, max: u32) -> XdrError {
+    XdrError::TooLong { len, max }
 }
 
 /// Appends XDR values to a `BytesMut`.
@@ -165,6 +245,29 @@ mod tests {
                 max: 255
             })
         );
+    }
+
+    #[test]
+    fn words_at_once_read_and_fail_as_one_by_one() {
+        let buf: Vec<u8> = (0..24).collect();
+        for len in 4..=buf.len() {
+            let (mut at_once, mut one_by_one) =
+                (Reader::new(&buf[..len]), Reader::new(&buf[..len]));
+            at_once.u32().unwrap();
+            one_by_one.u32().unwrap();
+            let expected = (|| {
+                Ok([
+                    one_by_one.u32()?,
+                    one_by_one.u32()?,
+                    one_by_one.u32()?,
+                    one_by_one.u32()?,
+                ])
+            })();
+            assert_eq!(at_once.u32s::<4>(), expected, "{len} bytes");
+            if expected.is_ok() {
+                assert_eq!(at_once.position(), one_by_one.position());
+            }
+        }
     }
 
     #[test]

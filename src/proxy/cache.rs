@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::protocol::rpc::{self, AcceptStat};
 use crate::protocol::rpcb::{self, Args, Procedure, RpcbEntry};
-use crate::proxy::policy::Class;
+use crate::proxy::policy::{Class, Peer};
 use crate::proxy::upstream::UpstreamError;
 
 /// Whose address rpcbind merges a registered address with.
@@ -65,13 +65,16 @@ pub enum Key {
 }
 
 impl Key {
-    /// The key of a call, if its answer may be cached.
+    /// The key of a call from `peer`, if its answer may be cached. (The
+    /// caller's address is looked at only for the procedures whose answer
+    /// depends on it.)
+    #[inline]
     pub fn of(
         rpcb_vers: u32,
         procedure: Procedure,
         args: &Args<'_>,
         class: Class,
-        caller: Option<IpAddr>,
+        peer: &Peer,
     ) -> Option<Key> {
         match (procedure, args) {
             (Procedure::GetPort, Args::Mapping(m)) => Some(Key::GetPort {
@@ -87,7 +90,7 @@ impl Key {
                     let (ip, port) = rpcb::parse_universal_address(r.addr)?;
                     Origin::Hint(ip, port)
                 } else {
-                    match caller {
+                    match peer.ip() {
                         Some(ip) => Origin::Caller(ip),
                         None => Origin::Local,
                     }
@@ -180,6 +183,9 @@ struct Entry {
     reply: Bytes,
     expires: Instant,
     negative: bool,
+    /// The per-lookup row its hits count on (None for DUMP), found once
+    /// when it is stored rather than hashed again on every hit.
+    row: Option<usize>,
 }
 
 /// Counters, read by `status`.
@@ -205,10 +211,53 @@ pub type LookupCounts = HashMap<(u32, u32, &'static str), (u64, u64)>;
 /// for ever new programs cannot grow the table without bound.
 pub const MAX_LOOKUP_ROWS: usize = 4096;
 
+/// The per-lookup counters: rows in a vector, found by (prog, vers, netid).
+/// A row, once made, stays at its place for the cache's life (nothing is
+/// ever removed), so an entry can keep the index of its own.
+#[derive(Debug, Default)]
+struct LookupTable {
+    index: HashMap<(u32, u32, &'static str), usize>,
+    rows: Vec<(u64, u64)>,
+}
+
+impl LookupTable {
+    /// The row `key` counts on, made when it is new and there is room
+    /// (past MAX_LOOKUP_ROWS, the shared "other" row); None for a key with
+    /// no per-lookup row (DUMP).
+    fn row(&mut self, key: &Key) -> Option<usize> {
+        let mut id = key.lookup_id()?;
+        if self.index.len() >= MAX_LOOKUP_ROWS && !self.index.contains_key(&id) {
+            id = (0, 0, "other");
+        }
+        let rows = &mut self.rows;
+        Some(*self.index.entry(id).or_insert_with(|| {
+            rows.push((0, 0));
+            rows.len() - 1
+        }))
+    }
+
+    fn count(&mut self, row: Option<usize>, hit: bool) {
+        if let Some(c) = row.and_then(|r| self.rows.get_mut(r)) {
+            if hit {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> LookupCounts {
+        self.index
+            .iter()
+            .map(|(id, &r)| (*id, self.rows[r]))
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     entries: LruCache<Key, Entry>,
-    lookups: LookupCounts,
+    lookups: LookupTable,
     /// Bumped by every invalidation: an answer fetched before one must not
     /// be stored after it.
     generation: u64,
@@ -296,7 +345,7 @@ impl Cache {
             config: Mutex::new(config),
             inner: Mutex::new(Inner {
                 entries: LruCache::unbounded(),
-                lookups: HashMap::new(),
+                lookups: LookupTable::default(),
                 generation: 0,
                 inflight: HashMap::new(),
                 next_fetch: 0,
@@ -327,7 +376,7 @@ impl Cache {
 
     /// A copy of the per-lookup counters.
     pub fn lookups(&self) -> LookupCounts {
-        self.inner.lock().unwrap().lookups.clone()
+        self.inner.lock().unwrap().lookups.snapshot()
     }
 
     /// A fresh entry for `key`, counted as a hit; None (counting nothing)
@@ -335,20 +384,22 @@ impl Cache {
     pub fn hit(&self, key: Key) -> Option<Bytes> {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap();
-        let e = inner.entries.get(&key).filter(|e| now < e.expires)?;
-        let (reply, negative) = (e.reply.clone(), e.negative);
-        self.count_hit(&mut inner, &key, negative);
-        Some(reply)
+        let Inner {
+            entries, lookups, ..
+        } = &mut *inner;
+        let e = entries.get(&key).filter(|e| now < e.expires)?;
+        self.count_hit(lookups, e);
+        Some(e.reply.clone())
     }
 
-    fn count_hit(&self, inner: &mut Inner, key: &Key, negative: bool) {
-        let counter = if negative {
+    fn count_hit(&self, lookups: &mut LookupTable, e: &Entry) {
+        let counter = if e.negative {
             &self.stats.negative_hits
         } else {
             &self.stats.hits
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        count_lookup(&mut inner.lookups, key, true);
+        lookups.count(e.row, true);
     }
 
     /// Looks `key` up.
@@ -358,11 +409,13 @@ impl Cache {
         let mut inner = self.inner.lock().unwrap();
         let mut stale = None;
         let mut expired = false;
-        if let Some(e) = inner.entries.get(&key) {
+        let Inner {
+            entries, lookups, ..
+        } = &mut *inner;
+        if let Some(e) = entries.get(&key) {
             if now < e.expires {
-                let (reply, negative) = (e.reply.clone(), e.negative);
-                self.count_hit(&mut inner, &key, negative);
-                return Lookup::Hit(reply);
+                self.count_hit(lookups, e);
+                return Lookup::Hit(e.reply.clone());
             }
             expired = true;
             if now < e.expires + serve_stale {
@@ -381,7 +434,8 @@ impl Cache {
             };
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        count_lookup(&mut inner.lookups, &key, false);
+        let row = inner.lookups.row(&key);
+        inner.lookups.count(row, false);
         let (tx, _) = broadcast::channel(1);
         let fetch = inner.next_fetch;
         inner.next_fetch += 1;
@@ -423,6 +477,8 @@ impl Cache {
         if ttl.is_zero() || config.max_entries == 0 {
             return;
         }
+        // The row the miss counted on: made then, so only looked up here.
+        let row = inner.lookups.row(&ticket.key);
         inner.entries.put(
             ticket.key,
             Entry {
@@ -431,6 +487,7 @@ impl Cache {
                 reply: Bytes::copy_from_slice(reply),
                 expires: now + ttl,
                 negative,
+                row,
             },
         );
         self.evict_to(&mut inner, config.max_entries);
@@ -485,20 +542,6 @@ impl Cache {
             Invalidation::Flush => &self.stats.invalidations_flush,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-fn count_lookup(lookups: &mut LookupCounts, key: &Key, hit: bool) {
-    if let Some(mut id) = key.lookup_id() {
-        if lookups.len() >= MAX_LOOKUP_ROWS && !lookups.contains_key(&id) {
-            id = (0, 0, "other");
-        }
-        let c = lookups.entry(id).or_default();
-        if hit {
-            c.0 += 1;
-        } else {
-            c.1 += 1;
-        }
     }
 }
 
@@ -732,6 +775,34 @@ mod tests {
         );
         assert!(matches!(c.lookup(getport(2)), Lookup::Hit(_)));
         assert_eq!(c.stats.invalidations_refresh.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_are_counted_per_program_up_to_the_bound() {
+        let c = Cache::new(CacheConfig {
+            max_entries: MAX_LOOKUP_ROWS + 10,
+            ..config()
+        });
+        for p in 1..=MAX_LOOKUP_ROWS as u32 + 2 {
+            fill(&c, getport(p), port_reply(p));
+        }
+        fill(&c, Key::Dump { rpcb_vers: 2 }, port_reply(0));
+        for p in [1, 1, 2, MAX_LOOKUP_ROWS as u32 + 1] {
+            assert!(c.hit(getport(p)).is_some());
+        }
+        assert!(matches!(c.lookup(getport(1)), Lookup::Hit(_)));
+        assert!(matches!(
+            c.lookup(getport(MAX_LOOKUP_ROWS as u32 + 2)),
+            Lookup::Hit(_)
+        ));
+        assert!(c.hit(Key::Dump { rpcb_vers: 2 }).is_some());
+        let l = c.lookups();
+        assert_eq!(l.len(), MAX_LOOKUP_ROWS + 1);
+        assert_eq!(l[&(1, 1, "tcp")], (3, 1));
+        assert_eq!(l[&(2, 1, "tcp")], (1, 1));
+        assert_eq!(l[&(3, 1, "tcp")], (0, 1));
+        assert_eq!(l[&(0, 0, "other")], (2, 2), "the programs past the bound");
+        assert!(!l.contains_key(&(MAX_LOOKUP_ROWS as u32 + 1, 1, "tcp")));
     }
 
     #[test]

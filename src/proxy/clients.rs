@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::host::sys::coarse_monotonic;
 use crate::proxy::attribution::{Identity, Transport};
 
 /// Rows kept; further identities are counted in the `other` rows.
@@ -134,7 +135,8 @@ pub struct Clients {
     pub connected: AtomicI64,
     pub total: AtomicU64,
     table: Mutex<HashMap<RowKey, Arc<Tally>>>,
-    epoch: Instant,
+    /// When the table started, on the coarse monotonic clock.
+    epoch: Duration,
 }
 
 impl Default for Clients {
@@ -143,7 +145,7 @@ impl Default for Clients {
             connected: AtomicI64::new(0),
             total: AtomicU64::new(0),
             table: Mutex::new(HashMap::new()),
-            epoch: Instant::now(),
+            epoch: coarse_monotonic(),
         }
     }
 }
@@ -160,9 +162,12 @@ impl Clients {
         self.connected.fetch_sub(1, Relaxed);
     }
 
-    /// The current second, for [`Tally::count`].
+    /// The current second, for [`Tally::count`]: whole seconds since the
+    /// table started. Read on every call a client makes, so from the coarse
+    /// clock (a tick behind at most; no hardware counter read).
     pub fn now(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+        let since = coarse_monotonic().saturating_sub(self.epoch);
+        u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
     }
 
     /// The row `id` counts on (taken once per connection or UDP source).

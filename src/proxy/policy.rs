@@ -118,6 +118,7 @@ pub enum LocalAnswer {
 }
 
 /// Decides where a call goes.
+#[inline]
 pub fn route(procedure: Procedure, peer: &Peer) -> Route {
     use Procedure::*;
     match procedure {

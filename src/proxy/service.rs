@@ -605,6 +605,7 @@ impl Proxy {
 /// may be shared: one rule for the inline hit path and the full path alike.
 /// Only replies whose verifier is AUTH_NONE are shared (an AUTH_SYS call
 /// with a verifier gets it echoed back).
+#[inline]
 fn cache_key(
     call: &Call<'_>,
     procedure: Procedure,
@@ -616,7 +617,7 @@ fn cache_key(
     if verf != OpaqueAuth::NONE {
         return None;
     }
-    Key::of(call.vers, procedure, args, class, peer.ip())
+    Key::of(call.vers, procedure, args, class, &peer)
 }
 
 fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
@@ -630,6 +631,7 @@ fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
 /// The checks libtirpc makes before a procedure runs, in its order:
 /// authentication, program, version, procedure. An error is the exact reply
 /// rpcbind sends; success gives the procedure and the reply verifier.
+#[inline(always)]
 fn check_header<'a>(call: &Call<'a>) -> Result<(Procedure, OpaqueAuth<'a>), Bytes> {
     let verf = rpc::authenticate(call).map_err(|why| rpc::auth_error_reply(call.xid, why))?;
     let reply = |stat| rpc::accepted_reply(call.xid, verf, stat, &[]);
