@@ -352,6 +352,23 @@ impl Loop {
         };
         match c.run(&turn, &mut self.bufs) {
             Ok(()) => {
+                if c.blocked_on_write() != c.watching_writable {
+                    let interest = if c.blocked_on_write() {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .reregister(c.sock.source(), Token(slot), interest)
+                    {
+                        warn!(error = %e, "cannot watch a client's socket; dropping it");
+                        self.close(slot);
+                        return;
+                    }
+                    c.watching_writable = c.blocked_on_write();
+                }
                 let limits = &self.proxy.limits;
                 if c.wants_more(limits) {
                     self.ready.push(slot);
@@ -468,11 +485,14 @@ impl Loop {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(
-            sock.source(),
-            Token(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        // Readable only: with WRITABLE too, every reply the client reads
+        // frees send space and wakes the loop for nothing (an edge per
+        // reply). It is asked for only while replies wait in `out`.
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(sock.source(), Token(slot), Interest::READABLE)
+        {
             warn!(error = %e, "cannot watch a client's socket; dropping it");
             self.free.push(slot);
             return;

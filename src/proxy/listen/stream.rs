@@ -117,6 +117,8 @@ pub(super) struct Stream {
     pub readable: bool,
     /// No more reads: the client's EOF, or shutdown.
     pub eof: bool,
+    /// The socket is watched for writable too (only while `out` waits).
+    pub watching_writable: bool,
     last_activity: Instant,
     /// Since when a record has been part-received (not counting whole
     /// records the in-flight limit holds back: that wait is the proxy's).
@@ -149,6 +151,7 @@ impl Stream {
             // after connecting, and it may be there already.
             readable: true,
             eof: false,
+            watching_writable: false,
             last_activity: now,
             partial_since: None,
         }
@@ -175,6 +178,11 @@ impl Stream {
         }
         // Idle, or not reading its replies (`out` waits).
         Some((self.last_activity + limits.idle_timeout(), false))
+    }
+
+    /// Replies wait for the socket to take them.
+    pub(super) fn blocked_on_write(&self) -> bool {
+        !self.out.is_empty()
     }
 
     /// Whether the client's turn ended with reads left to do (it goes on the
