@@ -107,10 +107,9 @@ pub struct ServeArgs {
     /// rpcbind sends then [default: 9000, rpcbind's own].
     #[arg(long, value_name = "BYTES", value_parser = count_arg, allow_negative_numbers = true)]
     pub max_udp_reply: Option<usize>,
-    /// Runtime worker threads: calls past the cache, UDP clients, the
-    /// control socket (0: one per CPU) [default: 1]. Unix and TCP clients'
-    /// cached lookups are answered by the stream loop's own thread. Read
-    /// at start only.
+    /// Threads serving unix and TCP clients, the stream loops (0: one per
+    /// CPU, at most 4) [default: 0]. UDP clients and calls past the cache
+    /// have one more thread. Read at start only.
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter

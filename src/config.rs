@@ -34,10 +34,14 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// The packet mark of the daemon's own sockets to rpcbind in transparent
 /// mode ("RP" in ASCII): the redirect rules let marked packets through.
 pub const DEFAULT_INTERCEPT_MARK: u32 = 0x5250;
-/// One worker: a port-111 proxy answers ~100k lookups/s on one core (more
-/// than rpcbind itself), and a single worker saves the cross-thread wake-ups
-/// that cost a miss ~20 µs on the 2-core machine the load harness runs on.
-pub const DEFAULT_THREADS: usize = 1;
+/// Stream loops, one per CPU (at most [`MAX_AUTO_THREADS`]): on the 2-core
+/// machine the load harness runs on, two loops answered 1.05x the zero-work
+/// floor's TCP hits against 0.73x for one (BENCHMARKS.md).
+pub const DEFAULT_THREADS: usize = 0;
+/// What "one per CPU" is capped at: every loop wakes for every new
+/// connection (they share the listening sockets), so more loops cost each
+/// connection more wake-ups than they save.
+pub const MAX_AUTO_THREADS: usize = 4;
 /// Bounds on counts that size things: a typo's extra zeros are refused.
 pub const MAX_MAX_ENTRIES: usize = 1 << 24;
 pub const MAX_THREADS: usize = 1024;
@@ -128,7 +132,8 @@ pub struct Config {
     /// A level (error, warn, info, debug, trace) or a tracing filter.
     pub log_level: String,
     pub limits: LimitsConfig,
-    /// Runtime worker threads; 0: one per CPU.
+    /// Stream loop threads (unix and TCP clients); 0: one per CPU, at most
+    /// [`MAX_AUTO_THREADS`].
     pub threads: usize,
     /// Transparent mode: redirect local traffic to port 111 here.
     pub intercept: bool,
@@ -197,7 +202,7 @@ pub fn expected(key: &str) -> Option<&'static str> {
         "max-entries" => "a whole number from 1 to 16777216 (to turn the cache off, set ttl and negative-ttl to 0)",
         "max-connections" | "max-in-flight" => "a whole number, 1 or more",
         "max-udp-reply" => "a number of bytes from 512 to 65507",
-        "threads" => "a whole number from 0 (one per CPU) to 1024",
+        "threads" => "a whole number from 0 (one per CPU, at most 4) to 1024",
         "log-level" => LOG_LEVELS,
         "intercept" | "attribution" => "true or false",
         "intercept-mark" => "a non-zero 32-bit number, decimal or a \"0x...\" hex string",

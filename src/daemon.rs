@@ -162,8 +162,13 @@ pub async fn run(
             b => streams.push(b),
         }
     }
-    let mut streams = StreamLoop::start(streams, proxy.clone(), tokio::runtime::Handle::current())
-        .map_err(StartError::StreamLoop)?;
+    let mut streams = StreamLoop::start(
+        streams,
+        stream_threads(config.threads),
+        proxy.clone(),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(StartError::StreamLoop)?;
     if let Some(rules) = &redirects {
         let table = InterceptTable::install(rules).map_err(StartError::Intercept)?;
         info!(
@@ -375,10 +380,14 @@ fn raise_fd_limit() {
 async fn supervise(
     proxy: Arc<Proxy>,
     probe_at: Option<std::net::SocketAddr>,
-    stream_turns: impl Fn() -> u64,
+    stream_turns: impl Fn() -> Vec<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_turns = (stream_turns(), tokio::time::Instant::now());
+    // Per stream loop: its turn count, and since when it has not moved.
+    let mut last_turns: Vec<(u64, tokio::time::Instant)> = stream_turns()
+        .into_iter()
+        .map(|t| (t, tokio::time::Instant::now()))
+        .collect();
     let watchdog = systemd::watchdog_interval();
     let period = watchdog.map_or(Duration::from_secs(5), |w| {
         (w / 2).min(Duration::from_secs(5))
@@ -389,11 +398,14 @@ async fn supervise(
             _ = shutdown.changed() => return,
         }
         // The stream loop wakes at least once a second, busy or not.
-        let turns = stream_turns();
-        if turns != last_turns.0 {
-            last_turns = (turns, tokio::time::Instant::now());
+        for (last, now) in last_turns.iter_mut().zip(stream_turns()) {
+            if now != last.0 {
+                *last = (now, tokio::time::Instant::now());
+            }
         }
-        let streams_stuck = last_turns.1.elapsed() > STREAM_LOOP_STUCK;
+        let streams_stuck = last_turns
+            .iter()
+            .any(|(_, since)| since.elapsed() > STREAM_LOOP_STUCK);
         if !proxy.healthy() {
             error!("the refresh loop has stalled; withholding the watchdog ping");
         } else if streams_stuck {
@@ -515,10 +527,11 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     ));
     // Read (and unset) LISTEN_FDS while the process has one thread.
     let inherited = systemd::inherited_sockets().map_err(StartError::Inherited)?;
+    // One runtime worker: calls past the cache, UDP clients, control and
+    // refresh. Unix and TCP clients have the stream loops' threads; more
+    // workers would only add cross-thread wake-ups to every miss.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.threads > 0 {
-        builder.worker_threads(config.threads);
-    }
+    builder.worker_threads(1);
     let runtime = builder.enable_all().build().map_err(StartError::Runtime)?;
     runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -565,4 +578,15 @@ async fn signals(
     }
     info!("stopping");
     let _ = stop.send(true);
+}
+
+/// Stream loop threads: `threads`, or for 0 one per CPU the process may
+/// use, at most [`crate::config::MAX_AUTO_THREADS`].
+fn stream_threads(threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(crate::config::MAX_AUTO_THREADS)
 }

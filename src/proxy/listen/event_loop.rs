@@ -112,8 +112,13 @@ impl std::task::Wake for EvictSignal {
     }
 }
 
-/// The running loop, as the daemon holds it.
+/// The running loops, as the daemon holds them.
 pub struct StreamLoop {
+    loops: Vec<Handle>,
+}
+
+/// One loop's thread, from outside.
+struct Handle {
     inbox: Arc<Inbox>,
     accepting: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -121,19 +126,76 @@ pub struct StreamLoop {
 impl std::fmt::Debug for StreamLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamLoop")
-            .field("accepting", &self.accepting.is_some())
+            .field("loops", &self.loops.len())
             .finish_non_exhaustive()
     }
 }
 
 impl StreamLoop {
-    /// Serves `listeners` (unix and TCP; a UDP one is refused) on a thread
-    /// of its own. Calls past the cache run on `runtime`.
+    /// Serves `listeners` (unix and TCP; a UDP one is refused) on `threads`
+    /// loop threads of their own. Every loop watches every listener (the
+    /// same socket); whichever accepts a client keeps it, so the less busy
+    /// loop takes most newcomers. Calls past the cache run on `runtime`.
     pub fn start(
         listeners: Vec<Bound>,
+        threads: usize,
         proxy: Arc<Proxy>,
         runtime: tokio::runtime::Handle,
     ) -> io::Result<StreamLoop> {
+        let threads = threads.max(1);
+        // Each loop gets its own descriptor of each listening socket; the
+        // socket file (if the daemon made it) goes with the first loop's.
+        let mut per_loop: Vec<Vec<Listener>> = (0..threads).map(|_| Vec::new()).collect();
+        for bound in listeners {
+            match bound {
+                Bound::Tcp(l) => {
+                    let l = l.into_std()?;
+                    for mine in per_loop.iter_mut().skip(1) {
+                        mine.push(Listener::Tcp(mio::net::TcpListener::from_std(
+                            l.try_clone()?,
+                        )));
+                    }
+                    per_loop[0].push(Listener::Tcp(mio::net::TcpListener::from_std(l)));
+                }
+                Bound::Unix(l, file) => {
+                    let l = l.into_std()?;
+                    for mine in per_loop.iter_mut().skip(1) {
+                        mine.push(Listener::Unix {
+                            listener: mio::net::UnixListener::from_std(l.try_clone()?),
+                            _file: None,
+                        });
+                    }
+                    per_loop[0].push(Listener::Unix {
+                        listener: mio::net::UnixListener::from_std(l),
+                        _file: file,
+                    });
+                }
+                Bound::Udp(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a UDP socket is not served by the stream loop",
+                    ))
+                }
+            }
+        }
+        let mut loops = Vec::with_capacity(threads);
+        for (n, listeners) in per_loop.into_iter().enumerate() {
+            loops.push(Self::start_one(
+                n,
+                listeners,
+                proxy.clone(),
+                runtime.clone(),
+            )?);
+        }
+        Ok(StreamLoop { loops })
+    }
+
+    fn start_one(
+        n: usize,
+        listeners: Vec<Listener>,
+        proxy: Arc<Proxy>,
+        runtime: tokio::runtime::Handle,
+    ) -> io::Result<Handle> {
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let inbox = Arc::new(Inbox {
@@ -142,20 +204,7 @@ impl StreamLoop {
             turns: AtomicU64::new(0),
         });
         let mut held = Vec::with_capacity(listeners.len());
-        for (i, bound) in listeners.into_iter().enumerate() {
-            let mut l = match bound {
-                Bound::Tcp(l) => Listener::Tcp(mio::net::TcpListener::from_std(l.into_std()?)),
-                Bound::Unix(l, file) => Listener::Unix {
-                    listener: mio::net::UnixListener::from_std(l.into_std()?),
-                    _file: file,
-                },
-                Bound::Udp(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "a UDP socket is not served by the stream loop",
-                    ))
-                }
-            };
+        for (i, mut l) in listeners.into_iter().enumerate() {
             poll.registry()
                 .register(l.source(), Token(LISTENERS + i), Interest::READABLE)?;
             held.push(Listening {
@@ -190,7 +239,7 @@ impl StreamLoop {
             turns: 0,
         };
         std::thread::Builder::new()
-            .name("streams".into())
+            .name(format!("streams-{n}"))
             .spawn(move || {
                 // A loop that died would leave the stream listeners open
                 // and unanswered: better the whole daemon goes (systemd
@@ -202,7 +251,7 @@ impl StreamLoop {
                     std::process::abort();
                 }
             })?;
-        Ok(StreamLoop {
+        Ok(Handle {
             inbox,
             accepting: Some(accepting_rx),
         })
@@ -211,21 +260,30 @@ impl StreamLoop {
     /// Stops accepting and reading: clients get the answers to the calls
     /// they have in flight, then are closed.
     pub fn stop(&self) {
-        self.inbox.push(|q| q.stop = true);
+        for l in &self.loops {
+            l.inbox.push(|q| q.stop = true);
+        }
     }
 
-    /// How many times the loop has gone round, for the watchdog: it goes
-    /// round at least once a second, so a count that stays put means it is
-    /// stuck.
-    pub fn turn_counter(&self) -> impl Fn() -> u64 + Send + 'static {
-        let inbox = self.inbox.clone();
-        move || inbox.turns.load(Ordering::Relaxed)
+    /// How many times each loop has gone round, for the watchdog: a loop
+    /// goes round at least once a second, so a count that stays put means
+    /// it is stuck.
+    pub fn turn_counter(&self) -> impl Fn() -> Vec<u64> + Send + 'static {
+        let inboxes: Vec<Arc<Inbox>> = self.loops.iter().map(|l| l.inbox.clone()).collect();
+        move || {
+            inboxes
+                .iter()
+                .map(|i| i.turns.load(Ordering::Relaxed))
+                .collect()
+        }
     }
 
-    /// Completes once the listeners are closed.
+    /// Completes once every loop has closed its listeners.
     pub async fn stopped_accepting(&mut self) {
-        if let Some(rx) = self.accepting.take() {
-            let _ = rx.await;
+        for l in &mut self.loops {
+            if let Some(rx) = l.accepting.take() {
+                let _ = rx.await;
+            }
         }
     }
 }
