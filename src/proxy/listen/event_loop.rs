@@ -16,7 +16,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,13 +62,24 @@ struct Queue {
     answers: Vec<(usize, u64, u64, Outcome)>,
     /// (slot, client id) of clients evicted at the connection limit.
     evicted: Vec<(usize, u64)>,
+    /// Clients another loop accepted, handed over to balance the loops.
+    adopt: Vec<Newcomer>,
     stop: bool,
 }
 
 impl Queue {
     fn is_empty(&self) -> bool {
-        self.answers.is_empty() && self.evicted.is_empty() && !self.stop
+        self.answers.is_empty() && self.evicted.is_empty() && self.adopt.is_empty() && !self.stop
     }
+}
+
+/// A client accepted, admitted and identified, not yet in a loop.
+struct Newcomer {
+    sock: Sock,
+    peer: Peer,
+    tally: Arc<crate::proxy::clients::Tally>,
+    admitted: crate::proxy::limits::Admitted,
+    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Inbox {
@@ -178,83 +189,52 @@ impl StreamLoop {
                 }
             }
         }
+        let mut polls = Vec::with_capacity(threads);
+        let mut inboxes = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = Poll::new()?;
+            let waker = mio::Waker::new(poll.registry(), WAKER)?;
+            inboxes.push(Arc::new(Inbox {
+                waker,
+                queue: Mutex::new(Queue::default()),
+                turns: AtomicU64::new(0),
+            }));
+            polls.push(poll);
+        }
+        let loads: Arc<[AtomicUsize]> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
         let mut loops = Vec::with_capacity(threads);
-        for (n, listeners) in per_loop.into_iter().enumerate() {
-            loops.push(Self::start_one(
+        for (n, (poll, listeners)) in polls.into_iter().zip(per_loop).enumerate() {
+            let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel();
+            let lp = Loop::new(
                 n,
+                poll,
                 listeners,
+                inboxes.clone(),
+                loads.clone(),
+                accepting_tx,
                 proxy.clone(),
                 runtime.clone(),
-            )?);
-        }
-        Ok(StreamLoop { loops })
-    }
-
-    fn start_one(
-        n: usize,
-        listeners: Vec<Listener>,
-        proxy: Arc<Proxy>,
-        runtime: tokio::runtime::Handle,
-    ) -> io::Result<Handle> {
-        let poll = Poll::new()?;
-        let waker = mio::Waker::new(poll.registry(), WAKER)?;
-        let inbox = Arc::new(Inbox {
-            waker,
-            queue: Mutex::new(Queue::default()),
-            turns: AtomicU64::new(0),
-        });
-        let mut held = Vec::with_capacity(listeners.len());
-        for (i, mut l) in listeners.into_iter().enumerate() {
-            poll.registry()
-                .register(l.source(), Token(LISTENERS + i), Interest::READABLE)?;
-            held.push(Listening {
-                listener: Some(l),
-                paused_until: None,
+            )?;
+            std::thread::Builder::new()
+                .name(format!("streams-{n}"))
+                .spawn(move || {
+                    let mut lp = lp;
+                    // A loop that died would leave the stream listeners open
+                    // and unanswered: better the whole daemon goes (systemd
+                    // restarts it; in transparent mode the kernel drops the
+                    // redirect with it).
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.run()));
+                    if ran.is_err() {
+                        error!("the stream loop panicked; aborting");
+                        std::process::abort();
+                    }
+                })?;
+            loops.push(Handle {
+                inbox: inboxes[n].clone(),
+                accepting: Some(accepting_rx),
             });
         }
-        let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel();
-        let now = Instant::now();
-        let mut lp = Loop {
-            poll,
-            inbox: inbox.clone(),
-            second: proxy.clients.now(),
-            proxy,
-            runtime,
-            listeners: held,
-            accepting: Some(accepting_tx),
-            conns: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            next_id: 0,
-            ready: Vec::new(),
-            bufs: Buffers {
-                rbuf: vec![0; READ_CHUNK].into_boxed_slice(),
-                work: BytesMut::with_capacity(READ_CHUNK),
-                wbuf: BytesMut::with_capacity(READ_CHUNK),
-            },
-            now,
-            next_check: now + SWEEP_AT_LEAST,
-            stopped: false,
-            accept_warned: None,
-            turns: 0,
-        };
-        std::thread::Builder::new()
-            .name(format!("streams-{n}"))
-            .spawn(move || {
-                // A loop that died would leave the stream listeners open
-                // and unanswered: better the whole daemon goes (systemd
-                // restarts it; in transparent mode the kernel drops the
-                // redirect with it).
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.run()));
-                if ran.is_err() {
-                    error!("the stream loop panicked; aborting");
-                    std::process::abort();
-                }
-            })?;
-        Ok(Handle {
-            inbox,
-            accepting: Some(accepting_rx),
-        })
+        Ok(StreamLoop { loops })
     }
 
     /// Stops accepting and reading: clients get the answers to the calls
@@ -315,8 +295,14 @@ struct Listening {
 }
 
 struct Loop {
+    /// This loop's index among the loops.
+    n: usize,
     poll: Poll,
     inbox: Arc<Inbox>,
+    /// Every loop's inbox (this one's too), to hand a client over.
+    inboxes: Vec<Arc<Inbox>>,
+    /// Every loop's client count, to keep them even.
+    loads: Arc<[AtomicUsize]>,
     proxy: Arc<Proxy>,
     runtime: tokio::runtime::Handle,
     listeners: Vec<Listening>,
@@ -340,6 +326,56 @@ struct Loop {
 }
 
 impl Loop {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        n: usize,
+        poll: Poll,
+        listeners: Vec<Listener>,
+        inboxes: Vec<Arc<Inbox>>,
+        loads: Arc<[AtomicUsize]>,
+        accepting: tokio::sync::oneshot::Sender<()>,
+        proxy: Arc<Proxy>,
+        runtime: tokio::runtime::Handle,
+    ) -> io::Result<Loop> {
+        let mut held = Vec::with_capacity(listeners.len());
+        for (i, mut l) in listeners.into_iter().enumerate() {
+            poll.registry()
+                .register(l.source(), Token(LISTENERS + i), Interest::READABLE)?;
+            held.push(Listening {
+                listener: Some(l),
+                paused_until: None,
+            });
+        }
+        let now = Instant::now();
+        Ok(Loop {
+            n,
+            poll,
+            inbox: inboxes[n].clone(),
+            inboxes,
+            loads,
+            second: proxy.clients.now(),
+            proxy,
+            runtime,
+            listeners: held,
+            accepting: Some(accepting),
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next_id: 0,
+            ready: Vec::new(),
+            bufs: Buffers {
+                rbuf: vec![0; READ_CHUNK].into_boxed_slice(),
+                work: BytesMut::with_capacity(READ_CHUNK),
+                wbuf: BytesMut::with_capacity(READ_CHUNK),
+            },
+            now,
+            next_check: now + SWEEP_AT_LEAST,
+            stopped: false,
+            accept_warned: None,
+            turns: 0,
+        })
+    }
+
     fn run(&mut self) {
         let _in_runtime = self.runtime.enter();
         let mut events = Events::with_capacity(EVENTS);
@@ -452,6 +488,7 @@ impl Loop {
             drop(c);
             self.free.push(slot);
             self.live -= 1;
+            self.loads[self.n].store(self.live, Ordering::Relaxed);
             self.proxy.clients.closed();
         }
     }
@@ -500,7 +537,7 @@ impl Loop {
 
     /// Takes in a client that was accepted: its identity, its place under
     /// the connection limit, its row, and a first read.
-    fn admit(&mut self, mut sock: Sock, addr: Option<std::net::SocketAddr>) {
+    fn admit(&mut self, sock: Sock, addr: Option<std::net::SocketAddr>) {
         let proxy = &self.proxy;
         let (peer, owner, local) = match (&sock, addr) {
             (Sock::Unix(s), _) => match peer_cred(s.as_fd()) {
@@ -539,6 +576,42 @@ impl Loop {
             }
             _ => Identity::unknown(Transport::Tcp),
         };
+        let newcomer = Newcomer {
+            sock,
+            peer,
+            tally: proxy.clients.tally(&identity),
+            admitted,
+            tracked: proxy.tasks.token(),
+        };
+        proxy.clients.opened();
+        // Keep the loops even: whichever loop accepts a client (they race
+        // for each one), it goes to the least busy. Clients that come
+        // together would otherwise often land on one loop.
+        let (least, fewest) = self
+            .loads
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, l.load(Ordering::Relaxed)))
+            .min_by_key(|&(_, l)| l)
+            .unwrap_or((self.n, 0));
+        if least != self.n && fewest < self.live {
+            self.loads[least].fetch_add(1, Ordering::Relaxed);
+            self.inboxes[least].push(|q| q.adopt.push(newcomer));
+            return;
+        }
+        self.adopt(newcomer);
+    }
+
+    /// Takes a client in: a slot, the epoll set, its eviction signal, and a
+    /// first read. Its slot, unless it was closed at once.
+    fn adopt(&mut self, newcomer: Newcomer) -> Option<usize> {
+        let Newcomer {
+            mut sock,
+            peer,
+            tally,
+            admitted,
+            tracked,
+        } = newcomer;
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -553,13 +626,11 @@ impl Loop {
         {
             warn!(error = %e, "cannot watch a client's socket; dropping it");
             self.free.push(slot);
-            return;
+            self.proxy.clients.closed();
+            return None;
         }
         let id = self.next_id;
         self.next_id += 1;
-        let tally = proxy.clients.tally(&identity);
-        proxy.clients.opened();
-        let tracked = proxy.tasks.token();
         let c = Stream::new(sock, peer, id, tally, admitted, tracked, self.now);
         let signal = std::task::Waker::from(Arc::new(EvictSignal {
             inbox: self.inbox.clone(),
@@ -569,11 +640,13 @@ impl Loop {
         let evicted = c.admitted.wake_on_evict(&signal);
         self.conns[slot] = Some(c);
         self.live += 1;
+        self.loads[self.n].store(self.live, Ordering::Relaxed);
         if evicted {
             self.close(slot);
-            return;
+            return None;
         }
         self.serve(slot);
+        self.conns.get(slot)?.as_ref().map(|_| slot)
     }
 
     fn take_inbox(&mut self) {
@@ -597,6 +670,18 @@ impl Loop {
                 if c.id == id && c.admitted.is_evicted() {
                     debug!(peer = ?c.peer, "evicted at the connection limit; closing");
                     self.close(slot);
+                }
+            }
+        }
+        for newcomer in q.adopt {
+            if let Some(slot) = self.adopt(newcomer) {
+                if self.stopped {
+                    // Handed over as the daemon stopped: its calls in
+                    // flight answered, then closed, as the others.
+                    if let Some(Some(c)) = self.conns.get_mut(slot) {
+                        c.eof = true;
+                    }
+                    self.serve(slot);
                 }
             }
         }
