@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, error, warn};
 
@@ -28,9 +29,9 @@ use crate::host::sys::{peer_cred, set_zero_linger};
 use crate::proxy::attribution::{Identity, Transport};
 use crate::proxy::limits::Owner;
 use crate::proxy::policy::Peer;
-use crate::proxy::service::{Outcome, Proxy};
+use crate::proxy::service::Proxy;
 
-use super::stream::{Buffers, Closed, Sock, Stream, Turn};
+use super::stream::{Answer, Buffers, Closed, Sock, Stream, Turn};
 use super::{Bound, UnixSocketFile, READ_CHUNK};
 
 /// Tokens at and above this are listeners; below, client slots.
@@ -59,7 +60,7 @@ pub(super) struct Inbox {
 #[derive(Default)]
 struct Queue {
     /// (slot, client id, call sequence, outcome).
-    answers: Vec<(usize, u64, u64, Outcome)>,
+    answers: Vec<(usize, u64, u64, Answer)>,
     /// (slot, client id) of clients evicted at the connection limit.
     evicted: Vec<(usize, u64)>,
     /// Clients another loop accepted, handed over to balance the loops.
@@ -100,8 +101,8 @@ impl Inbox {
     }
 
     /// The answer to a client's call, from the runtime.
-    pub(super) fn answer(&self, slot: usize, id: u64, seq: u64, outcome: Outcome) {
-        self.push(|q| q.answers.push((slot, id, seq, outcome)));
+    pub(super) fn answer(&self, slot: usize, id: u64, seq: u64, answer: Answer) {
+        self.push(|q| q.answers.push((slot, id, seq, answer)));
     }
 }
 
@@ -452,11 +453,11 @@ impl Loop {
                     } else {
                         Interest::READABLE
                     };
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .reregister(c.sock.source(), Token(slot), interest)
-                    {
+                    if let Err(e) = self.poll.registry().reregister(
+                        &mut SourceFd(&c.sock.fd()),
+                        Token(slot),
+                        interest,
+                    ) {
                         warn!(error = %e, "cannot watch a client's socket; dropping it");
                         self.close(slot);
                         return;
@@ -503,9 +504,9 @@ impl Loop {
                 return;
             }
             let accepted = match &listening.listener {
-                Some(Listener::Tcp(l)) => l.accept().map(|(s, a)| (Sock::Tcp(s), Some(a))),
+                Some(Listener::Tcp(l)) => l.accept().map(|(s, a)| (Sock::tcp(s), Some(a))),
                 Some(Listener::Unix { listener, .. }) => {
-                    listener.accept().map(|(s, _)| (Sock::Unix(s), None))
+                    listener.accept().map(|(s, _)| (Sock::unix(s), None))
                 }
                 None => return,
             };
@@ -606,7 +607,7 @@ impl Loop {
     /// first read. Its slot, unless it was closed at once.
     fn adopt(&mut self, newcomer: Newcomer) -> Option<usize> {
         let Newcomer {
-            mut sock,
+            sock,
             peer,
             tally,
             admitted,
@@ -619,11 +620,11 @@ impl Loop {
         // Readable only: with WRITABLE too, every reply the client reads
         // frees send space and wakes the loop for nothing (an edge per
         // reply). It is asked for only while replies wait in `out`.
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(sock.source(), Token(slot), Interest::READABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&sock.fd()),
+            Token(slot),
+            Interest::READABLE,
+        ) {
             warn!(error = %e, "cannot watch a client's socket; dropping it");
             self.free.push(slot);
             self.proxy.clients.closed();

@@ -30,33 +30,60 @@ use crate::proxy::service::{Outcome, Proxy};
 /// clients have their turn (the client stays on the loop's ready list).
 const READS_PER_TURN: usize = 16;
 
-/// A client's socket.
+/// A client's socket, shared with the task answering its call past the
+/// cache when that task may write the reply itself (see
+/// [`Stream::take_record`]).
 pub(super) enum Sock {
-    Tcp(mio::net::TcpStream),
-    Unix(mio::net::UnixStream),
+    Tcp(Arc<std::net::TcpStream>),
+    Unix(Arc<std::os::unix::net::UnixStream>),
 }
 
 impl Sock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(super) fn tcp(s: mio::net::TcpStream) -> Sock {
+        Sock::Tcp(Arc::new(s.into()))
+    }
+
+    pub(super) fn unix(s: mio::net::UnixStream) -> Sock {
+        Sock::Unix(Arc::new(s.into()))
+    }
+
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Sock::Tcp(s) => s.read(buf),
-            Sock::Unix(s) => s.read(buf),
+            Sock::Tcp(s) => (&**s).read(buf),
+            Sock::Unix(s) => (&**s).read(buf),
         }
     }
 
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Sock::Tcp(s) => s.write(buf),
-            Sock::Unix(s) => s.write(buf),
+            Sock::Tcp(s) => (&**s).write(buf),
+            Sock::Unix(s) => (&**s).write(buf),
         }
     }
 
-    pub(super) fn source(&mut self) -> &mut dyn mio::event::Source {
+    fn share(&self) -> Sock {
         match self {
-            Sock::Tcp(s) => s,
-            Sock::Unix(s) => s,
+            Sock::Tcp(s) => Sock::Tcp(s.clone()),
+            Sock::Unix(s) => Sock::Unix(s.clone()),
         }
     }
+
+    /// The descriptor, for the loop's epoll set.
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// An answer to a call past the cache, as it comes back to the loop.
+pub(super) enum Answer {
+    /// The loop writes it.
+    Outcome(Outcome),
+    /// The task wrote the reply itself; these bytes of it are left to write.
+    Written(BytesMut),
 }
 
 /// Why a client was closed.
@@ -109,7 +136,7 @@ pub(super) struct Stream {
     /// Reply bytes the socket would not take yet (the client is not reading).
     out: BytesMut,
     /// The calls past the cache, in order: None until answered.
-    pending: VecDeque<Option<Outcome>>,
+    pending: VecDeque<Option<Answer>>,
     /// The sequence number of `pending[0]`.
     first_seq: u64,
     /// The socket may have bytes: a readable event came and no read since
@@ -158,10 +185,10 @@ impl Stream {
     }
 
     /// The answer to call `seq` came back from the runtime.
-    pub(super) fn answered(&mut self, seq: u64, outcome: Outcome) {
+    pub(super) fn answered(&mut self, seq: u64, answer: Answer) {
         if let Some(at) = seq.checked_sub(self.first_seq) {
             if let Some(slot) = self.pending.get_mut(at as usize) {
-                *slot = Some(outcome);
+                *slot = Some(answer);
             }
         }
     }
@@ -304,13 +331,18 @@ impl Stream {
     fn take_answers(&mut self, wbuf: &mut BytesMut, now: Instant) -> Result<(), Closed> {
         let mut answered = false;
         while let Some(Some(_)) = self.pending.front() {
-            let Some(Some(outcome)) = self.pending.pop_front() else {
+            let Some(Some(answer)) = self.pending.pop_front() else {
                 unreachable!("the front was just seen answered");
             };
             self.first_seq += 1;
             answered = true;
-            if !append_reply(wbuf, outcome) {
-                return Err(Closed::Error);
+            match answer {
+                Answer::Outcome(outcome) => {
+                    if !append_reply(wbuf, outcome) {
+                        return Err(Closed::Error);
+                    }
+                }
+                Answer::Written(rest) => wbuf.extend_from_slice(&rest),
             }
         }
         if answered {
@@ -356,6 +388,12 @@ impl Stream {
                 return;
             }
         }
+        // With nothing before it to write (no call in flight, no reply
+        // waiting or being gathered), nothing will be written to this
+        // client until this call is answered: the task may then write the
+        // reply itself, sparing the client a hand-over back to the loop.
+        let direct = (self.pending.is_empty() && self.out.is_empty() && wbuf.is_empty())
+            .then(|| self.sock.share());
         let seq = self.first_seq + self.pending.len() as u64;
         self.pending.push_back(None);
         let (proxy, inbox, peer) = (t.proxy.clone(), t.inbox.clone(), self.peer);
@@ -364,7 +402,18 @@ impl Stream {
         t.proxy.tasks.spawn_on(
             async move {
                 let outcome = proxy.handle(record, peer).await;
-                inbox.answer(slot, id, seq, outcome);
+                let answer = match (direct, outcome) {
+                    (Some(sock), o @ (Outcome::Reply(_) | Outcome::Shared(..))) => {
+                        let mut reply = BytesMut::new();
+                        append_reply(&mut reply, o);
+                        // On an error the loop's own write meets it and closes.
+                        let n = write_some(&sock, &reply).unwrap_or(0);
+                        let _ = reply.split_to(n);
+                        Answer::Written(reply)
+                    }
+                    (_, o) => Answer::Outcome(o),
+                };
+                inbox.answer(slot, id, seq, answer);
             },
             t.runtime,
         );
@@ -376,14 +425,14 @@ impl Stream {
         if !self.out.is_empty() {
             self.out.extend_from_slice(wbuf);
             wbuf.clear();
-            let n = write_some(&mut self.sock, &self.out)?;
+            let n = write_some(&self.sock, &self.out)?;
             let _ = self.out.split_to(n);
             if self.out.is_empty() {
                 // Give the memory back: an idle client holds no buffer.
                 self.out = BytesMut::new();
             }
         } else if !wbuf.is_empty() {
-            let n = write_some(&mut self.sock, wbuf)?;
+            let n = write_some(&self.sock, wbuf)?;
             if n < wbuf.len() {
                 self.out = BytesMut::from(&wbuf[n..]);
             }
@@ -397,7 +446,7 @@ impl Stream {
 }
 
 /// Writes as much of `buf` as the socket takes now.
-fn write_some(sock: &mut Sock, buf: &[u8]) -> Result<usize, Closed> {
+fn write_some(sock: &Sock, buf: &[u8]) -> Result<usize, Closed> {
     let mut done = 0;
     while done < buf.len() {
         match sock.write(&buf[done..]) {
