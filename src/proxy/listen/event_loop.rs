@@ -485,7 +485,12 @@ impl Loop {
         if let Some(c) = self.conns.get_mut(slot).and_then(Option::take) {
             // Dropping the socket closes it (a TCP client with an RST:
             // SO_LINGER 0 was set when it was accepted), which also takes it
-            // out of the epoll set.
+            // out of the epoll set; unless a task writing a reply still
+            // holds it: then it is taken out here, so that its events never
+            // reach the client that gets this slot next.
+            if c.sock.is_shared() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&c.sock.fd()));
+            }
             drop(c);
             self.free.push(slot);
             self.live -= 1;

@@ -68,6 +68,15 @@ impl Sock {
         }
     }
 
+    /// Whether a task still holds the socket (it then outlives the loop's
+    /// close, and stays in the epoll set unless taken out).
+    pub(super) fn is_shared(&self) -> bool {
+        match self {
+            Sock::Tcp(s) => Arc::strong_count(s) > 1,
+            Sock::Unix(s) => Arc::strong_count(s) > 1,
+        }
+    }
+
     /// The descriptor, for the loop's epoll set.
     pub(super) fn fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
