@@ -66,6 +66,8 @@ struct Queue {
     /// Clients another loop accepted, handed over to balance the loops.
     adopt: Vec<Newcomer>,
     stop: bool,
+    /// The loop has ended: nothing more is handed to it.
+    ended: bool,
 }
 
 impl Queue {
@@ -98,6 +100,26 @@ impl Inbox {
                 error!(error = %e, "cannot wake the stream loop");
             }
         }
+    }
+
+    /// Hands a client to this loop; gives it back if the loop has ended
+    /// (shutdown), for the caller to keep.
+    fn hand_over(&self, newcomer: Newcomer) -> Result<(), Newcomer> {
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap();
+            if q.ended {
+                return Err(newcomer);
+            }
+            let was = q.is_empty();
+            q.adopt.push(newcomer);
+            was
+        };
+        if was_empty {
+            if let Err(e) = self.waker.wake() {
+                error!(error = %e, "cannot wake the stream loop");
+            }
+        }
+        Ok(())
     }
 
     /// The answer to a client's call, from the runtime.
@@ -426,8 +448,15 @@ impl Loop {
                 self.sweep();
             }
             if self.stopped && self.live == 0 {
-                debug!("stream loop: every client is closed");
-                return;
+                // Ends only with nothing handed to it still waiting; from
+                // then on a hand-over is refused (the sender keeps the
+                // client), so none is left behind.
+                let mut q = self.inbox.queue.lock().unwrap();
+                if q.adopt.is_empty() {
+                    q.ended = true;
+                    debug!("stream loop: every client is closed");
+                    return;
+                }
             }
         }
     }
@@ -602,8 +631,14 @@ impl Loop {
             .unwrap_or((self.n, 0));
         if least != self.n && fewest < self.live {
             self.loads[least].fetch_add(1, Ordering::Relaxed);
-            self.inboxes[least].push(|q| q.adopt.push(newcomer));
-            return;
+            match self.inboxes[least].hand_over(newcomer) {
+                Ok(()) => return,
+                Err(newcomer) => {
+                    self.loads[least].fetch_sub(1, Ordering::Relaxed);
+                    self.adopt(newcomer);
+                    return;
+                }
+            }
         }
         self.adopt(newcomer);
     }
