@@ -193,3 +193,62 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
         let _ = child.wait().await;
     });
 }
+
+/// The watchdog sees a stuck stream loop: with one loop thread stopped (by
+/// ptrace, the rest of the daemon running, its UDP self-probe answered),
+/// the WATCHDOG=1 pings stop within the 3 s the daemon allows a loop, and
+/// they come back once the thread runs again.
+#[test]
+fn a_stuck_stream_loop_stops_the_watchdog_pings() {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+
+    run_with(
+        Options {
+            proxy: false,
+            ..Options::default()
+        },
+        |mut sb| async move {
+            // 2 s: a ping every second.
+            sb.start_proxy_with_env(&[], &[("WATCHDOG_USEC", "2000000")])
+                .await
+                .unwrap();
+            sb.next_notify("WATCHDOG=1", Duration::from_secs(5))
+                .await
+                .expect("pings while every thread runs");
+            let pid = sb.proxy_pid().unwrap();
+            let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .find(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "streams-0")
+                })
+                .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .expect("the daemon has a thread named streams-0");
+            let tid = Pid::from_raw(tid);
+            // Stops that one thread (ptrace stops are per thread).
+            ptrace::seize(tid, ptrace::Options::empty()).expect("PTRACE_SEIZE");
+            ptrace::interrupt(tid).expect("PTRACE_INTERRUPT");
+            waitpid(tid, Some(WaitPidFlag::__WALL)).expect("waiting for the stop");
+            // Pings already on their way, and those of the 3 s allowed,
+            // go by; then none may come.
+            let quiet_from = std::time::Instant::now() + Duration::from_secs(5);
+            while sb
+                .next_notify("WATCHDOG=1", Duration::from_secs(3))
+                .await
+                .is_ok()
+            {
+                assert!(
+                    std::time::Instant::now() < quiet_from,
+                    "the watchdog is still pinged 5 s after a stream loop stopped"
+                );
+            }
+            ptrace::detach(tid, None).expect("PTRACE_DETACH");
+            sb.next_notify("WATCHDOG=1", Duration::from_secs(5))
+                .await
+                .expect("pings again once the loop runs");
+        },
+    );
+}

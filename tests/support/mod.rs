@@ -683,6 +683,16 @@ impl Sandbox {
     /// /run/rpcbind.sock --control /run/rpcbind-proxy/control.sock`
     /// followed by `extra_args`, and waits (at most 10 s) for READY=1.
     pub async fn start_proxy(&mut self, extra_args: &[&str]) -> Result<(), String> {
+        self.start_proxy_with_env(extra_args, &[]).await
+    }
+
+    /// [`Sandbox::start_proxy`] with extra environment variables (e.g.
+    /// WATCHDOG_USEC, as systemd sets it).
+    pub async fn start_proxy_with_env(
+        &mut self,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
         assert!(self.proxy.is_none(), "the proxy is already running");
         self.proxy_starts += 1;
         // What systemd's RuntimeDirectory= would provide.
@@ -753,7 +763,14 @@ impl Sandbox {
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
             .arg(self.anchor.pid.to_string())
-            .args(["-m", "--", bin])
+            .args(["-m", "--"]);
+        if env.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+            // systemd also sets WATCHDOG_PID, the service's own pid, which
+            // the daemon checks: known only once it runs (nsenter and sh
+            // exec it in place, so it keeps sh's pid).
+            cmd.args(["sh", "-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""]);
+        }
+        cmd.arg(bin)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -762,6 +779,7 @@ impl Sandbox {
             cmd.env_remove(v);
         }
         cmd.env("NOTIFY_SOCKET", &notify_path);
+        cmd.envs(env.iter().copied());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "debug");
         }
