@@ -11,11 +11,11 @@
 //! when the earliest of them is due, not a timer per connection.
 //!
 //! What needs to wait (a call past the cache) is a task on the runtime; its
-//! answer comes back through the [`Inbox`], which wakes the loop. So do
-//! evictions at the connection limit and shutdown.
+//! answer comes back through the loop's inbox (`inbox`), which wakes the
+//! loop. So do evictions at the connection limit, clients handed over by
+//! another loop, and shutdown. Taking clients in is `accept`.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,13 +25,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, error, warn};
 
-use crate::host::sys::{peer_cred, set_zero_linger};
-use crate::proxy::attribution::{Identity, Transport};
-use crate::proxy::limits::Owner;
-use crate::proxy::policy::Peer;
 use crate::proxy::service::Proxy;
 
-use super::stream::{Answer, Buffers, Closed, Sock, Stream, Turn};
+use super::inbox::{Inbox, Queue};
+use super::stream::{Buffers, Closed, Stream, Turn};
 use super::{Bound, UnixSocketFile, READ_CHUNK};
 
 /// Tokens at and above this are listeners; below, client slots.
@@ -44,107 +41,9 @@ const EVENTS: usize = 1024;
 const SWEEP_AT_LEAST: Duration = Duration::from_secs(1);
 /// How long a listener rests after accept failed (mostly: out of file
 /// descriptors) rather than spin.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// One warning per this long about failing accepts.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Where the runtime's side leaves work for the loop.
-pub(super) struct Inbox {
-    waker: mio::Waker,
-    queue: Mutex<Queue>,
-    /// How many times the loop has woken (at least once a second): the
-    /// watchdog's sign that it is not stuck.
-    turns: AtomicU64,
-}
-
-#[derive(Default)]
-struct Queue {
-    /// (slot, client id, call sequence, outcome).
-    answers: Vec<(usize, u64, u64, Answer)>,
-    /// (slot, client id) of clients evicted at the connection limit.
-    evicted: Vec<(usize, u64)>,
-    /// Clients another loop accepted, handed over to balance the loops.
-    adopt: Vec<Newcomer>,
-    stop: bool,
-    /// The loop has ended: nothing more is handed to it.
-    ended: bool,
-}
-
-impl Queue {
-    fn is_empty(&self) -> bool {
-        self.answers.is_empty() && self.evicted.is_empty() && self.adopt.is_empty() && !self.stop
-    }
-}
-
-/// A client accepted, admitted and identified, not yet in a loop.
-struct Newcomer {
-    sock: Sock,
-    peer: Peer,
-    tally: Arc<crate::proxy::clients::Tally>,
-    admitted: crate::proxy::limits::Admitted,
-    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
-}
-
-impl Inbox {
-    /// Adds work; wakes the loop only if the queue was empty (it takes the
-    /// whole queue when woken).
-    fn push(&self, add: impl FnOnce(&mut Queue)) {
-        let was_empty = {
-            let mut q = self.queue.lock().unwrap();
-            let was = q.is_empty();
-            add(&mut q);
-            was
-        };
-        if was_empty {
-            if let Err(e) = self.waker.wake() {
-                error!(error = %e, "cannot wake the stream loop");
-            }
-        }
-    }
-
-    /// Hands a client to this loop; gives it back if the loop has ended
-    /// (shutdown), for the caller to keep.
-    fn hand_over(&self, newcomer: Newcomer) -> Result<(), Newcomer> {
-        let was_empty = {
-            let mut q = self.queue.lock().unwrap();
-            if q.ended {
-                return Err(newcomer);
-            }
-            let was = q.is_empty();
-            q.adopt.push(newcomer);
-            was
-        };
-        if was_empty {
-            if let Err(e) = self.waker.wake() {
-                error!(error = %e, "cannot wake the stream loop");
-            }
-        }
-        Ok(())
-    }
-
-    /// The answer to a client's call, from the runtime.
-    pub(super) fn answer(&self, slot: usize, id: u64, seq: u64, answer: Answer) {
-        self.push(|q| q.answers.push((slot, id, seq, answer)));
-    }
-}
-
-/// Wakes the loop when a client is evicted at the connection limit.
-struct EvictSignal {
-    inbox: Arc<Inbox>,
-    slot: usize,
-    id: u64,
-}
-
-impl std::task::Wake for EvictSignal {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let (slot, id) = (self.slot, self.id);
-        self.inbox.push(|q| q.evicted.push((slot, id)));
-    }
-}
+pub(super) const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The running loops, as the daemon holds them.
 pub struct StreamLoop {
@@ -291,7 +190,7 @@ impl StreamLoop {
     }
 }
 
-enum Listener {
+pub(super) enum Listener {
     Tcp(mio::net::TcpListener),
     Unix {
         listener: mio::net::UnixListener,
@@ -310,42 +209,42 @@ impl Listener {
     }
 }
 
-struct Listening {
+pub(super) struct Listening {
     /// None once closed (shutdown).
-    listener: Option<Listener>,
+    pub(super) listener: Option<Listener>,
     /// Accept failed; try again at this time.
-    paused_until: Option<Instant>,
+    pub(super) paused_until: Option<Instant>,
 }
 
-struct Loop {
+pub(super) struct Loop {
     /// This loop's index among the loops.
-    n: usize,
-    poll: Poll,
-    inbox: Arc<Inbox>,
+    pub(super) n: usize,
+    pub(super) poll: Poll,
+    pub(super) inbox: Arc<Inbox>,
     /// Every loop's inbox (this one's too), to hand a client over.
-    inboxes: Vec<Arc<Inbox>>,
+    pub(super) inboxes: Vec<Arc<Inbox>>,
     /// Every loop's client count, to keep them even.
-    loads: Arc<[AtomicUsize]>,
-    proxy: Arc<Proxy>,
-    runtime: tokio::runtime::Handle,
-    listeners: Vec<Listening>,
-    accepting: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(super) loads: Arc<[AtomicUsize]>,
+    pub(super) proxy: Arc<Proxy>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) listeners: Vec<Listening>,
+    pub(super) accepting: Option<tokio::sync::oneshot::Sender<()>>,
     /// Clients by slot (their token).
-    conns: Vec<Option<Stream>>,
-    free: Vec<usize>,
-    live: usize,
-    next_id: u64,
+    pub(super) conns: Vec<Option<Stream>>,
+    pub(super) free: Vec<usize>,
+    pub(super) live: usize,
+    pub(super) next_id: u64,
     /// Clients whose turn ended with bytes possibly left to read.
-    ready: Vec<usize>,
-    bufs: Buffers,
+    pub(super) ready: Vec<usize>,
+    pub(super) bufs: Buffers,
     /// When the current wake-up began.
-    now: Instant,
-    second: u32,
+    pub(super) now: Instant,
+    pub(super) second: u32,
     /// When to look at the clients' deadlines next.
-    next_check: Instant,
-    stopped: bool,
-    accept_warned: Option<Instant>,
-    turns: u64,
+    pub(super) next_check: Instant,
+    pub(super) stopped: bool,
+    pub(super) accept_warned: Option<Instant>,
+    pub(super) turns: u64,
 }
 
 impl Loop {
@@ -462,7 +361,7 @@ impl Loop {
     }
 
     /// Gives the client in `slot` its turn; closes it if it is done.
-    fn serve(&mut self, slot: usize) {
+    pub(super) fn serve(&mut self, slot: usize) {
         let Some(Some(c)) = self.conns.get_mut(slot) else {
             return;
         };
@@ -510,7 +409,7 @@ impl Loop {
         }
     }
 
-    fn close(&mut self, slot: usize) {
+    pub(super) fn close(&mut self, slot: usize) {
         if let Some(c) = self.conns.get_mut(slot).and_then(Option::take) {
             // Dropping the socket closes it (a TCP client with an RST:
             // SO_LINGER 0 was set when it was accepted), which also takes it
@@ -526,168 +425,6 @@ impl Loop {
             self.loads[self.n].store(self.live, Ordering::Relaxed);
             self.proxy.clients.closed();
         }
-    }
-
-    /// Accepts what waits on listener `i`.
-    fn accept(&mut self, i: usize) {
-        loop {
-            let Some(listening) = self.listeners.get_mut(i) else {
-                return;
-            };
-            if listening.paused_until.is_some() {
-                return;
-            }
-            let accepted = match &listening.listener {
-                Some(Listener::Tcp(l)) => l.accept().map(|(s, a)| (Sock::tcp(s), Some(a))),
-                Some(Listener::Unix { listener, .. }) => {
-                    listener.accept().map(|(s, _)| (Sock::unix(s), None))
-                }
-                None => return,
-            };
-            match accepted {
-                Ok((sock, addr)) => self.admit(sock, addr),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(e) => {
-                    let now = self.now;
-                    if self
-                        .accept_warned
-                        .is_none_or(|t| now >= t + ACCEPT_WARN_EVERY)
-                    {
-                        warn!(error = %e, "accept failed; pausing the listener {ACCEPT_PAUSE:?} (this warning repeats at most every {ACCEPT_WARN_EVERY:?})");
-                        self.accept_warned = Some(now);
-                    }
-                    let until = now + ACCEPT_PAUSE;
-                    listening.paused_until = Some(until);
-                    self.next_check = self.next_check.min(until);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Takes in a client that was accepted: its identity, its place under
-    /// the connection limit, its row, and a first read.
-    fn admit(&mut self, sock: Sock, addr: Option<std::net::SocketAddr>) {
-        let proxy = &self.proxy;
-        let (peer, owner, local) = match (&sock, addr) {
-            (Sock::Unix(s), _) => match peer_cred(s.as_fd()) {
-                Ok((uid, gid, pid)) => {
-                    let peer = Peer::Unix { uid, gid, pid };
-                    (peer, Owner::of(&peer), None)
-                }
-                Err(e) => {
-                    warn!(error = %e, "no peer credentials; dropping client");
-                    return;
-                }
-            },
-            (Sock::Tcp(s), Some(client)) => {
-                // An RST on every close, whoever closes and why: no
-                // TIME_WAIT on either side.
-                if let Err(e) = set_zero_linger(s.as_fd()) {
-                    debug!(error = %e, "cannot set SO_LINGER");
-                }
-                let local = s.local_addr().ok();
-                let owner = local.map_or(Owner::OtherIp, |server| Owner::tcp(client, server));
-                (Peer::Tcp(client), owner, local)
-            }
-            (Sock::Tcp(_), None) => return,
-        };
-        let Some(admitted) = proxy.limits.admit(owner) else {
-            return;
-        };
-        if let Sock::Tcp(s) = &sock {
-            let _ = s.set_nodelay(true);
-        }
-        // Who it is, asked now, while the client's socket surely exists.
-        let identity = match (peer, local) {
-            (Peer::Unix { uid, pid, .. }, _) => proxy.attribution.unix(pid, uid),
-            (Peer::Tcp(client), Some(local)) => {
-                proxy.attribution.tcp(client, local, proxy.rpcbind_port())
-            }
-            _ => Identity::unknown(Transport::Tcp),
-        };
-        let newcomer = Newcomer {
-            sock,
-            peer,
-            tally: proxy.clients.tally(&identity),
-            admitted,
-            tracked: proxy.tasks.token(),
-        };
-        proxy.clients.opened();
-        // Keep the loops even: whichever loop accepts a client (they race
-        // for each one), it goes to the least busy. Clients that come
-        // together would otherwise often land on one loop.
-        let (least, fewest) = self
-            .loads
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i, l.load(Ordering::Relaxed)))
-            .min_by_key(|&(_, l)| l)
-            .unwrap_or((self.n, 0));
-        if least != self.n && fewest < self.live {
-            self.loads[least].fetch_add(1, Ordering::Relaxed);
-            match self.inboxes[least].hand_over(newcomer) {
-                Ok(()) => return,
-                Err(newcomer) => {
-                    self.loads[least].fetch_sub(1, Ordering::Relaxed);
-                    self.adopt(newcomer);
-                    return;
-                }
-            }
-        }
-        self.adopt(newcomer);
-    }
-
-    /// Takes a client in: a slot, the epoll set, its eviction signal, and a
-    /// first read. Its slot, unless it was closed at once.
-    fn adopt(&mut self, newcomer: Newcomer) -> Option<usize> {
-        let Newcomer {
-            sock,
-            peer,
-            tally,
-            admitted,
-            tracked,
-        } = newcomer;
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.conns.push(None);
-            self.conns.len() - 1
-        });
-        // Readable only: with WRITABLE too, every reply the client reads
-        // frees send space and wakes the loop for nothing (an edge per
-        // reply). It is asked for only while replies wait in `out`.
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&sock.fd()),
-            Token(slot),
-            Interest::READABLE,
-        ) {
-            warn!(error = %e, "cannot watch a client's socket; dropping it");
-            self.free.push(slot);
-            self.proxy.clients.closed();
-            return None;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let c = Stream::new(sock, peer, id, tally, admitted, tracked, self.now);
-        let signal = std::task::Waker::from(Arc::new(EvictSignal {
-            inbox: self.inbox.clone(),
-            slot,
-            id,
-        }));
-        let evicted = c.admitted.wake_on_evict(&signal);
-        self.conns[slot] = Some(c);
-        self.live += 1;
-        self.loads[self.n].store(self.live, Ordering::Relaxed);
-        if evicted {
-            self.close(slot);
-            return None;
-        }
-        self.serve(slot);
-        self.conns.get(slot)?.as_ref().map(|_| slot)
     }
 
     fn take_inbox(&mut self) {

@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use crate::host::sys::Inherited;
 use crate::proxy::service::Proxy;
 
+mod accept;
 mod event_loop;
+mod inbox;
 mod stream;
 mod udp;
 

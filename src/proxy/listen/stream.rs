@@ -108,7 +108,7 @@ pub(super) enum Closed {
 pub(super) struct Turn<'a> {
     pub proxy: &'a Arc<Proxy>,
     pub runtime: &'a tokio::runtime::Handle,
-    pub inbox: &'a Arc<super::event_loop::Inbox>,
+    pub inbox: &'a Arc<super::inbox::Inbox>,
     /// The client's slot in the loop (with [`Stream::id`], the address of
     /// an answer).
     pub slot: usize,
