@@ -344,6 +344,15 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
             specs.push(Spec::new(t, mode, Target::NoAttribution, c, plan.row));
         }
     }
+    // Two more proxy/floor pairs per transport, interleaved: the floor
+    // moves from row to row as much as the proxy (see the floor targets).
+    for _ in 0..2 {
+        for t in Transport::ALL {
+            for target in [Target::Proxy, Target::Floor] {
+                specs.push(Spec::new(t, Mode::Persistent, target, c, plan.row));
+            }
+        }
+    }
     for t in Transport::ALL {
         specs.push(Spec::new(
             t,

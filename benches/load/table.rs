@@ -47,13 +47,21 @@ pub(crate) fn print_table(rows: &[Row]) {
         "proxy/rpcbind",
     ];
     let mut table: Vec<Vec<String>> = Vec::new();
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
         let s = &r.spec;
         let ratio = |other: Target| {
             if !matches!(s.target, Target::Proxy | Target::Miss) {
                 return String::new();
             }
-            find(rows, s.transport, s.mode, other, s.clients)
+            // The row measured right after it when that is its pair (the
+            // interleaved proxy/floor rows), else the first of its kind.
+            rows.get(i + 1)
+                .filter(|o| {
+                    o.spec.target == other
+                        && (o.spec.transport, o.spec.mode, o.spec.clients)
+                            == (s.transport, s.mode, s.clients)
+                })
+                .or_else(|| find(rows, s.transport, s.mode, other, s.clients))
                 .map_or(String::new(), |o| format!("{:.2}", r.rate / o.rate))
         };
         table.push(vec![

@@ -73,25 +73,32 @@ pub(crate) fn print_targets(
         }
     }
 
-    // Cached hits close to what the kernel and the clients allow.
+    // Cached hits close to what the kernel and the clients allow. The
+    // floor moves as much as the proxy from one row to the next (other work
+    // on the machine only ever lowers a row), so every proxy and floor row
+    // of the run counts (they are interleaved): best against best decides,
+    // the medians are printed beside.
     for (t, share) in [
         (Transport::Unix, 0.85),
         (Transport::Tcp, 0.85),
         (Transport::Udp, 0.95),
     ] {
-        if let (Some(p), Some(f)) = (
-            find(rows, t, Mode::Persistent, Target::Proxy, c),
-            find(rows, t, Mode::Persistent, Target::Floor, c),
-        ) {
+        let p = rates(rows, t, Mode::Persistent, Target::Proxy, c);
+        let f = rates(rows, t, Mode::Persistent, Target::Floor, c);
+        if let (Some(pb), Some(fb)) = (p.last(), f.last()) {
             check(
-                p.rate >= share * f.rate,
+                *pb >= share * fb,
                 format!(
-                    "cached hits over {} {} at >= {share:.2} of the floor: {:.0}/s vs {:.0}/s = {:.2}",
+                    "cached hits over {} {} at >= {share:.2} of the floor: best {pb:.0}/s vs {fb:.0}/s = {:.2} \
+                     ({} and {} rows; medians {:.0}/s vs {:.0}/s = {:.2})",
                     t.name(),
                     mode_name(t, Mode::Persistent),
-                    p.rate,
-                    f.rate,
-                    p.rate / f.rate
+                    pb / fb,
+                    p.len(),
+                    f.len(),
+                    median(&p),
+                    median(&f),
+                    median(&p) / median(&f),
                 ),
             );
         }
@@ -220,4 +227,28 @@ fn vs_rpcbind(
         ok &= p == 0;
     }
     check(ok, text);
+}
+
+/// The rates of every row of this kind, lowest first.
+fn rates(rows: &[Row], t: Transport, mode: Mode, target: Target, clients: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = rows
+        .iter()
+        .filter(|r| {
+            r.spec.transport == t
+                && r.spec.mode == mode
+                && r.spec.target == target
+                && r.spec.clients == clients
+        })
+        .map(|r| r.rate)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
