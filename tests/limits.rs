@@ -203,8 +203,7 @@ fn a_client_that_never_reads_its_replies_is_closed_after_the_idle_timeout() {
         let body = getport_call(100000).encode();
         let mut wire = Vec::new();
         for _ in 0..2000 {
-            wire.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
-            wire.extend_from_slice(&body);
+            put_record(&mut wire, &body);
         }
         let mut hog = UnixStream::connect(sb.proxy_unix()).await.unwrap();
         // Writes until the proxy closes the connection (a write fails).
@@ -341,9 +340,7 @@ fn pipelined_calls_in_one_write_never_exceed_max_in_flight() {
         let calls: Vec<Call> = (0..200).map(|i| getport_call(900_000 + i)).collect();
         let mut wire = Vec::new();
         for c in &calls {
-            let body = c.encode();
-            wire.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
-            wire.extend_from_slice(&body);
+            put_record(&mut wire, &c.encode());
         }
         let Conn::Stream(s) = &mut conn else {
             unreachable!()
@@ -393,9 +390,7 @@ fn records_held_back_by_the_in_flight_limit_are_not_a_slow_sender() {
             let calls: Vec<Call> = (0..3).map(|i| getport_call(910_000 + i)).collect();
             let mut wire = Vec::new();
             for c in &calls {
-                let body = c.encode();
-                wire.extend_from_slice(&(0x8000_0000u32 | body.len() as u32).to_be_bytes());
-                wire.extend_from_slice(&body);
+                put_record(&mut wire, &c.encode());
             }
             let Conn::Stream(s) = &mut conn else {
                 unreachable!()

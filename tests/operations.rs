@@ -346,8 +346,8 @@ fn a_refused_connection_is_logged_once_and_counted_in_every_status_format() {
             .unwrap();
         sb.signal_rpcbind(Signal::SIGSTOP);
         let call = getport_call(399_999).encode();
-        let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
-        record.extend_from_slice(&call);
+        let mut record = Vec::new();
+        put_record(&mut record, &call);
         tokio::io::AsyncWriteExt::write_all(&mut held, &record)
             .await
             .unwrap();

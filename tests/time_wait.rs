@@ -237,10 +237,8 @@ fn closes_at_shutdown_leave_no_time_wait() {
             sb.signal_rpcbind(Signal::SIGSTOP);
             let mut busy = tcp_client(&sb).await;
             let call = getport_call(700_001);
-            let mut msg = (0x8000_0000u32 | call.encode().len() as u32)
-                .to_be_bytes()
-                .to_vec();
-            msg.extend_from_slice(&call.encode());
+            let mut msg = Vec::new();
+            put_record(&mut msg, &call.encode());
             busy.write_all(&msg).await.unwrap();
             wait_status(&sb, "the call in flight to rpcbind", |v| {
                 v["upstream"]["in_flight"] != 0

@@ -621,8 +621,8 @@ fn an_abstract_socket_listener_answers_like_the_path() {
             .expect("the proxy listens on @/run/rpcbind.sock");
         s.set_read_timeout(Some(WAIT)).unwrap();
         let call = getport_call(PMAP_PROG).encode();
-        let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
-        record.extend_from_slice(&call);
+        let mut record = Vec::new();
+        put_record(&mut record, &call);
         s.write_all(&record).unwrap();
         let mut mark = [0u8; 4];
         s.read_exact(&mut mark).unwrap();

@@ -25,6 +25,14 @@ const MAX_RECORD: usize = 4 << 20;
 /// Last-fragment bit of a record-marking header.
 const LAST_FRAGMENT: u32 = 0x8000_0000;
 
+/// Appends `msg` to `wire` as one record (a single last fragment), for
+/// tests that write records to a socket themselves.
+pub fn put_record(wire: &mut Vec<u8>, msg: &[u8]) {
+    let len = u32::try_from(msg.len()).expect("a test record fits a record mark");
+    wire.extend_from_slice(&(LAST_FRAGMENT | len).to_be_bytes());
+    wire.extend_from_slice(msg);
+}
+
 pub const RPC_VERSION: u32 = 2;
 pub const MSG_CALL: u32 = 0;
 pub const MSG_REPLY: u32 = 1;
