@@ -55,29 +55,31 @@ impl Inbox {
     /// Adds work; wakes the loop only if the queue was empty (it takes the
     /// whole queue when woken).
     pub(super) fn push(&self, add: impl FnOnce(&mut Queue)) {
-        let was_empty = {
-            let mut q = self.queue.lock().unwrap();
-            let was = q.is_empty();
-            add(&mut q);
-            was
-        };
-        if was_empty {
-            if let Err(e) = self.waker.wake() {
-                error!(error = %e, "cannot wake the stream loop");
-            }
-        }
+        let _ = self.try_push(|q| {
+            add(q);
+            Ok::<(), std::convert::Infallible>(())
+        });
     }
 
     /// Hands a client to this loop; gives it back if the loop has ended
     /// (shutdown), for the caller to keep.
     pub(super) fn hand_over(&self, newcomer: Newcomer) -> Result<(), Newcomer> {
-        let was_empty = {
-            let mut q = self.queue.lock().unwrap();
+        self.try_push(|q| {
             if q.ended {
                 return Err(newcomer);
             }
-            let was = q.is_empty();
             q.adopt.push(newcomer);
+            Ok(())
+        })
+    }
+
+    /// [`Inbox::push`] for work the queue may refuse (nothing is added then,
+    /// and the loop is not woken).
+    fn try_push<E>(&self, add: impl FnOnce(&mut Queue) -> Result<(), E>) -> Result<(), E> {
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap();
+            let was = q.is_empty();
+            add(&mut q)?;
             was
         };
         if was_empty {

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::protocol::rpc::{put_record, set_xid, RecordCodec, RecordError, MAX_CLIENT_RECORD};
+use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
 use crate::proxy::clients::Tally;
 use crate::proxy::limits::{Admitted, Limits};
 use crate::proxy::policy::Peer;
@@ -243,10 +243,7 @@ impl Stream {
             self.take_answers(&mut b.wbuf, t.now)?;
             // Records read earlier that the limit held back.
             if !self.inbuf.is_empty() && self.pending.len() < max {
-                let mut inbuf = std::mem::take(&mut self.inbuf);
-                let taken = self.take_records(&mut inbuf, &mut b.wbuf, t, max);
-                self.inbuf = inbuf;
-                taken?;
+                self.take_buffered(&mut b.wbuf, t, max)?;
             }
             self.flush(&mut b.wbuf, t.now)?;
             if !self.out.is_empty() {
@@ -309,10 +306,7 @@ impl Stream {
                 }
             } else {
                 self.inbuf.extend_from_slice(&b.rbuf[..n]);
-                let mut inbuf = std::mem::take(&mut self.inbuf);
-                let taken = self.take_records(&mut inbuf, &mut b.wbuf, t, max);
-                self.inbuf = inbuf;
-                taken?;
+                self.take_buffered(&mut b.wbuf, t, max)?;
             }
             if self.pending.len() >= max {
                 limits
@@ -328,11 +322,7 @@ impl Stream {
         let mid_record = self.out.is_empty()
             && self.pending.len() < max
             && self.codec.is_mid_record(&self.inbuf);
-        self.partial_since = match (mid_record, self.partial_since) {
-            (false, _) => None,
-            (true, Some(since)) => Some(since),
-            (true, None) => Some(t.now),
-        };
+        self.partial_since = mid_record.then(|| self.partial_since.unwrap_or(t.now));
         Ok(())
     }
 
@@ -363,6 +353,20 @@ impl Stream {
         Ok(())
     }
 
+    /// Takes whole records from the client's own buffer (see
+    /// [`Stream::take_records`]).
+    fn take_buffered(
+        &mut self,
+        wbuf: &mut BytesMut,
+        t: &Turn<'_>,
+        max: usize,
+    ) -> Result<(), Closed> {
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        let taken = self.take_records(&mut inbuf, wbuf, t, max);
+        self.inbuf = inbuf;
+        taken
+    }
+
     /// Takes whole records from `src` while fewer than `max` calls are in
     /// flight.
     fn take_records(
@@ -378,7 +382,7 @@ impl Stream {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::debug!(peer = ?self.peer, error = %e, "bad framing; closing");
-                    return Err(bad_framing(e));
+                    return Err(Closed::Error);
                 }
             };
             self.take_record(&record, wbuf, t);
@@ -467,10 +471,6 @@ fn write_some(sock: &Sock, buf: &[u8]) -> Result<usize, Closed> {
         }
     }
     Ok(done)
-}
-
-fn bad_framing(_: RecordError) -> Closed {
-    Closed::Error
 }
 
 /// Appends an outcome's reply, record-marked, to `out`; false to close.
