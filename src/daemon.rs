@@ -17,7 +17,7 @@ use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
 use crate::ops::control;
-use crate::proxy::listen::{self, Bound, ListenSpec, StreamLoop};
+use crate::proxy::listen::{self, Bound, DatagramThreads, ListenSpec, StreamLoop};
 use crate::proxy::policy::Class;
 use crate::proxy::service::{Proxy, RpcbindAddr};
 use crate::StartError;
@@ -32,6 +32,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// The stream loop wakes at least once a second; this long without a turn,
 /// it is stuck (and the watchdog ping is withheld).
 const STREAM_LOOP_STUCK: Duration = Duration::from_secs(3);
+/// Threads per UDP socket (see where the UDP threads start).
+const UDP_THREADS_PER_SOCKET: usize = 1;
 /// The config file `serve` read, for the start-up line.
 static CONFIG_SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// The nftables table of transparent mode (family inet).
@@ -144,31 +146,36 @@ pub async fn run(
     ));
     let _ = first_rx.await;
 
-    // Listeners stop when `stop` turns true, UDP ones when `stop_udp` does:
-    // in transparent mode only after the redirect table is gone, so that a
+    // Stream listeners stop when `stop` turns true, UDP ones later: in
+    // transparent mode only after the redirect table is gone, so that a
     // datagram of a flow redirected earlier never finds the port closed.
     let (stop_tx, stop) = watch::channel(false);
-    let (stop_udp_tx, stop_udp) = watch::channel(false);
-    let mut streams = Vec::new();
-    let mut udp_listeners = Vec::new();
+    let (mut streams, mut datagrams) = (Vec::new(), Vec::new());
     for (spec, b) in bound {
         info!(%spec, "listening");
         match b {
-            Bound::Udp(socket) => udp_listeners.push(tokio::spawn(listen::serve_datagrams(
-                socket,
-                proxy.clone(),
-                stop_udp.clone(),
-            ))),
+            Bound::Udp(socket) => datagrams.push(socket),
             b => streams.push(b),
         }
     }
+    let threads = stream_threads(config.threads);
     let mut streams = StreamLoop::start(
         streams,
-        stream_threads(config.threads),
+        threads,
         proxy.clone(),
         tokio::runtime::Handle::current(),
     )
     .map_err(StartError::StreamLoop)?;
+    // One thread per UDP socket: it takes in one call what came while it
+    // worked. Two on two CPUs served fewer lookups (105k/s against 112k/s,
+    // measured side by side) for the wake-ups they add.
+    let mut datagrams = DatagramThreads::start(
+        datagrams,
+        UDP_THREADS_PER_SOCKET,
+        proxy.clone(),
+        &tokio::runtime::Handle::current(),
+    )
+    .map_err(StartError::UdpThreads)?;
     if let Some(rules) = &redirects {
         let table = InterceptTable::install(rules).map_err(StartError::Intercept)?;
         info!(
@@ -193,7 +200,10 @@ pub async fn run(
     background.push(tokio::spawn(supervise(
         proxy.clone(),
         probe_at,
-        streams.turn_counter(),
+        {
+            let (streams, udp) = (streams.turn_counter(), datagrams.turn_counter());
+            move || (streams(), udp())
+        },
         shutdown.clone(),
     )));
     let reloader = {
@@ -237,9 +247,12 @@ pub async fn run(
             }
         }
     }
-    let _ = stop_udp_tx.send(true);
-    for l in udp_listeners {
-        let _ = l.await;
+    datagrams.stop();
+    if tokio::time::timeout(DRAIN, datagrams.stopped())
+        .await
+        .is_err()
+    {
+        warn!("UDP calls still in flight after {DRAIN:?}; closing anyway");
     }
     for t in background {
         let _ = t.await;
@@ -380,14 +393,17 @@ fn raise_fd_limit() {
 async fn supervise(
     proxy: Arc<Proxy>,
     probe_at: Option<std::net::SocketAddr>,
-    stream_turns: impl Fn() -> Vec<u64>,
+    turns: impl Fn() -> (Vec<u64>, Vec<u64>),
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Per stream loop: its turn count, and since when it has not moved.
-    let mut last_turns: Vec<(u64, tokio::time::Instant)> = stream_turns()
-        .into_iter()
-        .map(|t| (t, tokio::time::Instant::now()))
-        .collect();
+    // Per stream loop and per UDP thread: its turn count, and since when it
+    // has not moved.
+    let since = |counts: Vec<u64>| -> Vec<(u64, tokio::time::Instant)> {
+        let now = tokio::time::Instant::now();
+        counts.into_iter().map(|t| (t, now)).collect()
+    };
+    let (streams, udp) = turns();
+    let (mut last_streams, mut last_udp) = (since(streams), since(udp));
     let watchdog = systemd::watchdog_interval();
     let period = watchdog.map_or(Duration::from_secs(5), |w| {
         (w / 2).min(Duration::from_secs(5))
@@ -397,21 +413,19 @@ async fn supervise(
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
         }
-        // The stream loop wakes at least once a second, busy or not.
-        for (last, now) in last_turns.iter_mut().zip(stream_turns()) {
-            if now != last.0 {
-                *last = (now, tokio::time::Instant::now());
-            }
-        }
-        let streams_stuck = last_turns
-            .iter()
-            .any(|(_, since)| since.elapsed() > STREAM_LOOP_STUCK);
+        // Stream loops and UDP threads turn at least once a second, busy
+        // or not.
+        let (streams, udp) = turns();
+        let streams_stuck = stuck(&mut last_streams, streams);
+        let udp_stuck = stuck(&mut last_udp, udp);
         if !proxy.healthy() {
             error!("the refresh loop has stalled; withholding the watchdog ping");
         } else if streams_stuck {
             error!(
                 "the stream loop (unix and TCP clients) is stuck; withholding the watchdog ping"
             );
+        } else if udp_stuck {
+            error!("a UDP thread is stuck; withholding the watchdog ping");
         } else if let Some(w) = watchdog {
             match probe_at {
                 Some(at) => match answers(at, w / 2).await {
@@ -425,6 +439,20 @@ async fn supervise(
         }
         systemd::status(&status_line(&proxy));
     }
+}
+
+/// Whether a thread's turn count has stayed put for STREAM_LOOP_STUCK,
+/// given the counts now (`last` keeps each count and since when).
+fn stuck(last: &mut [(u64, tokio::time::Instant)], counts: Vec<u64>) -> bool {
+    let now = tokio::time::Instant::now();
+    let mut any = false;
+    for (last, count) in last.iter_mut().zip(counts) {
+        if count != last.0 {
+            *last = (count, now);
+        }
+        any |= now.duration_since(last.1) > STREAM_LOOP_STUCK;
+    }
+    any
 }
 
 /// One call to the daemon's own UDP listener, answered by the request path

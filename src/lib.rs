@@ -46,6 +46,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("cannot start the stream loop: {0}")]
     StreamLoop(std::io::Error),
+    #[error("cannot start the UDP threads: {0}")]
+    UdpThreads(std::io::Error),
     #[error("cannot intercept port 111: {0}")]
     Intercept(host::netfilter::NetfilterError),
     #[error("--intercept needs a tcp and a udp listener on 127.0.0.1 to redirect port 111 to (e.g. --listen tcp:127.0.0.1:1111 --listen udp:127.0.0.1:1111)")]

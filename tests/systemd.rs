@@ -104,11 +104,43 @@ fn sigterm_answers_calls_in_flight_removes_its_sockets_and_exits_0() {
             decode_u32(&out.expect_results("the call in flight")).unwrap(),
             0
         );
+
         let exit = sb.stop_proxy().await.unwrap();
         assert_eq!(exit, "exit code 0", "{}", sb.proxy_log());
         for path in [sb.proxy_unix(), sb.control_unix()] {
             assert!(!path.exists(), "{} removed", path.display());
         }
+    });
+}
+
+/// The same over UDP: a datagram past the cache, in flight when SIGTERM
+/// comes, is answered before the daemon exits (the UDP threads stop last,
+/// and their miss task is waited for).
+#[test]
+fn sigterm_answers_a_udp_call_in_flight() {
+    run(|mut sb| async move {
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let mut dg = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Udp))
+            .await
+            .unwrap();
+        let call = getport_call(700002);
+        dg.send(&call.encode()).await.unwrap();
+        let mut waited = 0;
+        while sb.status().await["upstream"]["in_flight"] == 0 {
+            waited += 1;
+            assert!(waited < 200, "the call never reached rpcbind");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sb.signal_proxy(Signal::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sb.signal_rpcbind(Signal::SIGCONT);
+        let out = dg.recv(call.xid).await;
+        assert_eq!(
+            decode_u32(&out.expect_results("the UDP call in flight")).unwrap(),
+            0
+        );
+        let exit = sb.stop_proxy().await.unwrap();
+        assert_eq!(exit, "exit code 0", "{}", sb.proxy_log());
     });
 }
 
@@ -197,9 +229,22 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
 /// The watchdog sees a stuck stream loop: with one loop thread stopped (by
 /// ptrace, the rest of the daemon running, its UDP self-probe answered),
 /// the WATCHDOG=1 pings stop within the 3 s the daemon allows a loop, and
-/// they come back once the thread runs again.
+/// they come back once the thread runs again. The same for a UDP thread.
 #[test]
 fn a_stuck_stream_loop_stops_the_watchdog_pings() {
+    a_stuck_thread_stops_the_watchdog_pings("streams-0", &[]);
+}
+
+#[test]
+fn a_stuck_udp_thread_stops_the_watchdog_pings() {
+    // A second UDP socket, whose thread (udp-1) the self-probe (sent to
+    // the first) never meets: only its turns tell it is stuck.
+    a_stuck_thread_stops_the_watchdog_pings("udp-1", &["--listen", "udp:127.0.0.1:1112"]);
+}
+
+/// Stops the daemon's thread named `name` (a ptrace stop, per thread) and
+/// expects the watchdog pings to stop, then to come back once it runs.
+fn a_stuck_thread_stops_the_watchdog_pings(name: &'static str, args: &'static [&'static str]) {
     use nix::sys::ptrace;
     use nix::sys::wait::{waitpid, WaitPidFlag};
     use nix::unistd::Pid;
@@ -209,9 +254,9 @@ fn a_stuck_stream_loop_stops_the_watchdog_pings() {
             proxy: false,
             ..Options::default()
         },
-        |mut sb| async move {
+        move |mut sb| async move {
             // 2 s: a ping every second.
-            sb.start_proxy_with_env(&[], &[("WATCHDOG_USEC", "2000000")])
+            sb.start_proxy_with_env(args, &[("WATCHDOG_USEC", "2000000")])
                 .await
                 .unwrap();
             sb.next_notify("WATCHDOG=1", Duration::from_secs(5))
@@ -222,11 +267,10 @@ fn a_stuck_stream_loop_stops_the_watchdog_pings() {
                 .unwrap()
                 .filter_map(|e| e.ok())
                 .find(|e| {
-                    std::fs::read_to_string(e.path().join("comm"))
-                        .is_ok_and(|c| c.trim() == "streams-0")
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name)
                 })
                 .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .expect("the daemon has a thread named streams-0");
+                .unwrap_or_else(|| panic!("the daemon has a thread named {name}"));
             let tid = Pid::from_raw(tid);
             // Stops that one thread (ptrace stops are per thread).
             ptrace::seize(tid, ptrace::Options::empty()).expect("PTRACE_SEIZE");
@@ -242,13 +286,13 @@ fn a_stuck_stream_loop_stops_the_watchdog_pings() {
             {
                 assert!(
                     std::time::Instant::now() < quiet_from,
-                    "the watchdog is still pinged 5 s after a stream loop stopped"
+                    "the watchdog is still pinged 5 s after {name} stopped"
                 );
             }
             ptrace::detach(tid, None).expect("PTRACE_DETACH");
             sb.next_notify("WATCHDOG=1", Duration::from_secs(5))
                 .await
-                .expect("pings again once the loop runs");
+                .expect("pings again once the thread runs");
         },
     );
 }

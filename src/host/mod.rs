@@ -1,7 +1,8 @@
 //! The host: every syscall and kernel or init-system interface.
 //!
 //! Owns the raw syscalls (`sys`: per-thread credentials, inherited sockets,
-//! RLIMIT_NOFILE), systemd's protocols (`systemd`: sd_notify, watchdog,
+//! RLIMIT_NOFILE, SO_PEERCRED, SO_LINGER, the coarse clock), datagrams in
+//! batches (`datagrams`: recvmmsg/sendmmsg), systemd's protocols (`systemd`: sd_notify, watchdog,
 //! LISTEN_FDS), the netlink socket and message codec both netlink users
 //! share (`netlink`: bounded send/receive with timeouts, nlmsg/nlattr
 //! building and checked parsing, NLMSG_ERROR/DONE), nf_tables over netlink
@@ -14,6 +15,7 @@
 //! call them without a cycle.
 
 pub mod cgroup;
+pub mod datagrams;
 pub mod netfilter;
 pub(crate) mod netlink;
 pub mod procnet;

@@ -1,12 +1,13 @@
-//! Listeners: unix and TCP streams (record marking) and UDP datagrams.
+//! Listeners: unix and TCP streams (record marking), served by the stream
+//! loops (`event_loop`), and UDP datagrams, by threads of their own (`udp`).
 //!
-//! Each accepted stream gets a task that reads records, answers them in
-//! order (calls may be pipelined), and closes. A TCP client is always closed
-//! with an RST, whoever ends the connection and why, so that no TIME_WAIT is
-//! left behind on either side.
+//! A stream client's records are answered in order (calls may be
+//! pipelined). A TCP client is always closed with an RST, whoever ends the
+//! connection and why, so that no TIME_WAIT is left behind on either side.
 //!
-//! Here: listener specs, binding and adopting, and the accept loops;
-//! `stream` serves a connection, `udp` a datagram listener.
+//! Here: listener specs, binding and adopting; `event_loop` runs the loops,
+//! `accept` takes clients in, `inbox` is how work reaches a loop, `stream`
+//! serves a connection, `udp` a datagram socket.
 
 use std::fmt;
 use std::io;
@@ -14,14 +15,10 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
-
 use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
-use tokio::sync::watch;
 
 use crate::host::sys::Inherited;
-use crate::proxy::service::Proxy;
 
 mod accept;
 mod event_loop;
@@ -30,7 +27,7 @@ mod stream;
 mod udp;
 
 pub use event_loop::StreamLoop;
-use udp::serve_udp;
+pub use udp::DatagramThreads;
 
 /// Bytes read from a stream client at a time.
 const READ_CHUNK: usize = 4096;
@@ -38,8 +35,8 @@ const READ_CHUNK: usize = 4096;
 const MAX_DATAGRAM: usize = 65535;
 /// Calls one UDP listener may have past the cache (waiting for rpcbind or a
 /// fetch) at once; beyond it datagrams are dropped and counted
-/// (`limits.udp_in_flight.dropped`), as a full socket buffer would drop them. A UDP
-/// client retries; a flood of misses cannot pile up tasks and memory.
+/// (`limits.udp_in_flight.dropped`), as a full socket buffer would drop
+/// them. A UDP client retries; a flood of misses cannot pile up memory.
 pub const UDP_MAX_IN_FLIGHT: usize = 256;
 
 /// A listener specification: `unix:PATH`, `tcp:HOST:PORT` or `udp:HOST:PORT`.
@@ -266,16 +263,6 @@ pub fn adopt(socket: Inherited) -> io::Result<(ListenSpec, Bound)> {
             )
         }
     })
-}
-
-/// Serves a UDP listener until `shutdown` turns true (stream listeners go
-/// to the [`StreamLoop`]).
-pub async fn serve_datagrams(
-    socket: UdpSocket,
-    proxy: Arc<Proxy>,
-    shutdown: watch::Receiver<bool>,
-) {
-    serve_udp(Arc::new(socket), proxy, shutdown).await;
 }
 
 #[cfg(test)]

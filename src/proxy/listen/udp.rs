@@ -1,33 +1,319 @@
-//! UDP clients: hits answered in the receive loop, misses by the listener's
-//! own task (at most UDP_MAX_IN_FLIGHT at a time), each source identified
-//! once every few seconds.
+//! UDP clients: threads of their own per socket, each blocked in
+//! `recvmmsg` on it, answering cached hits in the same turn with one
+//! `sendmmsg` for the batch; the calls past the cache go to the socket's
+//! miss task on the runtime, which answers at most UDP_MAX_IN_FLIGHT of
+//! them at a time (no task per datagram) and sends each reply itself. Each
+//! source is identified once every few seconds.
+//!
+//! Why threads blocked in the socket and not an event loop: a datagram
+//! wakes exactly one thread sleeping in `recvmmsg` (the kernel's wait is
+//! exclusive), which takes it and whatever else came meanwhile; an epoll
+//! set costs a third system call per wake-up, and a socket in several
+//! loops' sets wakes them all for every datagram. This is rpcbind's own
+//! pattern minus its cost: a lookup is two system calls per wake-up, however
+//! many datagrams the wake-up serves.
+//!
+//! The sockets are blocking with a receive timeout of a second, so every
+//! thread turns at least once a second (the watchdog's sign that it is not
+//! stuck) and sees a stop in time even if the wake-up datagram is lost.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use std::sync::atomic::Ordering;
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
-use tokio::time::Instant;
-use tracing::debug;
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
 
+use crate::host::datagrams::{RecvBatch, SendBatch};
 use crate::protocol::rpc::set_xid;
-use crate::proxy::attribution::{Identity, Transport};
 use crate::proxy::clients::Tally;
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
 
 use super::{MAX_DATAGRAM, UDP_MAX_IN_FLIGHT};
 
+/// Datagrams one `recvmmsg` takes at most.
+const BATCH: usize = 32;
+/// The longest a UDP thread waits for a datagram before it turns anyway.
+const TURN_AT_LEAST: Duration = Duration::from_secs(1);
+/// How long a thread rests after a receive error other than a timeout
+/// (none is expected; this keeps one from spinning).
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// The UDP threads and miss tasks, as the daemon holds them.
+pub struct DatagramThreads {
+    stop: Arc<AtomicBool>,
+    /// Per thread: its turn count.
+    turns: Vec<Arc<AtomicU64>>,
+    /// Where a datagram wakes each socket's threads (one entry per thread).
+    wake_at: Vec<SocketAddr>,
+    /// Per socket: the task answering its calls past the cache; it ends
+    /// once the socket's threads have ended and the calls are answered.
+    misses: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DatagramThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatagramThreads")
+            .field("threads", &self.turns.len())
+            .field("sockets", &self.misses.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatagramThreads {
+    /// Serves each of `sockets` with `per_socket` threads; calls past the
+    /// cache run on `runtime`.
+    pub fn start(
+        sockets: Vec<tokio::net::UdpSocket>,
+        per_socket: usize,
+        proxy: Arc<Proxy>,
+        runtime: &tokio::runtime::Handle,
+    ) -> io::Result<DatagramThreads> {
+        let mut all = DatagramThreads {
+            stop: Arc::new(AtomicBool::new(false)),
+            turns: Vec::new(),
+            wake_at: Vec::new(),
+            misses: Vec::new(),
+        };
+        for socket in sockets {
+            let socket = socket.into_std()?;
+            socket.set_nonblocking(false)?;
+            socket.set_read_timeout(Some(TURN_AT_LEAST))?;
+            let local = socket.local_addr()?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            all.misses.push(runtime.spawn(answer_misses(
+                rx,
+                socket.try_clone()?,
+                proxy.clone(),
+                in_flight.clone(),
+            )));
+            for _ in 0..per_socket.max(1) {
+                let turns = Arc::new(AtomicU64::new(0));
+                let mut thread = UdpThread {
+                    socket: socket.try_clone()?,
+                    sources: UdpSources::new(local),
+                    misses: Misses {
+                        tx: tx.clone(),
+                        in_flight: in_flight.clone(),
+                    },
+                    proxy: proxy.clone(),
+                    stop: all.stop.clone(),
+                    turns: turns.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("udp-{}", all.turns.len()))
+                    .spawn(move || {
+                        // A thread that died would leave its socket's other
+                        // threads serving at a fraction of the rate, or none:
+                        // better the whole daemon goes (systemd restarts it).
+                        let ran =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| thread.run()));
+                        if ran.is_err() {
+                            error!("a UDP thread panicked; aborting");
+                            std::process::abort();
+                        }
+                    })?;
+                all.turns.push(turns);
+                all.wake_at.push(wake_address(local));
+            }
+        }
+        Ok(all)
+    }
+
+    /// How many times each thread has turned, for the watchdog (at least
+    /// once a second each).
+    pub fn turn_counter(&self) -> impl Fn() -> Vec<u64> + Send + 'static {
+        let turns = self.turns.clone();
+        move || turns.iter().map(|t| t.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Stops the threads: each ends at its next turn, which a datagram to
+    /// its socket brings at once (or the receive timeout, a second later).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let waker = |at: &SocketAddr| {
+            let lo: IpAddr = match at {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
+            std::net::UdpSocket::bind((lo, 0))
+        };
+        for at in &self.wake_at {
+            if let Err(e) = waker(at).and_then(|s| s.send_to(&[], at)) {
+                debug!(%at, error = %e, "cannot wake a UDP thread; it stops within {TURN_AT_LEAST:?}");
+            }
+        }
+    }
+
+    /// Completes once every call past the cache the UDP clients made is
+    /// answered (after [`DatagramThreads::stop`]).
+    pub async fn stopped(&mut self) {
+        for task in self.misses.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Where a datagram reaches a socket bound to `local` from this host.
+fn wake_address(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
+
+/// One thread serving one UDP socket.
+struct UdpThread {
+    socket: std::net::UdpSocket,
+    sources: UdpSources,
+    misses: Misses,
+    proxy: Arc<Proxy>,
+    stop: Arc<AtomicBool>,
+    turns: Arc<AtomicU64>,
+}
+
+impl UdpThread {
+    fn run(&mut self) {
+        let mut recv = RecvBatch::new(BATCH, MAX_DATAGRAM);
+        let mut send = SendBatch::default();
+        let mut warned = false;
+        loop {
+            let received = recv.recv(self.socket.as_fd(), true);
+            self.turns.fetch_add(1, Ordering::Relaxed);
+            if self.stop.load(Ordering::Relaxed) {
+                debug!("udp thread: stopped");
+                return;
+            }
+            let n = match received {
+                Ok(n) => n,
+                Err(e) => {
+                    if !warned {
+                        warn!(error = %e, "udp receive failed (warned once per thread)");
+                        warned = true;
+                    }
+                    std::thread::sleep(ERROR_PAUSE);
+                    continue;
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            let (now, second) = (Instant::now(), self.proxy.clients.now());
+            for i in 0..n {
+                let Some((call, from)) = recv.get(i) else {
+                    continue;
+                };
+                self.sources.tally(from, now, &self.proxy).count(second);
+                // Cache hits are answered in this turn, with no copy of the
+                // request.
+                match self.proxy.answer_now(call, Peer::Udp(from)) {
+                    Some(Outcome::Shared(reply, xid)) if reply.len() >= 4 => {
+                        send.push(&[&xid.to_be_bytes(), &reply[4..]], from);
+                    }
+                    _ => self.misses.submit(call, from, &self.proxy),
+                }
+            }
+            if !send.is_empty() {
+                let (dropped, e) = send.send(self.socket.as_fd());
+                if dropped > 0 {
+                    debug!(dropped, error = ?e, "udp replies not sent");
+                }
+            }
+        }
+    }
+}
+
+/// Calls past the cache, on their way to the socket's miss task.
+struct Misses {
+    tx: mpsc::UnboundedSender<(BytesMut, SocketAddr)>,
+    /// Calls given to the task and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Misses {
+    fn submit(&self, call: &[u8], from: SocketAddr, proxy: &Proxy) {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= UDP_MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            // As a full socket buffer would: the client retries.
+            proxy.limits.udp_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.send((BytesMut::from(call), from)).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type Pending = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Answers the calls the threads could not, as they come, until the threads
+/// have ended and the calls are all answered.
+async fn answer_misses(
+    mut calls: mpsc::UnboundedReceiver<(BytesMut, SocketAddr)>,
+    socket: std::net::UdpSocket,
+    proxy: Arc<Proxy>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    let socket = Arc::new(socket);
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = pending.next(), if !pending.is_empty() => {}
+            call = calls.recv() => match call {
+                Some((record, from)) => {
+                    let (socket, proxy, in_flight) = (socket.clone(), proxy.clone(), in_flight.clone());
+                    pending.push(Box::pin(async move {
+                        answer_datagram(&socket, &proxy, record, from).await;
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }));
+                }
+                None => break,
+            },
+        }
+    }
+    while pending.next().await.is_some() {}
+}
+
+/// Answers one datagram that missed the cache. Sending never blocks: a
+/// full send buffer drops the reply, as it would any datagram.
+async fn answer_datagram(
+    socket: &std::net::UdpSocket,
+    proxy: &Proxy,
+    record: BytesMut,
+    from: SocketAddr,
+) {
+    let mut out = SendBatch::default();
+    match proxy.handle(record, Peer::Udp(from)).await {
+        Outcome::Reply(reply) => out.push(&[&reply], from),
+        Outcome::Shared(reply, xid) => {
+            let mut dg = BytesMut::from(&reply[..]);
+            set_xid(&mut dg, xid);
+            out.push(&[&dg], from);
+        }
+        Outcome::NoReply | Outcome::Close => return,
+    }
+    if let (1, e) = out.send(socket.as_fd()) {
+        debug!(%from, error = ?e, "udp send failed");
+    }
+}
+
 /// Who sent a datagram: identified once per source address and kept for a
 /// few seconds (a UDP client has no connection to hang its identity on; a
 /// source port is reused by the next socket only after this one closed).
 struct UdpSources {
-    local: Option<SocketAddr>,
+    local: SocketAddr,
     seen: lru::LruCache<SocketAddr, (Instant, Arc<Tally>)>,
 }
 
@@ -35,108 +321,41 @@ impl UdpSources {
     /// Sources remembered at once.
     const CAPACITY: usize = 4096;
     /// How long an identification holds.
-    const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+    const FRESH: Duration = Duration::from_secs(2);
 
-    fn new(socket: &UdpSocket) -> UdpSources {
+    fn new(local: SocketAddr) -> UdpSources {
         UdpSources {
-            local: socket.local_addr().ok(),
+            local,
             seen: lru::LruCache::new(
                 std::num::NonZeroUsize::new(Self::CAPACITY).expect("non-zero"),
             ),
         }
     }
 
-    fn tally(&mut self, from: SocketAddr, proxy: &Proxy) -> Arc<Tally> {
-        let now = Instant::now();
+    fn tally(&mut self, from: SocketAddr, now: Instant, proxy: &Proxy) -> Arc<Tally> {
         if let Some((at, t)) = self.seen.get(&from) {
-            if now.duration_since(*at) < Self::FRESH {
+            if now.saturating_duration_since(*at) < Self::FRESH {
                 return t.clone();
             }
         }
-        let id = match self.local {
-            Some(local) => proxy.attribution.udp(from, local, proxy.rpcbind_port()),
-            None => Identity::unknown(Transport::Udp),
-        };
+        let id = proxy
+            .attribution
+            .udp(from, self.local, proxy.rpcbind_port());
         let t = proxy.clients.tally(&id);
         self.seen.put(from, (now, t.clone()));
         t
     }
 }
 
-pub(super) async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = BytesMut::with_capacity(MAX_DATAGRAM);
-    let mut sources = UdpSources::new(&socket);
-    // Calls that went past the cache, answered by this task itself (no task
-    // per datagram), at most UDP_MAX_IN_FLIGHT at a time.
-    let mut pending: FuturesUnordered<UdpPending> = FuturesUnordered::new();
-    loop {
-        // In this order: answers that are done leave `pending` before a
-        // datagram is turned away for its being full.
-        let (n, from) = tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                // The drain waits for these as for any client's task.
-                if !pending.is_empty() {
-                    proxy.tasks.spawn(async move { while pending.next().await.is_some() {} });
-                }
-                return;
-            }
-            Some(()) = pending.next(), if !pending.is_empty() => continue,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(v) => v,
-                Err(e) => { debug!(error = %e, "udp receive failed"); continue; }
-            },
-        };
-        sources.tally(from, &proxy).count(proxy.clients.now());
-        // Cache hits are answered inline: no task, no copy of the request.
-        if let Some(Outcome::Shared(reply, xid)) = proxy.answer_now(&buf[..n], Peer::Udp(from)) {
-            out.clear();
-            out.extend_from_slice(&reply);
-            set_xid(&mut out, xid);
-            if let Err(e) = socket.send_to(&out, from).await {
-                debug!(%from, error = %e, "udp send failed");
-            }
-            continue;
-        }
-        if pending.len() >= UDP_MAX_IN_FLIGHT {
-            // As a full socket buffer would: the client retries.
-            proxy.limits.udp_dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let record = BytesMut::from(&buf[..n]);
-        pending.push(Box::pin(answer_datagram(
-            socket.clone(),
-            proxy.clone(),
-            record,
-            from,
-        )));
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-type UdpPending = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Answers one datagram that missed the cache.
-async fn answer_datagram(
-    socket: Arc<UdpSocket>,
-    proxy: Arc<Proxy>,
-    record: BytesMut,
-    from: SocketAddr,
-) {
-    let sent = match proxy.handle(record, Peer::Udp(from)).await {
-        Outcome::Reply(reply) => socket.send_to(&reply, from).await,
-        Outcome::Shared(reply, xid) => {
-            let mut dg = BytesMut::from(&reply[..]);
-            set_xid(&mut dg, xid);
-            socket.send_to(&dg, from).await
-        }
-        Outcome::NoReply | Outcome::Close => return,
-    };
-    if let Err(e) = sent {
-        debug!(%from, error = %e, "udp send failed");
+    #[test]
+    fn a_wildcard_socket_is_woken_on_loopback() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(wake_address(at("0.0.0.0:111")), at("127.0.0.1:111"));
+        assert_eq!(wake_address(at("[::]:111")), at("[::1]:111"));
+        assert_eq!(wake_address(at("10.1.2.3:7")), at("10.1.2.3:7"));
     }
 }

@@ -1,0 +1,357 @@
+//! Datagrams in batches: `recvmmsg` and `sendmmsg` on a UDP socket.
+//!
+//! Why batches: a thread blocked in `recvmmsg` (MSG_WAITFORONE) wakes for
+//! the first datagram and takes whatever else has come by then in the same
+//! call, and the replies to the whole batch leave in one `sendmmsg`: two
+//! system calls per wake-up, however many datagrams it serves. Sending
+//! never blocks (MSG_DONTWAIT). Every length here is bounded by the batch's
+//! own buffers.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// The most datagrams one call takes or sends (the headers live on the
+/// stack).
+pub const MAX_BATCH: usize = 64;
+
+/// Received datagrams: up to `slots` of up to `slot_len` bytes each.
+pub struct RecvBatch {
+    slot_len: usize,
+    bufs: Box<[u8]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    lens: Box<[usize]>,
+    /// Datagrams held after the last [`RecvBatch::recv`].
+    count: usize,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("slots", &self.capacity())
+            .field("slot_len", &self.slot_len)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecvBatch {
+    /// Room for `slots` datagrams (1 to [`MAX_BATCH`]) of `slot_len` bytes
+    /// (a longer one is cut to `slot_len`, as `recvfrom` would cut it). The
+    /// buffers are taken zeroed, so pages no datagram reached cost no memory.
+    pub fn new(slots: usize, slot_len: usize) -> RecvBatch {
+        let slots = slots.clamp(1, MAX_BATCH);
+        RecvBatch {
+            slot_len,
+            bufs: vec![0u8; slots * slot_len].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain old data; all zeroes is a
+            // valid (AF_UNSPEC) value.
+            addrs: (0..slots).map(|_| unsafe { zeroed() }).collect(),
+            lens: vec![0; slots].into_boxed_slice(),
+            count: 0,
+        }
+    }
+
+    /// How many datagrams one call takes at most.
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Takes the datagrams waiting on `fd`, at most [`Self::capacity`], and
+    /// returns how many. With `wait`, blocks until the first comes (on a
+    /// blocking socket; up to its SO_RCVTIMEO) and takes what else waits
+    /// then; without, returns at once. Nothing to take is `Ok(0)`, not an
+    /// error.
+    pub fn recv(&mut self, fd: BorrowedFd<'_>, wait: bool) -> io::Result<usize> {
+        self.count = 0;
+        let slots = self.capacity();
+        // SAFETY: iovec and mmsghdr are plain old data; all zeroes is valid
+        // (null pointers, zero lengths), and only the first `slots` are used.
+        let (mut iovs, mut msgs): ([libc::iovec; MAX_BATCH], [libc::mmsghdr; MAX_BATCH]) =
+            unsafe { (zeroed(), zeroed()) };
+        for (((iov, m), buf), addr) in iovs
+            .iter_mut()
+            .zip(msgs.iter_mut())
+            .zip(self.bufs.chunks_exact_mut(self.slot_len))
+            .zip(self.addrs.iter_mut())
+        {
+            *iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let n = loop {
+            // SAFETY: the first `slots` (<= MAX_BATCH) headers of `msgs`
+            // each point at their own iovec (a slot of `bufs`, `slot_len`
+            // bytes) and their own sockaddr_storage with its true size; all
+            // of them outlive the call, and the kernel writes no more than
+            // those lengths.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    slots as libc::c_uint,
+                    if wait {
+                        libc::MSG_WAITFORONE
+                    } else {
+                        libc::MSG_DONTWAIT
+                    },
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(e),
+            }
+        };
+        let n = n.min(slots);
+        for (len, m) in self.lens.iter_mut().zip(&msgs).take(n) {
+            *len = (m.msg_len as usize).min(self.slot_len);
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last [`RecvBatch::recv`] and who sent it (None:
+    /// an address family other than IPv4 or IPv6, which a UDP socket never
+    /// reports).
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        if i >= self.count {
+            return None;
+        }
+        let at = i * self.slot_len;
+        let from = socket_addr(&self.addrs[i])?;
+        Some((&self.bufs[at..at + self.lens[i]], from))
+    }
+}
+
+/// Replies gathered for one `sendmmsg`.
+#[derive(Default)]
+pub struct SendBatch {
+    bytes: Vec<u8>,
+    /// (end of the datagram in `bytes`, destination).
+    msgs: Vec<(usize, libc::sockaddr_storage, libc::socklen_t)>,
+}
+
+impl std::fmt::Debug for SendBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendBatch")
+            .field("datagrams", &self.msgs.len())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl SendBatch {
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Adds a datagram to `to`, made of `parts` one after the other.
+    pub fn push(&mut self, parts: &[&[u8]], to: SocketAddr) {
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        let (addr, len) = raw_addr(to);
+        self.msgs.push((self.bytes.len(), addr, len));
+    }
+
+    /// Sends every datagram gathered on `fd`, [`MAX_BATCH`] per call, then
+    /// empties the batch. Returns how many could not be sent, and the last
+    /// error (for the log): a full send buffer (EAGAIN) drops the rest, as
+    /// a UDP socket may; any other error drops the one datagram it was
+    /// about.
+    pub fn send(&mut self, fd: BorrowedFd<'_>) -> (usize, Option<io::Error>) {
+        let (mut dropped, mut last_error) = (0, None);
+        let mut start = 0;
+        let mut msgs = self.msgs.chunks_mut(MAX_BATCH);
+        for chunk in msgs.by_ref() {
+            let total = chunk.len();
+            // SAFETY: iovec and mmsghdr are plain old data; all zeroes is
+            // valid, and only the first `total` are used.
+            let (mut iovs, mut hdrs): ([libc::iovec; MAX_BATCH], [libc::mmsghdr; MAX_BATCH]) =
+                unsafe { (zeroed(), zeroed()) };
+            for ((iov, m), (end, addr, len)) in iovs.iter_mut().zip(hdrs.iter_mut()).zip(chunk) {
+                *iov = libc::iovec {
+                    iov_base: self.bytes[start..*end].as_ptr().cast_mut().cast(),
+                    iov_len: *end - start,
+                };
+                start = *end;
+                m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                m.msg_hdr.msg_namelen = *len;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let mut done = 0;
+            while done < total {
+                // SAFETY: `hdrs[done..total]` are valid headers, each pointing
+                // at an iovec over bytes of `self.bytes` and at a destination
+                // address with its length, all alive and unmoved for the call;
+                // the kernel only reads them (and writes each msg_len).
+                let rc = unsafe {
+                    libc::sendmmsg(
+                        fd.as_raw_fd(),
+                        hdrs[done..].as_mut_ptr(),
+                        (total - done) as libc::c_uint,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if rc > 0 {
+                    done += rc as usize;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => {
+                        dropped += total - done;
+                        done = total;
+                        last_error = Some(e);
+                    }
+                    _ => {
+                        // The first datagram left failed: skip it.
+                        dropped += 1;
+                        done += 1;
+                        last_error = Some(e);
+                    }
+                }
+            }
+            if matches!(&last_error, Some(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                break;
+            }
+        }
+        dropped += msgs.map(|c| c.len()).sum::<usize>();
+        self.bytes.clear();
+        self.msgs.clear();
+        (dropped, last_error)
+    }
+}
+
+/// A sockaddr_storage the kernel filled in, as a SocketAddr.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and
+            // sockaddr_storage is large and aligned enough for it.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// A SocketAddr as a sockaddr_storage and the length of what it holds.
+fn raw_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
+    let mut s: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a
+            // sockaddr_in; `s` is a local we own.
+            let sin = unsafe { &mut *(&mut s as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut s as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (s, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_batch_takes_what_waits_and_the_replies_go_back_in_one_call() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let clients: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut batch = RecvBatch::new(8, 64);
+        // Nothing waiting: 0, not an error, and no blocking.
+        assert_eq!(batch.recv(server.as_fd(), false).unwrap(), 0);
+        for (i, c) in clients.iter().enumerate() {
+            c.send_to(&[i as u8; 5], addr).unwrap();
+        }
+        // Over 64 bytes: cut to the slot, as recvfrom would.
+        clients[0].send_to(&[9u8; 100], addr).unwrap();
+        // A blocking socket: each call waits for a first datagram.
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = 0;
+        let mut seen = Vec::new();
+        while got < 4 {
+            let n = batch.recv(server.as_fd(), true).unwrap();
+            assert!(n > 0, "timed out");
+            for i in 0..n {
+                let (bytes, from) = batch.get(i).unwrap();
+                seen.push((bytes.to_vec(), from));
+            }
+            got += n;
+        }
+        assert!(batch.get(8).is_none());
+        assert_eq!(seen[3].0, vec![9u8; 64]);
+        let mut out = SendBatch::default();
+        for (bytes, from) in &seen[..3] {
+            out.push(&[b"re:", bytes], *from);
+        }
+        assert_eq!(out.send(server.as_fd()).0, 0);
+        assert!(out.is_empty());
+        for (i, c) in clients.iter().enumerate() {
+            let mut buf = [0u8; 16];
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let (n, from) = c.recv_from(&mut buf).unwrap();
+            assert_eq!(from, addr);
+            assert_eq!(&buf[..n], [&b"re:"[..], &[i as u8; 5]].concat());
+        }
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        for a in ["127.0.0.1:111", "[::1]:40000", "[fe80::1%2]:7"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let (raw, _) = raw_addr(a);
+            assert_eq!(socket_addr(&raw), Some(a));
+        }
+    }
+}
