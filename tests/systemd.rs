@@ -82,29 +82,7 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
 #[test]
 fn sigterm_answers_calls_in_flight_removes_its_sockets_and_exits_0() {
     run(|mut sb| async move {
-        // A miss that cannot be answered while rpcbind is stopped.
-        sb.signal_rpcbind(Signal::SIGSTOP);
-        let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Unix))
-            .await
-            .unwrap();
-        let call = getport_call(700001);
-        conn.send(&call.encode()).await.unwrap();
-        // Let the call reach the proxy, then stop it and wake rpcbind.
-        let mut waited = 0;
-        while sb.status().await["upstream"]["in_flight"] == 0 {
-            waited += 1;
-            assert!(waited < 200, "the call never reached rpcbind");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        sb.signal_proxy(Signal::SIGTERM);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        sb.signal_rpcbind(Signal::SIGCONT);
-        let out = conn.recv(call.xid).await;
-        assert_eq!(
-            decode_u32(&out.expect_results("the call in flight")).unwrap(),
-            0
-        );
-
+        answers_a_call_in_flight_across_sigterm(&sb, Transport::Unix).await;
         let exit = sb.stop_proxy().await.unwrap();
         assert_eq!(exit, "exit code 0", "{}", sb.proxy_log());
         for path in [sb.proxy_unix(), sb.control_unix()] {
@@ -119,29 +97,37 @@ fn sigterm_answers_calls_in_flight_removes_its_sockets_and_exits_0() {
 #[test]
 fn sigterm_answers_a_udp_call_in_flight() {
     run(|mut sb| async move {
-        sb.signal_rpcbind(Signal::SIGSTOP);
-        let mut dg = Conn::connect(&sb.endpoint(Target::Proxy, Transport::Udp))
-            .await
-            .unwrap();
-        let call = getport_call(700002);
-        dg.send(&call.encode()).await.unwrap();
-        let mut waited = 0;
-        while sb.status().await["upstream"]["in_flight"] == 0 {
-            waited += 1;
-            assert!(waited < 200, "the call never reached rpcbind");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        sb.signal_proxy(Signal::SIGTERM);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        sb.signal_rpcbind(Signal::SIGCONT);
-        let out = dg.recv(call.xid).await;
-        assert_eq!(
-            decode_u32(&out.expect_results("the UDP call in flight")).unwrap(),
-            0
-        );
+        answers_a_call_in_flight_across_sigterm(&sb, Transport::Udp).await;
         let exit = sb.stop_proxy().await.unwrap();
         assert_eq!(exit, "exit code 0", "{}", sb.proxy_log());
     });
+}
+
+/// Sends a miss over `transport` while rpcbind is stopped, so that it
+/// cannot be answered; once it reached rpcbind, sends the proxy SIGTERM and
+/// wakes rpcbind; the answer must come.
+async fn answers_a_call_in_flight_across_sigterm(sb: &Sandbox, transport: Transport) {
+    sb.signal_rpcbind(Signal::SIGSTOP);
+    let mut conn = Conn::connect(&sb.endpoint(Target::Proxy, transport))
+        .await
+        .unwrap();
+    let call = getport_call(700001);
+    conn.send(&call.encode()).await.unwrap();
+    let mut waited = 0;
+    while sb.status().await["upstream"]["in_flight"] == 0 {
+        waited += 1;
+        assert!(waited < 200, "the call never reached rpcbind");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sb.signal_proxy(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sb.signal_rpcbind(Signal::SIGCONT);
+    let out = conn.recv(call.xid).await;
+    assert_eq!(
+        decode_u32(&out.expect_results("the call in flight")).unwrap(),
+        0,
+        "over {transport:?}"
+    );
 }
 
 #[test]
