@@ -18,8 +18,8 @@ use rpcbind_proxy::protocol::xdr::Reader;
 
 use crate::table::Row;
 use crate::{
-    FLOOR_PORT, FLOOR_SOCK, MAIN, MISS, NOATTR, RPCBIND_PORT, RPCBIND_SOCK, TEST_PORT, TEST_PROG,
-    TEST_VERS,
+    FLOOR_PORT, FLOOR_PROCESS_PORT, FLOOR_PROCESS_SOCK, FLOOR_SOCK, MAIN, MISS, NOATTR,
+    RPCBIND_PORT, RPCBIND_SOCK, TEST_PORT, TEST_PROG, TEST_VERS,
 };
 
 // ---------------------------------------------------------------------------
@@ -190,7 +190,10 @@ pub(crate) enum Mode {
 pub(crate) enum Target {
     Rpcbind,
     Proxy,
+    /// The floor in its own process: the yardstick.
     Floor,
+    /// The floor in the bench process, beside the client threads.
+    FloorInProcess,
     /// The proxy with its cache off: every lookup is a miss.
     Miss,
     /// The proxy with attribution off.
@@ -203,6 +206,7 @@ impl Target {
             Target::Rpcbind => "rpcbind",
             Target::Proxy => "proxy",
             Target::Floor => "floor",
+            Target::FloorInProcess => "floor, in-process",
             Target::Miss => "proxy, miss",
             Target::NoAttribution => "proxy, no attribution",
         }
@@ -212,7 +216,8 @@ impl Target {
         let (sock, port): (PathBuf, u16) = match self {
             Target::Rpcbind => (RPCBIND_SOCK.into(), RPCBIND_PORT),
             Target::Proxy => (MAIN.sock(), MAIN.port),
-            Target::Floor => (FLOOR_SOCK.into(), FLOOR_PORT),
+            Target::Floor => (FLOOR_PROCESS_SOCK.into(), FLOOR_PROCESS_PORT),
+            Target::FloorInProcess => (FLOOR_SOCK.into(), FLOOR_PORT),
             Target::Miss => (MISS.sock(), MISS.port),
             Target::NoAttribution => (NOATTR.sock(), NOATTR.port),
         };
@@ -541,7 +546,7 @@ pub(crate) fn run_row(spec: Spec, expected: &[u8], proxy_pid: Option<u32>) -> Re
     };
     if !crate::quiet() {
         eprintln!(
-            "load: {:<34} {:>9.0}/s p50 {:>7.1} µs p99 {:>7.1} µs, {} errors",
+            "load: {:<41} {:>9.0}/s p50 {:>7.1} µs p99 {:>7.1} µs, {} errors",
             spec.label(),
             row.rate,
             row.p50,

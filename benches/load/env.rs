@@ -1,16 +1,19 @@
 //! Namespaces and children: the private network and mount namespace, the
-//! proxy binary, and the rpcbind and proxy processes this run starts.
+//! proxy binary, and the rpcbind, proxy and floor processes this run starts.
 
 use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+use crate::floor::{to_hex, FLOOR_PROCESS_ARG, FLOOR_READY};
 use crate::{Instance, RPCBIND_SOCK};
 
 pub(crate) fn enter_namespaces() -> Result<(), String> {
@@ -122,15 +125,26 @@ impl Drop for Env {
 }
 
 impl Env {
+    /// Starts a child, its stdin /dev/null, its output to the log `log`.
     fn spawn(&mut self, log: &str, cmd: &mut Command) -> Result<u32, String> {
-        let log = File::options()
+        let file = self.open_log(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(|e| e.to_string())?);
+        self.spawn_with_stderr(file, cmd)
+    }
+
+    fn open_log(&self, log: &str) -> Result<File, String> {
+        File::options()
             .create(true)
             .append(true)
             .open(self.tmp.join(log))
-            .map_err(|e| format!("opening {log}: {e}"))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
+            .map_err(|e| format!("opening {log}: {e}"))
+    }
+
+    /// Starts a child whose stdin and stdout `cmd` already set up, its
+    /// stderr to `log`.
+    fn spawn_with_stderr(&mut self, log: File, cmd: &mut Command) -> Result<u32, String> {
+        cmd.stderr(log);
         let child = cmd.spawn().map_err(|e| format!("spawning {cmd:?}: {e}"))?;
         let pid = child.id();
         self.procs.push((pid, child));
@@ -174,6 +188,63 @@ impl Env {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(pid)
+    }
+
+    /// Starts the floor in its own process (floor.rs): this bench binary
+    /// again, with [`FLOOR_PROCESS_ARG`] and the reply to give, a child in
+    /// these namespaces. Its stdin is a pipe whose write end stays in its
+    /// `Child` here (and in no other child: std opens pipes close-on-exec);
+    /// when that end closes, as this process exits or is killed, the floor
+    /// exits. Waits for its ready line on its stdout.
+    pub(crate) fn start_floor_process(&mut self, expected: &[u8]) -> Result<u32, String> {
+        const LOG: &str = "floor-process.log";
+        let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+        let mut cmd = command(exe);
+        cmd.arg(FLOOR_PROCESS_ARG)
+            .arg(to_hex(expected))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let log = self.open_log(LOG)?;
+        let pid = self.spawn_with_stderr(log, &mut cmd)?;
+        let stdout = self
+            .procs
+            .iter_mut()
+            .find(|(p, _)| *p == pid)
+            .and_then(|(_, child)| child.stdout.take())
+            .ok_or("floor process: no stdout")?;
+        // A pipe has no read timeout: a thread reads the line (it ends at
+        // EOF, at the latest when the child is killed).
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(line) if line.trim_end() == FLOOR_READY => return Ok(pid),
+                Ok(line) => {
+                    // EOF or something else: the child is exiting or broken.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let status = self.exited(pid).unwrap_or_else(|| "still running".into());
+                    return Err(format!(
+                        "floor process ({status}) said {line:?}, not {FLOOR_READY:?}: {}",
+                        self.log(LOG)
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("floor process: the reader thread died".into());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "floor process did not say {FLOOR_READY:?} within 10 s: {}",
+                    self.log(LOG)
+                ));
+            }
+        }
     }
 
     /// Starts a proxy instance (under `wrapper`, e.g. valgrind, if given)

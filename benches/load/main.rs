@@ -12,9 +12,17 @@
 //! - starts rpcbind (`rpcbind -f`), registers a test program (v3 SET over
 //!   the unix socket), starts the proxy in front of it, and a second proxy
 //!   with the cache off (`--ttl 0 --negative-ttl 0`) for the miss rows;
-//! - runs the floor in this process: a responder that answers every call
-//!   with a fixed GETPORT reply (XID patched) on a unix socket, TCP and UDP,
-//!   a blocking thread per connection;
+//! - runs the floor, a responder that answers every call with a fixed
+//!   GETPORT reply (XID patched) on a unix socket, TCP and UDP, a blocking
+//!   thread per connection (`floor.rs`), twice: in its own process (this
+//!   binary re-executed with the hidden first argument `--floor-process`, a
+//!   child in the same namespaces that exits when the bench's end of its
+//!   stdin closes), the yardstick, since the proxy too is a process of its
+//!   own; and, for comparison, in this process beside the client threads
+//!   ("floor, in-process"), which switching between threads of one process
+//!   (no address-space switch) favours: its UDP rate reached 135k-148k/s in
+//!   4 of 12 rows where the floor in its own process never exceeded about
+//!   119k/s in 12 (same 2-CPU machine, same hour);
 //! - drives each target with client threads (plain blocking std sockets,
 //!   GETPORT of the registered program) for a fixed time per row, and prints
 //!   one table, then the memory section (10,000 idle connections and
@@ -25,9 +33,11 @@
 //! Rows: per transport (unix, tcp, udp) and mode ("persistent": one
 //! connection per client thread for the whole row; "datagrams" for UDP;
 //! "conn/lookup": connect, call, read, close, the client closing first as
-//! libtirpc does) the proxy (cache warm: every lookup a hit), the floor and
-//! rpcbind with 4 client threads; then the miss rows, the proxy with its
-//! cache off against rpcbind directly, with 1 client (latency) and 4.
+//! libtirpc does) the proxy (cache warm: every lookup a hit), the floor (in
+//! its own process and in-process) and rpcbind with 4 client threads; then
+//! two more proxy / floor / floor in-process triples per transport
+//! (persistent), interleaved; then the miss rows, the proxy with its cache
+//! off against rpcbind directly, with 1 client (latency) and 4.
 //!
 //! Then the same paths (unix, TCP; persistent and one connection per
 //! lookup; proxy and rpcbind) driven by stock libtirpc clients (`tirpc.rs`,
@@ -65,7 +75,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use clients::{drive, expected_reply, register, run_row, Endpoint, Mode, Spec, Target, Transport};
 use env::{enter_namespaces, proxy_binary, Env};
-use floor::start_floor;
+use floor::{floor_process, start_floor, FLOOR_PROCESS_ARG};
 use instructions::instructions_section;
 use memory::memory_section;
 use table::print_table;
@@ -84,8 +94,12 @@ const FILL_PROG_BASE: u32 = 0x3000_0000;
 
 const RPCBIND_SOCK: &str = "/run/rpcbind.sock";
 const RPCBIND_PORT: u16 = 111;
+/// The floor in this process (`Target::FloorInProcess`).
 const FLOOR_SOCK: &str = "/run/floor.sock";
 const FLOOR_PORT: u16 = 2222;
+/// The floor in its own process (`Target::Floor`).
+const FLOOR_PROCESS_SOCK: &str = "/run/floor-process.sock";
+const FLOOR_PROCESS_PORT: u16 = FLOOR_PORT + 1;
 
 /// A proxy instance: its sockets and the extra flags it runs with.
 struct Instance {
@@ -207,6 +221,10 @@ const SMOKE: Plan = Plan {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The floor's own process (floor.rs), started by a run below.
+    if args.first().is_some_and(|a| a == FLOOR_PROCESS_ARG) {
+        return floor_process(&args[1..]);
+    }
     let full = args.iter().any(|a| a == "--bench");
     let mut plan = if full { FULL } else { SMOKE };
     let verbose = args.iter().any(|a| a == "--verbose")
@@ -314,7 +332,8 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     let proxy_pid = env.start_proxy(&MAIN, None)?;
     let miss_pid = env.start_proxy(&MISS, None)?;
     let noattr_pid = env.start_proxy(&NOATTR, None)?;
-    start_floor(&expected)?;
+    env.start_floor_process(&expected)?;
+    start_floor(&expected, FLOOR_SOCK, FLOOR_PORT)?;
 
     // Warm the cache: the rows below measure hits (an entry lives 60 s, so a
     // long run sees one miss a minute; the "rpcbind served" column shows it).
@@ -326,7 +345,12 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     // rpcbind last in each group: its one-TCP-connection-per-lookup row
     // leaves thousands of TIME_WAIT sockets, which would make the other
     // rows' connects search longer for a free port.
-    let targets = [Target::Proxy, Target::Floor, Target::Rpcbind];
+    let targets = [
+        Target::Proxy,
+        Target::Floor,
+        Target::FloorInProcess,
+        Target::Rpcbind,
+    ];
     for t in Transport::ALL {
         for target in targets {
             specs.push(Spec::new(t, Mode::Persistent, target, c, plan.row));
@@ -344,11 +368,12 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
             specs.push(Spec::new(t, mode, Target::NoAttribution, c, plan.row));
         }
     }
-    // Two more proxy/floor pairs per transport, interleaved: the floor
-    // moves from row to row as much as the proxy (see the floor targets).
+    // Two more proxy / floor / floor in-process triples per transport,
+    // interleaved: the floor moves from row to row as much as the proxy
+    // (see the floor targets).
     for _ in 0..2 {
         for t in Transport::ALL {
-            for target in [Target::Proxy, Target::Floor] {
+            for target in [Target::Proxy, Target::Floor, Target::FloorInProcess] {
                 specs.push(Spec::new(t, Mode::Persistent, target, c, plan.row));
             }
         }

@@ -54,7 +54,8 @@ pub(crate) fn print_table(rows: &[Row]) {
                 return String::new();
             }
             // The row measured right after it when that is its pair (the
-            // interleaved proxy/floor rows), else the first of its kind.
+            // floor, in its own process, follows the proxy in each group of
+            // rows), else the first of its kind.
             rows.get(i + 1)
                 .filter(|o| {
                     o.spec.target == other
