@@ -11,10 +11,8 @@
 //! - in the bench process, beside the client threads
 //!   (`Target::FloorInProcess`, for comparison). Switching between a client
 //!   thread and a floor thread of one process is cheaper (no address-space
-//!   switch), an advantage no daemon has: on the 2-CPU machine the
-//!   in-process floor's UDP rate reached 135k-148k/s in 4 of 12 rows, while
-//!   the floor in its own process never exceeded about 119k/s in 12 (same
-//!   machine, same hour).
+//!   switch), an advantage no daemon has; BENCHMARKS.md says how much it
+//!   weighed in measured runs (sometimes a lot, sometimes nothing).
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, UdpSocket};

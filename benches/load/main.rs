@@ -20,9 +20,7 @@
 //!   stdin closes), the yardstick, since the proxy too is a process of its
 //!   own; and, for comparison, in this process beside the client threads
 //!   ("floor, in-process"), which switching between threads of one process
-//!   (no address-space switch) favours: its UDP rate reached 135k-148k/s in
-//!   4 of 12 rows where the floor in its own process never exceeded about
-//!   119k/s in 12 (same 2-CPU machine, same hour);
+//!   (no address-space switch) may favour (see floor.rs);
 //! - drives each target with client threads (plain blocking std sockets,
 //!   GETPORT of the registered program) for a fixed time per row, and prints
 //!   one table, then the memory section (10,000 idle connections and
