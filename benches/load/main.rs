@@ -43,7 +43,8 @@
 //! sees.
 //!
 //! Flags after `--`: `--no-instructions` skips the callgrind part,
-//! `--only=table|tirpc|memory|instructions` runs one section, `--keep` keeps the
+//! `--only=table|tirpc|memory|instructions` runs one section,
+//! `--transport=unix|tcp|udp` keeps the table's rows of one transport, `--keep` keeps the
 //! logs and callgrind's dumps (for `callgrind_annotate`).
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs a smoke
 //! version (rows of 0.2 s, a small memory section, no callgrind, the debug
@@ -185,6 +186,8 @@ struct Plan {
     cg_hits: u32,
     /// `--only=table|memory|instructions`: one section (for working on it).
     only: Option<&'static str>,
+    /// `--transport=unix|tcp|udp`: the table's rows of one transport only.
+    transport: Option<Transport>,
     /// `--keep`: keep the logs and callgrind's dumps.
     keep: bool,
 }
@@ -200,6 +203,7 @@ const FULL: Plan = Plan {
     instructions: true,
     cg_hits: 5000,
     only: None,
+    transport: None,
     keep: false,
 };
 
@@ -214,6 +218,7 @@ const SMOKE: Plan = Plan {
     instructions: false,
     cg_hits: 0,
     only: None,
+    transport: None,
     keep: false,
 };
 
@@ -232,6 +237,11 @@ fn main() -> ExitCode {
         plan.instructions = false;
     }
     plan.keep = args.iter().any(|a| a == "--keep");
+    for t in Transport::ALL {
+        if args.iter().any(|a| *a == format!("--transport={}", t.name())) {
+            plan.transport = Some(t);
+        }
+    }
     for section in ["table", "tirpc", "memory", "instructions"] {
         if args.iter().any(|a| *a == format!("--only={section}")) {
             plan.only = Some(section);
@@ -404,6 +414,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     if !only("table") {
         specs.clear();
     }
+    specs.retain(|s| plan.transport.is_none_or(|t| s.transport == t));
     let mut rows = Vec::new();
     for spec in specs {
         let pid = match spec.target {
