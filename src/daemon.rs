@@ -2,6 +2,7 @@
 //! reloading on SIGHUP, draining on SIGTERM/SIGINT, and what systemd is told
 //! along the way.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,6 +151,9 @@ pub async fn run(
     // transparent mode only after the redirect table is gone, so that a
     // datagram of a flow redirected earlier never finds the port closed.
     let (stop_tx, stop) = watch::channel(false);
+    // The loops keep these descriptors (and add copies above them): the
+    // redirect table's owner goes above them all.
+    let listeners_up_to = bound.iter().map(|(_, b)| b.as_raw_fd()).max().unwrap_or(0);
     let (mut streams, mut datagrams) = (Vec::new(), Vec::new());
     for (spec, b) in bound {
         info!(%spec, "listening");
@@ -177,7 +181,8 @@ pub async fn run(
     )
     .map_err(StartError::UdpThreads)?;
     if let Some(rules) = &redirects {
-        let table = InterceptTable::install(rules).map_err(StartError::Intercept)?;
+        let table =
+            InterceptTable::install(rules, listeners_up_to).map_err(StartError::Intercept)?;
         info!(
             table = %format!("inet {INTERCEPT_TABLE}"),
             mark = %format!("{:#x}", rules.mark),

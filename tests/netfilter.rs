@@ -203,7 +203,7 @@ fn connect_marked(mark: u32) -> std::io::Result<TcpStream> {
 #[test]
 fn install_creates_the_owner_table() {
     in_netns("install_creates_the_owner_table", || {
-        let t = InterceptTable::install(&rules()).unwrap();
+        let t = InterceptTable::install(&rules(), 0).unwrap();
         assert_eq!(t.rule_handles().len(), 4);
 
         // nft 1.0.6's JSON prints the owner flag wrongly ("flags": "<name>"),
@@ -263,7 +263,7 @@ fn install_creates_the_owner_table() {
 #[test]
 fn redirects_tcp_and_udp_and_counts() {
     in_netns("redirects_tcp_and_udp_and_counts", || {
-        let t = InterceptTable::install(&rules()).unwrap();
+        let t = InterceptTable::install(&rules(), 0).unwrap();
         let mut ips: Vec<std::net::IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
         if ipv6_loopback() {
             ips.push(Ipv6Addr::LOCALHOST.into());
@@ -292,7 +292,7 @@ fn redirects_tcp_and_udp_and_counts() {
 #[test]
 fn marked_socket_is_not_redirected() {
     in_netns("marked_socket_is_not_redirected", || {
-        let _t = InterceptTable::install(&rules()).unwrap();
+        let _t = InterceptTable::install(&rules(), 0).unwrap();
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT)).unwrap();
         let err = connect_marked(MARK).expect_err("nothing listens on 111");
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
@@ -305,8 +305,10 @@ fn marked_socket_is_not_redirected() {
 #[test]
 fn second_install_fails_until_the_first_is_dropped() {
     in_netns("second_install_fails_until_the_first_is_dropped", || {
-        let first = InterceptTable::install(&rules()).unwrap();
-        let err = InterceptTable::install(&rules()).map(|_| ()).unwrap_err();
+        let first = InterceptTable::install(&rules(), 0).unwrap();
+        let err = InterceptTable::install(&rules(), 0)
+            .map(|_| ())
+            .unwrap_err();
         assert!(matches!(err, NetfilterError::TableExists { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
@@ -319,7 +321,7 @@ fn second_install_fails_until_the_first_is_dropped() {
         if Command::new("nft").arg("--version").output().is_ok() {
             assert_eq!(nft(&["list", "tables"]).trim(), "");
         }
-        let again = InterceptTable::install(&rules()).unwrap();
+        let again = InterceptTable::install(&rules(), 0).unwrap();
         assert!(nf::table_exists(TABLE).unwrap());
         drop(again);
     });
@@ -329,20 +331,22 @@ fn second_install_fails_until_the_first_is_dropped() {
 fn table_left_by_nft_is_reported() {
     in_netns("table_left_by_nft_is_reported", || {
         nft(&["add", "table", "inet", TABLE]);
-        let err = InterceptTable::install(&rules()).map(|_| ()).unwrap_err();
+        let err = InterceptTable::install(&rules(), 0)
+            .map(|_| ())
+            .unwrap_err();
         assert!(
             matches!(err, NetfilterError::TableLeftOver { .. }),
             "{err:?}"
         );
         nft(&["delete", "table", "inet", TABLE]);
-        InterceptTable::install(&rules()).unwrap();
+        InterceptTable::install(&rules(), 0).unwrap();
     });
 }
 
 #[test]
 fn stop_redirecting_keeps_established_flows() {
     in_netns("stop_redirecting_keeps_established_flows", || {
-        let mut t = InterceptTable::install(&rules()).unwrap();
+        let mut t = InterceptTable::install(&rules(), 0).unwrap();
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT)).unwrap();
         let (mut c, mut s) = check_tcp_redirect(&l, Ipv4Addr::LOCALHOST.into());
         let u = UdpSocket::bind((Ipv4Addr::LOCALHOST, PROXY_PORT)).unwrap();
@@ -390,7 +394,7 @@ fn stop_redirecting_keeps_established_flows() {
 #[test]
 fn remove_affects_established_flows() {
     in_netns("remove_affects_established_flows", || {
-        let t = InterceptTable::install(&rules()).unwrap();
+        let t = InterceptTable::install(&rules(), 0).unwrap();
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT)).unwrap();
         let (mut c, mut s) = check_tcp_redirect(&l, Ipv4Addr::LOCALHOST.into());
         t.remove().unwrap();
@@ -423,7 +427,9 @@ fn unprivileged_install_is_denied() {
     in_netns_alone("unprivileged_install_is_denied", || {
         // All effective capabilities go with euid 0.
         let _nobody = AsNobody::enter();
-        let err = InterceptTable::install(&rules()).map(|_| ()).unwrap_err();
+        let err = InterceptTable::install(&rules(), 0)
+            .map(|_| ())
+            .unwrap_err();
         assert!(matches!(err, NetfilterError::PermissionDenied), "{err:?}");
         assert_eq!(
             err.to_string(),

@@ -236,12 +236,15 @@ fn intercept() -> InterceptTable {
         tcp_port: PROXY_PORT,
         udp_port: PROXY_PORT,
     };
-    InterceptTable::install(&InterceptRules {
-        table: "rpcbind_proxy".into(),
-        mark: 0x5250,
-        ipv4: Some(r),
-        ipv6: ipv6_loopback().then_some(r),
-    })
+    InterceptTable::install(
+        &InterceptRules {
+            table: "rpcbind_proxy".into(),
+            mark: 0x5250,
+            ipv4: Some(r),
+            ipv6: ipv6_loopback().then_some(r),
+        },
+        0,
+    )
     .expect("install the redirect table")
 }
 

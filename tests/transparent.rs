@@ -498,6 +498,113 @@ fn a_killed_or_stopped_daemon_never_takes_port_111_down() {
     });
 }
 
+/// What UDP lookups sent while a daemon died met: answers, silence (a
+/// datagram the dying daemon never read: its retransmission would reach
+/// rpcbind), refusals (a redirect to a port already closed).
+#[derive(Debug, Default, Clone, Copy)]
+struct Burst {
+    answered: u64,
+    lost: u64,
+    refused: u64,
+}
+
+/// Waits until `conn` (a client connection the daemon holds) is closed by
+/// the daemon's death, then sends UDP GETPORT lookups to 127.0.0.1:111 for
+/// `BURST`, each from a fresh connected socket (a new flow, as every
+/// pmap_getport makes), and then collects what each met. A connected socket
+/// reports the ICMP port unreachable of a redirect to a closed port as
+/// ECONNREFUSED.
+fn udp_burst_after_close(mut conn: std::net::TcpStream) -> Burst {
+    use std::io::Read;
+    const BURST: Duration = Duration::from_millis(20);
+    let mut buf = [0u8; 512];
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    // The connection's close (RST) reaches the client: it is released
+    // before the table, whose going would end the redirect that carries it
+    // back (a client waiting for an answer would then wait out its timeout).
+    let closed = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        closed.is_ok(),
+        "a client of the killed daemon never saw its connection close: {closed:?}"
+    );
+    let call = getport_call(100000);
+    let end = std::time::Instant::now() + BURST;
+    let mut sent = Vec::new();
+    while std::time::Instant::now() < end {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect("127.0.0.1:111").unwrap();
+        if sock.send(&call.fresh().encode()).is_ok() {
+            sent.push(sock);
+        }
+    }
+    // Answers come within milliseconds; what has none by then is unread.
+    let answers_by = std::time::Instant::now() + Duration::from_millis(300);
+    let mut b = Burst::default();
+    for sock in sent {
+        let left = answers_by.saturating_duration_since(std::time::Instant::now());
+        sock.set_nonblocking(left.is_zero()).unwrap();
+        if !left.is_zero() {
+            sock.set_read_timeout(Some(left)).unwrap();
+        }
+        match sock.recv(&mut buf) {
+            Ok(_) => b.answered += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => b.refused += 1,
+            Err(_) => b.lost += 1,
+        }
+    }
+    b
+}
+
+/// When the daemon dies, the kernel releases its descriptors highest number
+/// first; the socket that owns the table is moved above the listeners, so
+/// the redirect goes before the ports it points at close. A lookup sent as
+/// the daemon is SIGKILLed is then at worst unread (its retransmission
+/// reaches rpcbind), never refused. The lookups start the moment a client
+/// connection of the daemon's closes, which must go first, its reset still
+/// redirected back to the client. Measured against the broken cases: with
+/// the owner below the UDP listener, 10 rounds saw refusals; with the owner
+/// above everything and a descriptor freed below it, the client connection
+/// took that number and never saw its close.
+#[test]
+fn a_lookup_sent_as_the_daemon_is_killed_is_never_refused() {
+    run_with(transparent(), |mut sb| async move {
+        let mut total = Burst::default();
+        for round in 0..10 {
+            if round > 0 {
+                sb.start_proxy(&[]).await.unwrap();
+            }
+            // A client connection, redirected to the daemon and answered.
+            let mut conn = std::net::TcpStream::connect("127.0.0.1:111").unwrap();
+            {
+                use std::io::{Read, Write};
+                let call = getport_call(100000).encode();
+                let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
+                record.extend_from_slice(&call);
+                conn.write_all(&record).unwrap();
+                let mut header = [0u8; 4];
+                conn.read_exact(&mut header).unwrap();
+            }
+            let burst = std::thread::spawn(move || udp_burst_after_close(conn));
+            sb.signal_proxy(Signal::SIGKILL);
+            sb.kill_proxy().await;
+            let b = burst.join().unwrap();
+            total.answered += b.answered;
+            total.lost += b.lost;
+            total.refused += b.refused;
+        }
+        println!("10 SIGKILLs, UDP lookups sent as each began: {total:?}");
+        assert_eq!(total.refused, 0, "{total:?}");
+        assert!(total.answered > 0, "{total:?}");
+    });
+}
+
 #[test]
 fn the_table_goes_with_the_daemon_however_it_exits() {
     run_with(transparent(), |mut sb| async move {

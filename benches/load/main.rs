@@ -238,7 +238,10 @@ fn main() -> ExitCode {
     }
     plan.keep = args.iter().any(|a| a == "--keep");
     for t in Transport::ALL {
-        if args.iter().any(|a| *a == format!("--transport={}", t.name())) {
+        if args
+            .iter()
+            .any(|a| *a == format!("--transport={}", t.name()))
+        {
             plan.transport = Some(t);
         }
     }

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 // --- kernel uapi (linux/netlink.h) ---
@@ -332,6 +332,23 @@ impl Socket {
         setsockopt_raw(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
         setsockopt_raw(raw, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
         Ok(Socket { fd, what, timeout })
+    }
+
+    /// Moves the socket to the lowest free descriptor number above `fd`,
+    /// unless it is there already.
+    pub(crate) fn move_above(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.fd.as_raw_fd() > fd {
+            return Ok(());
+        }
+        // SAFETY: plain fcntl on a descriptor we own; the result is checked.
+        let raw = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, fd + 1) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is the duplicate just made, owned by nobody else; the
+        // original closes as it is replaced (the socket lives on in `raw`).
+        self.fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(())
     }
 
     /// setsockopt on this socket.

@@ -324,19 +324,26 @@ static void *probe_worker(void *unused)
 	double next = now_s();
 	struct netbuf nb;
 	struct sockaddr_storage ss;
-	const char *err;
+	const char *err = NULL;
 	(void)unused;
 	pthread_mutex_lock(&p.mu);
 	while (!p.stop) {
 		p.inflight = 1;
 		pthread_mutex_unlock(&p.mu);
 		int ok = lookup(p.nc, &nb, &ss, &err) > 0;
+		if (!ok) /* what failed, and when: for the test's log */
+			fprintf(stderr, "probe: %.3f: tcp lookup failed: %s\n", now_s(),
+				err ? err : "unregistered");
+		err = NULL;
 		pthread_mutex_lock(&p.mu);
 		*(ok ? &p.tcp_ok : &p.tcp_failed) += 1;
 		p.inflight = 2;
 		pthread_mutex_unlock(&p.mu);
 		struct sockaddr_in sin = p.sin;
 		ok = pmap_getport(&sin, prog, vers, IPPROTO_TCP) != 0;
+		if (!ok)
+			fprintf(stderr, "probe: %.3f: udp lookup failed: %s\n", now_s(),
+				clnt_spcreateerror("pmap_getport"));
 		pthread_mutex_lock(&p.mu);
 		*(ok ? &p.udp_ok : &p.udp_failed) += 1;
 		p.inflight = 0;

@@ -25,7 +25,7 @@ mod tests;
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::netlink::{self, AttrBuf};
 use consts::*;
@@ -160,9 +160,22 @@ impl InterceptTable {
     /// One atomic batch: NEWTABLE (owner flag, NLM_F_EXCL) + NEWCHAIN + the
     /// mark rule + the redirect rules. Every message is ACKed; the first
     /// failing one decides the error. Then reads back the rule handles.
-    pub fn install(rules: &InterceptRules) -> Result<Self, NetfilterError> {
+    ///
+    /// `listeners_up_to`: the highest descriptor number of the listening
+    /// sockets the rules redirect to (each one's lowest, if it has several);
+    /// the owning socket is placed above it. Why: when the process dies
+    /// (SIGKILL, a crash) the kernel releases its descriptors highest number
+    /// first (close in ascending order, the deferred releases run last in,
+    /// first out). So the client connections accepted later (above) close
+    /// first, and their resets still reach the clients through the
+    /// redirect; then the table goes; only then the listeners close, so a
+    /// packet the table redirects never meets a closed port (measured: with
+    /// the owner below the UDP listener, lookups sent as the daemon died got
+    /// "connection refused").
+    pub fn install(rules: &InterceptRules, listeners_up_to: RawFd) -> Result<Self, NetfilterError> {
         let batch = build_install_batch(rules)?;
-        let sock = NlSocket::open()?;
+        let mut sock = NlSocket::open()?;
+        sock.move_above(listeners_up_to)?;
         sock.batch(&batch).map_err(|f| f.into_error(&rules.table))?;
         let mut table = InterceptTable {
             sock,

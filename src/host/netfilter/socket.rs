@@ -138,6 +138,11 @@ impl NlSocket {
         })
     }
 
+    /// To the lowest free descriptor number above `fd` (if not there).
+    pub(super) fn move_above(&mut self, fd: RawFd) -> Result<(), NetfilterError> {
+        Ok(self.sock.move_above(fd)?)
+    }
+
     fn next_seqs(seq: &mut u32, n: u32) -> u32 {
         let first = *seq;
         *seq = seq.wrapping_add(n);

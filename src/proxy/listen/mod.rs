@@ -129,6 +129,16 @@ pub enum Bound {
     Udp(UdpSocket),
 }
 
+impl std::os::fd::AsRawFd for Bound {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Bound::Unix(l, _) => l.as_raw_fd(),
+            Bound::Tcp(l) => l.as_raw_fd(),
+            Bound::Udp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// Removes the socket file the daemon created when dropped (clean exit).
 #[derive(Debug)]
 pub struct UnixSocketFile(PathBuf);

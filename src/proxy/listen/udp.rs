@@ -96,10 +96,20 @@ impl DatagramThreads {
                 proxy.clone(),
                 in_flight.clone(),
             )));
-            for _ in 0..per_socket.max(1) {
+            // The last thread takes the socket itself: dropping it after
+            // cloning would free a descriptor number below the ones opened
+            // next, where the redirect table's owner could land (see
+            // `InterceptTable::install` on why it must sit above the
+            // listeners).
+            let mut handles = Vec::with_capacity(per_socket.max(1));
+            for _ in 1..per_socket.max(1) {
+                handles.push(socket.try_clone()?);
+            }
+            handles.push(socket);
+            for socket in handles {
                 let turns = Arc::new(AtomicU64::new(0));
                 let mut thread = UdpThread {
-                    socket: socket.try_clone()?,
+                    socket,
                     sources: UdpSources::new(local),
                     misses: Misses {
                         tx: tx.clone(),
