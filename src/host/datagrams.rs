@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -17,12 +17,21 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// stack).
 pub const MAX_BATCH: usize = 64;
 
+/// What a received address may take: a sockaddr_storage.
+const ADDR_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
 /// Received datagrams: up to `slots` of up to `slot_len` bytes each.
+///
+/// The `recvmmsg` headers are built once, each pointing at its own slot of
+/// `bufs` and its own address (boxed: they never move); a call restores
+/// only what the kernel rewrote in the headers it filled last time.
 pub struct RecvBatch {
     slot_len: usize,
     bufs: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
-    lens: Box<[usize]>,
+    /// One per slot, over its part of `bufs`; `msgs` points at them.
+    _iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
     /// Datagrams held after the last [`RecvBatch::recv`].
     count: usize,
 }
@@ -43,20 +52,46 @@ impl RecvBatch {
     /// buffers are taken zeroed, so pages no datagram reached cost no memory.
     pub fn new(slots: usize, slot_len: usize) -> RecvBatch {
         let slots = slots.clamp(1, MAX_BATCH);
+        let slot_len = slot_len.max(1);
+        let mut bufs = vec![0u8; slots * slot_len].into_boxed_slice();
+        // SAFETY: sockaddr_storage is plain old data; all zeroes is a
+        // valid (AF_UNSPEC) value.
+        let mut addrs: Box<[libc::sockaddr_storage]> =
+            (0..slots).map(|_| unsafe { zeroed() }).collect();
+        let mut iovs: Box<[libc::iovec]> = bufs
+            .chunks_exact_mut(slot_len)
+            .map(|buf| libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            })
+            .collect();
+        let msgs = iovs
+            .iter_mut()
+            .zip(addrs.iter_mut())
+            .map(|(iov, addr)| {
+                // SAFETY: mmsghdr is plain old data; all zeroes is valid
+                // (null pointers, zero lengths).
+                let mut m: libc::mmsghdr = unsafe { zeroed() };
+                m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                m.msg_hdr.msg_namelen = ADDR_LEN;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
         RecvBatch {
             slot_len,
-            bufs: vec![0u8; slots * slot_len].into_boxed_slice(),
-            // SAFETY: sockaddr_storage is plain old data; all zeroes is a
-            // valid (AF_UNSPEC) value.
-            addrs: (0..slots).map(|_| unsafe { zeroed() }).collect(),
-            lens: vec![0; slots].into_boxed_slice(),
+            bufs,
+            addrs,
+            _iovs: iovs,
+            msgs,
             count: 0,
         }
     }
 
     /// How many datagrams one call takes at most.
     pub fn capacity(&self) -> usize {
-        self.lens.len()
+        self.msgs.len()
     }
 
     /// Takes the datagrams waiting on `fd`, at most [`Self::capacity`], and
@@ -65,37 +100,21 @@ impl RecvBatch {
     /// then; without, returns at once. Nothing to take is `Ok(0)`, not an
     /// error.
     pub fn recv(&mut self, fd: BorrowedFd<'_>, wait: bool) -> io::Result<usize> {
-        self.count = 0;
-        let slots = self.capacity();
-        // SAFETY: iovec and mmsghdr are plain old data; all zeroes is valid
-        // (null pointers, zero lengths), and only the first `slots` are used.
-        let (mut iovs, mut msgs): ([libc::iovec; MAX_BATCH], [libc::mmsghdr; MAX_BATCH]) =
-            unsafe { (zeroed(), zeroed()) };
-        for (((iov, m), buf), addr) in iovs
-            .iter_mut()
-            .zip(msgs.iter_mut())
-            .zip(self.bufs.chunks_exact_mut(self.slot_len))
-            .zip(self.addrs.iter_mut())
-        {
-            *iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
+        // The kernel wrote the address length of the headers it filled.
+        for m in &mut self.msgs[..std::mem::take(&mut self.count)] {
+            m.msg_hdr.msg_namelen = ADDR_LEN;
         }
+        let slots = self.capacity();
         let n = loop {
-            // SAFETY: the first `slots` (<= MAX_BATCH) headers of `msgs`
-            // each point at their own iovec (a slot of `bufs`, `slot_len`
-            // bytes) and their own sockaddr_storage with its true size; all
-            // of them outlive the call, and the kernel writes no more than
-            // those lengths.
+            // SAFETY: the `slots` headers of `msgs` each point at their own
+            // iovec (a slot of `bufs`, `slot_len` bytes) and their own
+            // sockaddr_storage with its true size; all are boxed parts of
+            // `self`, alive and unmoved for the call, and the kernel writes
+            // no more than those lengths.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
-                    msgs.as_mut_ptr(),
+                    self.msgs.as_mut_ptr(),
                     slots as libc::c_uint,
                     if wait {
                         libc::MSG_WAITFORONE
@@ -115,12 +134,8 @@ impl RecvBatch {
                 _ => return Err(e),
             }
         };
-        let n = n.min(slots);
-        for (len, m) in self.lens.iter_mut().zip(&msgs).take(n) {
-            *len = (m.msg_len as usize).min(self.slot_len);
-        }
-        self.count = n;
-        Ok(n)
+        self.count = n.min(slots);
+        Ok(self.count)
     }
 
     /// Datagram `i` of the last [`RecvBatch::recv`] and who sent it (None:
@@ -131,8 +146,9 @@ impl RecvBatch {
             return None;
         }
         let at = i * self.slot_len;
+        let len = (self.msgs[i].msg_len as usize).min(self.slot_len);
         let from = socket_addr(&self.addrs[i])?;
-        Some((&self.bufs[at..at + self.lens[i]], from))
+        Some((&self.bufs[at..at + len], from))
     }
 }
 
@@ -178,31 +194,36 @@ impl SendBatch {
         let mut msgs = self.msgs.chunks_mut(MAX_BATCH);
         for chunk in msgs.by_ref() {
             let total = chunk.len();
-            // SAFETY: iovec and mmsghdr are plain old data; all zeroes is
-            // valid, and only the first `total` are used.
-            let (mut iovs, mut hdrs): ([libc::iovec; MAX_BATCH], [libc::mmsghdr; MAX_BATCH]) =
-                unsafe { (zeroed(), zeroed()) };
+            // Only the `total` headers used are written (and only those
+            // reach the kernel).
+            let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_BATCH];
+            let mut hdrs = [MaybeUninit::<libc::mmsghdr>::uninit(); MAX_BATCH];
             for ((iov, m), (end, addr, len)) in iovs.iter_mut().zip(hdrs.iter_mut()).zip(chunk) {
-                *iov = libc::iovec {
+                let iov = iov.write(libc::iovec {
                     iov_base: self.bytes[start..*end].as_ptr().cast_mut().cast(),
                     iov_len: *end - start,
-                };
+                });
                 start = *end;
-                m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                m.msg_hdr.msg_namelen = *len;
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
+                // SAFETY: mmsghdr is plain old data; all zeroes is valid.
+                let mut h: libc::mmsghdr = unsafe { zeroed() };
+                h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = *len;
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                m.write(h);
             }
+            let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
             let mut done = 0;
             while done < total {
-                // SAFETY: `hdrs[done..total]` are valid headers, each pointing
-                // at an iovec over bytes of `self.bytes` and at a destination
+                // SAFETY: `hdrs[done..total]` (done < total <= MAX_BATCH, within
+                // the array) are written headers, each pointing at an iovec
+                // over bytes of `self.bytes` and at a destination
                 // address with its length, all alive and unmoved for the call;
                 // the kernel only reads them (and writes each msg_len).
                 let rc = unsafe {
                     libc::sendmmsg(
                         fd.as_raw_fd(),
-                        hdrs[done..].as_mut_ptr(),
+                        hdrs.add(done),
                         (total - done) as libc::c_uint,
                         libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                     )
