@@ -30,9 +30,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// connection was redirected just before (its SYN in flight or in the
 /// backlog) is still served rather than reset.
 const SETTLE: Duration = Duration::from_millis(200);
-/// The stream loop wakes at least once a second; this long without a turn,
-/// it is stuck (and the watchdog ping is withheld).
-const STREAM_LOOP_STUCK: Duration = Duration::from_secs(3);
+/// Stream loops and UDP threads turn at least once a second; one that has
+/// not turned for this long is stuck (and the watchdog ping is withheld).
+const STUCK_AFTER: Duration = Duration::from_secs(3);
 /// Threads per UDP socket (see where the UDP threads start).
 const UDP_THREADS_PER_SOCKET: usize = 1;
 /// The config file `serve` read, for the start-up line.
@@ -446,7 +446,7 @@ async fn supervise(
     }
 }
 
-/// Whether a thread's turn count has stayed put for STREAM_LOOP_STUCK,
+/// Whether a thread's turn count has stayed put for STUCK_AFTER,
 /// given the counts now (`last` keeps each count and since when).
 fn stuck(last: &mut [(u64, tokio::time::Instant)], counts: Vec<u64>) -> bool {
     let now = tokio::time::Instant::now();
@@ -455,7 +455,7 @@ fn stuck(last: &mut [(u64, tokio::time::Instant)], counts: Vec<u64>) -> bool {
         if count != last.0 {
             *last = (count, now);
         }
-        any |= now.duration_since(last.1) > STREAM_LOOP_STUCK;
+        any |= now.duration_since(last.1) > STUCK_AFTER;
     }
     any
 }

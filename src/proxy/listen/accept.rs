@@ -104,7 +104,7 @@ impl Loop {
             }
             _ => Identity::unknown(Transport::Tcp),
         };
-        let newcomer = Newcomer {
+        let mut newcomer = Newcomer {
             sock,
             peer,
             tally: proxy.clients.tally(&identity),
@@ -126,10 +126,10 @@ impl Loop {
             self.loads[least].fetch_add(1, Ordering::Relaxed);
             match self.inboxes[least].hand_over(newcomer) {
                 Ok(()) => return,
-                Err(newcomer) => {
+                // That loop has ended: this one keeps the client.
+                Err(back) => {
                     self.loads[least].fetch_sub(1, Ordering::Relaxed);
-                    self.adopt(newcomer);
-                    return;
+                    newcomer = back;
                 }
             }
         }

@@ -32,7 +32,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use crate::host::datagrams::{RecvBatch, SendBatch};
-use crate::protocol::rpc::set_xid;
 use crate::proxy::clients::Tally;
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
@@ -150,15 +149,9 @@ impl DatagramThreads {
     /// its socket brings at once (or the receive timeout, a second later).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        let waker = |at: &SocketAddr| {
-            let lo: IpAddr = match at {
-                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-            };
-            std::net::UdpSocket::bind((lo, 0))
-        };
         for at in &self.wake_at {
-            if let Err(e) = waker(at).and_then(|s| s.send_to(&[], at)) {
+            let waker = std::net::UdpSocket::bind((loopback(at.ip()), 0));
+            if let Err(e) = waker.and_then(|s| s.send_to(&[], at)) {
                 debug!(%at, error = %e, "cannot wake a UDP thread; it stops within {TURN_AT_LEAST:?}");
             }
         }
@@ -176,11 +169,18 @@ impl DatagramThreads {
 /// Where a datagram reaches a socket bound to `local` from this host.
 fn wake_address(local: SocketAddr) -> SocketAddr {
     let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => loopback(ip),
         ip => ip,
     };
     SocketAddr::new(ip, local.port())
+}
+
+/// The loopback address of `ip`'s family.
+fn loopback(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    }
 }
 
 /// One thread serving one UDP socket.
@@ -224,14 +224,15 @@ impl UdpThread {
                 let Some((call, from)) = recv.get(i) else {
                     continue;
                 };
-                self.sources.tally(from, now, &self.proxy).count(second);
+                self.sources.count(from, now, second, &self.proxy);
                 // Cache hits are answered in this turn, with no copy of the
                 // request.
-                match self.proxy.answer_now(call, Peer::Udp(from)) {
-                    Some(Outcome::Shared(reply, xid)) if reply.len() >= 4 => {
-                        send.push(&[&xid.to_be_bytes(), &reply[4..]], from);
-                    }
-                    _ => self.misses.submit(call, from, &self.proxy),
+                let answered = match self.proxy.answer_now(call, Peer::Udp(from)) {
+                    Some(Outcome::Shared(reply, xid)) => push_shared(&mut send, &reply, xid, from),
+                    _ => false,
+                };
+                if !answered {
+                    self.misses.submit(call, from, &self.proxy);
                 }
             }
             if !send.is_empty() {
@@ -308,15 +309,26 @@ async fn answer_datagram(
     match proxy.handle(record, Peer::Udp(from)).await {
         Outcome::Reply(reply) => out.push(&[&reply], from),
         Outcome::Shared(reply, xid) => {
-            let mut dg = BytesMut::from(&reply[..]);
-            set_xid(&mut dg, xid);
-            out.push(&[&dg], from);
+            if !push_shared(&mut out, &reply, xid, from) {
+                return;
+            }
         }
         Outcome::NoReply | Outcome::Close => return,
     }
     if let (1, e) = out.send(socket.as_fd()) {
         debug!(%from, error = ?e, "udp send failed");
     }
+}
+
+/// A reply shared with other callers (a cached answer), sent under this
+/// caller's XID without a copy. False: too short to carry an XID (no
+/// cached reply is).
+fn push_shared(out: &mut SendBatch, reply: &[u8], xid: u32, to: SocketAddr) -> bool {
+    let Some(rest) = reply.get(4..) else {
+        return false;
+    };
+    out.push(&[&xid.to_be_bytes(), rest], to);
+    true
 }
 
 /// Who sent a datagram: identified once per source address and kept for a
@@ -342,18 +354,20 @@ impl UdpSources {
         }
     }
 
-    fn tally(&mut self, from: SocketAddr, now: Instant, proxy: &Proxy) -> Arc<Tally> {
+    /// Counts a call from `from` in `second` on its row.
+    fn count(&mut self, from: SocketAddr, now: Instant, second: u32, proxy: &Proxy) {
         if let Some((at, t)) = self.seen.get(&from) {
             if now.saturating_duration_since(*at) < Self::FRESH {
-                return t.clone();
+                t.count(second);
+                return;
             }
         }
         let id = proxy
             .attribution
             .udp(from, self.local, proxy.rpcbind_port());
         let t = proxy.clients.tally(&id);
-        self.seen.put(from, (now, t.clone()));
-        t
+        t.count(second);
+        self.seen.put(from, (now, t));
     }
 }
 
