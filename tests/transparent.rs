@@ -584,9 +584,8 @@ fn a_lookup_sent_as_the_daemon_is_killed_is_never_refused() {
             let mut conn = std::net::TcpStream::connect("127.0.0.1:111").unwrap();
             {
                 use std::io::{Read, Write};
-                let call = getport_call(100000).encode();
-                let mut record = (0x8000_0000u32 | call.len() as u32).to_be_bytes().to_vec();
-                record.extend_from_slice(&call);
+                let mut record = Vec::new();
+                put_record(&mut record, &getport_call(100000).encode());
                 conn.write_all(&record).unwrap();
                 let mut header = [0u8; 4];
                 conn.read_exact(&mut header).unwrap();
