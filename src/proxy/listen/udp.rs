@@ -29,6 +29,7 @@ use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
 use crate::host::datagrams::{RecvBatch, SendBatch};
@@ -55,7 +56,7 @@ pub struct DatagramThreads {
     wake_at: Vec<SocketAddr>,
     /// Per socket: the task answering its calls past the cache; it ends
     /// once the socket's threads have ended and the calls are answered.
-    misses: Vec<tokio::task::JoinHandle<()>>,
+    misses: JoinSet<()>,
 }
 
 impl std::fmt::Debug for DatagramThreads {
@@ -80,7 +81,7 @@ impl DatagramThreads {
             stop: Arc::new(AtomicBool::new(false)),
             turns: Vec::new(),
             wake_at: Vec::new(),
-            misses: Vec::new(),
+            misses: JoinSet::new(),
         };
         for socket in sockets {
             let socket = socket.into_std()?;
@@ -89,12 +90,10 @@ impl DatagramThreads {
             let local = socket.local_addr()?;
             let (tx, rx) = mpsc::unbounded_channel();
             let in_flight = Arc::new(AtomicUsize::new(0));
-            all.misses.push(runtime.spawn(answer_misses(
-                rx,
-                socket.try_clone()?,
-                proxy.clone(),
-                in_flight.clone(),
-            )));
+            all.misses.spawn_on(
+                answer_misses(rx, socket.try_clone()?, proxy.clone(), in_flight.clone()),
+                runtime,
+            );
             // The last thread takes the socket itself: dropping it after
             // cloning would free a descriptor number below the ones opened
             // next, where the redirect table's owner could land (see
@@ -158,10 +157,13 @@ impl DatagramThreads {
     }
 
     /// Completes once every call past the cache the UDP clients made is
-    /// answered (after [`DatagramThreads::stop`]).
+    /// answered (after [`DatagramThreads::stop`]). A miss task that
+    /// panicked is said here.
     pub async fn stopped(&mut self) {
-        for task in self.misses.drain(..) {
-            let _ = task.await;
+        while let Some(joined) = self.misses.join_next().await {
+            if let Err(e) = joined {
+                error!(error = %e, "a UDP miss task failed");
+            }
         }
     }
 }
