@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::host::netfilter::InterceptTable;
@@ -76,7 +76,7 @@ fn intercept(ctx: &Context) -> Value {
 }
 
 /// Serves the control socket until shutdown.
-pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -93,7 +93,7 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Context>, mut shutdown: watc
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         }
     }
 }

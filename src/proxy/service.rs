@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -498,14 +499,14 @@ impl Proxy {
     pub async fn refresh_loop(
         self: Arc<Self>,
         first: tokio::sync::oneshot::Sender<()>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) {
         let mut first = Some(first);
         let mut next = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
-                _ = shutdown.changed() => return,
+                () = shutdown.cancelled() => return,
             }
             let period = Duration::from_millis(self.refresh_ms.load(Ordering::Relaxed));
             next = (next + period).max(tokio::time::Instant::now());

@@ -1,0 +1,129 @@
+//! What systemd is told while the daemon serves: the watchdog ping (only
+//! while its own loops go round and it answers a call) and the STATUS line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::host::systemd;
+use crate::proxy::policy::Class;
+use crate::proxy::service::Proxy;
+
+/// Stream loops and UDP threads turn at least once a second; one that has
+/// not turned for this long is stuck (and the watchdog ping is withheld).
+const STUCK_AFTER: Duration = Duration::from_secs(3);
+
+/// Tells systemd the daemon is alive (WATCHDOG=1, only while its own loops
+/// go round and it answers a call) and how it is doing (STATUS=), every few
+/// seconds.
+pub(super) async fn supervise(
+    proxy: Arc<Proxy>,
+    probe_at: Option<std::net::SocketAddr>,
+    turns: impl Fn() -> (Vec<u64>, Vec<u64>),
+    shutdown: CancellationToken,
+) {
+    // Per stream loop and per UDP thread: its turn count, and since when it
+    // has not moved.
+    let since = |counts: Vec<u64>| -> Vec<(u64, tokio::time::Instant)> {
+        let now = tokio::time::Instant::now();
+        counts.into_iter().map(|t| (t, now)).collect()
+    };
+    let (streams, udp) = turns();
+    let (mut last_streams, mut last_udp) = (since(streams), since(udp));
+    let watchdog = systemd::watchdog_interval();
+    let period = watchdog.map_or(Duration::from_secs(5), |w| {
+        (w / 2).min(Duration::from_secs(5))
+    });
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            () = shutdown.cancelled() => return,
+        }
+        // Stream loops and UDP threads turn at least once a second, busy
+        // or not.
+        let (streams, udp) = turns();
+        let streams_stuck = stuck(&mut last_streams, streams);
+        let udp_stuck = stuck(&mut last_udp, udp);
+        if !proxy.healthy() {
+            error!("the refresh loop has stalled; withholding the watchdog ping");
+        } else if streams_stuck {
+            error!(
+                "the stream loop (unix and TCP clients) is stuck; withholding the watchdog ping"
+            );
+        } else if udp_stuck {
+            error!("a UDP thread is stuck; withholding the watchdog ping");
+        } else if let Some(w) = watchdog {
+            match probe_at {
+                Some(at) => match answers(at, w / 2).await {
+                    Ok(()) => systemd::watchdog(),
+                    Err(e) => {
+                        error!(listener = %at, error = %e, "the proxy did not answer its own call; withholding the watchdog ping")
+                    }
+                },
+                None => systemd::watchdog(),
+            }
+        }
+        systemd::status(&status_line(&proxy));
+    }
+}
+
+/// Whether a thread's turn count has stayed put for STUCK_AFTER,
+/// given the counts now (`last` keeps each count and since when).
+fn stuck(last: &mut [(u64, tokio::time::Instant)], counts: Vec<u64>) -> bool {
+    let now = tokio::time::Instant::now();
+    let mut any = false;
+    for (last, count) in last.iter_mut().zip(counts) {
+        if count != last.0 {
+            *last = (count, now);
+        }
+        any |= now.duration_since(last.1) > STUCK_AFTER;
+    }
+    any
+}
+
+/// One call to the daemon's own UDP listener, answered by the request path
+/// itself (an unknown program: PROG_UNAVAIL, rpcbind not involved). In
+/// transparent mode clients wait on the daemon, so the watchdog must see a
+/// stalled request path, not only a live timer.
+async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<()> {
+    let probe = async {
+        let sock = tokio::net::UdpSocket::bind((at.ip(), 0)).await?;
+        sock.connect(at).await?;
+        let xid = std::process::id() ^ 0x7761_7463;
+        sock.send(&crate::protocol::rpc::encode_call(xid, 0, 1, 0, &[]))
+            .await?;
+        let mut buf = [0u8; 64];
+        loop {
+            let n = sock.recv(&mut buf).await?;
+            if crate::protocol::rpc::xid_of(&buf[..n]) == Some(xid) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(within, probe)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+fn status_line(proxy: &Proxy) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &proxy.cache.stats;
+    let answered = c.hits.load(Relaxed) + c.negative_hits.load(Relaxed) + c.coalesced.load(Relaxed);
+    let lookups = answered + c.misses.load(Relaxed);
+    let ratio = if lookups == 0 {
+        0.0
+    } else {
+        answered as f64 * 100.0 / lookups as f64
+    };
+    let up = if proxy.upstream(Class::Unix).is_connected() {
+        "connected"
+    } else {
+        "unreachable"
+    };
+    format!(
+        "hit ratio {ratio:.1}% of {lookups} lookups, {} entries, rpcbind {up}",
+        proxy.cache.len()
+    )
+}
