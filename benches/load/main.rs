@@ -1,5 +1,5 @@
-//! The load harness of issue 5: rpcbind, the proxy and a zero-work responder
-//! (the floor) measured side by side, in one run, on this machine.
+//! The load harness: rpcbind, the proxy and a zero-work responder (the
+//! floor) measured side by side, in one run, on this machine.
 //!
 //! `cargo bench --bench load` (as root; about 75 s, plus the builds) builds the proxy in
 //! release (`cargo build --release --bin rpcbind-proxy`, the binary users
@@ -25,8 +25,8 @@
 //!   GETPORT of the registered program) for a fixed time per row, and prints
 //!   one table, then the memory section (10,000 idle connections and
 //!   100,000 cache entries, and an active client's rate beside them) and
-//!   instructions per cached hit (callgrind), and the issue's targets with
-//!   the measured figures.
+//!   instructions per cached hit (callgrind), and the targets (targets.rs)
+//!   with the measured figures.
 //!
 //! Rows: per transport (unix, tcp, udp) and mode ("persistent": one
 //! connection per client thread for the whole row; "datagrams" for UDP;
