@@ -1,158 +1,21 @@
 //! The upstream multiplexer against a fake rpcbind that misbehaves on
-//! purpose: out-of-order replies, silence, dropped connections, garbage.
+//! purpose (support/fake_rpcbind.rs, no root needed): out-of-order
+//! replies, silence, dropped connections, garbage.
 //! (The real rpcbind is the judge of correct answers: see differential.rs.)
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use rpcbind_proxy::protocol::rpc::{
-    accepted_reply, encode_call, parse_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec,
-};
+use rpcbind_proxy::protocol::rpc::{encode_call, parse_reply, xid_of};
 use rpcbind_proxy::proxy::cache::CacheConfig;
 use rpcbind_proxy::proxy::policy::Peer;
 use rpcbind_proxy::proxy::service::{Outcome, Proxy, RpcbindAddr};
 use rpcbind_proxy::proxy::upstream::{Target, Upstream, UpstreamError};
-use tokio::net::UnixListener;
-use tokio_util::codec::Framed;
-
-/// What the fake does with the n-th call it receives on a connection
-/// (`calls` counts every call it received).
-#[derive(Clone, Copy, Debug)]
-enum Act {
-    /// Echo the call back as the "reply" (the payload names the call).
-    Echo,
-    /// Hold this call and answer it after the next one (reorders).
-    Hold,
-    Silence,
-    /// Close the connection without answering.
-    Close,
-    /// Send a record mark claiming 1 GiB (an oversized reply).
-    Garbage,
-    /// After a delay, answer as rpcbind answers a GETPORT: SUCCESS, port.
-    SlowPort(u32),
-    /// Hold this call; answer it with SUCCESS, port once a `PortThenRelease`
-    /// call has been answered.
-    HoldPort(u32),
-    /// Answer as rpcbind answers an accepted SET: SUCCESS, TRUE.
-    True,
-    /// Answer with SUCCESS, port; then answer the held `HoldPort` call.
-    PortThenRelease(u32),
-}
-
-struct Fake {
-    path: PathBuf,
-    connections: Arc<AtomicUsize>,
-    calls: Arc<AtomicUsize>,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts a fake upstream; `script(conn_index, call_index)` says what to do.
-fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
-    let dir =
-        std::env::temp_dir().join(format!("rbp-fake-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("rpcbind.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let conns = connections.clone();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let calls2 = calls.clone();
-    let script = Arc::new(script);
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let n = conns.fetch_add(1, Ordering::SeqCst);
-            let script = script.clone();
-            let calls = calls2.clone();
-            tokio::spawn(async move {
-                let mut framed = Framed::new(s, RecordCodec::new(1 << 20));
-                let mut held: Option<BytesMut> = None;
-                let mut held_port: Option<(u32, u32)> = None;
-                let answer = |xid: u32, value: u32| {
-                    accepted_reply(
-                        xid,
-                        OpaqueAuth::NONE,
-                        AcceptStat::Success,
-                        &value.to_be_bytes(),
-                    )
-                };
-                let mut i = 0;
-                while let Some(Ok(call)) = framed.next().await {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let act = script(n, i);
-                    i += 1;
-                    match act {
-                        Act::Echo => {
-                            framed.send(&call[..]).await.unwrap();
-                            if let Some(h) = held.take() {
-                                framed.send(&h[..]).await.unwrap();
-                            }
-                        }
-                        Act::Hold => held = Some(call),
-                        Act::SlowPort(port) => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            let xid = xid_of(&call).unwrap();
-                            let reply = accepted_reply(
-                                xid,
-                                OpaqueAuth::NONE,
-                                AcceptStat::Success,
-                                &port.to_be_bytes(),
-                            );
-                            framed.send(&reply[..]).await.unwrap();
-                        }
-                        Act::HoldPort(port) => held_port = Some((xid_of(&call).unwrap(), port)),
-                        Act::True => {
-                            framed
-                                .send(&answer(xid_of(&call).unwrap(), 1)[..])
-                                .await
-                                .unwrap();
-                        }
-                        Act::PortThenRelease(port) => {
-                            framed
-                                .send(&answer(xid_of(&call).unwrap(), port)[..])
-                                .await
-                                .unwrap();
-                            if let Some((xid, port)) = held_port.take() {
-                                framed.send(&answer(xid, port)[..]).await.unwrap();
-                            }
-                        }
-                        Act::Silence => {}
-                        Act::Close => return,
-                        Act::Garbage => {
-                            use tokio::io::AsyncWriteExt;
-                            let mut s = framed.into_inner();
-                            s.write_all(&[0xc0, 0, 0, 0]).await.unwrap();
-                            let _ = s.shutdown().await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Fake {
-        path,
-        connections,
-        calls,
-        _dir: TempDir(dir),
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u8)
-}
+use support::fake_rpcbind::{fake, rand_suffix, Act};
 
 fn call(xid: u32, tag: u32) -> BytesMut {
     let mut args = BytesMut::new();

@@ -20,6 +20,7 @@
 //! test is failing, the proxy's and rpcbind's output is printed.
 #![allow(dead_code)]
 
+pub mod fake_rpcbind;
 pub mod rpc;
 pub mod tirpc;
 pub use nix::sys::signal::Signal;
