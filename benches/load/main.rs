@@ -59,6 +59,9 @@ mod env;
 mod floor;
 mod instructions;
 mod memory;
+#[path = "../../tests/support/namespaces.rs"]
+#[allow(unreachable_pub)]
+mod namespaces;
 mod table;
 mod targets;
 mod tirpc;
@@ -73,7 +76,7 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use clients::{drive, expected_reply, register, run_row, Endpoint, Mode, Spec, Target, Transport};
-use env::{enter_namespaces, proxy_binary, Env};
+use env::{proxy_binary, Env};
 use floor::{floor_process, start_floor, FLOOR_PROCESS_ARG};
 use instructions::instructions_section;
 use memory::memory_section;
@@ -312,7 +315,7 @@ fn run(plan: Plan) -> Result<(), String> {
 
     // Still one thread here: unshare(CLONE_NEWNS) refuses a multi-threaded
     // process. Every thread and child from now on lives in these namespaces.
-    enter_namespaces()?;
+    namespaces::enter_netns_with_private_run()?;
     let tmp = std::env::temp_dir().join(format!("rpcbind-proxy-load.{}", std::process::id()));
     fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
     let mut env = Env {
