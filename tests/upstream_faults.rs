@@ -9,18 +9,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rpcbind_proxy::protocol::rpc::{encode_call, parse_reply, xid_of};
-use rpcbind_proxy::proxy::cache::CacheConfig;
-use rpcbind_proxy::proxy::policy::Peer;
-use rpcbind_proxy::proxy::service::{Outcome, Proxy, RpcbindAddr};
+use rpcbind_proxy::proxy::service::Outcome;
 use rpcbind_proxy::proxy::upstream::{Target, Upstream, UpstreamError};
-use support::fake_rpcbind::{fake, rand_suffix, Act};
+use support::fake_rpcbind::{fake, rand_suffix, Act, ROOT};
+use tokio::task::JoinHandle;
 
 fn call(xid: u32, tag: u32) -> BytesMut {
     let mut args = BytesMut::new();
     args.put_u32(tag);
     encode_call(xid, 100000, 2, 0, &args)
+}
+
+/// `n` concurrent lookups through `up`, the i-th with XID and tag i.
+fn spawn_lookups(up: &Arc<Upstream>, n: u32) -> Vec<JoinHandle<Result<Bytes, UpstreamError>>> {
+    (0..n)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { up.call(&call(i, i), true).await })
+        })
+        .collect()
 }
 
 fn tag_of(reply: &[u8]) -> u32 {
@@ -32,10 +41,7 @@ async fn replies_are_matched_by_xid_and_carry_the_clients_xid() {
     // The first call is held back and answered after the second: the reply
     // order differs from the call order.
     let f = fake(|_, i| if i == 0 { Act::Hold } else { Act::Echo });
-    let up = Arc::new(Upstream::new(
-        Target::Unix(f.path.clone()),
-        Duration::from_secs(5),
-    ));
+    let up = Arc::new(f.upstream(Duration::from_secs(5)));
     let (a, b) = {
         let up1 = up.clone();
         let first = tokio::spawn(async move { up1.call(&call(0xaaaa, 1), true).await });
@@ -60,7 +66,7 @@ async fn replies_are_matched_by_xid_and_carry_the_clients_xid() {
 #[tokio::test]
 async fn a_call_that_never_gets_a_reply_times_out_and_leaves_nothing_behind() {
     let f = fake(|_, i| if i == 0 { Act::Silence } else { Act::Echo });
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_millis(200));
+    let up = f.upstream(Duration::from_millis(200));
     assert_eq!(
         up.call(&call(1, 1), true).await,
         Err(UpstreamError::Timeout)
@@ -76,7 +82,7 @@ async fn a_call_that_never_gets_a_reply_times_out_and_leaves_nothing_behind() {
 async fn a_lookup_lost_with_its_connection_is_retried_once_on_a_new_one() {
     // Connection 0 closes on its first call; connection 1 answers.
     let f = fake(|conn, _| if conn == 0 { Act::Close } else { Act::Echo });
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_secs(5));
+    let up = f.upstream(Duration::from_secs(5));
     let r = up.call(&call(7, 3), true).await.unwrap();
     assert_eq!((xid_of(&r), tag_of(&r)), (Some(7), 3));
     assert_eq!(f.connections.load(Ordering::SeqCst), 2);
@@ -86,7 +92,7 @@ async fn a_lookup_lost_with_its_connection_is_retried_once_on_a_new_one() {
 #[tokio::test]
 async fn a_registration_lost_with_its_connection_is_not_sent_twice() {
     let f = fake(|_, _| Act::Close);
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_secs(5));
+    let up = f.upstream(Duration::from_secs(5));
     assert_eq!(
         up.call(&call(7, 3), false).await,
         Err(UpstreamError::ConnectionLost)
@@ -97,7 +103,7 @@ async fn a_registration_lost_with_its_connection_is_not_sent_twice() {
 #[tokio::test]
 async fn garbage_from_rpcbind_drops_the_connection_and_the_next_call_reconnects() {
     let f = fake(|conn, _| if conn == 0 { Act::Garbage } else { Act::Echo });
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_secs(5));
+    let up = f.upstream(Duration::from_secs(5));
     // Retried once after the garbage, on a fresh connection.
     let r = up.call(&call(9, 4), true).await.unwrap();
     assert_eq!(tag_of(&r), 4);
@@ -127,16 +133,8 @@ async fn an_absent_rpcbind_fails_fast_and_backs_off() {
 #[tokio::test]
 async fn many_concurrent_calls_share_one_connection() {
     let f = fake(|_, _| Act::Echo);
-    let up = Arc::new(Upstream::new(
-        Target::Unix(f.path.clone()),
-        Duration::from_secs(5),
-    ));
-    let tasks: Vec<_> = (0..200u32)
-        .map(|i| {
-            let up = up.clone();
-            tokio::spawn(async move { up.call(&call(i, i), true).await })
-        })
-        .collect();
+    let up = Arc::new(f.upstream(Duration::from_secs(5)));
+    let tasks = spawn_lookups(&up, 200);
     for (i, t) in tasks.into_iter().enumerate() {
         let r = t.await.unwrap().unwrap();
         assert_eq!((xid_of(&r), tag_of(&r)), (Some(i as u32), i as u32));
@@ -147,17 +145,7 @@ async fn many_concurrent_calls_share_one_connection() {
 #[tokio::test]
 async fn a_hundred_concurrent_misses_make_one_upstream_call() {
     let f = fake(|_, _| Act::SlowPort(2049));
-    let proxy = Proxy::new(
-        RpcbindAddr {
-            socket: f.path.clone(),
-            port: 1,
-            mark: None,
-            public_socket: None,
-        },
-        Duration::from_secs(5),
-        CacheConfig::default(),
-        Duration::from_secs(1),
-    );
+    let proxy = f.proxy(Duration::from_secs(5));
     let mut getport = BytesMut::new();
     for v in [300001u32, 1, 6, 0] {
         getport.put_u32(v);
@@ -166,18 +154,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
         .map(|i| {
             let proxy = proxy.clone();
             let record = encode_call(1000 + i, 100000, 2, 3, &getport);
-            tokio::spawn(async move {
-                proxy
-                    .handle(
-                        record,
-                        Peer::Unix {
-                            uid: 0,
-                            gid: 0,
-                            pid: None,
-                        },
-                    )
-                    .await
-            })
+            tokio::spawn(async move { proxy.handle(record, ROOT).await })
         })
         .collect();
     for (i, t) in tasks.into_iter().enumerate() {
@@ -212,22 +189,7 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
         1 => Act::True,
         _ => Act::PortThenRelease(2049),
     });
-    let proxy = Proxy::new(
-        RpcbindAddr {
-            socket: f.path.clone(),
-            port: 1,
-            mark: None,
-            public_socket: None,
-        },
-        Duration::from_secs(2),
-        CacheConfig::default(),
-        Duration::from_secs(1),
-    );
-    let root = Peer::Unix {
-        uid: 0,
-        gid: 0,
-        pid: None,
-    };
+    let proxy = f.proxy(Duration::from_secs(2));
     let mapping = |port: u32| {
         let mut b = BytesMut::new();
         for v in [300002u32, 1, 6, port] {
@@ -242,18 +204,18 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
     let before = {
         let proxy = proxy.clone();
         let record = encode_call(1, 100000, 2, 3, &mapping(0));
-        tokio::spawn(async move { proxy.handle(record, root).await })
+        tokio::spawn(async move { proxy.handle(record, ROOT).await })
     };
     while f.calls.load(Ordering::SeqCst) < 1 {
         tokio::task::yield_now().await;
     }
     let set = proxy
-        .handle(encode_call(2, 100000, 2, 1, &mapping(2049)), root)
+        .handle(encode_call(2, 100000, 2, 1, &mapping(2049)), ROOT)
         .await;
     assert_eq!(port_of(set), 1u32.to_be_bytes(), "SET accepted");
     let after = tokio::time::timeout(
         Duration::from_secs(1),
-        proxy.handle(encode_call(3, 100000, 2, 3, &mapping(0)), root),
+        proxy.handle(encode_call(3, 100000, 2, 3, &mapping(0)), ROOT),
     )
     .await
     .expect("the lookup after the SET was answered at once, not held behind the older fetch");
@@ -266,16 +228,8 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_call_leaves_nothing_in_flight() {
     let f = fake(|_, _| Act::Silence);
-    let up = Arc::new(Upstream::new(
-        Target::Unix(f.path.clone()),
-        Duration::from_secs(60),
-    ));
-    let calls: Vec<_> = (0..10u32)
-        .map(|i| {
-            let up = up.clone();
-            tokio::spawn(async move { up.call(&call(i, i), true).await })
-        })
-        .collect();
+    let up = Arc::new(f.upstream(Duration::from_secs(60)));
+    let calls = spawn_lookups(&up, 10);
     while f.calls.load(Ordering::SeqCst) < 10 {
         tokio::task::yield_now().await;
     }

@@ -13,6 +13,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use rpcbind_proxy::protocol::rpc::{accepted_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec};
+use rpcbind_proxy::proxy::cache::CacheConfig;
+use rpcbind_proxy::proxy::policy::Peer;
+use rpcbind_proxy::proxy::service::{Proxy, RpcbindAddr};
+use rpcbind_proxy::proxy::upstream::{Target, Upstream};
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
 
@@ -51,6 +55,36 @@ pub struct Fake {
     /// Calls received, on every connection.
     pub calls: Arc<AtomicUsize>,
     _dir: TempDir,
+}
+
+/// A caller as the proxy sees root on its unix socket.
+pub const ROOT: Peer = Peer::Unix {
+    uid: 0,
+    gid: 0,
+    pid: None,
+};
+
+impl Fake {
+    /// An upstream multiplexer in front of this fake.
+    pub fn upstream(&self, timeout: Duration) -> Upstream {
+        Upstream::new(Target::Unix(self.path.clone()), timeout)
+    }
+
+    /// The request path in front of this fake: a proxy with the default
+    /// cache, whose upstream calls time out after `timeout`.
+    pub fn proxy(&self, timeout: Duration) -> Arc<Proxy> {
+        Proxy::new(
+            RpcbindAddr {
+                socket: self.path.clone(),
+                port: 1,
+                mark: None,
+                public_socket: None,
+            },
+            timeout,
+            CacheConfig::default(),
+            Duration::from_secs(1),
+        )
+    }
 }
 
 #[derive(Debug)]
