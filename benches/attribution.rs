@@ -24,10 +24,8 @@ mod host_fixtures;
 use host_fixtures::*;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sched::CloneFlags;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Uid;
 use rpcbind_proxy::host::cgroup;
@@ -132,12 +130,9 @@ fn main() {
         "attribution bench: must run as root (unshare(CLONE_NEWNET), cgroups)"
     );
     // Still single-threaded: the whole process moves.
-    nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    let st = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("run `ip link set lo up` (iproute2)");
-    assert!(st.success(), "ip link set lo up: {st}");
+    if let Err(e) = host_fixtures::namespaces::enter_netns() {
+        panic!("attribution bench: {e}");
+    }
     run(plan);
 }
 

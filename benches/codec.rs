@@ -1,5 +1,5 @@
-//! Criterion micro-benchmarks of the hot path's pieces (issue 5): decoding a
-//! GETPORT call off the wire, encoding a reply, and a cache hit.
+//! Criterion micro-benchmarks of the hot path's pieces: decoding a GETPORT
+//! call off the wire, encoding a reply, and a cache hit.
 //!
 //! `cargo bench --bench codec` (about 15 s: short warm-up and measurement
 //! times, set in `config()`). Under `cargo test --all-targets` each runs once.

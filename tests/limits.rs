@@ -91,7 +91,7 @@ fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     });
 }
 
-/// The measured failure (issue 12): one unprivileged user holding more idle
+/// The measured failure: one unprivileged user holding more idle
 /// connections than the limit locked every other client out until the idle
 /// timeout. Now the flood only ever evicts its own, and another user's
 /// client is admitted and served at its full rate.

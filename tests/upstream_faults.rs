@@ -1,163 +1,35 @@
 //! The upstream multiplexer against a fake rpcbind that misbehaves on
-//! purpose: out-of-order replies, silence, dropped connections, garbage.
+//! purpose (support/fake_rpcbind.rs, no root needed): out-of-order
+//! replies, silence, dropped connections, garbage.
 //! (The real rpcbind is the judge of correct answers: see differential.rs.)
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use rpcbind_proxy::protocol::rpc::{
-    accepted_reply, encode_call, parse_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec,
-};
-use rpcbind_proxy::proxy::cache::CacheConfig;
-use rpcbind_proxy::proxy::policy::Peer;
-use rpcbind_proxy::proxy::service::{Outcome, Proxy, RpcbindAddr};
+use bytes::{BufMut, Bytes, BytesMut};
+use rpcbind_proxy::protocol::rpc::{encode_call, parse_reply, xid_of};
+use rpcbind_proxy::proxy::service::Outcome;
 use rpcbind_proxy::proxy::upstream::{Target, Upstream, UpstreamError};
-use tokio::net::UnixListener;
-use tokio_util::codec::Framed;
-
-/// What the fake does with the n-th call it receives on a connection
-/// (`calls` counts every call it received).
-#[derive(Clone, Copy, Debug)]
-enum Act {
-    /// Echo the call back as the "reply" (the payload names the call).
-    Echo,
-    /// Hold this call and answer it after the next one (reorders).
-    Hold,
-    Silence,
-    /// Close the connection without answering.
-    Close,
-    /// Send a record mark claiming 1 GiB (an oversized reply).
-    Garbage,
-    /// After a delay, answer as rpcbind answers a GETPORT: SUCCESS, port.
-    SlowPort(u32),
-    /// Hold this call; answer it with SUCCESS, port once a `PortThenRelease`
-    /// call has been answered.
-    HoldPort(u32),
-    /// Answer as rpcbind answers an accepted SET: SUCCESS, TRUE.
-    True,
-    /// Answer with SUCCESS, port; then answer the held `HoldPort` call.
-    PortThenRelease(u32),
-}
-
-struct Fake {
-    path: PathBuf,
-    connections: Arc<AtomicUsize>,
-    calls: Arc<AtomicUsize>,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts a fake upstream; `script(conn_index, call_index)` says what to do.
-fn fake(script: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Fake {
-    let dir =
-        std::env::temp_dir().join(format!("rbp-fake-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("rpcbind.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let conns = connections.clone();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let calls2 = calls.clone();
-    let script = Arc::new(script);
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let n = conns.fetch_add(1, Ordering::SeqCst);
-            let script = script.clone();
-            let calls = calls2.clone();
-            tokio::spawn(async move {
-                let mut framed = Framed::new(s, RecordCodec::new(1 << 20));
-                let mut held: Option<BytesMut> = None;
-                let mut held_port: Option<(u32, u32)> = None;
-                let answer = |xid: u32, value: u32| {
-                    accepted_reply(
-                        xid,
-                        OpaqueAuth::NONE,
-                        AcceptStat::Success,
-                        &value.to_be_bytes(),
-                    )
-                };
-                let mut i = 0;
-                while let Some(Ok(call)) = framed.next().await {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let act = script(n, i);
-                    i += 1;
-                    match act {
-                        Act::Echo => {
-                            framed.send(&call[..]).await.unwrap();
-                            if let Some(h) = held.take() {
-                                framed.send(&h[..]).await.unwrap();
-                            }
-                        }
-                        Act::Hold => held = Some(call),
-                        Act::SlowPort(port) => {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            let xid = xid_of(&call).unwrap();
-                            let reply = accepted_reply(
-                                xid,
-                                OpaqueAuth::NONE,
-                                AcceptStat::Success,
-                                &port.to_be_bytes(),
-                            );
-                            framed.send(&reply[..]).await.unwrap();
-                        }
-                        Act::HoldPort(port) => held_port = Some((xid_of(&call).unwrap(), port)),
-                        Act::True => {
-                            framed
-                                .send(&answer(xid_of(&call).unwrap(), 1)[..])
-                                .await
-                                .unwrap();
-                        }
-                        Act::PortThenRelease(port) => {
-                            framed
-                                .send(&answer(xid_of(&call).unwrap(), port)[..])
-                                .await
-                                .unwrap();
-                            if let Some((xid, port)) = held_port.take() {
-                                framed.send(&answer(xid, port)[..]).await.unwrap();
-                            }
-                        }
-                        Act::Silence => {}
-                        Act::Close => return,
-                        Act::Garbage => {
-                            use tokio::io::AsyncWriteExt;
-                            let mut s = framed.into_inner();
-                            s.write_all(&[0xc0, 0, 0, 0]).await.unwrap();
-                            let _ = s.shutdown().await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Fake {
-        path,
-        connections,
-        calls,
-        _dir: TempDir(dir),
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u8)
-}
+use support::fake_rpcbind::{fake, rand_suffix, Act, ROOT};
+use tokio::task::JoinHandle;
 
 fn call(xid: u32, tag: u32) -> BytesMut {
     let mut args = BytesMut::new();
     args.put_u32(tag);
     encode_call(xid, 100000, 2, 0, &args)
+}
+
+/// `n` concurrent lookups through `up`, the i-th with XID and tag i.
+fn spawn_lookups(up: &Arc<Upstream>, n: u32) -> Vec<JoinHandle<Result<Bytes, UpstreamError>>> {
+    (0..n)
+        .map(|i| {
+            let up = up.clone();
+            tokio::spawn(async move { up.call(&call(i, i), true).await })
+        })
+        .collect()
 }
 
 fn tag_of(reply: &[u8]) -> u32 {
@@ -169,10 +41,7 @@ async fn replies_are_matched_by_xid_and_carry_the_clients_xid() {
     // The first call is held back and answered after the second: the reply
     // order differs from the call order.
     let f = fake(|_, i| if i == 0 { Act::Hold } else { Act::Echo });
-    let up = Arc::new(Upstream::new(
-        Target::Unix(f.path.clone()),
-        Duration::from_secs(5),
-    ));
+    let up = Arc::new(f.upstream(Duration::from_secs(5)));
     let (a, b) = {
         let up1 = up.clone();
         let first = tokio::spawn(async move { up1.call(&call(0xaaaa, 1), true).await });
@@ -197,7 +66,7 @@ async fn replies_are_matched_by_xid_and_carry_the_clients_xid() {
 #[tokio::test]
 async fn a_call_that_never_gets_a_reply_times_out_and_leaves_nothing_behind() {
     let f = fake(|_, i| if i == 0 { Act::Silence } else { Act::Echo });
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_millis(200));
+    let up = f.upstream(Duration::from_millis(200));
     assert_eq!(
         up.call(&call(1, 1), true).await,
         Err(UpstreamError::Timeout)
@@ -213,7 +82,7 @@ async fn a_call_that_never_gets_a_reply_times_out_and_leaves_nothing_behind() {
 async fn a_lookup_lost_with_its_connection_is_retried_once_on_a_new_one() {
     // Connection 0 closes on its first call; connection 1 answers.
     let f = fake(|conn, _| if conn == 0 { Act::Close } else { Act::Echo });
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_secs(5));
+    let up = f.upstream(Duration::from_secs(5));
     let r = up.call(&call(7, 3), true).await.unwrap();
     assert_eq!((xid_of(&r), tag_of(&r)), (Some(7), 3));
     assert_eq!(f.connections.load(Ordering::SeqCst), 2);
@@ -223,7 +92,7 @@ async fn a_lookup_lost_with_its_connection_is_retried_once_on_a_new_one() {
 #[tokio::test]
 async fn a_registration_lost_with_its_connection_is_not_sent_twice() {
     let f = fake(|_, _| Act::Close);
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_secs(5));
+    let up = f.upstream(Duration::from_secs(5));
     assert_eq!(
         up.call(&call(7, 3), false).await,
         Err(UpstreamError::ConnectionLost)
@@ -234,7 +103,7 @@ async fn a_registration_lost_with_its_connection_is_not_sent_twice() {
 #[tokio::test]
 async fn garbage_from_rpcbind_drops_the_connection_and_the_next_call_reconnects() {
     let f = fake(|conn, _| if conn == 0 { Act::Garbage } else { Act::Echo });
-    let up = Upstream::new(Target::Unix(f.path.clone()), Duration::from_secs(5));
+    let up = f.upstream(Duration::from_secs(5));
     // Retried once after the garbage, on a fresh connection.
     let r = up.call(&call(9, 4), true).await.unwrap();
     assert_eq!(tag_of(&r), 4);
@@ -264,16 +133,8 @@ async fn an_absent_rpcbind_fails_fast_and_backs_off() {
 #[tokio::test]
 async fn many_concurrent_calls_share_one_connection() {
     let f = fake(|_, _| Act::Echo);
-    let up = Arc::new(Upstream::new(
-        Target::Unix(f.path.clone()),
-        Duration::from_secs(5),
-    ));
-    let tasks: Vec<_> = (0..200u32)
-        .map(|i| {
-            let up = up.clone();
-            tokio::spawn(async move { up.call(&call(i, i), true).await })
-        })
-        .collect();
+    let up = Arc::new(f.upstream(Duration::from_secs(5)));
+    let tasks = spawn_lookups(&up, 200);
     for (i, t) in tasks.into_iter().enumerate() {
         let r = t.await.unwrap().unwrap();
         assert_eq!((xid_of(&r), tag_of(&r)), (Some(i as u32), i as u32));
@@ -284,17 +145,7 @@ async fn many_concurrent_calls_share_one_connection() {
 #[tokio::test]
 async fn a_hundred_concurrent_misses_make_one_upstream_call() {
     let f = fake(|_, _| Act::SlowPort(2049));
-    let proxy = Proxy::new(
-        RpcbindAddr {
-            socket: f.path.clone(),
-            port: 1,
-            mark: None,
-            public_socket: None,
-        },
-        Duration::from_secs(5),
-        CacheConfig::default(),
-        Duration::from_secs(1),
-    );
+    let proxy = f.proxy(Duration::from_secs(5));
     let mut getport = BytesMut::new();
     for v in [300001u32, 1, 6, 0] {
         getport.put_u32(v);
@@ -303,18 +154,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
         .map(|i| {
             let proxy = proxy.clone();
             let record = encode_call(1000 + i, 100000, 2, 3, &getport);
-            tokio::spawn(async move {
-                proxy
-                    .handle(
-                        record,
-                        Peer::Unix {
-                            uid: 0,
-                            gid: 0,
-                            pid: None,
-                        },
-                    )
-                    .await
-            })
+            tokio::spawn(async move { proxy.handle(record, ROOT).await })
         })
         .collect();
     for (i, t) in tasks.into_iter().enumerate() {
@@ -349,22 +189,7 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
         1 => Act::True,
         _ => Act::PortThenRelease(2049),
     });
-    let proxy = Proxy::new(
-        RpcbindAddr {
-            socket: f.path.clone(),
-            port: 1,
-            mark: None,
-            public_socket: None,
-        },
-        Duration::from_secs(2),
-        CacheConfig::default(),
-        Duration::from_secs(1),
-    );
-    let root = Peer::Unix {
-        uid: 0,
-        gid: 0,
-        pid: None,
-    };
+    let proxy = f.proxy(Duration::from_secs(2));
     let mapping = |port: u32| {
         let mut b = BytesMut::new();
         for v in [300002u32, 1, 6, port] {
@@ -379,18 +204,18 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
     let before = {
         let proxy = proxy.clone();
         let record = encode_call(1, 100000, 2, 3, &mapping(0));
-        tokio::spawn(async move { proxy.handle(record, root).await })
+        tokio::spawn(async move { proxy.handle(record, ROOT).await })
     };
     while f.calls.load(Ordering::SeqCst) < 1 {
         tokio::task::yield_now().await;
     }
     let set = proxy
-        .handle(encode_call(2, 100000, 2, 1, &mapping(2049)), root)
+        .handle(encode_call(2, 100000, 2, 1, &mapping(2049)), ROOT)
         .await;
     assert_eq!(port_of(set), 1u32.to_be_bytes(), "SET accepted");
     let after = tokio::time::timeout(
         Duration::from_secs(1),
-        proxy.handle(encode_call(3, 100000, 2, 3, &mapping(0)), root),
+        proxy.handle(encode_call(3, 100000, 2, 3, &mapping(0)), ROOT),
     )
     .await
     .expect("the lookup after the SET was answered at once, not held behind the older fetch");
@@ -403,16 +228,8 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_call_leaves_nothing_in_flight() {
     let f = fake(|_, _| Act::Silence);
-    let up = Arc::new(Upstream::new(
-        Target::Unix(f.path.clone()),
-        Duration::from_secs(60),
-    ));
-    let calls: Vec<_> = (0..10u32)
-        .map(|i| {
-            let up = up.clone();
-            tokio::spawn(async move { up.call(&call(i, i), true).await })
-        })
-        .collect();
+    let up = Arc::new(f.upstream(Duration::from_secs(60)));
+    let calls = spawn_lookups(&up, 10);
     while f.calls.load(Ordering::SeqCst) < 10 {
         tokio::task::yield_now().await;
     }

@@ -1,5 +1,5 @@
-//! Namespaces and children: the private network and mount namespace, the
-//! proxy binary, and the rpcbind, proxy and floor processes this run starts.
+//! Children: the proxy binary, and the rpcbind, proxy and floor processes
+//! this run starts (in the namespaces of tests/support/namespaces.rs).
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -10,44 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-
 use crate::floor::{to_hex, FLOOR_PROCESS_ARG, FLOOR_READY};
 use crate::{Instance, RPCBIND_SOCK};
-
-pub(crate) fn enter_namespaces() -> Result<(), String> {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("unshare(CLONE_NEWNET | CLONE_NEWNS): {e}"))?;
-    // Nothing mounted here may leak back to the machine.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making / private: {e}"))?;
-    mount(
-        Some("tmpfs"),
-        "/run",
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )
-    .map_err(|e| format!("mounting a tmpfs on /run: {e}"))?;
-    let out = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .output()
-        .map_err(|e| format!("ip link set lo up: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ip link set lo up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
 
 /// The proxy binary: in a full run the release build users run (built here,
 /// so that `cargo bench`'s dev-dependency features, e.g. tokio's test-util,

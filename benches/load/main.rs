@@ -1,5 +1,5 @@
-//! The load harness of issue 5: rpcbind, the proxy and a zero-work responder
-//! (the floor) measured side by side, in one run, on this machine.
+//! The load harness: rpcbind, the proxy and a zero-work responder (the
+//! floor) measured side by side, in one run, on this machine.
 //!
 //! `cargo bench --bench load` (as root; about 75 s, plus the builds) builds the proxy in
 //! release (`cargo build --release --bin rpcbind-proxy`, the binary users
@@ -25,8 +25,8 @@
 //!   GETPORT of the registered program) for a fixed time per row, and prints
 //!   one table, then the memory section (10,000 idle connections and
 //!   100,000 cache entries, and an active client's rate beside them) and
-//!   instructions per cached hit (callgrind), and the issue's targets with
-//!   the measured figures.
+//!   instructions per cached hit (callgrind), and the targets (targets.rs)
+//!   with the measured figures.
 //!
 //! Rows: per transport (unix, tcp, udp) and mode ("persistent": one
 //! connection per client thread for the whole row; "datagrams" for UDP;
@@ -59,6 +59,9 @@ mod env;
 mod floor;
 mod instructions;
 mod memory;
+#[path = "../../tests/support/namespaces.rs"]
+#[allow(unreachable_pub)]
+mod namespaces;
 mod table;
 mod targets;
 mod tirpc;
@@ -73,7 +76,7 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use clients::{drive, expected_reply, register, run_row, Endpoint, Mode, Spec, Target, Transport};
-use env::{enter_namespaces, proxy_binary, Env};
+use env::{proxy_binary, Env};
 use floor::{floor_process, start_floor, FLOOR_PROCESS_ARG};
 use instructions::instructions_section;
 use memory::memory_section;
@@ -312,7 +315,7 @@ fn run(plan: Plan) -> Result<(), String> {
 
     // Still one thread here: unshare(CLONE_NEWNS) refuses a multi-threaded
     // process. Every thread and child from now on lives in these namespaces.
-    enter_namespaces()?;
+    namespaces::enter_netns_with_private_run()?;
     let tmp = std::env::temp_dir().join(format!("rpcbind-proxy-load.{}", std::process::id()));
     fs::create_dir_all(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
     let mut env = Env {

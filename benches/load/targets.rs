@@ -1,4 +1,6 @@
-//! The targets, checked against the measured figures.
+//! The targets the proxy is built to meet (throughput against the floor
+//! and rpcbind, memory, instructions per hit; BENCHMARKS.md prints them
+//! for each build), checked against the measured figures.
 
 use crate::clients::{Mode, Target, Transport};
 use crate::instructions::Instructions;

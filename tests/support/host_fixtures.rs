@@ -4,6 +4,9 @@
 //! TIME_WAIT counts read from /proc/thread-self/net as the reference.
 #![allow(dead_code)]
 
+#[path = "namespaces.rs"]
+pub mod namespaces;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -13,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sched::CloneFlags;
 use nix::unistd::Uid;
 use rpcbind_proxy::host::cgroup;
 use rpcbind_proxy::host::procnet;
@@ -28,14 +30,9 @@ pub fn in_netns<F: FnOnce() + Send + 'static>(name: &str, f: F) {
         "{name}: the tests must run as root (unshare(CLONE_NEWNET), cgroups)"
     );
     let h = std::thread::spawn(move || {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) (the tests must run as root)");
-        // A child spawned from this thread inherits its network namespace.
-        let st = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("run `ip link set lo up` (iproute2)");
-        assert!(st.success(), "ip link set lo up: {st}");
+        if let Err(e) = namespaces::enter_netns() {
+            panic!("{e} (the tests must run as root)");
+        }
         f();
     });
     if let Err(p) = h.join() {

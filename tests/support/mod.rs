@@ -20,6 +20,8 @@
 //! test is failing, the proxy's and rpcbind's output is printed.
 #![allow(dead_code)]
 
+pub mod fake_rpcbind;
+pub mod namespaces;
 pub mod rpc;
 pub mod tirpc;
 pub use nix::sys::signal::Signal;
@@ -38,7 +40,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sched::CloneFlags;
 use nix::sys::signal::kill;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -166,7 +167,9 @@ where
     let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            enter_private_netns();
+            if let Err(e) = namespaces::enter_netns() {
+                panic!("{e} (the tests must run as root)");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -183,23 +186,6 @@ where
     if let Err(panic) = handle.join() {
         std::panic::resume_unwind(panic);
     }
-}
-
-/// Moves the calling thread into a new network namespace and brings `lo` up.
-/// Only this thread (and what it spawns) is affected.
-fn enter_private_netns() {
-    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-        .expect("unshare(CLONE_NEWNET) (the tests must run as root)");
-    let out = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running `ip link set lo up`");
-    assert!(
-        out.status.success(),
-        "`ip link set lo up` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------
