@@ -3,8 +3,8 @@
 //! comment in libnftnl's userdata TLVs, and parsing a dumped rule back
 //! (handle, comment, counter).
 
-use super::netlink::{attrs, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use super::*;
+use crate::host::netlink::{attrs, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 
 pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg>, NetfilterError> {
     check_name(&rules.table, "table name")?;
