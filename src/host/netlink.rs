@@ -234,7 +234,7 @@ impl NetlinkSocket {
                 let m = m?;
                 let i = m.seq.wrapping_sub(first) as usize;
                 if i >= msgs.len() || m.msg_type == NLMSG_NOOP {
-                    continue; // a late answer to an earlier exchange
+                    continue; // a late answer to an earlier exchange, or nothing
                 }
                 let answer = match m.msg_type {
                     NLMSG_ERROR => match parse_error(&m)? {
@@ -365,35 +365,19 @@ impl NetlinkSocket {
     /// Sends `buf` to the kernel in one datagram.
     fn send(&self, buf: &[u8]) -> io::Result<()> {
         let sa = kernel_addr();
-        loop {
-            // SAFETY: `buf` is valid for reads of buf.len() bytes, `sa` is a
-            // valid sockaddr_nl with a matching length.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    buf.as_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
-                    mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            match usize::try_from(n) {
-                Ok(n) if n == buf.len() => return Ok(()),
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "short netlink send",
-                    ))
-                }
-                Err(_) => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
+        let (fd, data, len) = (self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len());
+        let to = (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>();
+        let to_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `data` is valid for reads of `len` bytes (it is `buf`), `to`
+        // a valid sockaddr_nl of `to_len` bytes; both outlive the call.
+        let n = retry_interrupted(|| unsafe { libc::sendto(fd, data, len, 0, to, to_len) })?;
+        if n != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short netlink send",
+            ));
         }
+        Ok(())
     }
 
     /// Receives one datagram into `buf`; returns its length, `Ok(None)` when
@@ -402,37 +386,39 @@ impl NetlinkSocket {
     /// is an error.
     fn recv(&self, buf: &mut [u8], wait: bool) -> Result<Option<usize>, NetlinkError> {
         let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
-        loop {
-            // SAFETY: `buf` is valid for writes of buf.len() bytes; the kernel
-            // writes at most that many and returns the datagram's full length
-            // (MSG_TRUNC), which is checked below before use.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    flags,
-                )
-            };
-            let Ok(n) = usize::try_from(n) else {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) if !wait => Ok(None),
-                    Some(libc::EAGAIN) => Err(NetlinkError::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no {} reply within {} s", self.what, self.timeout.as_secs()),
-                    ))),
-                    _ => Err(NetlinkError::Io(e)),
-                };
-            };
-            if n > buf.len() {
-                return Err(NetlinkError::Malformed(format!(
-                    "{} datagram of {n} bytes truncated",
-                    self.what
-                )));
+        let (fd, data, len) = (self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+        // SAFETY: `data` is valid for writes of `len` bytes (it is `buf`); the
+        // kernel writes at most that many and returns the datagram's full
+        // length (MSG_TRUNC), which is checked below before use.
+        let got = retry_interrupted(|| unsafe { libc::recv(fd, data, len, flags) });
+        match got {
+            Ok(n) if n > buf.len() => Err(NetlinkError::Malformed(format!(
+                "{} datagram of {n} bytes truncated",
+                self.what
+            ))),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !wait => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                Err(NetlinkError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no {} reply within {} s", self.what, self.timeout.as_secs()),
+                )))
             }
-            return Ok(Some(n));
+            Err(e) => Err(NetlinkError::Io(e)),
+        }
+    }
+}
+
+/// Runs a send or receive syscall again while a signal interrupts it;
+/// returns its count, or the error it set.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        if let Ok(n) = usize::try_from(call()) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
@@ -443,4 +429,72 @@ fn kernel_addr() -> libc::sockaddr_nl {
     let mut sa: libc::sockaddr_nl = unsafe { mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     sa
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u32 = 10;
+
+    /// A sock_diag dump request for IPv4 TCP sockets in LISTEN.
+    fn listeners() -> Message {
+        let mut payload = vec![libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0];
+        payload.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        payload.extend_from_slice(&[0; 48]); // inet_diag_sockid: any
+        Message {
+            msg_type: SOCK_DIAG_BY_FAMILY,
+            flags: 0,
+            payload,
+        }
+    }
+
+    fn open() -> NetlinkSocket {
+        NetlinkSocket::open(libc::NETLINK_SOCK_DIAG, "sock_diag", Duration::from_secs(2))
+            .expect("NETLINK_SOCK_DIAG")
+    }
+
+    #[test]
+    fn a_refused_request_is_an_error_answer() {
+        let sock = open();
+        let mut bad = listeners();
+        bad.msg_type = 0x7ff; // no such sock_diag request
+        let mut got = None;
+        sock.request(&[bad], |i, answer| {
+            if let Answer::Error { errno, .. } = answer {
+                got = Some((i, errno));
+            }
+            Step::Done
+        })
+        .unwrap();
+        assert_eq!(got, Some((0, libc::EINVAL)));
+    }
+
+    #[test]
+    fn a_dump_cut_short_leaves_the_next_one_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sock = open();
+        let none = DumpLimits {
+            messages: 0,
+            bytes: usize::MAX,
+        };
+        let e = sock.dump(&listeners(), none, || (), |_, _| {}).unwrap_err();
+        assert!(matches!(e, NetlinkError::TooLarge { .. }), "{e:?}");
+        // The rest of the first dump is drained; its messages carry an older
+        // sequence number and never reach the second.
+        let all = DumpLimits {
+            messages: 100_000,
+            bytes: usize::MAX,
+        };
+        let ports = sock
+            .dump(&listeners(), all, Vec::new, |ports, m| {
+                // inet_diag_msg: family, state, timer, retrans, sport (BE).
+                ports.push(u16::from_be_bytes([m.payload[4], m.payload[5]]));
+            })
+            .unwrap();
+        assert!(ports.contains(&port), "{port} not in {ports:?}");
+    }
 }

@@ -10,19 +10,17 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-/// A C type that socket options carry: plain data with no pointers, for
-/// which all-zero bytes, and any bytes the kernel writes, are a valid value.
-/// Sealed: only the types listed below.
-pub(crate) trait OptionValue: Copy + sealed::Sealed {}
-
-mod sealed {
-    pub trait Sealed {}
-}
+/// A C type that socket options carry.
+///
+/// # Safety
+/// Only for plain data with no pointers, for which all-zero bytes, and any
+/// bytes the kernel writes, are a valid value.
+pub(crate) unsafe trait OptionValue: Copy {}
 
 macro_rules! option_values {
     ($($t:ty),*) => {$(
-        impl sealed::Sealed for $t {}
-        impl OptionValue for $t {}
+        // SAFETY: an integer or a libc struct of integers and byte arrays.
+        unsafe impl OptionValue for $t {}
     )*};
 }
 

@@ -14,8 +14,9 @@
 //! only; every length that comes from the kernel is bounded before use.
 //!
 //! Files: this one is the public API; `expr` builds the install batch and
-//! its expressions and parses dumped rules; `socket` runs the batch, request
-//! and dump exchanges and maps the kernel's errno; `consts` is the uapi table.
+//! its expressions and parses dumped rules; `socket` makes the batch,
+//! request and dump messages, reads the kernel's answers (the exchanges run
+//! in `host::netlink`) and maps its errno; `consts` is the uapi table.
 
 mod consts;
 mod expr;
