@@ -260,7 +260,7 @@ impl SendBatch {
 }
 
 /// A sockaddr_storage the kernel filled in, as a SocketAddr.
-fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, and

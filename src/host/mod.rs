@@ -1,12 +1,14 @@
 //! The host: every syscall and kernel or init-system interface.
 //!
-//! Owns the raw syscalls (`sys`: per-thread credentials, inherited sockets,
-//! RLIMIT_NOFILE, SO_PEERCRED, SO_LINGER, the coarse clock), datagrams in
+//! Owns the raw syscalls (`sys`: the socket-option helpers every module
+//! uses, SO_MARK, per-thread credentials, inherited sockets, RLIMIT_NOFILE,
+//! SO_PEERCRED, SO_LINGER, the coarse clock), datagrams in
 //! batches (`datagrams`: recvmmsg/sendmmsg), systemd's protocols (`systemd`: sd_notify, watchdog,
-//! LISTEN_FDS), the netlink socket and message codec both netlink users
-//! share (`netlink`: bounded send/receive with timeouts, nlmsg/nlattr
-//! building and checked parsing, NLMSG_ERROR/DONE), nf_tables over netlink
-//! (`netfilter`: transparent mode's owner table, SO_MARK), sock_diag
+//! LISTEN_FDS), the one netlink exchange both netlink users share
+//! (`netlink`: request and dump with one numbering, one recovery rule and
+//! one error type; its `codec` builds messages and parses them with every
+//! length checked), nf_tables over netlink
+//! (`netfilter`: transparent mode's owner table), sock_diag
 //! (`sockdiag`: a client's socket, TIME_WAIT counts), cgroups and /proc (`cgroup`: unit and command of a client),
 //! /proc/net/tcp (`procnet`, where sock_diag is missing) and the terminal of
 //! `top` (`terminal`). Every `unsafe` block of the crate lives in this folder, each

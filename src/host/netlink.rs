@@ -1,311 +1,156 @@
-//! A bounded, defensive netlink socket and message codec over `libc`, shared
-//! by `netfilter` (NETLINK_NETFILTER) and `sockdiag` (NETLINK_SOCK_DIAG).
+//! The one netlink exchange of the crate: a bounded, defensive socket to the
+//! kernel over `libc`, shared by `netfilter` (NETLINK_NETFILTER) and
+//! `sockdiag` (NETLINK_SOCK_DIAG), which keep only their messages and what
+//! the answers mean.
 //!
-//! Builds nlmsghdr and nlattr (padded to 4 bytes, nested attributes with
-//! their length patched in), walks messages and attributes out of a
-//! datagram with every length checked against the slice it came in, reads
-//! NLMSG_ERROR payloads (errno, extended ACK message), and sends and
-//! receives on a socket with send and receive timeouts, one datagram into a
-//! fixed buffer (a truncated datagram is an error, never a short read).
-//! The request/answer logic of each protocol stays with its module.
+//! Two exchanges: [`NetlinkSocket::request`] sends one message or a batch and
+//! hands each answer to the caller, which says when the answer is complete;
+//! [`NetlinkSocket::dump`] sends a dump request and folds every reply up to
+//! NLMSG_DONE. One receive is one datagram into a fixed buffer (a truncated
+//! datagram is an error, never a short read) with a timeout; every length
+//! the kernel gives is checked against the datagram it came in (`codec`).
+//!
+//! The rules both exchanges follow:
+//! - Numbering: one counter per socket, from 1, never 0; a batch takes
+//!   consecutive numbers. A message with a number outside the exchange's is
+//!   the late answer to an earlier one and is skipped.
+//! - One exchange at a time: the socket's lock is held from send to the end
+//!   of the answer.
+//! - Recovery: an exchange that ends before its answer was read to the end
+//!   (timeout, malformed message, a dump over its bound, overrun) leaves the
+//!   socket dirty; the next exchange first reads whatever is queued, without
+//!   waiting, which also lets a dump the kernel is still running send the
+//!   rest of it. The socket itself is kept, never replaced: the nf_tables
+//!   one owns its table, which would go with it.
+//! - Dumps: a dump the kernel flags as inconsistent (NLM_F_DUMP_INTR: the
+//!   data changed while it ran) or reports messages lost in (NLMSG_OVERRUN)
+//!   is restarted from nothing, at most [`DUMP_ATTEMPTS`] times in all, then
+//!   [`NetlinkError::Interrupted`]. What a failed attempt folded is dropped.
 #![allow(unsafe_code)]
 
-use std::fmt;
+mod codec;
+
+pub(crate) use codec::*;
+
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-// --- kernel uapi (linux/netlink.h) ---
+use super::sys;
 
-pub(crate) const NLMSG_HDRLEN: usize = 16;
-pub(crate) const NLA_HDRLEN: usize = 4;
-pub(crate) const NLA_F_NESTED: u16 = 0x8000;
-pub(crate) const NLA_TYPE_MASK: u16 = 0x3fff;
+/// One receive: the kernel builds dump datagrams of at most 32 KiB; acks and
+/// exact answers are far smaller.
+const RECV_BUF: usize = 64 * 1024;
+/// Attempts of a dump the kernel flagged as interrupted or overrun.
+pub(crate) const DUMP_ATTEMPTS: usize = 3;
+/// Datagrams read before an exchange on a dirty socket, at most. A dump
+/// still running past that makes the next dump fail with EBUSY (an error,
+/// never a wrong answer: its messages carry an older sequence number).
+const DRAIN_MAX: usize = 1024;
 
-pub(crate) const NLMSG_NOOP: u16 = 1;
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLMSG_DONE: u16 = 3;
-pub(crate) const NLMSG_OVERRUN: u16 = 4;
-
-pub(crate) const NLM_F_REQUEST: u16 = 0x01;
-pub(crate) const NLM_F_MULTI: u16 = 0x02;
-pub(crate) const NLM_F_ACK: u16 = 0x04;
-pub(crate) const NLM_F_DUMP_INTR: u16 = 0x10;
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-// Flags of NEW requests.
-pub(crate) const NLM_F_EXCL: u16 = 0x200;
-pub(crate) const NLM_F_CREATE: u16 = 0x400;
-pub(crate) const NLM_F_APPEND: u16 = 0x800;
-// Flags of NLMSG_ERROR.
-pub(crate) const NLM_F_CAPPED: u16 = 0x100;
-pub(crate) const NLM_F_ACK_TLVS: u16 = 0x200;
-pub(crate) const NLMSGERR_ATTR_MSG: u16 = 1;
-
-pub(crate) const SOL_NETLINK: libc::c_int = 270;
-pub(crate) const NETLINK_EXT_ACK: libc::c_int = 11;
-pub(crate) const NETLINK_CAP_ACK: libc::c_int = 10;
-
-pub(crate) const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// A netlink failure: the socket's, or a message that does not parse.
-#[derive(Debug)]
-pub(crate) enum Error {
-    Io(io::Error),
+/// Why a netlink exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NetlinkError {
+    /// The socket failed; `TimedOut` when no answer came within its timeout.
+    #[error("{0}")]
+    Io(#[from] io::Error),
     /// A length or field from the kernel that does not fit.
+    #[error("{0}")]
     Malformed(String),
+    /// The kernel's NLMSG_ERROR: errno (positive) and its extended ACK
+    /// message, if it sent one.
+    #[error("{}{}", io::Error::from_raw_os_error(*errno), message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Kernel { errno: i32, message: Option<String> },
+    /// Every attempt of a dump was interrupted or overrun.
+    #[error("{what} dump interrupted by concurrent changes, retries exhausted")]
+    Interrupted { what: &'static str },
+    /// A dump longer than the bound its caller set.
+    #[error("{what} dump larger than {messages} messages / {bytes} bytes")]
+    TooLarge {
+        what: &'static str,
+        messages: usize,
+        bytes: usize,
+    },
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io(e) => e.fmt(f),
-            Error::Malformed(m) => f.write_str(m),
-        }
-    }
-}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Error::Io(e)
-    }
-}
-
-impl From<Error> for io::Error {
-    fn from(e: Error) -> Self {
+impl From<NetlinkError> for io::Error {
+    fn from(e: NetlinkError) -> Self {
         match e {
-            Error::Io(e) => e,
-            Error::Malformed(m) => io::Error::new(io::ErrorKind::InvalidData, m),
-        }
-    }
-}
-
-// --- building ---
-
-/// Appends an nlmsghdr of total length `len` (header included; the caller
-/// appends the payload). nlmsg_pid 0: to the kernel, which fills it.
-pub(crate) fn put_header(out: &mut Vec<u8>, len: u32, msg_type: u16, flags: u16, seq: u32) {
-    out.extend_from_slice(&len.to_ne_bytes());
-    out.extend_from_slice(&msg_type.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-}
-
-/// Netlink attributes (struct nlattr + payload, padded to 4 bytes).
-#[derive(Debug, Default)]
-pub(crate) struct AttrBuf {
-    buf: Vec<u8>,
-}
-
-impl AttrBuf {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
-    pub(crate) fn put(&mut self, ty: u16, value: &[u8]) {
-        let len = NLA_HDRLEN + value.len();
-        // Attributes we build are small (names <= 255 bytes, a few rules).
-        let len16 = u16::try_from(len).expect("netlink attribute over 64 KiB");
-        self.buf.extend_from_slice(&len16.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        self.buf.resize(align4(self.buf.len()), 0);
-    }
-
-    pub(crate) fn put_str(&mut self, ty: u16, s: &str) {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.put(ty, &v);
-    }
-
-    pub(crate) fn put_u32_be(&mut self, ty: u16, v: u32) {
-        self.put(ty, &v.to_be_bytes());
-    }
-
-    pub(crate) fn put_u64_be(&mut self, ty: u16, v: u64) {
-        self.put(ty, &v.to_be_bytes());
-    }
-
-    /// Starts a nested attribute; returns its offset for [`Self::nest_end`].
-    pub(crate) fn nest_start(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-
-    pub(crate) fn nest_end(&mut self, at: usize) {
-        let len = u16::try_from(self.buf.len() - at).expect("nested netlink attribute over 64 KiB");
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-// --- parsing (everything here is bounded by the slice it is given) ---
-
-/// Iterates over the attributes in `buf`: (type without flags, payload).
-/// Stops with an error on a length that does not fit.
-pub(crate) struct Attrs<'a> {
-    buf: &'a [u8],
-}
-
-pub(crate) fn attrs(buf: &[u8]) -> Attrs<'_> {
-    Attrs { buf }
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = Result<(u16, &'a [u8]), Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.len() < NLA_HDRLEN {
-            // Trailing padding shorter than a header is ignored, as the kernel does.
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([self.buf[0], self.buf[1]]));
-        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || len > self.buf.len() {
-            self.buf = &[];
-            return Some(Err(Error::Malformed(format!(
-                "attribute length {len} out of bounds"
-            ))));
-        }
-        let payload = &self.buf[NLA_HDRLEN..len];
-        self.buf = self.buf.get(align4(len)..).unwrap_or(&[]);
-        Some(Ok((ty, payload)))
-    }
-}
-
-/// One netlink message header and its payload.
-#[derive(Debug)]
-pub(crate) struct NlMsg<'a> {
-    pub(crate) msg_type: u16,
-    pub(crate) flags: u16,
-    pub(crate) seq: u32,
-    pub(crate) payload: &'a [u8],
-}
-
-/// Iterates over the messages of a datagram from the kernel; stops with an
-/// error on a length that does not fit.
-pub(crate) struct Msgs<'a> {
-    buf: &'a [u8],
-}
-
-pub(crate) fn msgs(buf: &[u8]) -> Msgs<'_> {
-    Msgs { buf }
-}
-
-impl<'a> Iterator for Msgs<'a> {
-    type Item = Result<NlMsg<'a>, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let buf = self.buf;
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            self.buf = &[];
-            return Some(Err(Error::Malformed(format!(
-                "netlink message length {len} out of bounds ({} bytes left)",
-                buf.len()
-            ))));
-        }
-        self.buf = buf.get(align4(len)..).unwrap_or(&[]);
-        Some(Ok(NlMsg {
-            msg_type: u16::from_ne_bytes([buf[4], buf[5]]),
-            flags: u16::from_ne_bytes([buf[6], buf[7]]),
-            seq: u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
-            payload: &buf[NLMSG_HDRLEN..len],
-        }))
-    }
-}
-
-/// The errno of an NLMSG_ERROR payload (positive; 0 = ACK).
-pub(crate) fn error_code(payload: &[u8]) -> Result<i32, Error> {
-    let e = payload
-        .get(..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| Error::Malformed("short NLMSG_ERROR".into()))?;
-    Ok(e.checked_neg().unwrap_or(i32::MAX))
-}
-
-/// An NLMSG_ERROR message: errno (positive; 0 = ACK) and the extended ACK's
-/// message, if the kernel sent one. Needs the whole struct nlmsgerr.
-pub(crate) fn parse_error(msg: &NlMsg<'_>) -> Result<(i32, Option<String>), Error> {
-    let p = msg.payload;
-    if p.len() < 4 + NLMSG_HDRLEN {
-        return Err(Error::Malformed(format!(
-            "NLMSG_ERROR of {} bytes",
-            p.len()
-        )));
-    }
-    let errno = error_code(p)?;
-    let mut text = None;
-    if msg.flags & NLM_F_ACK_TLVS != 0 {
-        let tlv_at = if msg.flags & NLM_F_CAPPED != 0 {
-            4 + NLMSG_HDRLEN
-        } else {
-            let orig = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) as usize;
-            4usize.saturating_add(align4(orig.min(p.len())))
-        };
-        if let Some(tlvs) = p.get(tlv_at..) {
-            for a in attrs(tlvs).flatten() {
-                if a.0 == NLMSGERR_ATTR_MSG {
-                    let end = a.1.iter().position(|&b| b == 0).unwrap_or(a.1.len());
-                    text = Some(String::from_utf8_lossy(&a.1[..end]).into_owned());
-                }
+            NetlinkError::Io(e) => e,
+            NetlinkError::Kernel { errno, .. } => io::Error::from_raw_os_error(errno),
+            NetlinkError::Interrupted { .. } => io::Error::new(io::ErrorKind::Interrupted, e),
+            NetlinkError::Malformed(_) | NetlinkError::TooLarge { .. } => {
+                io::Error::new(io::ErrorKind::InvalidData, e)
             }
         }
     }
-    Ok((errno, text))
 }
 
-// --- the socket ---
-
-/// A netlink socket to the kernel, close-on-exec, with send and receive
-/// timeouts. `what` names the protocol in errors ("no {what} reply").
+/// One answer to a message of a request.
 #[derive(Debug)]
-pub(crate) struct Socket {
+pub(crate) enum Answer<'a> {
+    /// NLMSG_ERROR with errno 0.
+    Ack,
+    /// NLMSG_ERROR with an errno (positive) and the extended ACK message.
+    Error { errno: i32, message: Option<String> },
+    /// Any other message but NLMSG_NOOP.
+    Reply(NlMsg<'a>),
+}
+
+/// What the caller of [`NetlinkSocket::request`] makes of the answers so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// More is to come: wait for it.
+    Wait,
+    /// Everything the kernel will say is queued already: read the rest
+    /// without waiting, then stop.
+    Settled,
+    /// The answer is complete.
+    Done,
+}
+
+/// What one dump may bring at most; past either bound it fails with
+/// [`NetlinkError::TooLarge`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DumpLimits {
+    /// Messages other than NLMSG_DONE / ERROR / NOOP / OVERRUN.
+    pub(crate) messages: usize,
+    /// Their payload bytes.
+    pub(crate) bytes: usize,
+}
+
+/// A netlink socket to the kernel, close-on-exec, bound to a port id the
+/// kernel picks, with send and receive timeouts.
+#[derive(Debug)]
+pub(crate) struct NetlinkSocket {
     fd: OwnedFd,
+    /// The protocol's name in errors ("no {what} reply").
     what: &'static str,
     timeout: Duration,
+    state: Mutex<State>,
 }
 
-pub(crate) fn setsockopt_raw<T>(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` points to a live, initialised T of size_of::<T>() bytes
-    // that the kernel only reads; `fd` is a descriptor the caller holds open.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (value as *const T).cast::<libc::c_void>(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// What one exchange holds, under the socket's lock.
+#[derive(Debug)]
+struct State {
+    /// The next sequence number.
+    seq: u32,
+    buf: Vec<u8>,
+    /// The last exchange ended before its answer was read to the end.
+    dirty: bool,
+}
+
+impl AsFd for NetlinkSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
-impl Socket {
-    /// Opens an AF_NETLINK socket of `protocol` with SO_RCVTIMEO and
-    /// SO_SNDTIMEO of `timeout` (whole seconds). The socket() error is
+impl NetlinkSocket {
+    /// Opens and binds an AF_NETLINK socket of `protocol` with SO_RCVTIMEO
+    /// and SO_SNDTIMEO of `timeout` (whole seconds). The socket() error is
     /// returned as is (EPROTONOSUPPORT / EAFNOSUPPORT: no such protocol).
     pub(crate) fn open(
         protocol: libc::c_int,
@@ -329,9 +174,30 @@ impl Socket {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: 0,
         };
-        setsockopt_raw(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
-        setsockopt_raw(raw, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
-        Ok(Socket { fd, what, timeout })
+        sys::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        sys::setsockopt(raw, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+        let sa = kernel_addr();
+        // SAFETY: `sa` is a valid sockaddr_nl and the length matches it.
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NetlinkSocket {
+            fd,
+            what,
+            timeout,
+            state: Mutex::new(State {
+                seq: 1,
+                buf: vec![0u8; RECV_BUF],
+                dirty: false,
+            }),
+        })
     }
 
     /// Moves the socket to the lowest free descriptor number above `fd`,
@@ -351,104 +217,208 @@ impl Socket {
         Ok(())
     }
 
-    /// setsockopt on this socket.
-    pub(crate) fn set_option<T>(
+    /// Sends `msgs` in one datagram and hands every answer to `each` with
+    /// the index of the message it answers, until `each` says
+    /// [`Step::Done`], or says [`Step::Settled`] and nothing more is queued.
+    pub(crate) fn request(
         &self,
-        level: libc::c_int,
-        name: libc::c_int,
-        value: &T,
-    ) -> io::Result<()> {
-        setsockopt_raw(self.fd.as_raw_fd(), level, name, value)
+        msgs: &[Message],
+        mut each: impl FnMut(usize, Answer<'_>) -> Step,
+    ) -> Result<(), NetlinkError> {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &mut *guard;
+        let first = self.begin(st, msgs, 0)?;
+        let mut settled = false;
+        while let Some(n) = self.recv(&mut st.buf, !settled)? {
+            for m in codec::msgs(&st.buf[..n]) {
+                let m = m?;
+                let i = m.seq.wrapping_sub(first) as usize;
+                if i >= msgs.len() || m.msg_type == NLMSG_NOOP {
+                    continue; // a late answer to an earlier exchange, or nothing
+                }
+                let answer = match m.msg_type {
+                    NLMSG_ERROR => match parse_error(&m)? {
+                        (0, _) => Answer::Ack,
+                        (errno, message) => Answer::Error { errno, message },
+                    },
+                    _ => Answer::Reply(m),
+                };
+                match each(i, answer) {
+                    Step::Wait => {}
+                    Step::Settled => settled = true,
+                    Step::Done => {
+                        st.dirty = false;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        st.dirty = false;
+        Ok(())
     }
 
-    /// Binds to a port id the kernel picks.
-    pub(crate) fn bind(&self) -> io::Result<()> {
+    /// Sends the dump request `msg` (NLM_F_DUMP added) and folds every reply
+    /// message into a value `start` makes, up to NLMSG_DONE (or a reply
+    /// without NLM_F_MULTI, which is the whole answer). Restarted when the
+    /// kernel flags the dump as interrupted or overrun (see the module).
+    pub(crate) fn dump<T>(
+        &self,
+        msg: &Message,
+        limits: DumpLimits,
+        start: impl Fn() -> T,
+        mut each: impl FnMut(&mut T, &NlMsg<'_>),
+    ) -> Result<T, NetlinkError> {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..DUMP_ATTEMPTS {
+            let mut folded = start();
+            if self.dump_once(&mut guard, msg, limits, &mut folded, &mut each)? {
+                return Ok(folded);
+            }
+        }
+        Err(NetlinkError::Interrupted { what: self.what })
+    }
+
+    /// One attempt of [`Self::dump`]: `Ok(false)` when it must start over.
+    fn dump_once<T>(
+        &self,
+        st: &mut State,
+        msg: &Message,
+        limits: DumpLimits,
+        folded: &mut T,
+        each: &mut impl FnMut(&mut T, &NlMsg<'_>),
+    ) -> Result<bool, NetlinkError> {
+        let seq = self.begin(st, std::slice::from_ref(msg), NLM_F_DUMP)?;
+        let (mut count, mut bytes, mut interrupted) = (0usize, 0usize, false);
+        loop {
+            // A blocking receive brings a datagram or an error, never `None`.
+            let n = self.recv(&mut st.buf, true)?.unwrap_or(0);
+            for m in codec::msgs(&st.buf[..n]) {
+                let m = m?;
+                if m.seq != seq {
+                    continue; // a late answer to an earlier exchange
+                }
+                interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+                match m.msg_type {
+                    NLMSG_NOOP => {}
+                    NLMSG_DONE => {
+                        st.dirty = false;
+                        return Ok(!interrupted);
+                    }
+                    NLMSG_ERROR => match parse_error(&m)? {
+                        (0, _) => {}
+                        // An error ends the dump in the kernel too.
+                        (errno, message) => {
+                            st.dirty = false;
+                            return Err(NetlinkError::Kernel { errno, message });
+                        }
+                    },
+                    // Messages were lost; the rest is drained (still dirty).
+                    NLMSG_OVERRUN => return Ok(false),
+                    _ => {
+                        count += 1;
+                        bytes = bytes.saturating_add(m.payload.len());
+                        if count > limits.messages || bytes > limits.bytes {
+                            return Err(NetlinkError::TooLarge {
+                                what: self.what,
+                                messages: limits.messages,
+                                bytes: limits.bytes,
+                            });
+                        }
+                        each(folded, &m);
+                        if m.flags & NLM_F_MULTI == 0 {
+                            st.dirty = false;
+                            return Ok(!interrupted);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts an exchange: drains a dirty socket, numbers `msgs` (each
+    /// with `flags` added) and sends them in one datagram. Returns the
+    /// first message's sequence number; the socket is dirty until the
+    /// exchange has read its answer to the end.
+    fn begin(&self, st: &mut State, msgs: &[Message], flags: u16) -> Result<u32, NetlinkError> {
+        if st.dirty {
+            for _ in 0..DRAIN_MAX {
+                if !matches!(self.recv(&mut st.buf, false), Ok(Some(_))) {
+                    break;
+                }
+            }
+        }
+        st.dirty = true;
+        let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+        let first = st.seq;
+        st.seq = st.seq.wrapping_add(count);
+        if st.seq == 0 {
+            st.seq = 1;
+        }
+        let mut out = Vec::with_capacity(msgs.iter().map(|m| m.payload.len() + 32).sum());
+        for (i, m) in msgs.iter().enumerate() {
+            m.encode(first.wrapping_add(i as u32), flags, &mut out);
+        }
+        self.send(&out)?;
+        Ok(first)
+    }
+
+    /// Sends `buf` to the kernel in one datagram.
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
         let sa = kernel_addr();
-        // SAFETY: `sa` is a valid sockaddr_nl and the length matches it.
-        let rc = unsafe {
-            libc::bind(
-                self.fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
-                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        let (fd, data, len) = (self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len());
+        let to = (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>();
+        let to_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `data` is valid for reads of `len` bytes (it is `buf`), `to`
+        // a valid sockaddr_nl of `to_len` bytes; both outlive the call.
+        let n = retry_interrupted(|| unsafe { libc::sendto(fd, data, len, 0, to, to_len) })?;
+        if n != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short netlink send",
+            ));
         }
         Ok(())
     }
 
-    /// Sends `buf` to the kernel in one datagram.
-    pub(crate) fn send(&self, buf: &[u8]) -> io::Result<()> {
-        let sa = kernel_addr();
-        loop {
-            // SAFETY: `buf` is valid for reads of buf.len() bytes, `sa` is a
-            // valid sockaddr_nl with a matching length.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    buf.as_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast::<libc::sockaddr>(),
-                    mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n as usize != buf.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short netlink send",
-                ));
-            }
-            return Ok(());
-        }
-    }
-
     /// Receives one datagram into `buf`; returns its length, `Ok(None)` when
-    /// `nonblock` and nothing is queued. A blocking receive fails with
+    /// not `wait` and nothing is queued. A waiting receive fails with
     /// `TimedOut` after the socket's timeout; a datagram larger than `buf`
     /// is an error.
-    pub(crate) fn recv(&self, buf: &mut [u8], nonblock: bool) -> Result<Option<usize>, Error> {
-        let flags = libc::MSG_TRUNC | if nonblock { libc::MSG_DONTWAIT } else { 0 };
-        loop {
-            // SAFETY: `buf` is valid for writes of buf.len() bytes; the kernel
-            // writes at most that many and returns the datagram's full length
-            // (MSG_TRUNC), which is checked below before use.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    flags,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) if nonblock => Ok(None),
-                    Some(libc::EAGAIN) => Err(Error::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no {} reply within {} s", self.what, self.timeout.as_secs()),
-                    ))),
-                    _ => Err(Error::Io(e)),
-                };
+    fn recv(&self, buf: &mut [u8], wait: bool) -> Result<Option<usize>, NetlinkError> {
+        let flags = libc::MSG_TRUNC | if wait { 0 } else { libc::MSG_DONTWAIT };
+        let (fd, data, len) = (self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+        // SAFETY: `data` is valid for writes of `len` bytes (it is `buf`); the
+        // kernel writes at most that many and returns the datagram's full
+        // length (MSG_TRUNC), which is checked below before use.
+        let got = retry_interrupted(|| unsafe { libc::recv(fd, data, len, flags) });
+        match got {
+            Ok(n) if n > buf.len() => Err(NetlinkError::Malformed(format!(
+                "{} datagram of {n} bytes truncated",
+                self.what
+            ))),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !wait => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                Err(NetlinkError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no {} reply within {} s", self.what, self.timeout.as_secs()),
+                )))
             }
-            let n = n as usize;
-            if n > buf.len() {
-                return Err(Error::Malformed(format!(
-                    "{} datagram of {n} bytes truncated",
-                    self.what
-                )));
-            }
-            return Ok(Some(n));
+            Err(e) => Err(NetlinkError::Io(e)),
+        }
+    }
+}
+
+/// Runs a send or receive syscall again while a signal interrupts it;
+/// returns its count, or the error it set.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        if let Ok(n) = usize::try_from(call()) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
@@ -464,55 +434,67 @@ fn kernel_addr() -> libc::sockaddr_nl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
-    #[test]
-    fn attributes_are_padded_to_four_bytes() {
-        let mut a = AttrBuf::new();
-        a.put_str(1, "nat"); // 4 + 4 = 8, no padding
-        a.put(2, &[0xaa]); // 4 + 1 -> 8
-        a.put_u32_be(3, 0x0102_0304);
-        let b = a.into_bytes();
-        assert_eq!(b.len(), 8 + 8 + 8);
-        assert_eq!(&b[0..8], &[8, 0, 1, 0, b'n', b'a', b't', 0]);
-        assert_eq!(&b[8..16], &[5, 0, 2, 0, 0xaa, 0, 0, 0]);
-        assert_eq!(&b[16..24], &[8, 0, 3, 0, 1, 2, 3, 4]);
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u32 = 10;
+
+    /// A sock_diag dump request for IPv4 TCP sockets in LISTEN.
+    fn listeners() -> Message {
+        let mut payload = vec![libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0];
+        payload.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        payload.extend_from_slice(&[0; 48]); // inet_diag_sockid: any
+        Message {
+            msg_type: SOCK_DIAG_BY_FAMILY,
+            flags: 0,
+            payload,
+        }
+    }
+
+    fn open() -> NetlinkSocket {
+        NetlinkSocket::open(libc::NETLINK_SOCK_DIAG, "sock_diag", Duration::from_secs(2))
+            .expect("NETLINK_SOCK_DIAG")
     }
 
     #[test]
-    fn nested_attributes_carry_their_length_and_flag() {
-        let mut a = AttrBuf::new();
-        let n = a.nest_start(4);
-        a.put_u32_be(1, 3);
-        a.put_u32_be(2, (-100i32) as u32);
-        a.nest_end(n);
-        let b = a.into_bytes();
-        assert_eq!(b.len(), 20);
-        assert_eq!(u16::from_ne_bytes([b[0], b[1]]), 20);
-        assert_eq!(u16::from_ne_bytes([b[2], b[3]]), 4 | NLA_F_NESTED);
-        let parsed: Vec<_> = attrs(&b).map(Result::unwrap).collect();
-        assert_eq!(parsed.len(), 1);
-        assert_eq!(parsed[0].0, 4, "NLA_F_NESTED masked");
-        let inner: Vec<_> = attrs(parsed[0].1).map(Result::unwrap).collect();
-        assert_eq!(
-            inner,
-            vec![(1, &[0, 0, 0, 3][..]), (2, &[0xff, 0xff, 0xff, 0x9c][..])]
-        );
+    fn a_refused_request_is_an_error_answer() {
+        let sock = open();
+        let mut bad = listeners();
+        bad.msg_type = 0x7ff; // no such sock_diag request
+        let mut got = None;
+        sock.request(&[bad], |i, answer| {
+            if let Answer::Error { errno, .. } = answer {
+                got = Some((i, errno));
+            }
+            Step::Done
+        })
+        .unwrap();
+        assert_eq!(got, Some((0, libc::EINVAL)));
     }
 
     #[test]
-    fn extended_ack_message_is_read() {
-        // errno -EINVAL, capped request header, NLMSGERR_ATTR_MSG "bad".
-        let mut p = (-libc::EINVAL).to_ne_bytes().to_vec();
-        p.extend_from_slice(&[0; NLMSG_HDRLEN]);
-        let mut a = AttrBuf::new();
-        a.put_str(NLMSGERR_ATTR_MSG, "bad");
-        p.extend_from_slice(&a.into_bytes());
-        let m = NlMsg {
-            msg_type: NLMSG_ERROR,
-            flags: NLM_F_ACK_TLVS | NLM_F_CAPPED,
-            seq: 0,
-            payload: &p,
+    fn a_dump_cut_short_leaves_the_next_one_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sock = open();
+        let none = DumpLimits {
+            messages: 0,
+            bytes: usize::MAX,
         };
-        assert_eq!(parse_error(&m).unwrap(), (libc::EINVAL, Some("bad".into())));
+        let e = sock.dump(&listeners(), none, || (), |_, _| {}).unwrap_err();
+        assert!(matches!(e, NetlinkError::TooLarge { .. }), "{e:?}");
+        // The rest of the first dump is drained; its messages carry an older
+        // sequence number and never reach the second.
+        let all = DumpLimits {
+            messages: 100_000,
+            bytes: usize::MAX,
+        };
+        let ports = sock
+            .dump(&listeners(), all, Vec::new, |ports, m| {
+                // inet_diag_msg: family, state, timer, retrans, sport (BE).
+                ports.push(u16::from_be_bytes([m.payload[4], m.payload[5]]));
+            })
+            .unwrap();
+        assert!(ports.contains(&port), "{port} not in {ports:?}");
     }
 }

@@ -1,10 +1,97 @@
-//! The few operations that need a raw syscall. Every `unsafe` block of the
-//! crate lives here, each with its own `// SAFETY:` line.
+//! The raw syscalls that belong to no other host module, and the one pair
+//! of socket-option helpers every module of `host` uses. `unsafe` is allowed
+//! only in `host/` (this file and a few others), each block with its own
+//! `// SAFETY:` line.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+
+/// A C type that socket options carry.
+///
+/// # Safety
+/// Only for plain data with no pointers, for which all-zero bytes, and any
+/// bytes the kernel writes, are a valid value.
+pub(crate) unsafe trait OptionValue: Copy {}
+
+macro_rules! option_values {
+    ($($t:ty),*) => {$(
+        // SAFETY: an integer or a libc struct of integers and byte arrays.
+        unsafe impl OptionValue for $t {}
+    )*};
+}
+
+option_values!(
+    libc::c_int,
+    u32,
+    libc::ucred,
+    libc::linger,
+    libc::timeval,
+    libc::sockaddr_storage
+);
+
+/// setsockopt of one plain-data value.
+pub(crate) fn setsockopt<T: OptionValue>(
+    fd: impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a live, initialised T of size_of::<T>()
+    // bytes that the kernel only reads; a bad descriptor is only an error.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast::<libc::c_void>(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// getsockopt of one plain-data value: the value (all zero where the
+/// kernel wrote nothing) and the length the kernel says it wrote, at most
+/// the size of T.
+pub(crate) fn getsockopt<T: OptionValue>(
+    fd: impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<(T, usize)> {
+    // SAFETY: OptionValue types are plain data for which all-zero bytes
+    // are a valid value.
+    let mut value: T = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is valid for writes of size_of::<T>() bytes and `len`
+    // says so; any bytes the kernel writes are a valid T (OptionValue); a
+    // bad descriptor is only an error.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut T).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((value, (len as usize).min(mem::size_of::<T>())))
+}
+
+/// SO_MARK on a socket before it connects (needs CAP_NET_ADMIN): its
+/// packets then skip transparent mode's redirect (`meta mark M return`).
+pub fn set_mark(fd: BorrowedFd<'_>, mark: u32) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark)
+}
 
 /// Connects to the unix socket at `path` with the effective uid and gid of a
 /// caller, so that the server reads that identity with SO_PEERCRED.
@@ -53,32 +140,13 @@ pub enum Inherited {
     Udp(std::net::UdpSocket),
 }
 
-fn sockopt_int(fd: std::os::fd::RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of a c_int and its size;
-    // getsockopt on a bad fd only returns an error.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
-}
-
 /// Takes ownership of a listening socket systemd passed as `fd`.
 pub fn adopt_socket(fd: std::os::fd::RawFd) -> io::Result<Inherited> {
     use std::os::fd::FromRawFd;
-    let kind = sockopt_int(fd, libc::SO_TYPE)?;
-    let family = sockopt_int(fd, libc::SO_DOMAIN)?;
-    let listening = sockopt_int(fd, libc::SO_ACCEPTCONN)? != 0;
+    let int = |opt| getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, opt).map(|(v, _)| v);
+    let kind = int(libc::SO_TYPE)?;
+    let family = int(libc::SO_DOMAIN)?;
+    let listening = int(libc::SO_ACCEPTCONN)? != 0;
     let unsupported = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -136,29 +204,9 @@ pub fn default_sigpipe() {
 /// A unix stream peer's credentials (SO_PEERCRED): uid, gid and pid (None
 /// when the kernel has no pid for it, as for a peer in another pid
 /// namespace).
-pub fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32, Option<i32>)> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `fd` is a live descriptor for the borrow's life; `cred` and
-    // `len` are valid and writable, and `len` is the size of `cred`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if len as usize != std::mem::size_of::<libc::ucred>() {
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, Option<i32>)> {
+    let (cred, len) = getsockopt::<libc::ucred>(fd, libc::SOL_SOCKET, libc::SO_PEERCRED)?;
+    if len != mem::size_of::<libc::ucred>() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "SO_PEERCRED returned a short answer",
@@ -169,27 +217,12 @@ pub fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32, Optio
 
 /// SO_LINGER {on, 0}: closing the socket then sends an RST, and neither
 /// side keeps a TIME_WAIT socket.
-pub fn set_zero_linger(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub fn set_zero_linger(fd: BorrowedFd<'_>) -> io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `fd` is a live descriptor for the borrow's life; `linger` is
-    // a valid linger struct and the length given is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
 }
 
 /// Time since boot from CLOCK_MONOTONIC_COARSE: the clock's value as of

@@ -29,7 +29,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::host::netfilter::set_mark;
+use crate::host::sys::set_mark;
 use crate::protocol::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
 use crate::proxy::logs::{human, Outage, Said};
 use crate::proxy::metrics::Histogram;

@@ -95,13 +95,8 @@ pub(super) const CHAIN: &str = "output";
 /// `priority -100` (dstnat), as nft's `type nat hook output priority -100`.
 pub(super) const CHAIN_PRIORITY: i32 = -100;
 
-/// Receive buffer for one `recv`: the kernel builds dump skbs of at most
-/// 32 KiB, acks are tiny.
-pub(super) const RECV_BUF: usize = 64 * 1024;
 /// Upper bound on what one dump may accumulate (messages and bytes).
 pub(super) const DUMP_MAX_MSGS: usize = 4096;
 pub(super) const DUMP_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// How long one receive may block before the call fails with `TimedOut`.
 pub(super) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
-/// Retries of a dump that the kernel flagged as interrupted (ruleset changed).
-pub(super) const DUMP_RETRIES: usize = 3;

@@ -3,8 +3,8 @@
 //! comment in libnftnl's userdata TLVs, and parsing a dumped rule back
 //! (handle, comment, counter).
 
-use super::netlink::{attrs, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use super::*;
+use crate::host::netlink::{attrs, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 
 pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg>, NetfilterError> {
     check_name(&rules.table, "table name")?;
@@ -53,29 +53,20 @@ pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg
     ];
     out.push(rule_msg(&rules.table, &exprs, None, Op::NewMarkRule)?);
 
-    if let Some(r) = rules.ipv4 {
+    let lo6 = std::net::Ipv6Addr::LOCALHOST.octets();
+    // Per family: its redirect, label, nfproto, daddr offset, loopback.
+    let families = [
+        (rules.ipv4, "ipv4", NFPROTO_IPV4, 16, &[127, 0, 0, 1][..]),
+        (rules.ipv6, "ipv6", NFPROTO_IPV6, 24, &lo6[..]),
+    ];
+    for (redirect, family, nfproto, daddr_offset, addr) in families {
+        let Some(r) = redirect else { continue };
         for (proto, port, name) in [
             (libc::IPPROTO_TCP, r.tcp_port, "tcp"),
             (libc::IPPROTO_UDP, r.udp_port, "udp"),
         ] {
-            let label = format!("ipv4 {name}");
-            let exprs = redirect_exprs(NFPROTO_IPV4, 16, &[127, 0, 0, 1], proto as u8, port);
-            out.push(rule_msg(
-                &rules.table,
-                &exprs,
-                Some(&label),
-                Op::NewRule(label.clone()),
-            )?);
-        }
-    }
-    if let Some(r) = rules.ipv6 {
-        let lo6 = std::net::Ipv6Addr::LOCALHOST.octets();
-        for (proto, port, name) in [
-            (libc::IPPROTO_TCP, r.tcp_port, "tcp"),
-            (libc::IPPROTO_UDP, r.udp_port, "udp"),
-        ] {
-            let label = format!("ipv6 {name}");
-            let exprs = redirect_exprs(NFPROTO_IPV6, 24, &lo6, proto as u8, port);
+            let label = format!("{family} {name}");
+            let exprs = redirect_exprs(nfproto, daddr_offset, addr, proto as u8, port);
             out.push(rule_msg(
                 &rules.table,
                 &exprs,

@@ -14,8 +14,9 @@
 //! only; every length that comes from the kernel is bounded before use.
 //!
 //! Files: this one is the public API; `expr` builds the install batch and
-//! its expressions and parses dumped rules; `socket` runs the batch, request
-//! and dump exchanges and maps the kernel's errno; `consts` is the uapi table.
+//! its expressions and parses dumped rules; `socket` makes the batch,
+//! request and dump messages, reads the kernel's answers (the exchanges run
+//! in `host::netlink`) and maps its errno; `consts` is the uapi table.
 
 mod consts;
 mod expr;
@@ -25,9 +26,9 @@ mod tests;
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
-use super::netlink::{self, AttrBuf};
+use super::netlink::{AttrBuf, NetlinkError};
 use consts::*;
 use expr::*;
 use socket::*;
@@ -109,12 +110,9 @@ pub enum NetfilterError {
     Io(#[from] io::Error),
 }
 
-impl From<netlink::Error> for NetfilterError {
-    fn from(e: netlink::Error) -> Self {
-        match e {
-            netlink::Error::Io(e) => NetfilterError::Io(e),
-            netlink::Error::Malformed(m) => NetfilterError::Protocol(m),
-        }
+impl From<NetlinkError> for NetfilterError {
+    fn from(e: NetlinkError) -> Self {
+        exchange_error(e, "netlink exchange")
     }
 }
 
@@ -285,17 +283,19 @@ impl InterceptTable {
         let mut a = AttrBuf::new();
         a.put_str(NFTA_RULE_TABLE, &self.table);
         a.put_str(NFTA_RULE_CHAIN, CHAIN);
-        let msgs = self
-            .sock
-            .dump(NFT_MSG_GETRULE, NFPROTO_INET, &a.into_bytes(), "GETRULE")?;
-        let mut out = Vec::with_capacity(msgs.len());
-        for (ty, payload) in msgs {
-            if ty != nft_type(NFT_MSG_NEWRULE) {
-                continue;
-            }
-            out.push(parse_rule(&payload)?);
-        }
-        Ok(out)
+        let rules = self.sock.dump(
+            NFT_MSG_GETRULE,
+            NFPROTO_INET,
+            &a.into_bytes(),
+            "GETRULE",
+            Vec::new,
+            |rules, m| {
+                if m.msg_type == nft_type(NFT_MSG_NEWRULE) {
+                    rules.push(parse_rule(m.payload));
+                }
+            },
+        )?;
+        rules.into_iter().collect()
     }
 }
 
@@ -313,11 +313,9 @@ pub fn table_exists(name: &str) -> Result<bool, NetfilterError> {
     }
 }
 
-/// SO_MARK on a socket before it connects (needs CAP_NET_ADMIN): its packets
-/// then skip the redirect (`meta mark M return`).
-pub fn set_mark(fd: BorrowedFd<'_>, mark: u32) -> io::Result<()> {
-    netlink::setsockopt_raw(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, &mark)
-}
+/// SO_MARK, which exempts a socket from the redirect, where callers of this
+/// module look for it; it lives with the other socket options.
+pub use super::sys::set_mark;
 
 // --- batch construction ---
 

@@ -1,7 +1,12 @@
 //! Unit tests of `netfilter`: encoding, parsing, error mapping.
 
-use super::netlink::*;
 use super::*;
+use crate::host::netlink::*;
+
+/// The messages of a datagram, or the first length that does not fit.
+fn split_msgs(buf: &[u8]) -> Result<Vec<NlMsg<'_>>, NetlinkError> {
+    msgs(buf).collect()
+}
 
 fn rules() -> InterceptRules {
     InterceptRules {
@@ -183,16 +188,15 @@ fn counter_parsed_from_rule_dump() {
     );
     // Inside a full netlink datagram, followed by NLMSG_DONE.
     let mut dgram = Vec::new();
-    put_msg(
-        &mut dgram,
+    nf_msg(
         nft_type(NFT_MSG_NEWRULE),
         NLM_F_MULTI,
-        7,
         NFPROTO_INET,
         5,
         &captured_rule()[4..],
-    );
-    put_msg(&mut dgram, NLMSG_DONE, NLM_F_MULTI, 7, 0, 0, &[]);
+    )
+    .encode(7, 0, &mut dgram);
+    nf_msg(NLMSG_DONE, NLM_F_MULTI, 0, 0, &[]).encode(7, 0, &mut dgram);
     let msgs = split_msgs(&dgram).unwrap();
     assert_eq!(msgs.len(), 2);
     assert_eq!(msgs[0].seq, 7);

@@ -16,43 +16,38 @@
 //!   own socket records in transparent mode (127.0.0.1:111, not the proxy's
 //!   port).
 //!
-//! The inet_diag messages are built and parsed here, on the socket and
-//! message codec of `host::netlink` (`libc` only); every length the kernel
-//! sends is checked against the datagram it came in, and one receive is
-//! bounded by a fixed buffer and a 2 s timeout.
+//! The inet_diag messages are built and parsed here (`msg`); the exchanges
+//! run on `host::netlink`'s socket (`libc` only), which checks every length
+//! the kernel sends against the datagram it came in, and bounds one receive
+//! by a fixed buffer and a 2 s timeout.
 //!
-//! Files: this one is the public API and SO_ORIGINAL_DST; `msg` holds the
-//! inet_diag constants, request building and reply parsing; `socket` the
-//! exchanges on the NETLINK_SOCK_DIAG socket.
-#![allow(unsafe_code)]
+//! Files: this one is the public API, what the answers mean, and
+//! SO_ORIGINAL_DST; `msg` holds the inet_diag constants, request building
+//! and reply parsing.
 
 mod msg;
-mod socket;
 #[cfg(test)]
 mod tests;
 
 use std::io;
-use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use super::netlink::{self, NLM_F_DUMP};
+use super::netlink::{Answer, DumpLimits, Message, NetlinkSocket, Step};
+use super::{datagrams, sys};
 use msg::*;
-use socket::open_socket;
 
-/// One receive: the kernel builds dump skbs of at most 32 KiB; an exact
-/// reply is one message of well under 1 KiB.
-const RECV_BUF: usize = 64 * 1024;
 /// How long one receive may block before the call fails with `TimedOut`.
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 /// A dump ends after this many messages at the latest (a bound on a kernel
 /// that never sends NLMSG_DONE, far above any real TIME_WAIT count: the
-/// ephemeral port range times the addresses in use).
-const DUMP_MAX_MSGS: usize = 4_000_000;
-/// Retries of a dump the kernel flagged as interrupted.
-const DUMP_RETRIES: usize = 3;
+/// ephemeral port range times the addresses in use). Nothing of a message
+/// is kept, so its bytes are not bounded apart.
+const DUMP_LIMITS: DumpLimits = DumpLimits {
+    messages: 4_000_000,
+    bytes: usize::MAX,
+};
 /// [`count_time_wait`] accepts at most this many distinct ports (the
 /// bytecode is 24 bytes per port and its jumps are 16-bit).
 pub const MAX_PORTS: usize = 1024;
@@ -184,41 +179,18 @@ pub fn count_time_wait(ports: &[u16]) -> io::Result<TimeWaitCounts> {
 /// own local address. An IPv6 socket carrying an IPv4-mapped connection
 /// gives `None` (its conntrack entry is IPv4, the lookup IPv6).
 pub fn original_destination(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>> {
-    let raw = fd.as_raw_fd();
-    let domain = getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
-    let res = match domain {
-        libc::AF_INET => {
-            // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
-            let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-            getsockopt_into(raw, libc::SOL_IP, libc::SO_ORIGINAL_DST, &mut sa).map(|len| {
-                (len >= mem::size_of::<libc::sockaddr_in>()
-                    && i32::from(sa.sin_family) == libc::AF_INET)
-                    .then(|| {
-                        SocketAddr::new(
-                            IpAddr::V4(Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes())),
-                            u16::from_be(sa.sin_port),
-                        )
-                    })
-            })
-        }
-        libc::AF_INET6 => {
-            // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
-            let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-            getsockopt_into(raw, libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST, &mut sa).map(|len| {
-                (len >= mem::size_of::<libc::sockaddr_in6>()
-                    && i32::from(sa.sin6_family) == libc::AF_INET6)
-                    .then(|| {
-                        SocketAddr::new(
-                            IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)),
-                            u16::from_be(sa.sin6_port),
-                        )
-                    })
-            })
-        }
+    let (domain, _) = sys::getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let (level, name) = match domain {
+        libc::AF_INET => (libc::SOL_IP, libc::SO_ORIGINAL_DST),
+        libc::AF_INET6 => (libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST),
         _ => return Ok(None),
     };
-    match res {
-        Ok(addr) => Ok(addr),
+    match sys::getsockopt::<libc::sockaddr_storage>(fd, level, name) {
+        // The address of the socket's own family (all zero, no family,
+        // where the kernel wrote nothing); port and address only.
+        Ok((sa, _)) => Ok(datagrams::socket_addr(&sa)
+            .filter(|a| a.is_ipv4() == (domain == libc::AF_INET))
+            .map(|a| SocketAddr::new(a.ip(), a.port()))),
         // ENOENT: no conntrack entry; ENOPROTOOPT: not TCP, or conntrack for
         // this family not loaded. Neither is a redirect we could name.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOPROTOOPT)) => Ok(None),
@@ -233,31 +205,22 @@ pub fn original_destination(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>
 /// other sockets open; the lookup itself does not depend on their number).
 #[derive(Debug)]
 pub struct SockDiag {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    sock: netlink::Socket,
-    seq: u32,
-    buf: Vec<u8>,
-    /// An exchange ended early (timeout, malformed reply, dump cut short):
-    /// the socket is replaced before the next request.
-    dirty: bool,
+    sock: NetlinkSocket,
 }
 
 impl SockDiag {
     /// Opens the socket (close-on-exec, 2 s receive timeout). `Err` with
     /// kind `Unsupported` when the kernel has no NETLINK_SOCK_DIAG.
     pub fn open() -> io::Result<Self> {
-        Ok(SockDiag {
-            inner: Mutex::new(Inner {
-                sock: open_socket()?,
-                seq: 0,
-                buf: vec![0u8; RECV_BUF],
-                dirty: false,
-            }),
-        })
+        let sock = NetlinkSocket::open(libc::NETLINK_SOCK_DIAG, "sock_diag", RECV_TIMEOUT)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT) => io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("NETLINK_SOCK_DIAG socket: {e}"),
+                ),
+                _ => e,
+            })?;
+        Ok(SockDiag { sock })
     }
 
     /// [`peer_socket`] on this socket.
@@ -277,19 +240,40 @@ impl SockDiag {
             // destination (the socket's local address).
             Proto::Udp => (remote, local),
         };
-        let req = build_request(
-            family,
-            proto.ipproto(),
-            u32::MAX,
-            &SockId::new(src, dst),
-            None,
-        );
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = inner.send(&req, 0)?;
-        let Some(msg) = inner.recv_exact(seq)? else {
-            return Ok(None);
+        let req = Message {
+            msg_type: SOCK_DIAG_BY_FAMILY,
+            flags: 0,
+            payload: build_request(
+                family,
+                proto.ipproto(),
+                u32::MAX,
+                &SockId::new(src, dst),
+                None,
+            ),
         };
-        Ok(match_peer(proto, &msg, local, remote))
+        // An exact request draws exactly one message: the socket, or an
+        // error (ENOENT: no such socket, or no diag handler for the
+        // protocol).
+        let mut found = Ok(None);
+        self.sock.request(&[req], |_, answer| {
+            found = match answer {
+                Answer::Reply(m) if m.msg_type == SOCK_DIAG_BY_FAMILY => {
+                    Ok(match_peer(proto, m.payload, local, remote))
+                }
+                Answer::Ack
+                | Answer::Error {
+                    errno: libc::ENOENT,
+                    ..
+                } => Ok(None),
+                Answer::Error { errno, .. } => Err(io::Error::from_raw_os_error(errno)),
+                Answer::Reply(m) => Err(protocol(format!(
+                    "unexpected netlink message type {}",
+                    m.msg_type
+                ))),
+            };
+            Step::Done
+        })?;
+        found
     }
 
     /// [`count_time_wait`] on this socket.
@@ -312,39 +296,34 @@ impl SockDiag {
             return Ok(counts);
         }
         let bytecode = port_filter(&want);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let req = build_request(
-                family,
-                libc::IPPROTO_TCP as u8,
-                1 << TCP_TIME_WAIT,
-                &SockId::any(),
-                Some(&bytecode),
-            );
-            let mut attempt = 0;
-            loop {
-                let mut part = counts.clone();
-                let seq = inner.send(&req, NLM_F_DUMP)?;
-                let complete = inner.recv_dump(seq, |m| {
+            let req = Message {
+                msg_type: SOCK_DIAG_BY_FAMILY,
+                flags: 0,
+                payload: build_request(
+                    family,
+                    libc::IPPROTO_TCP as u8,
+                    1 << TCP_TIME_WAIT,
+                    &SockId::any(),
+                    Some(&bytecode),
+                ),
+            };
+            counts = self.sock.dump(
+                &req,
+                DUMP_LIMITS,
+                || counts.clone(),
+                |part, m| {
+                    if m.msg_type != SOCK_DIAG_BY_FAMILY {
+                        return;
+                    }
                     part.received += 1;
-                    if let Some(s) = parse_diag_msg(m) {
+                    if let Some(s) = parse_diag_msg(m.payload) {
                         if s.state == TCP_TIME_WAIT {
                             part.add(s.sport, s.dport);
                         }
                     }
-                })?;
-                attempt += 1;
-                if complete || attempt >= DUMP_RETRIES {
-                    if !complete {
-                        return Err(io::Error::new(
-                            io::ErrorKind::Interrupted,
-                            "TIME_WAIT dump interrupted by concurrent changes, retries exhausted",
-                        ));
-                    }
-                    counts = part;
-                    break;
-                }
-            }
+                },
+            )?;
         }
         Ok(counts)
     }
@@ -363,36 +342,4 @@ impl TimeWaitCounts {
             self.total += 1;
         }
     }
-}
-
-/// getsockopt into a plain-data `T`; returns the length the kernel wrote.
-fn getsockopt_into<T: Copy>(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &mut T,
-) -> io::Result<usize> {
-    let mut len = mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `value` is valid for writes of size_of::<T>() bytes and `len`
-    // says so; T is plain data (sockaddr_in/in6, c_int) for which any bytes
-    // the kernel writes are a valid value.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            (value as *mut T).cast::<libc::c_void>(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((len as usize).min(mem::size_of::<T>()))
-}
-
-fn getsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    getsockopt_into(fd, level, name, &mut v)?;
-    Ok(v)
 }

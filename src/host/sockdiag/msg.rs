@@ -5,9 +5,9 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::netlink::{self, NLA_HDRLEN};
 use super::PeerSocket;
 use super::Proto;
+use crate::host::netlink::{self, NLA_HDRLEN};
 
 // --- kernel uapi (linux/netlink.h, sock_diag.h, inet_diag.h, tcp_states.h) ---
 

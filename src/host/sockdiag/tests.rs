@@ -147,25 +147,24 @@ fn diag_messages_parse_and_bound_attributes() {
 fn answers_must_match_the_tuple_asked_for() {
     let c: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let s: SocketAddr = "127.0.0.1:111".parse().unwrap();
-    let lo = [127, 0, 0, 1];
-    let est = diag_msg(2, TCP_ESTABLISHED, &lo, 40000, &lo, 111);
-    assert!(match_peer(Proto::Tcp, &est, c, s).is_some());
-    // A listener the kernel fell back to, or a TIME_WAIT socket: no owner.
-    let listen = diag_msg(2, TCP_LISTEN, &lo, 40000, &[0; 4], 0);
-    assert!(match_peer(Proto::Tcp, &listen, c, s).is_none());
-    let tw = diag_msg(2, TCP_TIME_WAIT, &lo, 40000, &lo, 111);
-    assert!(match_peer(Proto::Tcp, &tw, c, s).is_none());
-    let other = diag_msg(2, TCP_ESTABLISHED, &lo, 40000, &lo, 1111);
-    assert!(match_peer(Proto::Tcp, &other, c, s).is_none());
-    // UDP: unconnected on the wildcard address, or connected to `s`.
-    let unconnected = diag_msg(2, TCP_CLOSE, &[0; 4], 40000, &[0; 4], 0);
-    assert!(match_peer(Proto::Udp, &unconnected, c, s).is_some());
-    let connected = diag_msg(2, TCP_ESTABLISHED, &lo, 40000, &lo, 111);
-    assert!(match_peer(Proto::Udp, &connected, c, s).is_some());
-    let elsewhere = diag_msg(2, TCP_ESTABLISHED, &lo, 40000, &lo, 2049);
-    assert!(match_peer(Proto::Udp, &elsewhere, c, s).is_none());
-    let other_port = diag_msg(2, TCP_CLOSE, &[0; 4], 40001, &[0; 4], 0);
-    assert!(match_peer(Proto::Udp, &other_port, c, s).is_none());
+    let (lo, any) = (&[127, 0, 0, 1][..], &[0; 4][..]);
+    // (protocol, state, source, its port, destination, its port, found)
+    let cases = [
+        (Proto::Tcp, TCP_ESTABLISHED, lo, 40000, lo, 111, true),
+        // A listener the kernel fell back to, or a TIME_WAIT socket: no owner.
+        (Proto::Tcp, TCP_LISTEN, lo, 40000, any, 0, false),
+        (Proto::Tcp, TCP_TIME_WAIT, lo, 40000, lo, 111, false),
+        (Proto::Tcp, TCP_ESTABLISHED, lo, 40000, lo, 1111, false),
+        // UDP: unconnected on the wildcard address, or connected to `s`.
+        (Proto::Udp, TCP_CLOSE, any, 40000, any, 0, true),
+        (Proto::Udp, TCP_ESTABLISHED, lo, 40000, lo, 111, true),
+        (Proto::Udp, TCP_ESTABLISHED, lo, 40000, lo, 2049, false),
+        (Proto::Udp, TCP_CLOSE, any, 40001, any, 0, false),
+    ];
+    for (i, (proto, state, src, sport, dst, dport, found)) in cases.into_iter().enumerate() {
+        let m = diag_msg(2, state, src, sport, dst, dport);
+        assert_eq!(match_peer(proto, &m, c, s).is_some(), found, "case {i}");
+    }
 }
 
 #[test]
