@@ -13,7 +13,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::cli::ServeArgs;
-use crate::config::{Config, FileConfig};
+use crate::config::{Config, Settings};
 use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
@@ -360,25 +360,13 @@ fn intercept_rules(specs: &[ListenSpec], mark: u32) -> Result<InterceptRules, St
 }
 
 /// Applies a reloaded configuration: TTLs, limits, timeouts and the refresh
-/// period change in place and the cache is kept. Listeners, sockets and
-/// paths need a restart.
+/// period change in place and the cache is kept. What needs a restart
+/// (`Config::diff` tells) keeps its running value, and the log says which.
 fn apply(proxy: &Proxy, running: &Config, new: &Config) {
     proxy.reconfigure(new.upstream_timeout, new.cache, new.refresh, new.limits);
     proxy.attribution.set_enabled(new.attribution);
-    if (
-        &new.listen,
-        &new.control,
-        &new.rpcbind_socket,
-        new.rpcbind_port,
-        (new.intercept, new.intercept_mark),
-    ) != (
-        &running.listen,
-        &running.control,
-        &running.rpcbind_socket,
-        running.rpcbind_port,
-        (running.intercept, running.intercept_mark),
-    ) {
-        warn!("listen, control, rpcbind addresses and intercept change only with a restart");
+    if let Some(line) = running.restart_needed(new) {
+        warn!("{line}");
     }
     info!("configuration reloaded: {}", new.summary());
 }
@@ -537,8 +525,8 @@ fn init_logging(level: &str) -> Option<LogHandle> {
 fn load(args: &ServeArgs) -> Result<Config, StartError> {
     let flags = args.as_layer()?;
     let file = match args.config_path() {
-        Some(path) => FileConfig::load(&path)?,
-        None => FileConfig::default(),
+        Some(path) => Settings::load(&path)?,
+        None => Settings::default(),
     };
     // The file was checked on its own when read (its errors name the line):
     // what fails now is a flag.

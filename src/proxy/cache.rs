@@ -167,14 +167,19 @@ pub struct CacheConfig {
     pub serve_stale: Duration,
 }
 
+impl CacheConfig {
+    /// The defaults, which the settings' help and the example config state.
+    pub const DEFAULT: CacheConfig = CacheConfig {
+        ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(10),
+        max_entries: 65536,
+        serve_stale: Duration::from_secs(30),
+    };
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(10),
-            max_entries: 65536,
-            serve_stale: Duration::from_secs(30),
-        }
+        CacheConfig::DEFAULT
     }
 }
 

@@ -39,15 +39,20 @@ pub struct LimitsConfig {
     pub max_udp_reply: usize,
 }
 
+impl LimitsConfig {
+    /// The defaults, which the settings' help and the example config state.
+    pub const DEFAULT: LimitsConfig = LimitsConfig {
+        max_connections: 4096,
+        max_in_flight: 64,
+        idle_timeout: Duration::from_secs(120),
+        record_timeout: Duration::from_secs(10),
+        max_udp_reply: 9000,
+    };
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            max_connections: 4096,
-            max_in_flight: 64,
-            idle_timeout: Duration::from_secs(120),
-            record_timeout: Duration::from_secs(10),
-            max_udp_reply: 9000,
-        }
+        LimitsConfig::DEFAULT
     }
 }
 
