@@ -394,6 +394,18 @@ mod tests {
         }
     }
 
+    /// `query` asks the proxy where `serve` listens by default.
+    #[test]
+    fn query_defaults_are_the_default_listeners() {
+        let Command::Query(q) = parse(&["query", "-p"]).unwrap().command else {
+            panic!()
+        };
+        let unix = format!("unix:{}", q.socket.display());
+        let tcp = format!("tcp:{}", q.inet);
+        assert!(DEFAULT_LISTEN.contains(&unix.as_str()), "{unix}");
+        assert!(DEFAULT_LISTEN.contains(&tcp.as_str()), "{tcp}");
+    }
+
     #[test]
     fn a_negative_number_is_a_value_in_either_spelling() {
         for args in [&["serve", "--ttl", "-1"][..], &["serve", "--ttl=-1"]] {

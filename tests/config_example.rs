@@ -4,14 +4,15 @@
 //! `# key = value` line uncommented it still parses, names every key the
 //! daemon knows, and resolves to exactly the defaults; each default it shows
 //! is the one `serve --help` states, and the ranges its prose gives are the
-//! ones validation applies.
+//! ones validation applies. A reload compares the same keys.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use rpcbind_proxy::config::{
-    Config, Settings, DEFAULT_LISTEN, ENTRIES_RANGE, MAX_AUTO_THREADS, UDP_REPLY_RANGE,
+    Config, Settings, DEFAULT_LISTEN, ENTRIES_RANGE, MAX_AUTO_THREADS, RESTART_ONLY,
+    UDP_REPLY_RANGE,
 };
 
 fn example() -> PathBuf {
@@ -91,6 +92,18 @@ fn every_example_line_is_a_real_key_with_its_default() {
     let all_set = Config::resolve(file, Settings::default()).unwrap();
     let defaults = Config::resolve(Settings::default(), Settings::default()).unwrap();
     assert_eq!(all_set, defaults, "the example shows the defaults");
+}
+
+/// A reload compares the effective settings key by key: every key of the
+/// file is one of them, and each it cannot apply is a real key.
+#[test]
+fn a_reload_compares_every_setting_by_its_key() {
+    let defaults = Config::resolve(Settings::default(), Settings::default()).unwrap();
+    let compared: BTreeSet<String> = defaults.by_key().keys().cloned().collect();
+    assert_eq!(compared, known_keys(), "reload (left) vs Settings (right)");
+    for key in RESTART_ONLY {
+        assert!(compared.contains(key), "{key}");
+    }
 }
 
 /// The default a `serve` flag's help states (`[default: X]` or `[default:

@@ -1,7 +1,7 @@
 //! Serve options: defaults, overlaid by the TOML config file, overlaid by
 //! command-line flags. Each setting is declared once, in [`Settings`];
 //! this module resolves the layers into the effective [`Config`] and tells
-//! a reload what it may apply.
+//! a reload what changed and what of that needs a restart.
 
 mod file;
 mod settings;
@@ -9,6 +9,7 @@ mod settings;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
 use thiserror::Error;
 
 use crate::proxy::cache::CacheConfig;
@@ -17,19 +18,24 @@ use crate::proxy::listen::ListenSpec;
 
 pub use settings::*;
 
-/// The effective configuration of `serve`.
-#[derive(Debug, Clone, PartialEq)]
+/// The effective configuration of `serve`; serialized, each setting under
+/// its config key (which is how a reload tells what changed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
+    #[serde(serialize_with = "as_text")]
     pub listen: Vec<ListenSpec>,
     pub rpcbind_socket: PathBuf,
     pub rpcbind_port: u16,
     pub control: PathBuf,
     pub upstream_timeout: Duration,
+    #[serde(flatten)]
     pub cache: CacheConfig,
     /// How often the registration list is compared (coherence).
     pub refresh: Duration,
     /// A level (error, warn, info, debug, trace) or a tracing filter.
     pub log_level: String,
+    #[serde(flatten)]
     pub limits: LimitsConfig,
     /// Stream loop threads (unix and TCP clients); 0: one per CPU, at most
     /// [`MAX_AUTO_THREADS`].
@@ -149,12 +155,30 @@ pub enum Takes {
     Restart,
 }
 
+/// The settings a reload cannot change: they shaped what the daemon bound,
+/// spawned or installed when it started. Every other setting is applied at
+/// a reload.
+pub const RESTART_ONLY: [&str; 7] = [
+    "listen",
+    "rpcbind-socket",
+    "rpcbind-port",
+    "control",
+    "threads",
+    "intercept",
+    "intercept-mark",
+];
+
 /// One setting that differs between two configurations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The config key (the flag's name without `--`).
-    pub key: &'static str,
+    pub key: String,
     pub takes: Takes,
+}
+
+/// Listeners as they are written (`tcp:127.0.0.1:1111`).
+fn as_text<S: Serializer>(specs: &[ListenSpec], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(specs.iter().map(ToString::to_string))
 }
 
 impl Config {
@@ -181,93 +205,37 @@ impl Config {
         )
     }
 
-    /// The settings `new` changes, each with when it takes effect, in the
-    /// order of `serve --help`. Every field is named (no `..`), so a new
-    /// setting does not compile until it is sorted here.
+    /// Each setting's effective value, by its config key.
+    pub fn by_key(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            other => unreachable!("a Config is a JSON object: {other:?}"),
+        }
+    }
+
+    /// The settings `new` changes, by key (in alphabetical order), each
+    /// with when it takes effect.
     pub fn diff(&self, new: &Config) -> Vec<Change> {
-        let Config {
-            listen,
-            rpcbind_socket,
-            rpcbind_port,
-            control,
-            upstream_timeout,
-            cache:
-                CacheConfig {
-                    ttl,
-                    negative_ttl,
-                    max_entries,
-                    serve_stale,
+        let new = new.by_key();
+        self.by_key()
+            .into_iter()
+            .filter(|(key, value)| new.get(key) != Some(value))
+            .map(|(key, _)| Change {
+                takes: if RESTART_ONLY.contains(&key.as_str()) {
+                    Takes::Restart
+                } else {
+                    Takes::Reload
                 },
-            refresh,
-            log_level,
-            limits:
-                LimitsConfig {
-                    max_connections,
-                    max_in_flight,
-                    idle_timeout,
-                    record_timeout,
-                    max_udp_reply,
-                },
-            threads,
-            intercept,
-            intercept_mark,
-            attribution,
-        } = self;
-        let (c, l) = (&new.cache, &new.limits);
-        use Takes::{Reload, Restart};
-        [
-            ("listen", Restart, *listen != new.listen),
-            (
-                "rpcbind-socket",
-                Restart,
-                *rpcbind_socket != new.rpcbind_socket,
-            ),
-            ("rpcbind-port", Restart, *rpcbind_port != new.rpcbind_port),
-            ("control", Restart, *control != new.control),
-            (
-                "upstream-timeout",
-                Reload,
-                *upstream_timeout != new.upstream_timeout,
-            ),
-            ("ttl", Reload, *ttl != c.ttl),
-            ("negative-ttl", Reload, *negative_ttl != c.negative_ttl),
-            ("max-entries", Reload, *max_entries != c.max_entries),
-            ("refresh", Reload, *refresh != new.refresh),
-            ("serve-stale", Reload, *serve_stale != c.serve_stale),
-            (
-                "max-connections",
-                Reload,
-                *max_connections != l.max_connections,
-            ),
-            ("max-in-flight", Reload, *max_in_flight != l.max_in_flight),
-            ("idle-timeout", Reload, *idle_timeout != l.idle_timeout),
-            (
-                "record-timeout",
-                Reload,
-                *record_timeout != l.record_timeout,
-            ),
-            ("max-udp-reply", Reload, *max_udp_reply != l.max_udp_reply),
-            ("threads", Restart, *threads != new.threads),
-            ("log-level", Reload, *log_level != new.log_level),
-            ("intercept", Restart, *intercept != new.intercept),
-            (
-                "intercept-mark",
-                Restart,
-                *intercept_mark != new.intercept_mark,
-            ),
-            ("attribution", Reload, *attribution != new.attribution),
-        ]
-        .into_iter()
-        .filter(|&(_, _, changed)| changed)
-        .map(|(key, takes, _)| Change { key, takes })
-        .collect()
+                key,
+            })
+            .collect()
     }
 
     /// The log line of a reload that changed settings which need a restart
     /// (None if it changed none): `listen, threads change only with a
     /// restart; kept the running values`.
     pub fn restart_needed(&self, new: &Config) -> Option<String> {
-        let keys: Vec<&str> = self
+        let keys: Vec<String> = self
             .diff(new)
             .into_iter()
             .filter(|c| c.takes == Takes::Restart)

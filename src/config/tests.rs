@@ -2,6 +2,16 @@ use std::path::Path;
 
 use super::*;
 
+/// The config file `text`, which must be valid.
+fn file(text: &str) -> Settings {
+    Settings::parse(text, Path::new("f")).unwrap()
+}
+
+/// Why the config file `text` is refused.
+fn file_error(text: &str) -> ConfigError {
+    Settings::parse(text, Path::new("f")).unwrap_err()
+}
+
 #[test]
 fn unknown_keys_are_refused_by_name() {
     let e =
@@ -16,12 +26,9 @@ fn unknown_keys_are_refused_by_name() {
 
 #[test]
 fn flags_override_file_override_defaults() {
-    let file = Settings::parse(
-        "listen = [\"tcp:127.0.0.1:2222\"]\nrpcbind-port = 1111\nupstream-timeout = 0.5\n",
-        Path::new("f"),
-    )
-    .unwrap();
-    let c = Config::resolve(file, flags(&["--rpcbind-port", "112"])).unwrap();
+    let layer =
+        file("listen = [\"tcp:127.0.0.1:2222\"]\nrpcbind-port = 1111\nupstream-timeout = 0.5\n");
+    let c = Config::resolve(layer, flags(&["--rpcbind-port", "112"])).unwrap();
     assert_eq!(c.listen, vec!["tcp:127.0.0.1:2222".parse().unwrap()]);
     assert_eq!(c.rpcbind_port, 112);
     assert_eq!(c.upstream_timeout, Duration::from_millis(500));
@@ -33,23 +40,19 @@ fn flags_override_file_override_defaults() {
 
 #[test]
 fn intercept_marks_parse_in_decimal_and_hex() {
-    let c = Settings::parse(
-        "intercept = true\nintercept-mark = \"0x10\"\n",
-        Path::new("f"),
-    )
-    .unwrap();
+    let c = file("intercept = true\nintercept-mark = \"0x10\"\n");
     assert_eq!(
         (c.intercept, c.intercept_mark),
         (Some(true), Some(Mark(16)))
     );
-    let c = Settings::parse("intercept-mark = 21072\n", Path::new("f")).unwrap();
+    let c = file("intercept-mark = 21072\n");
     assert_eq!(c.intercept_mark, Some(Mark(0x5250)));
     assert_eq!("0x5250".parse::<Mark>(), Ok(Mark(0x5250)));
     for bad in ["0", "0x", "-1", "4294967296", "mark"] {
         let e = bad.parse::<Mark>().unwrap_err();
         assert!(e.contains(bad) && e.contains("0x5250"), "{e}");
     }
-    let e = Settings::parse("intercept-mark = 0\n", Path::new("f")).unwrap_err();
+    let e = file_error("intercept-mark = 0\n");
     assert!(e.to_string().contains("intercept-mark"), "{e}");
 }
 
@@ -134,13 +137,13 @@ fn switches_are_unset_unless_given_so_the_file_decides() {
         (both.intercept, both.attribution),
         (Some(true), Some(false))
     );
-    let file = Settings::parse("intercept = false\nattribution = true\n", Path::new("f")).unwrap();
-    let c = Config::resolve(file.clone(), both).unwrap();
+    let layer = file("intercept = false\nattribution = true\n");
+    let c = Config::resolve(layer.clone(), both).unwrap();
     assert_eq!(
         (c.intercept, c.attribution, c.listen.len()),
         (true, false, 1)
     );
-    let c = Config::resolve(file, none).unwrap();
+    let c = Config::resolve(layer, none).unwrap();
     assert_eq!(
         (c.intercept, c.attribution, c.listen.len()),
         (false, true, 5)
@@ -157,11 +160,11 @@ fn a_reload_names_what_needs_a_restart() {
         old.diff(&live),
         vec![
             Change {
-                key: "ttl",
+                key: "attribution".into(),
                 takes: Takes::Reload
             },
             Change {
-                key: "attribution",
+                key: "ttl".into(),
                 takes: Takes::Reload
             },
         ]
@@ -240,7 +243,7 @@ fn the_settings_summary_reads_like_the_config_file() {
 
 #[test]
 fn bad_values_are_named() {
-    let e = Settings::parse("listen = [\"tcp:nowhere\"]", Path::new("f")).unwrap_err();
+    let e = file_error("listen = [\"tcp:nowhere\"]");
     assert!(e.to_string().contains("tcp:nowhere"), "{e}");
     let e = resolve_flags(&["--upstream-timeout", "-1"]).unwrap_err();
     assert!(e.to_string().contains("upstream-timeout"), "{e}");

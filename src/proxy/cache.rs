@@ -157,7 +157,8 @@ fn classify(key: &Key, reply: &[u8]) -> Option<bool> {
 }
 
 /// Cache settings (reloadable).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub negative_ttl: Duration,

@@ -16,7 +16,8 @@ use crate::proxy::logs::{human, Throttle};
 use crate::proxy::policy::Peer;
 
 /// The limits as configured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct LimitsConfig {
     /// Stream clients connected at once. A client that comes when they are
     /// all taken is admitted by closing the longest-idle connection of the
