@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{FileConfig, Mark, DEFAULT_CONFIG};
+use crate::config::{count_arg, Settings, DEFAULT_CONFIG, DEFAULT_LISTEN};
 use crate::proxy::listen::{ListenSpec, SpecError};
 
 #[derive(Debug, Parser)]
@@ -46,91 +46,18 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML config file (default: /etc/rpcbind-proxy/config.toml when it exists).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE",
+          help = format!("TOML config file (default: {DEFAULT_CONFIG} when it exists)"))]
     pub config: Option<PathBuf>,
-    /// Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any
-    /// --listen replaces all the defaults (unix:/run/rpcbind-proxy/rpcbind.sock,
-    /// tcp:127.0.0.1:1111, udp:127.0.0.1:1111, tcp:[::1]:1111, udp:[::1]:1111).
     // Parsed after clap so that a bad spec is one line naming it, like every
     // other start-up error.
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC",
+          help = format!("Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any \
+                          --listen replaces all the defaults ({})", DEFAULT_LISTEN.join(", ")))]
     pub listen: Vec<String>,
-    /// rpcbind's unix socket [default: /run/rpcbind.sock].
-    #[arg(long, value_name = "PATH")]
-    pub rpcbind_socket: Option<PathBuf>,
-    /// rpcbind's TCP and UDP port on loopback [default: 111].
-    #[arg(long, value_name = "PORT", value_parser = port_arg)]
-    pub rpcbind_port: Option<u16>,
-    /// The control socket (status, flush) [default:
-    /// /run/rpcbind-proxy/control.sock].
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
-    /// Seconds to wait for rpcbind before answering SYSTEM_ERR [default: 2].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub upstream_timeout: Option<f64>,
-    /// Seconds a positive lookup answer is kept (0: not cached) [default: 60].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub ttl: Option<f64>,
-    /// Seconds a negative answer (not registered) is kept (0: not cached)
-    /// [default: 10].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub negative_ttl: Option<f64>,
-    /// Cache entries kept at most; least recently used are evicted beyond
-    /// [default: 65536].
-    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true)]
-    pub max_entries: Option<usize>,
-    /// Seconds between registration-list comparisons: a change made directly
-    /// at rpcbind shows through the proxy within this time [default: 1].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub refresh: Option<f64>,
-    /// Seconds past expiry an entry may still be served while rpcbind is
-    /// unreachable (0: never) [default: 30].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub serve_stale: Option<f64>,
-    /// Stream clients connected at once; at the limit a newcomer evicts the
-    /// longest-idle connection of the user holding the most [default: 4096].
-    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true)]
-    pub max_connections: Option<usize>,
-    /// Calls one stream client may have in flight before the proxy stops
-    /// reading from it [default: 64].
-    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true)]
-    pub max_in_flight: Option<usize>,
-    /// Seconds a stream client may stay silent with nothing in flight
-    /// [default: 120].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub idle_timeout: Option<f64>,
-    /// Seconds a client has to finish a record it started [default: 10].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds_arg, allow_negative_numbers = true)]
-    pub record_timeout: Option<f64>,
-    /// The largest reply sent as one UDP datagram; bigger ones get what
-    /// rpcbind sends then [default: 9000, rpcbind's own].
-    #[arg(long, value_name = "BYTES", value_parser = count_arg, allow_negative_numbers = true)]
-    pub max_udp_reply: Option<usize>,
-    /// Threads serving unix and TCP clients, the stream loops (0: one per
-    /// CPU, at most 4) [default: 0]. UDP clients and calls past the cache
-    /// have one more thread. Read at start only.
-    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true)]
-    pub threads: Option<usize>,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter
-    /// [default: info].
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// Transparent mode: catch local clients' traffic to 127.0.0.1:111 and
-    /// [::1]:111 with an nftables table the kernel removes when the daemon
-    /// exits (needs CAP_NET_ADMIN, Linux >= 5.12). rpcbind's unix socket
-    /// must then be elsewhere (--rpcbind-socket) and the proxy listen on
-    /// /run/rpcbind.sock.
-    #[arg(long)]
-    pub intercept: bool,
-    /// The packet mark of the daemon's own connections to rpcbind, which the
-    /// redirect lets through [default: 0x5250].
-    #[arg(long, value_name = "MARK")]
-    pub intercept_mark: Option<Mark>,
-    /// Do not name the process, user and systemd unit behind each client
-    /// (status and `top` then group clients by transport and uid only).
-    #[arg(long)]
-    pub no_attribution: bool,
+    /// Every other setting, each a flag and a config key.
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 impl ServeArgs {
@@ -143,33 +70,15 @@ impl ServeArgs {
     }
 
     /// The flags as a config layer.
-    pub fn as_layer(&self) -> Result<FileConfig, SpecError> {
+    pub fn as_layer(&self) -> Result<Settings, SpecError> {
         let listen = self
             .listen
             .iter()
             .map(|s| s.parse())
             .collect::<Result<Vec<ListenSpec>, _>>()?;
-        Ok(FileConfig {
-            listen: Some(listen),
-            rpcbind_socket: self.rpcbind_socket.clone(),
-            rpcbind_port: self.rpcbind_port,
-            control: self.control.clone(),
-            upstream_timeout: self.upstream_timeout,
-            ttl: self.ttl,
-            negative_ttl: self.negative_ttl,
-            max_entries: self.max_entries,
-            refresh: self.refresh,
-            serve_stale: self.serve_stale,
-            log_level: self.log_level.clone(),
-            max_connections: self.max_connections,
-            max_in_flight: self.max_in_flight,
-            idle_timeout: self.idle_timeout,
-            record_timeout: self.record_timeout,
-            max_udp_reply: self.max_udp_reply,
-            threads: self.threads,
-            intercept: self.intercept.then_some(true),
-            intercept_mark: self.intercept_mark,
-            attribution: self.no_attribution.then_some(false),
+        Ok(Settings {
+            listen: (!listen.is_empty()).then_some(listen),
+            ..self.settings.clone()
         })
     }
 }
@@ -361,28 +270,6 @@ fn delay(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A number of seconds on the command line; the range is checked with the
-/// config file's value (`config::seconds`), so both say the same.
-fn seconds_arg(s: &str) -> Result<f64, String> {
-    s.trim()
-        .parse::<f64>()
-        .map_err(|_| "expected a number of seconds, e.g. 2 or 0.5".to_string())
-}
-
-/// A count (connections, entries, bytes, threads) on the command line.
-fn count_arg(s: &str) -> Result<usize, String> {
-    s.trim()
-        .parse::<usize>()
-        .map_err(|_| "expected a whole number, 0 or more, e.g. 4096".to_string())
-}
-
-/// A port on the command line (0 is refused with the file's value).
-fn port_arg(s: &str) -> Result<u16, String> {
-    s.trim()
-        .parse::<u16>()
-        .map_err(|_| "expected a port number from 1 to 65535".to_string())
-}
-
 /// A ratio from 0 to 1.
 fn ratio_arg(s: &str) -> Result<f64, String> {
     s.trim()
@@ -507,13 +394,25 @@ mod tests {
         }
     }
 
+    /// `query` asks the proxy where `serve` listens by default.
+    #[test]
+    fn query_defaults_are_the_default_listeners() {
+        let Command::Query(q) = parse(&["query", "-p"]).unwrap().command else {
+            panic!()
+        };
+        let unix = format!("unix:{}", q.socket.display());
+        let tcp = format!("tcp:{}", q.inet);
+        assert!(DEFAULT_LISTEN.contains(&unix.as_str()), "{unix}");
+        assert!(DEFAULT_LISTEN.contains(&tcp.as_str()), "{tcp}");
+    }
+
     #[test]
     fn a_negative_number_is_a_value_in_either_spelling() {
         for args in [&["serve", "--ttl", "-1"][..], &["serve", "--ttl=-1"]] {
             let Command::Serve(s) = parse(args).unwrap().command else {
                 panic!()
             };
-            assert_eq!(s.ttl, Some(-1.0), "{args:?}");
+            assert_eq!(s.settings.ttl, Some(-1.0), "{args:?}");
         }
         for args in [
             &["serve", "--max-connections", "-1"][..],

@@ -17,7 +17,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::cli::ServeArgs;
-use crate::config::{Config, FileConfig};
+use crate::config::{Config, Settings};
 use crate::host::systemd;
 
 pub use error::StartError;
@@ -56,8 +56,8 @@ fn init_logging(level: &str) -> Option<LogHandle> {
 fn load(args: &ServeArgs) -> Result<Config, StartError> {
     let flags = args.as_layer()?;
     let file = match args.config_path() {
-        Some(path) => FileConfig::load(&path)?,
-        None => FileConfig::default(),
+        Some(path) => Settings::load(&path)?,
+        None => Settings::default(),
     };
     // The file was checked on its own when read (its errors name the line):
     // what fails now is a flag.

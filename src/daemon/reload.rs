@@ -12,20 +12,8 @@ use crate::proxy::service::Proxy;
 pub(super) fn apply(proxy: &Proxy, running: &Config, new: &Config) {
     proxy.reconfigure(new.upstream_timeout, new.cache, new.refresh, new.limits);
     proxy.attribution.set_enabled(new.attribution);
-    if (
-        &new.listen,
-        &new.control,
-        &new.rpcbind_socket,
-        new.rpcbind_port,
-        (new.intercept, new.intercept_mark),
-    ) != (
-        &running.listen,
-        &running.control,
-        &running.rpcbind_socket,
-        running.rpcbind_port,
-        (running.intercept, running.intercept_mark),
-    ) {
-        warn!("listen, control, rpcbind addresses and intercept change only with a restart");
+    if let Some(line) = running.restart_needed(new) {
+        warn!("{line}");
     }
     info!("configuration reloaded: {}", new.summary());
 }

@@ -157,7 +157,8 @@ fn classify(key: &Key, reply: &[u8]) -> Option<bool> {
 }
 
 /// Cache settings (reloadable).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub negative_ttl: Duration,
@@ -167,14 +168,19 @@ pub struct CacheConfig {
     pub serve_stale: Duration,
 }
 
+impl CacheConfig {
+    /// The defaults, which the settings' help and the example config state.
+    pub const DEFAULT: CacheConfig = CacheConfig {
+        ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(10),
+        max_entries: 65536,
+        serve_stale: Duration::from_secs(30),
+    };
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(10),
-            max_entries: 65536,
-            serve_stale: Duration::from_secs(30),
-        }
+        CacheConfig::DEFAULT
     }
 }
 

@@ -16,7 +16,8 @@ use crate::proxy::logs::{human, Throttle};
 use crate::proxy::policy::Peer;
 
 /// The limits as configured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct LimitsConfig {
     /// Stream clients connected at once. A client that comes when they are
     /// all taken is admitted by closing the longest-idle connection of the
@@ -39,15 +40,20 @@ pub struct LimitsConfig {
     pub max_udp_reply: usize,
 }
 
+impl LimitsConfig {
+    /// The defaults, which the settings' help and the example config state.
+    pub const DEFAULT: LimitsConfig = LimitsConfig {
+        max_connections: 4096,
+        max_in_flight: 64,
+        idle_timeout: Duration::from_secs(120),
+        record_timeout: Duration::from_secs(10),
+        max_udp_reply: 9000,
+    };
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            max_connections: 4096,
-            max_in_flight: 64,
-            idle_timeout: Duration::from_secs(120),
-            record_timeout: Duration::from_secs(10),
-            max_udp_reply: 9000,
-        }
+        LimitsConfig::DEFAULT
     }
 }
 
