@@ -13,8 +13,9 @@ use rpcbind_proxy::protocol::rpc::{
     accepted_reply, encode_call, parse_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec,
 };
 use rpcbind_proxy::proxy::cache::CacheConfig;
+use rpcbind_proxy::proxy::limits::LimitsConfig;
 use rpcbind_proxy::proxy::policy::Peer;
-use rpcbind_proxy::proxy::service::{Outcome, Proxy, RpcbindAddr};
+use rpcbind_proxy::proxy::service::{Outcome, Proxy, RpcbindAddr, Settings};
 use rpcbind_proxy::proxy::upstream::{Target, Upstream, UpstreamError};
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
@@ -291,9 +292,13 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
             mark: None,
             public_socket: None,
         },
-        Duration::from_secs(5),
-        CacheConfig::default(),
-        Duration::from_secs(1),
+        Settings {
+            upstream_timeout: Duration::from_secs(5),
+            cache: CacheConfig::default(),
+            refresh: Duration::from_secs(1),
+            limits: LimitsConfig::default(),
+            attribution: true,
+        },
     );
     let mut getport = BytesMut::new();
     for v in [300001u32, 1, 6, 0] {
@@ -331,7 +336,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
         1,
         "one call reached the upstream"
     );
-    let stats = &proxy.cache.stats;
+    let stats = &proxy.cache().stats;
     let waited = stats.coalesced.load(Ordering::Relaxed) + stats.hits.load(Ordering::Relaxed);
     assert_eq!((stats.misses.load(Ordering::Relaxed), waited), (1, 99));
 }
@@ -356,9 +361,13 @@ async fn a_lookup_after_a_registration_never_gets_an_answer_fetched_before_it() 
             mark: None,
             public_socket: None,
         },
-        Duration::from_secs(2),
-        CacheConfig::default(),
-        Duration::from_secs(1),
+        Settings {
+            upstream_timeout: Duration::from_secs(2),
+            cache: CacheConfig::default(),
+            refresh: Duration::from_secs(1),
+            limits: LimitsConfig::default(),
+            attribution: true,
+        },
     );
     let root = Peer::Unix {
         uid: 0,

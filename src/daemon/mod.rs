@@ -20,7 +20,7 @@ use crate::host::systemd;
 use crate::ops::control;
 use crate::proxy::listen::{self, Bound, DatagramThreads, ListenSpec, StreamLoop};
 use crate::proxy::policy::Class;
-use crate::proxy::service::{Proxy, RpcbindAddr};
+use crate::proxy::service::{Proxy, RpcbindAddr, Settings};
 use crate::StartError;
 
 /// How long a stopping daemon waits for calls in flight.
@@ -104,12 +104,8 @@ pub async fn run(
             mark: config.intercept.then_some(config.intercept_mark),
             public_socket,
         },
-        config.upstream_timeout,
-        config.cache,
-        config.refresh,
+        settings(&config),
     );
-    proxy.limits.set(config.limits);
-    proxy.attribution.set_enabled(config.attribution);
     raise_fd_limit();
     // Connected or not, the upstream says so itself (once).
     let _ = proxy.upstream(Class::Unix).ensure_connected().await;
@@ -191,7 +187,7 @@ pub async fn run(
             "transparent mode: local traffic to port 111 is redirected here"
         );
         *intercept.lock().unwrap() = Some(table);
-        proxy.attribution.set_redirected(true);
+        proxy.set_redirected(true);
     }
     background.push(tokio::spawn(stop_listening(
         shutdown.clone(),
@@ -229,13 +225,9 @@ pub async fn run(
     streams.stop();
     streams.stopped_accepting().await;
     systemd::stopping();
-    proxy.tasks.close();
-    if tokio::time::timeout(DRAIN, proxy.tasks.wait())
-        .await
-        .is_err()
-    {
+    if let Err(left) = proxy.drain(DRAIN).await {
         warn!(
-            clients = proxy.tasks.len(),
+            clients = left,
             "calls still in flight after {DRAIN:?}; closing anyway"
         );
     }
@@ -359,12 +351,22 @@ fn intercept_rules(specs: &[ListenSpec], mark: u32) -> Result<InterceptRules, St
     })
 }
 
+/// What of `config` the proxy takes, at start and at each reload.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        upstream_timeout: config.upstream_timeout,
+        cache: config.cache,
+        refresh: config.refresh,
+        limits: config.limits,
+        attribution: config.attribution,
+    }
+}
+
 /// Applies a reloaded configuration: TTLs, limits, timeouts and the refresh
 /// period change in place and the cache is kept. Listeners, sockets and
 /// paths need a restart.
 fn apply(proxy: &Proxy, running: &Config, new: &Config) {
-    proxy.reconfigure(new.upstream_timeout, new.cache, new.refresh, new.limits);
-    proxy.attribution.set_enabled(new.attribution);
+    proxy.reconfigure(settings(new));
     if (
         &new.listen,
         &new.control,
@@ -486,7 +488,7 @@ async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<
 
 fn status_line(proxy: &Proxy) -> String {
     use std::sync::atomic::Ordering::Relaxed;
-    let c = &proxy.cache.stats;
+    let c = &proxy.cache().stats;
     let answered = c.hits.load(Relaxed) + c.negative_hits.load(Relaxed) + c.coalesced.load(Relaxed);
     let lookups = answered + c.misses.load(Relaxed);
     let ratio = if lookups == 0 {
@@ -501,7 +503,7 @@ fn status_line(proxy: &Proxy) -> String {
     };
     format!(
         "hit ratio {ratio:.1}% of {lookups} lookups, {} entries, rpcbind {up}",
-        proxy.cache.len()
+        proxy.cache().len()
     )
 }
 
