@@ -171,7 +171,7 @@ async fn a_hundred_concurrent_misses_make_one_upstream_call() {
         1,
         "one call reached the upstream"
     );
-    let stats = &proxy.cache.stats;
+    let stats = &proxy.cache().stats;
     let waited = stats.coalesced.load(Ordering::Relaxed) + stats.hits.load(Ordering::Relaxed);
     assert_eq!((stats.misses.load(Ordering::Relaxed), waited), (1, 99));
 }

@@ -340,3 +340,17 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// What of the configuration the proxy itself takes, at start and at
+    /// each reload.
+    pub fn proxy_settings(&self) -> crate::proxy::service::Settings {
+        crate::proxy::service::Settings {
+            upstream_timeout: self.upstream_timeout,
+            cache: self.cache,
+            refresh: self.refresh,
+            limits: self.limits,
+            attribution: self.attribution,
+        }
+    }
+}

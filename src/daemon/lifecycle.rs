@@ -150,7 +150,7 @@ impl Daemon {
         if let Some(rules) = &redirects {
             let table = redirect(rules, listeners_up_to)?;
             *intercept.lock().unwrap() = Some(table);
-            proxy.attribution.set_redirected(true);
+            proxy.set_redirected(true);
         }
         let probe_at = specs.iter().find_map(|s| match s {
             ListenSpec::Udp(a) if a.ip().is_loopback() => Some(*a),
@@ -214,13 +214,9 @@ impl Running {
         self.streams.stop();
         self.streams.stopped_accepting().await;
         systemd::stopping();
-        self.proxy.tasks.close();
-        if tokio::time::timeout(DRAIN, self.proxy.tasks.wait())
-            .await
-            .is_err()
-        {
+        if let Err(left) = self.proxy.drain(DRAIN).await {
             warn!(
-                clients = self.proxy.tasks.len(),
+                clients = left,
                 "calls still in flight after {DRAIN:?}; closing anyway"
             );
         }
@@ -340,20 +336,15 @@ async fn bind(
 /// The proxy as `config` sets it up; `public_socket` is the unix path it
 /// stands in for (transparent mode).
 fn build_proxy(config: &Config, public_socket: Option<std::path::PathBuf>) -> Arc<Proxy> {
-    let proxy = Proxy::new(
+    Proxy::new(
         RpcbindAddr {
             socket: config.rpcbind_socket.clone(),
             port: config.rpcbind_port,
             mark: config.intercept.then_some(config.intercept_mark),
             public_socket,
         },
-        config.upstream_timeout,
-        config.cache,
-        config.refresh,
-    );
-    proxy.limits.set(config.limits);
-    proxy.attribution.set_enabled(config.attribution);
-    proxy
+        config.proxy_settings(),
+    )
 }
 
 /// What the control socket reports besides the proxy's own counters.

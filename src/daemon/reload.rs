@@ -10,8 +10,7 @@ use crate::proxy::service::Proxy;
 /// period change in place and the cache is kept. Listeners, sockets and
 /// paths need a restart.
 pub(super) fn apply(proxy: &Proxy, running: &Config, new: &Config) {
-    proxy.reconfigure(new.upstream_timeout, new.cache, new.refresh, new.limits);
-    proxy.attribution.set_enabled(new.attribution);
+    proxy.reconfigure(new.proxy_settings());
     if let Some(line) = running.restart_needed(new) {
         warn!("{line}");
     }

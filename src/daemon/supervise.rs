@@ -109,7 +109,7 @@ async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<
 
 fn status_line(proxy: &Proxy) -> String {
     use std::sync::atomic::Ordering::Relaxed;
-    let c = &proxy.cache.stats;
+    let c = &proxy.cache().stats;
     let answered = c.hits.load(Relaxed) + c.negative_hits.load(Relaxed) + c.coalesced.load(Relaxed);
     let lookups = answered + c.misses.load(Relaxed);
     let ratio = if lookups == 0 {
@@ -124,6 +124,6 @@ fn status_line(proxy: &Proxy) -> String {
     };
     format!(
         "hit ratio {ratio:.1}% of {lookups} lookups, {} entries, rpcbind {up}",
-        proxy.cache.len()
+        proxy.cache().len()
     )
 }

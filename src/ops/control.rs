@@ -17,7 +17,6 @@ use tracing::{debug, info};
 use crate::host::netfilter::InterceptTable;
 use crate::host::procnet::{tcp_sockets, TCP_TIME_WAIT};
 use crate::host::sockdiag;
-use crate::proxy::cache::Invalidation;
 use crate::proxy::policy::Class;
 use crate::proxy::service::Proxy;
 
@@ -123,15 +122,14 @@ pub fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
             if uid != 0 {
                 return json!({"error": format!("flush changes the cache and needs root (uid 0); you are uid {uid}")});
             }
-            let cache = &ctx.proxy.cache;
             match program.map(str::parse::<u32>) {
                 None => {
-                    let n = cache.flush(Invalidation::Flush);
+                    let n = ctx.proxy.flush(None);
                     info!(entries = n, "cache flushed");
                     json!({"flushed": n})
                 }
                 Some(Ok(p)) => {
-                    let n = cache.invalidate_programs(&[p].into(), Invalidation::Flush);
+                    let n = ctx.proxy.flush(Some(p));
                     info!(program = p, entries = n, "program flushed");
                     json!({"flushed": n, "program": p})
                 }
@@ -148,7 +146,7 @@ pub fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
 
 /// Each limit with its setting and how often it bit.
 fn limits(proxy: &Proxy) -> Value {
-    let l = &proxy.limits;
+    let l = proxy.limits();
     let c = l.get();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     json!({
@@ -165,7 +163,7 @@ fn limits(proxy: &Proxy) -> Value {
 fn recent(proxy: &Proxy) -> Value {
     let (answered, misses) = proxy.lookup_counts();
     let r = proxy
-        .recent
+        .recent()
         .over(tokio::time::Instant::now(), answered, misses);
     json!({
         "window_seconds": crate::proxy::metrics::RECENT_WINDOW.as_secs(),
@@ -190,9 +188,9 @@ fn ratio(num: u64, den: u64) -> f64 {
 /// The whole status as one JSON object.
 pub fn status(ctx: &Context) -> Value {
     let proxy = &ctx.proxy;
-    let c = &proxy.cache.stats;
+    let c = &proxy.cache().stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let config = proxy.cache.config();
+    let config = proxy.cache().config();
     let (hits, negative_hits, misses, coalesced) = (
         load(&c.hits),
         load(&c.negative_hits),
@@ -229,7 +227,7 @@ pub fn status(ctx: &Context) -> Value {
     // Latency is dominated by the unix connection that carries most calls.
     let latency = &proxy.upstream(Class::Unix).stats.latency;
 
-    let mut lookups: Vec<_> = proxy.cache.lookups().into_iter().collect();
+    let mut lookups: Vec<_> = proxy.cache().lookups().into_iter().collect();
     lookups.sort_by(|a, b| {
         (b.1 .0 + b.1 .1)
             .cmp(&(a.1 .0 + a.1 .1))
@@ -263,7 +261,7 @@ pub fn status(ctx: &Context) -> Value {
         }
     };
     let tw_proxy: u64 = ctx.tcp_ports.iter().map(|p| time_wait_on(*p)).sum();
-    let mut top = proxy.clients.rows();
+    let mut top = proxy.clients().rows();
     let rest = top.split_off(top.len().min(TOP_CLIENTS));
     let rest = json!({
         "rows": rest.len(),
@@ -271,10 +269,10 @@ pub fn status(ctx: &Context) -> Value {
         "per_second_10s": rest.iter().map(|r| r.per_second_10s).sum::<f64>(),
     });
 
-    let s = &proxy.stats;
+    let s = proxy.stats();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": proxy.started.elapsed().as_secs(),
+        "uptime_seconds": proxy.uptime().as_secs(),
         "listeners": ctx.listeners,
         "requests": {
             "total": load(&s.requests),
@@ -282,7 +280,7 @@ pub fn status(ctx: &Context) -> Value {
             "refused": load(&s.refused),
             "forwarded": load(&s.forwarded),
             "upstream_failures": load(&s.upstream_failures),
-            "by_procedure": proxy.procs.snapshot().into_iter()
+            "by_procedure": proxy.procs().snapshot().into_iter()
                 .map(|(v, p, n)| json!({"version": v, "procedure": p, "count": n}))
                 .collect::<Vec<_>>(),
         },
@@ -292,7 +290,7 @@ pub fn status(ctx: &Context) -> Value {
             "negative_hits": negative_hits,
             "misses": misses,
             "coalesced": coalesced,
-            "entries": proxy.cache.len(),
+            "entries": proxy.cache().len(),
             "max_entries": config.max_entries,
             "evictions": load(&c.evictions),
             "expirations": load(&c.expirations),
@@ -318,8 +316,8 @@ pub fn status(ctx: &Context) -> Value {
         },
         "lookups": lookups,
         "clients": {
-            "connected": proxy.clients.connected.load(Ordering::Relaxed),
-            "total": proxy.clients.total.load(Ordering::Relaxed),
+            "connected": proxy.clients().connected.load(Ordering::Relaxed),
+            "total": proxy.clients().total.load(Ordering::Relaxed),
             "top": top,
             "rest": rest,
         },

@@ -43,7 +43,10 @@ pub enum Origin {
     Hint(IpAddr, u16),
 }
 
-/// Everything rpcbind's answer depends on (../shared/rpcbind-notes.md).
+/// Everything rpcbind's answer depends on besides its registrations, as
+/// measured against rpcbind: the version and procedure, the arguments that
+/// matter and, for the address lookups, the arrival transport class and the
+/// caller's address or hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
     /// PMAP v2 GETPORT: only the registrations of (prog, vers, prot); the

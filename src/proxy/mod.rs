@@ -1,8 +1,9 @@
 //! The request path: from a client's socket to rpcbind and back.
 //!
 //! Owns the listeners and per-connection loops (`listen`), the checks and
-//! local answers (`service`), who may do what (`policy`), the coherent cache
-//! (`cache`), the persistent upstream connections (`upstream`), the client
+//! local answers (`service`, each call decoded once into a `request`), who
+//! may do what (`policy`), the cache (`cache`) and its coherence with
+//! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`), the client
 //! limits (`limits`), who each client is (`attribution`) and how much it
 //! asks (`clients`), the counters the path bumps (`metrics`) and the log
 //! lines of repeated events (`logs`). It imports
@@ -13,10 +14,12 @@
 pub mod attribution;
 pub mod cache;
 pub mod clients;
+mod coherence;
 pub mod limits;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
 pub mod policy;
+mod request;
 pub mod service;
 pub mod upstream;

@@ -3,8 +3,10 @@
 //! rest to the right upstream.
 //!
 //! Every answer built here is the one Debian's rpcbind gives, byte for byte
-//! after the XID; `tests/differential.rs` holds the proof. The cache (a later
-//! stage) slots in at `forward`, in front of the upstream.
+//! after the XID; `tests/differential.rs` holds the proof. A call is decoded
+//! once into a `Request` and passed down by reference; lookups go through
+//! the cache (`cached`) before the upstream (`fetch`). Keeping the cache
+//! coherent with rpcbind lives in `coherence`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -14,20 +16,21 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::protocol::rpc::{self, AcceptStat, AuthStat, Call, HeaderError, OpaqueAuth};
-use crate::protocol::rpcb::{self, Args, Procedure, Rpcb, RpcbEntry};
+use crate::protocol::rpc::{self, AcceptStat, AuthStat, HeaderError, OpaqueAuth};
+use crate::protocol::rpcb::{self, Args, Procedure, Rpcb};
 use crate::proxy::attribution::Attributor;
-use crate::proxy::cache::{changed_programs, Cache, CacheConfig, Invalidation, Key, Lookup};
+use crate::proxy::cache::{Cache, CacheConfig, Invalidation, Key, Lookup};
 use crate::proxy::clients::Clients;
+use crate::proxy::coherence::Coherence;
 use crate::proxy::limits::{Limits, LimitsConfig};
 use crate::proxy::metrics::{ProcCounters, Recent};
 use crate::proxy::policy::{
-    callit_allowed, indirect_verdict, route, Class, LocalAnswer, Peer, Route,
+    self, callit_allowed, indirect_verdict, Class, LocalAnswer, Peer, Route,
 };
+use crate::proxy::request::{Rejected, Request};
 use crate::proxy::upstream::{self, Target, Upstream, UpstreamError};
 
 /// What a listener does with a call.
@@ -61,6 +64,19 @@ pub struct RpcbindAddr {
     pub public_socket: Option<PathBuf>,
 }
 
+/// The settings a reload may change, given in full at construction.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long a call may wait for rpcbind (every class).
+    pub upstream_timeout: Duration,
+    pub cache: CacheConfig,
+    /// How often the refresh loop compares rpcbind's registrations.
+    pub refresh: Duration,
+    pub limits: LimitsConfig,
+    /// Whether clients are named (unit, command, user).
+    pub attribution: bool,
+}
+
 /// Counters of the request path.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -71,43 +87,36 @@ pub struct Stats {
     pub upstream_failures: AtomicU64,
 }
 
-/// The proxy's shared state: one `Upstream` per class, and the cache.
+/// The proxy's shared state: one `Upstream` per class, the cache, the
+/// client limits and counters, and the coherence of the cache with rpcbind.
+/// Its fields are read by the other proxy/ modules; everything outside goes
+/// through its methods.
 #[derive(Debug)]
 pub struct Proxy {
     /// Indexed by `Class::index`.
-    upstreams: [Upstream; 5],
-    pub cache: Cache,
-    rpcbind: RpcbindAddr,
+    pub(super) upstreams: [Upstream; 5],
+    pub(super) cache: Cache,
+    pub(super) rpcbind: RpcbindAddr,
     /// At most one connection at a time opened under a caller's identity.
-    as_user: Semaphore,
-    pub stats: Stats,
-    pub procs: ProcCounters,
-    pub clients: Clients,
+    pub(super) as_user: Semaphore,
+    pub(super) stats: Stats,
+    pub(super) procs: ProcCounters,
+    pub(super) clients: Clients,
     /// Names the process, user and unit behind each client.
-    pub attribution: Attributor,
-    pub limits: Limits,
+    pub(super) attribution: Attributor,
+    pub(super) limits: Limits,
     /// Lookups of the last few minutes, for a hit ratio that is not the
     /// whole life's.
-    pub recent: Recent,
-    pub started: std::time::Instant,
+    pub(super) recent: Recent,
+    pub(super) started: std::time::Instant,
     /// Every task serving a client: shutdown waits for them (bounded).
-    pub tasks: TaskTracker,
-    /// Refresh period in milliseconds (reloadable).
-    refresh_ms: AtomicU64,
-    /// When the refresh loop last went round, in ms since `started`.
-    heartbeat_ms: AtomicU64,
-    /// rpcbind's registration list as the refresh loop last read it (the
-    /// raw DUMP reply, to compare cheaply, and its entries).
-    known: std::sync::Mutex<Option<(Bytes, Arc<Vec<RpcbEntry>>)>>,
+    pub(super) tasks: TaskTracker,
+    /// The refresh loop's period, heartbeat and registration list.
+    pub(super) coherence: Coherence,
 }
 
 impl Proxy {
-    pub fn new(
-        rpcbind: RpcbindAddr,
-        timeout: Duration,
-        cache: CacheConfig,
-        refresh: Duration,
-    ) -> Arc<Proxy> {
+    pub fn new(rpcbind: RpcbindAddr, settings: Settings) -> Arc<Proxy> {
         let port = rpcbind.port;
         let upstreams = Class::ALL.map(|class| {
             let v4 = (std::net::Ipv4Addr::LOCALHOST, port).into();
@@ -119,24 +128,22 @@ impl Proxy {
                 Class::Tcp6 => Target::Tcp(v6),
                 Class::Udp6 => Target::Udp(v6),
             };
-            Upstream::new(target, timeout).with_mark(rpcbind.mark)
+            Upstream::new(target, settings.upstream_timeout).with_mark(rpcbind.mark)
         });
         Arc::new(Proxy {
             upstreams,
-            cache: Cache::new(cache),
+            cache: Cache::new(settings.cache),
             rpcbind,
             as_user: Semaphore::new(1),
             stats: Stats::default(),
             procs: ProcCounters::default(),
             clients: Clients::default(),
-            attribution: Attributor::new(true),
-            limits: Limits::new(LimitsConfig::default()),
+            attribution: Attributor::new(settings.attribution),
+            limits: Limits::new(settings.limits),
             recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
-            refresh_ms: AtomicU64::new(refresh.as_millis() as u64),
-            heartbeat_ms: AtomicU64::new(0),
-            known: std::sync::Mutex::new(None),
+            coherence: Coherence::new(settings.refresh),
         })
     }
 
@@ -166,30 +173,41 @@ impl Proxy {
     }
 
     /// Applies reloadable settings (SIGHUP), keeping the cache's entries.
-    pub fn reconfigure(
-        &self,
-        timeout: Duration,
-        cache: CacheConfig,
-        refresh: Duration,
-        limits: LimitsConfig,
-    ) {
-        self.limits.set(limits);
+    pub fn reconfigure(&self, settings: Settings) {
+        self.limits.set(settings.limits);
         for up in &self.upstreams {
-            up.set_timeout(timeout);
+            up.set_timeout(settings.upstream_timeout);
         }
-        self.cache.reconfigure(cache);
-        self.refresh_ms
-            .store(refresh.as_millis() as u64, Ordering::Relaxed);
+        self.cache.reconfigure(settings.cache);
+        self.coherence.set_period(settings.refresh);
+        self.attribution.set_enabled(settings.attribution);
     }
 
-    /// Whether the refresh loop went round recently: the daemon's own loops
-    /// are alive (rpcbind being down does not make the daemon unhealthy).
-    pub fn healthy(&self) -> bool {
-        let refresh = Duration::from_millis(self.refresh_ms.load(Ordering::Relaxed));
-        let since = self.started.elapsed().saturating_sub(Duration::from_millis(
-            self.heartbeat_ms.load(Ordering::Relaxed),
-        ));
-        since < refresh * 3 + self.timeout() + Duration::from_secs(5)
+    /// Tells attribution whether transparent mode redirects port 111 here
+    /// (a redirected client's original destination is then looked up).
+    pub fn set_redirected(&self, redirected: bool) {
+        self.attribution.set_redirected(redirected);
+    }
+
+    /// Drops the cached answers of `program`, or all of them; returns how
+    /// many entries went (the operator's `flush`).
+    pub fn flush(&self, program: Option<u32>) -> usize {
+        match program {
+            Some(p) => self
+                .cache
+                .invalidate_programs(&BTreeSet::from([p]), Invalidation::Flush),
+            None => self.cache.flush(Invalidation::Flush),
+        }
+    }
+
+    /// At shutdown: lets the calls being served finish, for at most
+    /// `within`. Err gives how many were still running then.
+    pub async fn drain(&self, within: Duration) -> Result<(), usize> {
+        self.tasks.close();
+        match tokio::time::timeout(within, self.tasks.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.tasks.len()),
+        }
     }
 
     /// The hot path: answers a lookup from the cache without allocating or
@@ -197,79 +215,47 @@ impl Proxy {
     /// counted nothing) for everything else, which then goes through
     /// `handle`.
     pub fn answer_now(&self, record: &[u8], peer: Peer) -> Option<Outcome> {
-        let call = rpc::parse_call(record).ok()?;
-        let (procedure, verf) = check_header(&call).ok()?;
-        let Route::Upstream(class) = route(procedure, &peer) else {
+        let request = Request::decode(record, peer).ok()?;
+        let Route::Upstream(class) = request.route() else {
             return None;
         };
-        let args = rpcb::decode_args(procedure, call.vers, call.args).ok()?;
-        let key = cache_key(&call, procedure, verf, &args, class, peer)?;
-        let reply = self.cache.hit(key)?;
+        let reply = self.cache.hit(request.cache_key(class)?)?;
         if peer.is_datagram() && reply.len() > self.limits.max_udp_reply() {
             return None;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.procs.count(call.vers, call.procedure);
-        Some(Outcome::Shared(reply, call.xid))
+        self.procs.count(request.call.vers, request.call.procedure);
+        Some(Outcome::Shared(reply, request.call.xid))
     }
 
     /// Answers one call record from `peer`.
     pub async fn handle(&self, record: BytesMut, peer: Peer) -> Outcome {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let call = match rpc::parse_call(&record) {
-            Ok(call) => call,
-            Err(e) => return self.header_error(e, peer),
+        let request = match Request::decode(&record, peer) {
+            Ok(request) => request,
+            Err(rejected) => return self.rejected(rejected, peer),
         };
-        let (procedure, verf) = match check_header(&call) {
-            Ok(ok) => ok,
-            Err(reply) => return self.local_error(reply),
-        };
+        let call = &request.call;
         self.procs.count(call.vers, call.procedure);
-        let route = route(procedure, &peer);
-        let args = match rpcb::decode_args(procedure, call.vers, call.args) {
-            Ok(args) => args,
-            // rpcbind answers undecodable remote calls only for INDIRECT over
-            // UDP; everything else gets GARBAGE_ARGS.
-            Err(_) => match route {
-                Route::Local(LocalAnswer::NoReply) => return Outcome::NoReply,
-                Route::Local(LocalAnswer::RemoteCallUdp) if procedure != Procedure::Indirect => {
-                    return Outcome::NoReply
-                }
-                _ => {
-                    return self.local_error(rpc::accepted_reply(
-                        call.xid,
-                        verf,
-                        AcceptStat::GarbageArgs,
-                        &[],
-                    ))
-                }
-            },
-        };
-        let outcome = match route {
+        let outcome = match request.route() {
             Route::Local(answer) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.local_answer(answer, procedure, &args, &call, verf, peer)
-                    .await
+                self.local_answer(answer, &request).await
             }
-            Route::Upstream(class) => match cache_key(&call, procedure, verf, &args, class, peer) {
-                Some(key) => {
-                    self.cached(key, class, &record, procedure, &args, &call, peer)
-                        .await
-                }
+            Route::Upstream(class) => match request.cache_key(class) {
+                Some(key) => self.cached(key, class, &request).await,
                 None => {
-                    let result = self
-                        .fetch(class, &record, procedure, &args, &call, peer)
-                        .await;
-                    self.reply_or_error(result, call.xid, verf)
+                    let result = self.fetch(class, &request).await;
+                    self.reply_or_error(result, &request)
                 }
             },
             Route::AsUser { uid, gid } => {
-                let result = self.forward_as(uid, gid, &record).await;
-                self.reply_or_error(result, call.xid, verf)
+                let result = self.forward_as(uid, gid, request.record).await;
+                self.reply_or_error(result, &request)
             }
         };
-        if matches!(procedure, Procedure::Set | Procedure::Unset) {
-            self.registration_passed(&args, &outcome);
+        if matches!(request.procedure, Procedure::Set | Procedure::Unset) {
+            self.registration_passed(&request.args, &outcome);
         }
         match outcome {
             Outcome::Reply(ref r) | Outcome::Shared(ref r, _)
@@ -280,15 +266,41 @@ impl Proxy {
                 if call.vers == 2 {
                     Outcome::NoReply
                 } else {
-                    Outcome::Reply(rpc::accepted_reply(
-                        call.xid,
-                        verf,
-                        AcceptStat::SystemErr,
-                        &[],
-                    ))
+                    Outcome::Reply(request.reply(AcceptStat::SystemErr, &[]))
                 }
             }
             other => other,
+        }
+    }
+
+    /// What rpcbind does with a call that fails its checks.
+    fn rejected(&self, rejected: Rejected<'_>, peer: Peer) -> Outcome {
+        match rejected {
+            Rejected::Header(e) => self.header_error(e, peer),
+            Rejected::Checks(reply) => self.local_error(reply),
+            Rejected::Args {
+                call,
+                procedure,
+                verf,
+            } => {
+                self.procs.count(call.vers, call.procedure);
+                // rpcbind answers undecodable remote calls only for INDIRECT
+                // over UDP; everything else gets GARBAGE_ARGS.
+                match policy::route(procedure, &peer) {
+                    Route::Local(LocalAnswer::NoReply) => Outcome::NoReply,
+                    Route::Local(LocalAnswer::RemoteCallUdp)
+                        if procedure != Procedure::Indirect =>
+                    {
+                        Outcome::NoReply
+                    }
+                    _ => self.local_error(rpc::accepted_reply(
+                        call.xid,
+                        verf,
+                        AcceptStat::GarbageArgs,
+                        &[],
+                    )),
+                }
+            }
         }
     }
 
@@ -297,51 +309,30 @@ impl Proxy {
         Outcome::Reply(reply)
     }
 
-    async fn local_answer(
-        &self,
-        answer: LocalAnswer,
-        procedure: Procedure,
-        args: &Args<'_>,
-        call: &Call<'_>,
-        verf: OpaqueAuth<'_>,
-        peer: Peer,
-    ) -> Outcome {
-        let reply =
-            |stat, body: &[u8]| Outcome::Reply(rpc::accepted_reply(call.xid, verf, stat, body));
-        match (answer, args) {
+    async fn local_answer(&self, answer: LocalAnswer, request: &Request<'_>) -> Outcome {
+        let reply = |stat, body: &[u8]| Outcome::Reply(request.reply(stat, body));
+        match (answer, request.args) {
             (LocalAnswer::NoReply, _) => Outcome::NoReply,
             (LocalAnswer::False, _) => reply(AcceptStat::Success, &[0, 0, 0, 0]),
             (LocalAnswer::RemoteCallUdp, Args::RemoteCall(rc))
                 if !callit_allowed(rc.prog, rc.procedure) =>
             {
-                Outcome::Reply(rpc::auth_error_reply(call.xid, AuthStat::TooWeak))
+                Outcome::Reply(rpc::auth_error_reply(request.call.xid, AuthStat::TooWeak))
             }
             (LocalAnswer::RemoteCallUdp, Args::RemoteCall(rc))
-                if procedure == Procedure::Indirect =>
+                if request.procedure == Procedure::Indirect =>
             {
-                let netid: &[u8] = if Class::of(&peer) == Class::Udp6 {
+                let netid: &[u8] = if Class::of(&request.peer) == Class::Udp6 {
                     b"udp6"
                 } else {
                     b"udp"
                 };
                 match self.registrations().await {
                     Ok(entries) => reply(indirect_verdict(&entries, rc.prog, rc.vers, netid), &[]),
-                    Err(e) => self.upstream_failed(e, call.xid, verf),
+                    Err(e) => self.upstream_failed(e, request.call.xid, request.verf),
                 }
             }
             (LocalAnswer::RemoteCallUdp, _) => Outcome::NoReply,
-        }
-    }
-
-    /// rpcbind's registrations: the list the refresh loop keeps (at most one
-    /// refresh interval old, like every cached answer), or a DUMP before it
-    /// has one. A flood of INDIRECT datagrams thus never turns into a flood
-    /// of DUMPs at rpcbind.
-    pub async fn registrations(&self) -> Result<Arc<Vec<RpcbEntry>>, UpstreamError> {
-        let known = self.known.lock().unwrap().as_ref().map(|(_, e)| e.clone());
-        match known {
-            Some(entries) => Ok(entries),
-            None => Ok(Arc::new(decode_dump(&self.dump().await?)?)),
         }
     }
 
@@ -355,32 +346,23 @@ impl Proxy {
 
     /// Answers a cacheable call from the cache, or fetches it once however
     /// many clients ask at the same time.
-    #[allow(clippy::too_many_arguments)]
-    async fn cached(
-        &self,
-        key: Key,
-        class: Class,
-        record: &[u8],
-        procedure: Procedure,
-        args: &Args<'_>,
-        call: &Call<'_>,
-        peer: Peer,
-    ) -> Outcome {
+    async fn cached(&self, key: Key, class: Class, request: &Request<'_>) -> Outcome {
+        let xid = request.call.xid;
         match self.cache.lookup(key) {
-            Lookup::Hit(reply) => Outcome::Shared(reply, call.xid),
+            Lookup::Hit(reply) => Outcome::Shared(reply, xid),
             Lookup::Wait { mut rx, stale } => {
                 let result = match tokio::time::timeout(self.timeout(), rx.recv()).await {
                     Ok(Ok(result)) => result,
                     // The fetching client went away (or took too long): ask
                     // rpcbind ourselves.
-                    _ => self.fetch(class, record, procedure, args, call, peer).await,
+                    _ => self.fetch(class, request).await,
                 };
-                self.answer_or_stale(result, stale, call.xid)
+                self.answer_or_stale(result, stale, xid)
             }
             Lookup::Miss { ticket, stale } => {
-                let result = self.fetch(class, record, procedure, args, call, peer).await;
+                let result = self.fetch(class, request).await;
                 self.cache.complete(ticket, &result);
-                self.answer_or_stale(result, stale, call.xid)
+                self.answer_or_stale(result, stale, xid)
             }
         }
     }
@@ -405,23 +387,16 @@ impl Proxy {
     }
 
     /// Asks rpcbind over the connection of `class`.
-    async fn fetch(
-        &self,
-        class: Class,
-        record: &[u8],
-        procedure: Procedure,
-        args: &Args<'_>,
-        call: &Call<'_>,
-        peer: Peer,
-    ) -> Result<Bytes, UpstreamError> {
+    async fn fetch(&self, class: Class, request: &Request<'_>) -> Result<Bytes, UpstreamError> {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let rewritten = self.hint_for(class, procedure, args, call, peer).await;
-        let record = rewritten.as_deref().unwrap_or(record);
+        let rewritten = self.hint_for(class, request).await;
+        let record = rewritten.as_deref().unwrap_or(request.record);
+        let procedure = request.procedure;
         let reply = self
             .upstream(class)
             .call(record, procedure.is_idempotent())
             .await?;
-        Ok(self.public_addresses(reply, call.vers, procedure))
+        Ok(self.public_addresses(reply, request.call.vers, procedure))
     }
 
     /// rpcbind's answer with its moved unix socket named by the public path
@@ -452,12 +427,11 @@ impl Proxy {
     fn reply_or_error(
         &self,
         result: Result<Bytes, UpstreamError>,
-        xid: u32,
-        verf: OpaqueAuth<'_>,
+        request: &Request<'_>,
     ) -> Outcome {
         match result {
             Ok(reply) => Outcome::Reply(reply),
-            Err(e) => self.upstream_failed(e, xid, verf),
+            Err(e) => self.upstream_failed(e, request.call.xid, request.verf),
         }
     }
 
@@ -488,101 +462,23 @@ impl Proxy {
         }
     }
 
-    /// Keeps the cache coherent with registrations made directly at rpcbind:
-    /// every `every`, one DUMP over the unix connection; when the list
-    /// changed, the entries of exactly the programs that changed are dropped.
-    /// While rpcbind is unreachable the last list is kept, so a restart is
-    /// noticed (as a change of everything it forgot) on the first DUMP after.
-    /// `first` is told when the first DUMP was tried, so start-up can wait for
-    /// a baseline before clients come. The period is read every round, so a
-    /// reload takes effect at the next one.
-    pub async fn refresh_loop(
-        self: Arc<Self>,
-        first: tokio::sync::oneshot::Sender<()>,
-        shutdown: CancellationToken,
-    ) {
-        let mut first = Some(first);
-        let mut next = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                () = shutdown.cancelled() => return,
-            }
-            let period = Duration::from_millis(self.refresh_ms.load(Ordering::Relaxed));
-            next = (next + period).max(tokio::time::Instant::now());
-            self.heartbeat_ms
-                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let (answered, misses) = self.lookup_counts();
-            self.recent
-                .tick(tokio::time::Instant::now(), answered, misses);
-            if let Ok(reply) = self.dump().await {
-                self.compare_registrations(reply);
-            }
-            // Told only once the first list is in place, so that nothing a
-            // client caches after start-up is dropped as unverified.
-            if let Some(tx) = first.take() {
-                let _ = tx.send(());
-            }
-        }
-    }
-
-    /// Drops the cache entries of the programs whose registrations differ
-    /// between the known list and this DUMP `reply`, and keeps the new list.
-    fn compare_registrations(&self, reply: Bytes) {
-        let mut known = self.known.lock().unwrap();
-        if known
-            .as_ref()
-            .is_some_and(|(raw, _)| raw[4..] == reply[4..])
-        {
-            return;
-        }
-        let Ok(entries) = decode_dump(&reply) else {
-            return;
-        };
-        match known.as_ref() {
-            Some((_, old)) => {
-                let changed = changed_programs(old, &entries);
-                let n = self
-                    .cache
-                    .invalidate_programs(&changed, Invalidation::Refresh);
-                debug!(programs = ?changed, entries = n, "registrations changed");
-            }
-            // Whatever was cached before there was a list to compare with
-            // cannot be checked: start clean.
-            None => {
-                self.cache.flush(Invalidation::Refresh);
-            }
-        }
-        *known = Some((reply, Arc::new(entries)));
-    }
-
-    async fn dump(&self) -> Result<Bytes, UpstreamError> {
-        let call = rpc::encode_call(0, rpcb::PROGRAM, 4, 4, &[]);
-        self.upstream(Class::Unix).call(&call, true).await
-    }
-
     /// rpcbind merges a registered address with the caller's (or the
     /// `r_addr` hint's) to pick the address it returns. When the client's
     /// address is not the one rpcbind sees on the proxy's connection, give
     /// rpcbind the client's address as the hint so the answer is the one the
     /// client would get directly. Returns the rewritten record, if any.
-    async fn hint_for(
-        &self,
-        class: Class,
-        procedure: Procedure,
-        args: &Args<'_>,
-        call: &Call<'_>,
-        peer: Peer,
-    ) -> Option<BytesMut> {
-        let Args::Rpcb(rpcb) = args else { return None };
+    async fn hint_for(&self, class: Class, request: &Request<'_>) -> Option<BytesMut> {
+        let Args::Rpcb(rpcb) = request.args else {
+            return None;
+        };
         if !matches!(
-            procedure,
+            request.procedure,
             Procedure::GetAddr | Procedure::GetVersAddr | Procedure::GetAddrList
         ) || !rpcb.addr.is_empty()
         {
             return None;
         }
-        let (Peer::Tcp(client) | Peer::Udp(client)) = peer else {
+        let (Peer::Tcp(client) | Peer::Udp(client)) = request.peer else {
             return None;
         };
         let up = self.upstream(class);
@@ -591,61 +487,47 @@ impl Proxy {
             return None;
         }
         let uaddr = rpcb::universal_address(client.ip().to_canonical(), client.port());
-        let mut out = BytesMut::with_capacity(call.header.len() + 64);
-        out.extend_from_slice(call.header);
+        let header = request.call.header;
+        let mut out = BytesMut::with_capacity(header.len() + 64);
+        out.extend_from_slice(header);
         Rpcb {
             addr: uaddr.as_bytes(),
-            ..*rpcb
+            ..rpcb
         }
         .encode(&mut out);
         Some(out)
     }
 }
 
-/// The cache key of a call bound for the upstream of `class`, if its answer
-/// may be shared: one rule for the inline hit path and the full path alike.
-/// Only replies whose verifier is AUTH_NONE are shared (an AUTH_SYS call
-/// with a verifier gets it echoed back).
-#[inline]
-fn cache_key(
-    call: &Call<'_>,
-    procedure: Procedure,
-    verf: OpaqueAuth<'_>,
-    args: &Args<'_>,
-    class: Class,
-    peer: Peer,
-) -> Option<Key> {
-    if verf != OpaqueAuth::NONE {
-        return None;
+/// Read access for the operator's status report and the daemon's status
+/// line, which sum these counters.
+impl Proxy {
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
-    Key::of(call.vers, procedure, args, class, &peer)
-}
 
-fn decode_dump(reply: &[u8]) -> Result<Vec<RpcbEntry>, UpstreamError> {
-    let parsed = rpc::parse_reply(reply).map_err(|_| UpstreamError::BadReply)?;
-    if parsed.accept != Some(AcceptStat::Success) {
-        return Err(UpstreamError::BadReply);
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
-    rpcb::decode_rpcblist(parsed.body).map_err(|_| UpstreamError::BadReply)
-}
 
-/// The checks libtirpc makes before a procedure runs, in its order:
-/// authentication, program, version, procedure. An error is the exact reply
-/// rpcbind sends; success gives the procedure and the reply verifier.
-#[inline(always)]
-fn check_header<'a>(call: &Call<'a>) -> Result<(Procedure, OpaqueAuth<'a>), Bytes> {
-    let verf = rpc::authenticate(call).map_err(|why| rpc::auth_error_reply(call.xid, why))?;
-    let reply = |stat| rpc::accepted_reply(call.xid, verf, stat, &[]);
-    if call.prog != rpcb::PROGRAM {
-        return Err(reply(AcceptStat::ProgUnavail));
+    pub fn procs(&self) -> &ProcCounters {
+        &self.procs
     }
-    if !(rpcb::LOW_VERSION..=rpcb::HIGH_VERSION).contains(&call.vers) {
-        return Err(reply(AcceptStat::ProgMismatch {
-            low: rpcb::LOW_VERSION,
-            high: rpcb::HIGH_VERSION,
-        }));
+
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
-    let procedure = Procedure::lookup(call.vers, call.procedure)
-        .ok_or_else(|| reply(AcceptStat::ProcUnavail))?;
-    Ok((procedure, verf))
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
+    /// Time since the proxy was built.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
 }

@@ -7,7 +7,9 @@
 //! whole point is that rpcbind sees a handful of long-lived connections.
 //!
 //! Why per class and not one in all: rpcbind answers GETADDR and friends
-//! according to the transport the call arrives on (../shared/rpcbind-notes.md).
+//! according to the transport the call arrives on (the address registered
+//! for that transport's netid, merged with the caller's address), so each
+//! must reach rpcbind over the client's own transport class.
 
 use std::collections::HashMap;
 use std::io;

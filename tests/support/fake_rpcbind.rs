@@ -15,7 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use rpcbind_proxy::protocol::rpc::{accepted_reply, xid_of, AcceptStat, OpaqueAuth, RecordCodec};
 use rpcbind_proxy::proxy::cache::CacheConfig;
 use rpcbind_proxy::proxy::policy::Peer;
-use rpcbind_proxy::proxy::service::{Proxy, RpcbindAddr};
+use rpcbind_proxy::proxy::limits::LimitsConfig;
+use rpcbind_proxy::proxy::service::{Proxy, RpcbindAddr, Settings};
 use rpcbind_proxy::proxy::upstream::{Target, Upstream};
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
@@ -80,9 +81,13 @@ impl Fake {
                 mark: None,
                 public_socket: None,
             },
-            timeout,
-            CacheConfig::default(),
-            Duration::from_secs(1),
+            Settings {
+                upstream_timeout: timeout,
+                cache: CacheConfig::default(),
+                refresh: Duration::from_secs(1),
+                limits: LimitsConfig::default(),
+                attribution: true,
+            },
         )
     }
 }

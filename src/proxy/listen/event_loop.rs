@@ -123,20 +123,16 @@ impl StreamLoop {
             }));
             polls.push(poll);
         }
-        let loads: Arc<[AtomicUsize]> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
+        let shared = Shared {
+            loads: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes,
+            proxy,
+            runtime,
+        };
         let mut loops = Vec::with_capacity(threads);
         for (n, (poll, listeners)) in polls.into_iter().zip(per_loop).enumerate() {
             let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel();
-            let lp = Loop::new(
-                n,
-                poll,
-                listeners,
-                inboxes.clone(),
-                loads.clone(),
-                accepting_tx,
-                proxy.clone(),
-                runtime.clone(),
-            )?;
+            let lp = Loop::new(n, poll, listeners, accepting_tx, &shared)?;
             std::thread::Builder::new()
                 .name(format!("streams-{n}"))
                 .spawn(move || {
@@ -152,7 +148,7 @@ impl StreamLoop {
                     }
                 })?;
             loops.push(Handle {
-                inbox: inboxes[n].clone(),
+                inbox: shared.inboxes[n].clone(),
                 accepting: Some(accepting_rx),
             });
         }
@@ -247,17 +243,21 @@ pub(super) struct Loop {
     pub(super) turns: u64,
 }
 
+/// What every loop holds a handle to.
+struct Shared {
+    inboxes: Vec<Arc<Inbox>>,
+    loads: Arc<[AtomicUsize]>,
+    proxy: Arc<Proxy>,
+    runtime: tokio::runtime::Handle,
+}
+
 impl Loop {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         n: usize,
         poll: Poll,
         listeners: Vec<Listener>,
-        inboxes: Vec<Arc<Inbox>>,
-        loads: Arc<[AtomicUsize]>,
         accepting: tokio::sync::oneshot::Sender<()>,
-        proxy: Arc<Proxy>,
-        runtime: tokio::runtime::Handle,
+        shared: &Shared,
     ) -> io::Result<Loop> {
         let mut held = Vec::with_capacity(listeners.len());
         for (i, mut l) in listeners.into_iter().enumerate() {
@@ -272,12 +272,12 @@ impl Loop {
         Ok(Loop {
             n,
             poll,
-            inbox: inboxes[n].clone(),
-            inboxes,
-            loads,
-            second: proxy.clients.now(),
-            proxy,
-            runtime,
+            inbox: shared.inboxes[n].clone(),
+            inboxes: shared.inboxes.clone(),
+            loads: shared.loads.clone(),
+            second: shared.proxy.clients.now(),
+            proxy: shared.proxy.clone(),
+            runtime: shared.runtime.clone(),
             listeners: held,
             accepting: Some(accepting),
             conns: Vec::new(),
