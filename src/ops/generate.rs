@@ -213,9 +213,10 @@ shows where they are and any drop\-ins).
 .TP
 .B SIGHUP
 Re\-read the configuration file (TTLs, limits, timeouts, log level); the
-cache is kept. Listeners, the control socket, rpcbind's addresses and
+cache is kept. Listeners, the control socket, rpcbind's addresses, the
+number of stream threads and
 .B \-\-intercept
-change only with a restart.
+change only with a restart; the log names any such setting that changed.
 .TP
 .BR SIGTERM ", " SIGINT
 Stop accepting, answer the calls in flight (at most 2 s), remove the sockets

@@ -110,8 +110,9 @@ impl Procedure {
     }
 
     /// Whether rpcbind's answer depends on the transport the call arrives on
-    /// and the caller's address (notes, first table): such calls must reach
-    /// rpcbind over the client's own transport class.
+    /// and the caller's address (rpcbind picks the registration of the
+    /// arrival netid and merges a wildcard address with the caller's): such
+    /// calls must reach rpcbind over the client's own transport class.
     pub fn depends_on_transport(self) -> bool {
         use Procedure::*;
         matches!(
