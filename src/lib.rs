@@ -1,9 +1,11 @@
 //! rpcbind-proxy: a transparent, multiplexing proxy in front of rpcbind.
 //!
 //! The path of a call: `listen` (unix, TCP, UDP) → `service::Proxy::handle`
-//! (decode with `rpc`/`rpcb`/`xdr`, check, `policy::route`) → `upstream` (one
-//! persistent connection per transport class) → back the same way. See
-//! ARCHITECTURE.md.
+//! (the record decoded once into a `Request` with `rpc`/`rpcb`/`xdr`,
+//! checked, `policy::route`) → `cache` or `upstream` (one persistent
+//! connection per transport class) → back the same way. `daemon` runs it
+//! (`Daemon::start` → `Running` → `drain`); `ops` are the operator's
+//! commands. See ARCHITECTURE.md.
 
 pub mod cli;
 pub mod config;
