@@ -2,6 +2,8 @@
 //! reloading on SIGHUP, draining on SIGTERM/SIGINT, and what systemd is told
 //! along the way.
 
+mod control;
+
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,6 @@ use crate::config::{Config, FileConfig};
 use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
-use crate::ops::control;
 use crate::proxy::listen::{self, Bound, DatagramThreads, ListenSpec, StreamLoop};
 use crate::proxy::policy::Class;
 use crate::proxy::service::{Proxy, RpcbindAddr};
@@ -442,7 +443,7 @@ async fn supervise(
                 None => systemd::watchdog(),
             }
         }
-        systemd::status(&status_line(&proxy));
+        systemd::status(&proxy.status_line());
     }
 }
 
@@ -482,27 +483,6 @@ async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<
     tokio::time::timeout(within, probe)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-fn status_line(proxy: &Proxy) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = &proxy.cache.stats;
-    let answered = c.hits.load(Relaxed) + c.negative_hits.load(Relaxed) + c.coalesced.load(Relaxed);
-    let lookups = answered + c.misses.load(Relaxed);
-    let ratio = if lookups == 0 {
-        0.0
-    } else {
-        answered as f64 * 100.0 / lookups as f64
-    };
-    let up = if proxy.upstream(Class::Unix).is_connected() {
-        "connected"
-    } else {
-        "unreachable"
-    };
-    format!(
-        "hit ratio {ratio:.1}% of {lookups} lookups, {} entries, rpcbind {up}",
-        proxy.cache.len()
-    )
 }
 
 type LogHandle = reload::Handle<EnvFilter, Registry>;

@@ -4,8 +4,9 @@
 //! local answers (`service`), who may do what (`policy`), the coherent cache
 //! (`cache`), the persistent upstream connections (`upstream`), the client
 //! limits (`limits`), who each client is (`attribution`) and how much it
-//! asks (`clients`), the counters the path bumps (`metrics`) and the log
-//! lines of repeated events (`logs`). It imports
+//! asks (`clients`), the counters the path bumps (`metrics`), the log
+//! lines of repeated events (`logs`) and the typed status snapshot the
+//! control socket sends and the operator commands read back (`status`). It imports
 //! `protocol` for the wire formats and `host` for the few raw syscalls it
 //! needs; it never imports `ops` (operator commands read its counters, not
 //! the other way round) nor the top-level daemon, CLI or config modules.
@@ -19,4 +20,5 @@ pub mod logs;
 pub mod metrics;
 pub mod policy;
 pub mod service;
+pub mod status;
 pub mod upstream;
