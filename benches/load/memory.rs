@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rpcbind_proxy::proxy::status::Status;
+
 use crate::clients::{
     drive, framed, getport_call, proc_status_kib, success_body, Conn, Endpoint, Load, Mode,
 };
@@ -88,12 +90,11 @@ pub(crate) fn memory_section(env: &mut Env, plan: Plan, expected: &[u8]) -> Resu
     // itself big.
     let (rss_kib, hwm_kib) = (rss("VmRSS"), rss("VmHWM"));
     let status = proxy_status(&env.bin, &MEM)?;
-    let field = |p: &str| status.pointer(p).and_then(serde_json::Value::as_u64);
-    let entries = field("/cache/entries").unwrap_or(0);
-    let open = status_u64(&status, "/clients/connected")?;
-    let limit = field("/limits/max_connections/limit").map_or("?".into(), |n| n.to_string());
-    let evicted = field("/limits/max_connections/evicted").unwrap_or(0);
-    let misses = field("/cache/misses").map_or("?".into(), |n| n.to_string());
+    let entries = status.cache.entries;
+    let open = connected_of(&status);
+    let limit = status.limits.max_connections.limit;
+    let evicted = status.limits.max_connections.evicted;
+    let misses = status.cache.misses;
     drop(status);
     let all_open = connected_at_start + plan.idle_connections as u64;
     if open < all_open || evicted > 0 {
@@ -223,9 +224,13 @@ fn active(ep: &Endpoint, dur: Duration, expected: &[u8]) -> Result<Load, String>
     Ok(load)
 }
 
-/// The proxy's count of client connections (`status`: /clients/connected).
+/// The proxy's count of client connections (`status`: clients.connected).
 fn connected(bin: &Path) -> Result<u64, String> {
-    status_u64(&proxy_status(bin, &MEM)?, "/clients/connected")
+    Ok(connected_of(&proxy_status(bin, &MEM)?))
+}
+
+fn connected_of(status: &Status) -> u64 {
+    u64::try_from(status.clients.connected).unwrap_or(0)
 }
 
 /// Waits (at most 30 s) until the proxy's count of client connections is
@@ -244,13 +249,6 @@ fn wait_connected(bin: &Path, ok: impl Fn(u64) -> bool, after: &str) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn status_u64(status: &serde_json::Value, pointer: &str) -> Result<u64, String> {
-    status
-        .pointer(pointer)
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| format!("rpcbind-proxy status --json: no {pointer}"))
 }
 
 /// GETPORT of every program in `progs` over one connection, 32 calls in
@@ -299,7 +297,7 @@ fn fill(ep: &Endpoint, progs: std::ops::Range<u32>) -> Result<u64, String> {
 }
 
 /// `rpcbind-proxy status --json`.
-fn proxy_status(bin: &Path, inst: &Instance) -> Result<serde_json::Value, String> {
+fn proxy_status(bin: &Path, inst: &Instance) -> Result<Status, String> {
     let out = Command::new(bin)
         .arg("status")
         .arg("--json")

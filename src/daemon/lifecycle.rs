@@ -18,11 +18,11 @@ use crate::config::Config;
 use crate::host::netfilter::{InterceptRules, InterceptTable};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
-use crate::ops::control;
 use crate::proxy::listen::{self, Bound, DatagramThreads, ListenSpec, StreamLoop, UnixSocketFile};
 use crate::proxy::policy::Class;
 use crate::proxy::service::{Proxy, RpcbindAddr};
 
+use super::control;
 use super::error::StartError;
 use super::reload::apply;
 use super::supervise::supervise;

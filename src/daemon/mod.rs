@@ -3,6 +3,7 @@
 //! is told while it serves; `transparent` transparent mode's start-up
 //! decisions; `reload` what a SIGHUP changes; `error` why a start failed.
 
+mod control;
 mod error;
 mod lifecycle;
 mod reload;

@@ -8,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::host::systemd;
-use crate::proxy::policy::Class;
 use crate::proxy::service::Proxy;
 
 /// Stream loops and UDP threads turn at least once a second; one that has
@@ -65,7 +64,7 @@ pub(super) async fn supervise(
                 None => systemd::watchdog(),
             }
         }
-        systemd::status(&status_line(&proxy));
+        systemd::status(&proxy.status_line());
     }
 }
 
@@ -105,25 +104,4 @@ async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<
     tokio::time::timeout(within, probe)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-fn status_line(proxy: &Proxy) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = &proxy.cache().stats;
-    let answered = c.hits.load(Relaxed) + c.negative_hits.load(Relaxed) + c.coalesced.load(Relaxed);
-    let lookups = answered + c.misses.load(Relaxed);
-    let ratio = if lookups == 0 {
-        0.0
-    } else {
-        answered as f64 * 100.0 / lookups as f64
-    };
-    let up = if proxy.upstream(Class::Unix).is_connected() {
-        "connected"
-    } else {
-        "unreachable"
-    };
-    format!(
-        "hit ratio {ratio:.1}% of {lookups} lookups, {} entries, rpcbind {up}",
-        proxy.cache().len()
-    )
 }

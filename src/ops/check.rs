@@ -1,12 +1,14 @@
 //! `rpcbind-proxy check`: a Nagios/Icinga plugin over the status.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::client::{control_request, f, u};
+use super::client::{control_request, parse_status};
 use crate::cli::CheckArgs;
 use crate::proxy::logs::human;
+use crate::proxy::status::Status;
 
 /// Nagios plugin exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,29 +19,21 @@ pub enum CheckState {
     Unknown = 3,
 }
 
-/// The check's verdict and its one line of output.
-pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckState, String) {
-    let v = match status {
-        Ok(v) => v,
+/// The check's verdict and its one line of output, from the daemon's
+/// status (or why there is none).
+pub fn check_verdict(status: Result<Status, String>, args: &CheckArgs) -> (CheckState, String) {
+    let s = match status {
+        Ok(s) => s,
         Err(e) => return (CheckState::Critical, format!("CRITICAL: {e}")),
     };
-    if v.pointer("/cache/hit_ratio").is_none() {
-        return (
-            CheckState::Unknown,
-            "UNKNOWN: the daemon's status has no hit ratio".into(),
-        );
-    }
     let mut state = CheckState::Ok;
     let mut problems = Vec::new();
-    let connected = v
-        .pointer("/upstream/classes/unix/connected")
-        .and_then(Value::as_bool)
-        == Some(true);
+    let connected = s.upstream.classes.get("unix").is_some_and(|c| c.connected);
     if !connected {
         state = state.max(CheckState::Critical);
         problems.push("rpcbind not connected".to_string());
     }
-    let tw = u(&v, "/time_wait/port_111") as usize;
+    let tw = s.time_wait.port_111 as usize;
     if tw >= args.crit_time_wait {
         state = state.max(CheckState::Critical);
         problems.push(format!(
@@ -54,23 +48,13 @@ pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckS
         ));
     }
     // The ratio of the last few minutes, not of the daemon's whole life,
-    // and only once they hold enough lookups to say something (a daemon
-    // older than this command judges its whole life).
-    let (ratio, lookups, over) = match v.pointer("/cache/recent") {
-        Some(r) => (
-            f(r, "/hit_ratio"),
-            u(r, "/lookups"),
-            format!(
-                "over the last {}",
-                human(std::time::Duration::from_secs(u(r, "/seconds")))
-            ),
-        ),
-        None => (
-            f(&v, "/cache/hit_ratio"),
-            u(&v, "/cache/hits") + u(&v, "/cache/negative_hits") + u(&v, "/cache/misses"),
-            "since start".to_string(),
-        ),
-    };
+    // and only once they hold enough lookups to say something.
+    let r = &s.cache.recent;
+    let (ratio, lookups) = (r.hit_ratio, r.lookups);
+    let over = format!(
+        "over the last {}",
+        human(std::time::Duration::from_secs(r.seconds))
+    );
     let judged = lookups > 0 && lookups >= args.min_lookups as u64;
     let ratio_text = if judged {
         format!("hit ratio {:.1}% {over} ({lookups} lookups)", ratio * 100.0)
@@ -106,8 +90,8 @@ pub fn check_verdict(status: Result<Value, String>, args: &CheckArgs) -> (CheckS
         args.warn_time_wait,
         args.crit_time_wait,
         u8::from(connected),
-        u(&v, "/cache/entries"),
-        u(&v, "/requests/total"),
+        s.cache.entries,
+        s.requests.total,
     );
     (state, format!("{label}: {summary} | {perf}"))
 }
@@ -117,15 +101,29 @@ pub fn check(args: CheckArgs) -> ExitCode {
         println!("UNKNOWN: {e}");
         return ExitCode::from(CheckState::Unknown as u8);
     }
-    let (state, line) = check_verdict(control_request(&args.control.control, "status"), &args);
+    let path = &args.control.control;
+    let (state, line) = check_answer(path, control_request(path, "status"), &args);
     println!("{line}");
     ExitCode::from(state as u8)
+}
+
+/// The verdict on the daemon's answer: a status this build cannot read
+/// (a field missing or renamed) is UNKNOWN, not a 0 judged.
+fn check_answer(
+    path: &Path,
+    answer: Result<Value, String>,
+    args: &CheckArgs,
+) -> (CheckState, String) {
+    match answer.map(|v| parse_status(path, v)) {
+        Ok(Err(e)) => (CheckState::Unknown, format!("UNKNOWN: {e}")),
+        answer => check_verdict(answer.and_then(std::convert::identity), args),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::proxy::status::UpstreamClass;
 
     fn args() -> CheckArgs {
         CheckArgs {
@@ -139,80 +137,82 @@ mod tests {
         }
     }
 
-    fn status(connected: bool, tw: u64, ratio: f64, hits: u64) -> Value {
-        json!({
-            "cache": {"hit_ratio": ratio, "hits": hits, "negative_hits": 0, "misses": 1, "entries": 3,
-                      "recent": {"hit_ratio": ratio, "lookups": hits + 1, "seconds": 300}},
-            "upstream": {"classes": {"unix": {"connected": connected}}},
-            "time_wait": {"port_111": tw},
-            "requests": {"total": 9},
-        })
+    /// A status with rpcbind `connected` or not, `tw` TIME_WAIT on port
+    /// 111, and `lookups` recent lookups `seconds` long at `ratio`.
+    fn status(connected: bool, tw: u64, ratio: f64, lookups: u64, seconds: u64) -> Status {
+        let mut s = Status::default();
+        s.cache.entries = 3;
+        s.cache.recent.hit_ratio = ratio;
+        s.cache.recent.lookups = lookups;
+        s.cache.recent.seconds = seconds;
+        s.upstream.classes.insert(
+            "unix".into(),
+            UpstreamClass {
+                connected,
+                ..UpstreamClass::default()
+            },
+        );
+        s.time_wait.port_111 = tw;
+        s.requests.total = 9;
+        s
+    }
+
+    fn verdict(s: Status) -> (CheckState, String) {
+        check_verdict(Ok(s), &args())
     }
 
     #[test]
     fn check_states_follow_nagios_conventions() {
-        let a = args();
-        let (s, line) = check_verdict(Ok(status(true, 0, 0.9, 9)), &a);
+        let (s, line) = verdict(status(true, 0, 0.9, 10, 300));
         assert_eq!(s, CheckState::Ok);
         assert!(
             line.starts_with("OK: ") && line.contains(" | hit_ratio=0.9000;"),
             "{line}"
         );
-        assert_eq!(
-            check_verdict(Ok(status(true, 10, 0.9, 9)), &a).0,
-            CheckState::Warning
+        // (rpcbind connected, TIME_WAIT on port 111, recent ratio, verdict)
+        for (connected, tw, ratio, state) in [
+            (true, 10, 0.9, CheckState::Warning),
+            (true, 100, 0.9, CheckState::Critical),
+            (true, 0, 0.1, CheckState::Warning),
+            (false, 0, 0.9, CheckState::Critical),
+        ] {
+            let (s, line) = verdict(status(connected, tw, ratio, 10, 300));
+            assert_eq!(s, state, "{line}");
+        }
+        let (s, line) = check_verdict(
+            Err("cannot reach the daemon at /x: refused".into()),
+            &args(),
         );
-        assert_eq!(
-            check_verdict(Ok(status(true, 100, 0.9, 9)), &a).0,
-            CheckState::Critical
-        );
-        assert_eq!(
-            check_verdict(Ok(status(true, 0, 0.1, 9)), &a).0,
-            CheckState::Warning
-        );
-        assert_eq!(
-            check_verdict(Ok(status(false, 0, 0.9, 9)), &a).0,
-            CheckState::Critical
-        );
-        let (s, line) = check_verdict(Err("cannot reach the daemon at /x: refused".into()), &a);
         assert_eq!(s, CheckState::Critical);
         assert!(line.starts_with("CRITICAL: cannot reach the daemon at /x"));
-        assert_eq!(check_verdict(Ok(json!({})), &a).0, CheckState::Unknown);
+        let (s, line) = check_answer(Path::new("/x"), Ok(serde_json::json!({})), &args());
+        assert_eq!(s, CheckState::Unknown);
+        assert!(
+            line.starts_with("UNKNOWN: bad status from the daemon at /x: missing field"),
+            "{line}"
+        );
     }
 
     #[test]
     fn the_hit_ratio_is_judged_over_the_recent_window_with_enough_lookups() {
-        let a = args();
-        // A fresh daemon, a few lookups old: 0.000 but not judged.
-        let mut v = status(true, 0, 0.0, 0);
-        v["cache"]["recent"] = json!({"hit_ratio": 0.0, "lookups": 3, "seconds": 40});
-        let (s, line) = check_verdict(Ok(v), &a);
-        assert_eq!(s, CheckState::Ok, "{line}");
-        assert!(
-            line.contains("not judged: 3 lookups over the last 40s, fewer than --min-lookups 5"),
-            "{line}"
-        );
-        // Enough recent lookups, a bad recent ratio, however good the life.
-        let mut v = status(true, 0, 0.99, 999);
-        v["cache"]["recent"] = json!({"hit_ratio": 0.2, "lookups": 50, "seconds": 300});
-        let (s, line) = check_verdict(Ok(v), &a);
-        assert_eq!(s, CheckState::Warning, "{line}");
-        assert!(
-            line.contains("hit ratio 0.200 below 0.5 over the last 5m (50 lookups)"),
-            "{line}"
-        );
-        assert!(
-            line.contains("hit_ratio=0.2000;0.5;;0;1 recent_lookups=50"),
-            "{line}"
-        );
-        // And the other way round: a bad life, a good recent window.
-        let mut v = status(true, 0, 0.1, 9);
-        v["cache"]["recent"] = json!({"hit_ratio": 0.9, "lookups": 50, "seconds": 300});
-        let (s, line) = check_verdict(Ok(v), &a);
-        assert_eq!(s, CheckState::Ok, "{line}");
-        assert!(
-            line.contains("hit ratio 90.0% over the last 5m (50 lookups)"),
-            "{line}"
-        );
+        // (recent ratio, its lookups, its seconds, ratio over the daemon's
+        // life, verdict, what the line says)
+        #[rustfmt::skip]
+        let cases = [
+            // A fresh daemon, a few lookups old: 0.000 but not judged.
+            (0.0, 3, 40, 0.0, CheckState::Ok, "not judged: 3 lookups over the last 40s, fewer than --min-lookups 5"),
+            // Enough recent lookups, a bad recent ratio, however good the life.
+            (0.2, 50, 300, 0.99, CheckState::Warning, "hit ratio 0.200 below 0.5 over the last 5m (50 lookups)"),
+            (0.2, 50, 300, 0.99, CheckState::Warning, "hit_ratio=0.2000;0.5;;0;1 recent_lookups=50"),
+            // And the other way round: a bad life, a good recent window.
+            (0.9, 50, 300, 0.1, CheckState::Ok, "hit ratio 90.0% over the last 5m (50 lookups)"),
+        ];
+        for (ratio, lookups, seconds, life, state, says) in cases {
+            let mut v = status(true, 0, ratio, lookups, seconds);
+            v.cache.hit_ratio = life;
+            let (s, line) = verdict(v);
+            assert_eq!(s, state, "{line}");
+            assert!(line.contains(says), "{line}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! What every operator command shares: one request to the control socket,
-//! one-line failures, and reading numbers out of the status JSON.
+//! one-line failures, and the daemon's status read into its type.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::proxy::status::Status;
 
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,10 +35,14 @@ pub fn control_request(path: &Path, line: &str) -> Result<Value, String> {
     }
 }
 
-pub(crate) fn u(v: &Value, path: &str) -> u64 {
-    v.pointer(path).and_then(Value::as_u64).unwrap_or(0)
+/// The daemon's status. A status this build cannot read (a field missing
+/// or of another type) is an error naming the field, never a 0.
+pub fn status_request(path: &Path) -> Result<Status, String> {
+    parse_status(path, control_request(path, "status")?)
 }
 
-pub(crate) fn f(v: &Value, path: &str) -> f64 {
-    v.pointer(path).and_then(Value::as_f64).unwrap_or(0.0)
+/// Reads a status answer from the daemon at `path` into its type.
+pub(crate) fn parse_status(path: &Path, v: Value) -> Result<Status, String> {
+    serde_json::from_value(v)
+        .map_err(|e| format!("bad status from the daemon at {}: {e}", path.display()))
 }

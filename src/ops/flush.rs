@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use super::client::{control_request, fail, u};
+use serde::Deserialize;
+
+use super::client::{control_request, fail};
 use crate::cli::FlushArgs;
 
 pub fn flush(args: FlushArgs) -> ExitCode {
@@ -12,12 +14,22 @@ pub fn flush(args: FlushArgs) -> ExitCode {
     };
     match control_request(&args.control.control, &line) {
         Ok(v) => {
+            let n = match serde_json::from_value::<Flushed>(v) {
+                Ok(f) => f.flushed,
+                Err(e) => return fail(format!("bad answer from the daemon: {e}")),
+            };
             match args.program {
-                Some(p) => println!("flushed {} entries of program {p}", u(&v, "/flushed")),
-                None => println!("flushed {} entries", u(&v, "/flushed")),
+                Some(p) => println!("flushed {n} entries of program {p}"),
+                None => println!("flushed {n} entries"),
             }
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
     }
+}
+
+/// The daemon's answer to a flush.
+#[derive(Debug, Deserialize)]
+struct Flushed {
+    flushed: u64,
 }

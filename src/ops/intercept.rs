@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use super::client::{control_request, fail};
+use super::client::{fail, status_request};
 use super::query::answers_null;
 use crate::cli::{InterceptAction, InterceptArgs};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
@@ -164,11 +164,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Whether the daemon at `control` runs with its redirect table in place.
 fn daemon_intercepting(control: &Path) -> bool {
-    control_request(control, "status").is_ok_and(|v| {
-        v.pointer("/intercept/active")
-            .and_then(serde_json::Value::as_bool)
-            == Some(true)
-    })
+    status_request(control).is_ok_and(|s| s.intercept.active())
 }
 
 fn enable(control: &Path) -> Result<(), String> {
@@ -281,12 +277,11 @@ fn status(control: &Path) -> ExitCode {
         format!("rpcbind answers on {UPSTREAM_SOCKET}"),
         answers_null(Path::new(UPSTREAM_SOCKET)),
     ));
-    let daemon = control_request(control, "status").ok();
-    let listens_on_public = daemon.as_ref().is_some_and(|v| {
-        v["listeners"].as_array().is_some_and(|l| {
-            l.iter()
-                .any(|s| s.as_str() == Some(&format!("unix:{DEFAULT_RPCBIND_SOCKET}")))
-        })
+    let daemon = status_request(control).ok();
+    let listens_on_public = daemon.as_ref().is_some_and(|s| {
+        s.listeners
+            .iter()
+            .any(|l| *l == format!("unix:{DEFAULT_RPCBIND_SOCKET}"))
     });
     parts.push((
         format!("rpcbind-proxy holds {DEFAULT_RPCBIND_SOCKET}"),
@@ -298,11 +293,7 @@ fn status(control: &Path) -> ExitCode {
     ));
     parts.push((
         "rpcbind-proxy redirects port 111 (nftables table inet rpcbind_proxy)".into(),
-        daemon.is_some_and(|v| {
-            v.pointer("/intercept/active")
-                .and_then(serde_json::Value::as_bool)
-                == Some(true)
-        }),
+        daemon.is_some_and(|s| s.intercept.active()),
     ));
     let on = parts.iter().filter(|(_, ok)| *ok).count();
     let verdict = match on {

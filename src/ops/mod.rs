@@ -1,15 +1,17 @@
-//! Operator commands and the daemon's side of them.
+//! Operator commands: what `rpcbind-proxy status`, `flush`, `check`,
+//! `query`, `intercept`, `top` and `generate` do.
 //!
-//! Owns the control socket the daemon serves (`control`: one request line,
-//! one JSON answer), one module per subcommand (`status`, `flush`,
-//! `check`, `query`, `intercept`, `top`, sharing `client`), one per status format (`text`,
-//! `prometheus`; JSON is the control socket's own) and the man pages and shell completions (`generate`). It may
-//! import `proxy` (to read its counters), `protocol` and `host`; nothing in
-//! `proxy`, `protocol` or `host` imports it.
+//! One module per subcommand (`status`, `flush`, `check`, `query`,
+//! `intercept`, `top`), sharing `client` (one request to the daemon's
+//! control socket, the status read into its type), one per status format
+//! (`text`, `prometheus`; JSON is the type's own) and the man pages and
+//! shell completions (`generate`). The control socket itself is the
+//! daemon's (`daemon::control`); the status it sends is
+//! `proxy::status::Status`. It may import `proxy`, `protocol` and `host`;
+//! nothing in `proxy`, `protocol` or `host` imports it.
 
 pub mod check;
 mod client;
-pub mod control;
 pub mod flush;
 pub mod generate;
 pub mod intercept;

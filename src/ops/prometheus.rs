@@ -1,359 +1,258 @@
-//! The status in Prometheus text exposition format.
+//! The status in Prometheus text exposition format, written from one table
+//! of metrics: name, type, help, and the samples each takes from the
+//! status, in the order they are written.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use crate::proxy::status::{LimitsStatus, Status};
 
-use super::client::{f, u};
+/// A metric's samples: labels (`{k="v",...}` or empty) and value.
+type Samples = Vec<(String, f64)>;
+
+/// (name without the `rpcbind_proxy_` prefix, type, help, samples).
+type Metric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Status) -> Samples,
+);
+
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+
+/// Every metric, in the order written.
+#[rustfmt::skip]
+const METRICS: &[Metric] = &[
+    ("uptime_seconds", GAUGE, "Seconds since the daemon started.", |s| one(s.uptime_seconds)),
+    ("requests_total", COUNTER, "Calls received.", |s| one(s.requests.total)),
+    ("procedure_requests_total", COUNTER, "Calls per procedure.", by_procedure),
+    ("cache_hits_total", COUNTER, "Lookups answered from the cache.", |s| one(s.cache.hits)),
+    ("cache_negative_hits_total", COUNTER, "Lookups answered 'not registered' from the cache.", |s| one(s.cache.negative_hits)),
+    ("cache_misses_total", COUNTER, "Lookups sent to rpcbind.", |s| one(s.cache.misses)),
+    ("cache_coalesced_total", COUNTER, "Lookups that waited for another client's identical miss.", |s| one(s.cache.coalesced)),
+    ("cache_evictions_total", COUNTER, "Entries evicted beyond max-entries.", |s| one(s.cache.evictions)),
+    ("cache_expirations_total", COUNTER, "Entries expired.", |s| one(s.cache.expirations)),
+    ("cache_stale_served_total", COUNTER, "Expired entries served while rpcbind was unreachable.", |s| one(s.cache.stale_served)),
+    ("upstream_calls_total", COUNTER, "Calls sent to rpcbind.", |s| one(s.upstream.calls)),
+    ("upstream_connects_total", COUNTER, "Connections opened to rpcbind.", |s| one(s.upstream.connects)),
+    ("upstream_timeouts_total", COUNTER, "Calls rpcbind did not answer in time.", |s| one(s.upstream.timeouts)),
+    ("upstream_errors_total", COUNTER, "Calls that failed for a lost or refused connection.", |s| one(s.upstream.errors)),
+    ("clients_total", COUNTER, "Stream clients accepted.", |s| one(s.clients.total)),
+    ("cache_hit_ratio", GAUGE, "Lookups answered without asking rpcbind, of all lookups.", |s| one(s.cache.hit_ratio)),
+    ("cache_entries", GAUGE, "Entries in the cache.", |s| one(s.cache.entries)),
+    ("cache_max_entries", GAUGE, "The cache's size limit.", |s| one(s.cache.max_entries)),
+    ("upstream_in_flight", GAUGE, "Calls sent to rpcbind and not yet answered.", |s| one(s.upstream.in_flight)),
+    ("clients_connected", GAUGE, "Stream clients connected now.", |s| one(s.clients.connected)),
+    ("cache_invalidations_total", COUNTER, "Entries dropped because registrations changed or on request.", invalidations),
+    ("upstream_connected", GAUGE, "Whether the connection of each transport class is open.", upstream_connected),
+    ("upstream_latency_seconds", GAUGE, "Upper bound of the latency quantile of calls to rpcbind.", latency),
+    ("lookups_total", COUNTER, "Lookups per program, version and netid.", lookups),
+    ("time_wait_sockets", GAUGE, "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.", time_wait),
+    ("client_requests_total", COUNTER, "Calls by the systemd unit, command and uid behind them (the busiest; the rest as other).", client_requests),
+    ("limit_hits_total", COUNTER, "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply), UDP misses dropped (udp_in_flight).", limit_hits),
+    ("connections_evicted_total", COUNTER, "Idle connections closed at max_connections to admit a newer client.", |s| one(s.limits.max_connections.evicted)),
+    ("limit", GAUGE, "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes).", |s| limits(&s.limits, |(_, _, setting)| setting)),
+    ("intercept_enabled", GAUGE, "1 when transparent mode is on (port 111 redirected to the proxy).", |s| one(s.intercept.enabled)),
+    ("intercepted_flows_total", COUNTER, "Connections and UDP flows to port 111 redirected to the proxy, per rule.", intercepted_flows),
+];
 
 /// The status in Prometheus text exposition format.
-pub fn prometheus(v: &Value) -> String {
+pub fn prometheus(s: &Status) -> String {
     let mut o = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+    for (name, kind, help, samples) in METRICS {
         let _ = writeln!(o, "# HELP rpcbind_proxy_{name} {help}");
         let _ = writeln!(o, "# TYPE rpcbind_proxy_{name} {kind}");
-        for (labels, value) in samples {
+        for (labels, value) in samples(s) {
             let _ = writeln!(o, "rpcbind_proxy_{name}{labels} {value}");
         }
-    };
-    let one = |p: &str| vec![(String::new(), f(v, p).max(u(v, p) as f64))];
-    metric(
-        "uptime_seconds",
-        "gauge",
-        "Seconds since the daemon started.",
-        one("/uptime_seconds"),
-    );
-    metric(
-        "requests_total",
-        "counter",
-        "Calls received.",
-        one("/requests/total"),
-    );
-    let by_proc = v
-        .pointer("/requests/by_procedure")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        format!(
-                            "{{version=\"{}\",procedure=\"{}\"}}",
-                            p["version"],
-                            p["procedure"].as_str().unwrap_or("")
-                        ),
-                        p["count"].as_f64().unwrap_or(0.0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    metric(
-        "procedure_requests_total",
-        "counter",
-        "Calls per procedure.",
-        by_proc,
-    );
-    for (name, path, help) in [
-        (
-            "cache_hits_total",
-            "/cache/hits",
-            "Lookups answered from the cache.",
-        ),
-        (
-            "cache_negative_hits_total",
-            "/cache/negative_hits",
-            "Lookups answered 'not registered' from the cache.",
-        ),
-        (
-            "cache_misses_total",
-            "/cache/misses",
-            "Lookups sent to rpcbind.",
-        ),
-        (
-            "cache_coalesced_total",
-            "/cache/coalesced",
-            "Lookups that waited for another client's identical miss.",
-        ),
-        (
-            "cache_evictions_total",
-            "/cache/evictions",
-            "Entries evicted beyond max-entries.",
-        ),
-        (
-            "cache_expirations_total",
-            "/cache/expirations",
-            "Entries expired.",
-        ),
-        (
-            "cache_stale_served_total",
-            "/cache/stale_served",
-            "Expired entries served while rpcbind was unreachable.",
-        ),
-        (
-            "upstream_calls_total",
-            "/upstream/calls",
-            "Calls sent to rpcbind.",
-        ),
-        (
-            "upstream_connects_total",
-            "/upstream/connects",
-            "Connections opened to rpcbind.",
-        ),
-        (
-            "upstream_timeouts_total",
-            "/upstream/timeouts",
-            "Calls rpcbind did not answer in time.",
-        ),
-        (
-            "upstream_errors_total",
-            "/upstream/errors",
-            "Calls that failed for a lost or refused connection.",
-        ),
-        (
-            "clients_total",
-            "/clients/total",
-            "Stream clients accepted.",
-        ),
-    ] {
-        metric(name, "counter", help, one(path));
     }
-    for (name, path, help) in [
-        (
-            "cache_hit_ratio",
-            "/cache/hit_ratio",
-            "Lookups answered without asking rpcbind, of all lookups.",
-        ),
-        ("cache_entries", "/cache/entries", "Entries in the cache."),
-        (
-            "cache_max_entries",
-            "/cache/max_entries",
-            "The cache's size limit.",
-        ),
-        (
-            "upstream_in_flight",
-            "/upstream/in_flight",
-            "Calls sent to rpcbind and not yet answered.",
-        ),
-        (
-            "clients_connected",
-            "/clients/connected",
-            "Stream clients connected now.",
-        ),
-    ] {
-        metric(name, "gauge", help, one(path));
+    o
+}
+
+/// One unlabelled sample.
+fn one(value: impl Sample) -> Samples {
+    vec![(String::new(), value.value())]
+}
+
+/// A status field as a sample's value (the exposition's values are all
+/// floats; true is 1).
+trait Sample {
+    fn value(self) -> f64;
+}
+
+impl Sample for u64 {
+    fn value(self) -> f64 {
+        self as f64
     }
-    let inv = ["refresh", "registration", "flush"]
+}
+
+impl Sample for i64 {
+    fn value(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Sample for f64 {
+    fn value(self) -> f64 {
+        self
+    }
+}
+
+impl Sample for bool {
+    fn value(self) -> f64 {
+        f64::from(u8::from(self))
+    }
+}
+
+fn by_procedure(s: &Status) -> Samples {
+    s.requests
+        .by_procedure
         .iter()
-        .map(|r| {
-            (
-                format!("{{reason=\"{r}\"}}"),
-                u(v, &format!("/cache/invalidations/{r}")) as f64,
-            )
+        .map(|p| {
+            let labels = format!(
+                "{{version=\"{}\",procedure=\"{}\"}}",
+                p.version, p.procedure
+            );
+            (labels, p.count.value())
         })
-        .collect();
-    metric(
-        "cache_invalidations_total",
-        "counter",
-        "Entries dropped because registrations changed or on request.",
-        inv,
-    );
-    let classes = v
-        .pointer("/upstream/classes")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(c, x)| {
-                    (
-                        format!("{{class=\"{c}\"}}"),
-                        if x["connected"].as_bool() == Some(true) {
-                            1.0
-                        } else {
-                            0.0
-                        },
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    metric(
-        "upstream_connected",
-        "gauge",
-        "Whether the connection of each transport class is open.",
-        classes,
-    );
-    let lat = ["p50", "p99"]
+        .collect()
+}
+
+fn invalidations(s: &Status) -> Samples {
+    let i = &s.cache.invalidations;
+    [
+        ("refresh", i.refresh),
+        ("registration", i.registration),
+        ("flush", i.flush),
+    ]
+    .into_iter()
+    .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n.value()))
+    .collect()
+}
+
+fn upstream_connected(s: &Status) -> Samples {
+    s.upstream
+        .classes
         .iter()
-        .filter_map(|q| {
-            v.pointer(&format!("/upstream/latency_{q}_us"))
-                .and_then(Value::as_f64)
-                .map(|x| (format!("{{quantile=\"0.{}\"}}", &q[1..]), x / 1e6))
-        })
-        .collect();
-    metric(
-        "upstream_latency_seconds",
-        "gauge",
-        "Upper bound of the latency quantile of calls to rpcbind.",
-        lat,
-    );
-    let lookups = v["lookups"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .flat_map(|l| {
-                    ["hits", "misses"].into_iter().map(move |r| {
-                        (
-                            format!(
-                                "{{program=\"{}\",version=\"{}\",netid=\"{}\",result=\"{}\"}}",
-                                l["program"],
-                                l["version"],
-                                l["netid"].as_str().unwrap_or(""),
-                                r.trim_end_matches('s')
-                            ),
-                            l[r].as_f64().unwrap_or(0.0),
-                        )
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    metric(
-        "lookups_total",
-        "counter",
-        "Lookups per program, version and netid.",
-        lookups,
-    );
-    let tw = vec![
-        (
-            "{port=\"111\"}".to_string(),
-            u(v, "/time_wait/port_111") as f64,
-        ),
-        (
-            "{port=\"proxy\"}".to_string(),
-            u(v, "/time_wait/proxy_ports") as f64,
-        ),
-    ];
-    metric(
-        "time_wait_sockets",
-        "gauge",
-        "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.",
-        tw,
-    );
-    // Lookups by who asked: the top rows of `status` summed over their
-    // transports, the rest in one `other` series (bounded cardinality).
-    let mut by_who: std::collections::BTreeMap<(String, String, String), f64> =
-        std::collections::BTreeMap::new();
-    for c in v
-        .pointer("/clients/top")
-        .and_then(Value::as_array)
+        .map(|(c, x)| (format!("{{class=\"{c}\"}}"), x.connected.value()))
+        .collect()
+}
+
+/// The quantiles known (none before the first call), in seconds.
+fn latency(s: &Status) -> Samples {
+    let u = &s.upstream;
+    [("0.50", u.latency_p50_us), ("0.99", u.latency_p99_us)]
         .into_iter()
-        .flatten()
-    {
-        let label = |x: &Value| x.as_str().map_or("-".to_string(), str::to_owned);
-        let key = if c["other"].as_bool() == Some(true) {
-            ("other".into(), "other".into(), "other".into())
-        } else {
-            (
-                c["address"]
-                    .as_str()
-                    .map_or_else(|| label(&c["unit"]), |a| format!("remote {a}")),
-                label(&c["command"]),
-                c["uid"].as_u64().map_or("-".to_string(), |u| u.to_string()),
-            )
-        };
-        *by_who.entry(key).or_default() += c["requests"].as_f64().unwrap_or(0.0);
-    }
-    let rest = f(v, "/clients/rest/requests");
-    if rest > 0.0 {
-        *by_who
-            .entry(("other".into(), "other".into(), "other".into()))
-            .or_default() += rest;
-    }
-    metric(
-        "client_requests_total",
-        "counter",
-        "Calls by the systemd unit, command and uid behind them (the busiest; the rest as other).",
-        by_who
-            .into_iter()
-            .map(|((unit, command, uid), n)| {
-                (
-                    format!(
-                        "{{unit=\"{}\",command=\"{}\",uid=\"{}\"}}",
-                        escape(&unit),
-                        escape(&command),
-                        escape(&uid)
-                    ),
-                    n,
-                )
+        .filter_map(|(q, us)| Some((format!("{{quantile=\"{q}\"}}"), us? as f64 / 1e6)))
+        .collect()
+}
+
+fn lookups(s: &Status) -> Samples {
+    // "misse" (the plural with its s cut) is the value this label has
+    // always had; dashboards select on it.
+    s.lookups
+        .iter()
+        .flat_map(|l| {
+            [("hit", l.hits), ("misse", l.misses)].map(|(result, n)| {
+                let labels = format!(
+                    "{{program=\"{}\",version=\"{}\",netid=\"{}\",result=\"{result}\"}}",
+                    l.program, l.version, l.netid
+                );
+                (labels, n.value())
             })
-            .collect(),
-    );
-    // Every client limit: how often it bit, and its setting.
-    const LIMITS: [(&str, &str, &str); 5] = [
-        ("max_connections", "refused", "limit"),
-        ("max_in_flight", "reached", "limit"),
-        ("idle_timeout", "closed", "seconds"),
-        ("record_timeout", "closed", "seconds"),
-        ("max_udp_reply", "too_large", "limit"),
-    ];
-    let sample = |l: &str, what: &str| {
+        })
+        .collect()
+}
+
+fn time_wait(s: &Status) -> Samples {
+    vec![
+        ("{port=\"111\"}".into(), s.time_wait.port_111.value()),
+        ("{port=\"proxy\"}".into(), s.time_wait.proxy_ports.value()),
+    ]
+}
+
+/// Lookups by who asked: the top rows of `status` summed over their
+/// transports, the rest in one `other` series (bounded cardinality).
+fn client_requests(s: &Status) -> Samples {
+    let other = || {
         (
-            format!("{{limit=\"{l}\"}}"),
-            f(v, &format!("/limits/{l}/{what}")).max(u(v, &format!("/limits/{l}/{what}")) as f64),
+            "other".to_string(),
+            "other".to_string(),
+            "other".to_string(),
         )
     };
-    metric(
-        "limit_hits_total",
-        "counter",
-        "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply), UDP misses dropped (udp_in_flight).",
-        LIMITS
-            .iter()
-            .map(|(l, hits, _)| sample(l, hits))
-            .chain([sample("udp_in_flight", "dropped")])
-            .collect(),
-    );
-    metric(
-        "connections_evicted_total",
-        "counter",
-        "Idle connections closed at max_connections to admit a newer client.",
-        vec![sample("max_connections", "evicted")]
-            .into_iter()
-            .map(|(_, n)| (String::new(), n))
-            .collect(),
-    );
-    metric(
-        "limit",
-        "gauge",
-        "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes).",
-        LIMITS.iter().map(|(l, _, set)| sample(l, set)).collect(),
-    );
-    let enabled = v.pointer("/intercept/enabled").and_then(Value::as_bool) == Some(true);
-    metric(
-        "intercept_enabled",
-        "gauge",
-        "1 when transparent mode is on (port 111 redirected to the proxy).",
-        vec![(String::new(), f64::from(u8::from(enabled)))],
-    );
-    let redirected = v
-        .pointer("/intercept/rules")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    (
-                        format!("{{rule=\"{}\"}}", r["rule"].as_str().unwrap_or("")),
-                        r["flows"].as_f64().unwrap_or(0.0),
-                    )
-                })
-                .collect()
+    let mut by_who: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    for c in &s.clients.top {
+        let label = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+        let key = if c.other {
+            other()
+        } else {
+            (
+                c.address
+                    .as_ref()
+                    .map_or_else(|| label(&c.unit), |a| format!("remote {a}")),
+                label(&c.command),
+                c.uid.map_or_else(|| "-".into(), |u| u.to_string()),
+            )
+        };
+        *by_who.entry(key).or_default() += c.requests as f64;
+    }
+    let rest = s.clients.rest.requests as f64;
+    if rest > 0.0 {
+        *by_who.entry(other()).or_default() += rest;
+    }
+    by_who
+        .into_iter()
+        .map(|((unit, command, uid), n)| {
+            let labels = format!(
+                "{{unit=\"{}\",command=\"{}\",uid=\"{}\"}}",
+                escape(&unit),
+                escape(&command),
+                escape(&uid)
+            );
+            (labels, n)
         })
-        .unwrap_or_default();
-    metric(
-        "intercepted_flows_total",
-        "counter",
-        "Connections and UDP flows to port 111 redirected to the proxy, per rule.",
-        redirected,
-    );
-    o
+        .collect()
+}
+
+/// How often each limit bit, `udp_in_flight` (a fixed limit) last.
+fn limit_hits(s: &Status) -> Samples {
+    let mut hits = limits(&s.limits, |(_, hits, _)| hits);
+    hits.push(limit(
+        "udp_in_flight",
+        s.limits.udp_in_flight.dropped as f64,
+    ));
+    hits
+}
+
+/// One sample of a `limit`-labelled metric.
+fn limit(name: &str, value: f64) -> (String, f64) {
+    (format!("{{limit=\"{name}\"}}"), value)
+}
+
+/// A sample per limit with a setting (not `udp_in_flight`, which is fixed):
+/// `pick` chooses from (name, times it bit, setting).
+fn limits(l: &LimitsStatus, pick: fn((&str, f64, f64)) -> f64) -> Samples {
+    #[rustfmt::skip]
+    let rows = [
+        ("max_connections", l.max_connections.refused as f64, l.max_connections.limit as f64),
+        ("max_in_flight", l.max_in_flight.reached as f64, l.max_in_flight.limit as f64),
+        ("idle_timeout", l.idle_timeout.closed as f64, l.idle_timeout.seconds),
+        ("record_timeout", l.record_timeout.closed as f64, l.record_timeout.seconds),
+        ("max_udp_reply", l.max_udp_reply.too_large as f64, l.max_udp_reply.limit as f64),
+    ];
+    rows.into_iter()
+        .map(|row| limit(row.0, pick(row)))
+        .collect()
+}
+
+fn intercepted_flows(s: &Status) -> Samples {
+    s.intercept
+        .rules()
+        .iter()
+        .map(|r| (format!("{{rule=\"{}\"}}", r.rule), r.flows as f64))
+        .collect()
 }
 
 /// A label value as the exposition format wants it.

@@ -2,21 +2,25 @@
 
 use std::process::ExitCode;
 
-use super::client::{control_request, fail};
+use super::client::{fail, status_request};
 use super::{prometheus::prometheus, text::human};
 use crate::cli::StatusArgs;
 
 pub fn status(args: StatusArgs) -> ExitCode {
-    let v = match control_request(&args.control.control, "status") {
-        Ok(v) => v,
+    let status = match status_request(&args.control.control) {
+        Ok(s) => s,
         Err(e) => return fail(e),
     };
     let out = if args.json {
-        format!("{v}\n")
+        // Through a Value, whose keys are sorted, as the daemon sends them.
+        match serde_json::to_value(&status) {
+            Ok(v) => format!("{v}\n"),
+            Err(e) => return fail(format!("cannot write the status: {e}")),
+        }
     } else if args.prometheus {
-        prometheus(&v)
+        prometheus(&status)
     } else {
-        human(&v)
+        human(&status)
     };
     print!("{out}");
     ExitCode::SUCCESS

@@ -6,12 +6,11 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use super::client::{control_request, f, fail, u};
+use super::client::{fail, status_request};
 use super::text::clients_table;
 use crate::cli::TopArgs;
 use crate::host::terminal::RawKeys;
+use crate::proxy::status::Status;
 
 pub fn top(args: TopArgs) -> ExitCode {
     let delay = Duration::from_secs_f64(args.delay);
@@ -23,7 +22,7 @@ pub fn top(args: TopArgs) -> ExitCode {
                 std::thread::sleep(delay);
                 println!();
             }
-            match control_request(&args.control.control, "status") {
+            match status_request(&args.control.control) {
                 Ok(v) => print!("{}", frame(&v)),
                 Err(e) => return fail(e),
             }
@@ -36,7 +35,7 @@ pub fn top(args: TopArgs) -> ExitCode {
     };
     let mut out = std::io::stdout();
     loop {
-        let v = match control_request(&args.control.control, "status") {
+        let v = match status_request(&args.control.control) {
             Ok(v) => v,
             Err(e) => {
                 drop(keys);
@@ -62,40 +61,29 @@ pub fn top(args: TopArgs) -> ExitCode {
 
 /// One screen: a header with the rates that matter in a storm, then the
 /// clients by rate.
-pub fn frame(v: &Value) -> String {
-    let rows = v
-        .pointer("/clients/top")
-        .and_then(Value::as_array)
-        .map_or(0.0, |a| {
-            a.iter()
-                .filter_map(|c| c["per_second_10s"].as_f64())
-                .sum::<f64>()
-        });
-    let rate = rows + f(v, "/clients/rest/per_second_10s");
+pub fn frame(s: &Status) -> String {
+    let clients = &s.clients;
+    let rows = clients.top.iter().map(|c| c.per_second_10s).sum::<f64>();
+    let rate = rows + clients.rest.per_second_10s;
     let mut o = format!(
         "rpcbind-proxy top - up {}s, {} clients connected, {} in all\n",
-        u(v, "/uptime_seconds"),
-        u(v, "/clients/connected"),
-        u(v, "/clients/total"),
+        s.uptime_seconds, clients.connected, clients.total,
     );
     o.push_str(&format!(
         "lookups {rate:.1}/s (10 s)   hit ratio {:.1}%   TIME_WAIT: port 111 {}, proxy ports {}   upstream calls {}\n",
-        f(v, "/cache/hit_ratio") * 100.0,
-        u(v, "/time_wait/port_111"),
-        u(v, "/time_wait/proxy_ports"),
-        u(v, "/upstream/calls"),
+        s.cache.hit_ratio * 100.0,
+        s.time_wait.port_111,
+        s.time_wait.proxy_ports,
+        s.upstream.calls,
     ));
-    if let Some(i) = v
-        .get("intercept")
-        .filter(|i| i["enabled"].as_bool() == Some(true))
-    {
+    if s.intercept.enabled {
         o.push_str(&format!(
             "transparent mode: {} flows redirected\n",
-            i["redirected_flows"].as_u64().unwrap_or(0)
+            s.intercept.redirected_flows()
         ));
     }
     o.push('\n');
-    let table = clients_table(v);
+    let table = clients_table(s);
     if table.is_empty() {
         o.push_str("  no clients yet\n");
     } else {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::host::sys::coarse_monotonic;
 use crate::proxy::attribution::{Identity, Transport};
@@ -110,19 +110,21 @@ impl Tally {
     }
 }
 
-/// One row of the top-clients table, as `status` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One row of the top-clients table, as `status` shows it (part of
+/// [`Status`](crate::proxy::status::Status), which the operator commands
+/// read back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TopRow {
     pub unit: Option<String>,
     pub command: Option<String>,
     pub pid: Option<u32>,
     pub uid: Option<u32>,
-    pub transport: &'static str,
+    pub transport: String,
     /// A client on another host (its address; unit, command, uid unknown).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// The row that counts identities beyond the table's bound.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub other: bool,
     pub per_second_10s: f64,
     pub per_second_60s: f64,
@@ -212,7 +214,7 @@ impl Clients {
                     command: k.command.as_deref().map(str::to_owned),
                     pid: (pid != 0).then_some(pid),
                     uid: k.uid,
-                    transport: k.transport.name(),
+                    transport: k.transport.name().to_owned(),
                     address: k.remote.map(|ip| ip.to_string()),
                     other: k.other,
                     per_second_10s: t.rate(now, 10),
@@ -226,7 +228,7 @@ impl Clients {
             b.per_second_10s
                 .total_cmp(&a.per_second_10s)
                 .then(b.requests.cmp(&a.requests))
-                .then(a.transport.cmp(b.transport))
+                .then(a.transport.cmp(&b.transport))
                 .then(a.command.cmp(&b.command))
         });
         rows

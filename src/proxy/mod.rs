@@ -5,8 +5,9 @@
 //! may do what (`policy`), the cache (`cache`) and its coherence with
 //! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`), the client
 //! limits (`limits`), who each client is (`attribution`) and how much it
-//! asks (`clients`), the counters the path bumps (`metrics`) and the log
-//! lines of repeated events (`logs`). It imports
+//! asks (`clients`), the counters the path bumps (`metrics`), the log
+//! lines of repeated events (`logs`) and the typed status snapshot the
+//! control socket sends and the operator commands read back (`status`). It imports
 //! `protocol` for the wire formats and `host` for the few raw syscalls it
 //! needs; it never imports `ops` (operator commands read its counters, not
 //! the other way round) nor the top-level daemon, CLI or config modules.
@@ -22,4 +23,5 @@ pub mod metrics;
 pub mod policy;
 mod request;
 pub mod service;
+pub mod status;
 pub mod upstream;

@@ -498,36 +498,3 @@ impl Proxy {
         Some(out)
     }
 }
-
-/// Read access for the operator's status report and the daemon's status
-/// line, which sum these counters.
-impl Proxy {
-    pub fn cache(&self) -> &Cache {
-        &self.cache
-    }
-
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    pub fn procs(&self) -> &ProcCounters {
-        &self.procs
-    }
-
-    pub fn clients(&self) -> &Clients {
-        &self.clients
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    pub fn recent(&self) -> &Recent {
-        &self.recent
-    }
-
-    /// Time since the proxy was built.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-}
