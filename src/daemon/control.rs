@@ -8,6 +8,7 @@
 //! knows filled in here.
 
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -164,7 +165,7 @@ fn intercept(ctx: &Context) -> Intercept {
         return Intercept::default();
     };
     let mark = format!("{mark:#x}");
-    let table = table.lock().unwrap();
+    let table = table.lock().unwrap_or_else(PoisonError::into_inner);
     let state = match table.as_ref() {
         None => TableState::Removed {
             active: false,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -149,7 +150,7 @@ impl Daemon {
         let (streams, datagrams) = start_threads(bound, &config, &proxy)?;
         if let Some(rules) = &redirects {
             let table = redirect(rules, listeners_up_to)?;
-            *intercept.lock().unwrap() = Some(table);
+            *intercept.lock().unwrap_or_else(PoisonError::into_inner) = Some(table);
             proxy.set_redirected(true);
         }
         let probe_at = specs.iter().find_map(|s| match s {
@@ -236,7 +237,10 @@ impl Running {
     /// flows redirected just before get SETTLE to be accepted.
     async fn stop_redirecting(&self) {
         let stopped = {
-            let mut table = self.intercept.lock().unwrap();
+            let mut table = self
+                .intercept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             table.as_mut().map(InterceptTable::stop_redirecting)
         };
         match stopped {
@@ -255,7 +259,11 @@ impl Running {
     /// proxy (their conntrack NAT binding) while they drained. Removing the
     /// table ends those bindings; the UDP listeners close only after.
     fn remove_table(&self) {
-        let table = self.intercept.lock().unwrap().take();
+        let table = self
+            .intercept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(table) = table {
             match table.remove() {
                 Ok(()) => info!("transparent mode off: redirect table removed"),

@@ -19,6 +19,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 
 /// `FILEID_KERNFS` (include/linux/exportfs.h): a kernfs node by its 64-bit
@@ -52,7 +53,7 @@ struct Cgroup2Mount {
 static MOUNT: Mutex<Option<Arc<Cgroup2Mount>>> = Mutex::new(None);
 
 fn mount() -> io::Result<Option<Arc<Cgroup2Mount>>> {
-    let mut cached = MOUNT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cached = MOUNT.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(m) = cached.as_ref() {
         return Ok(Some(m.clone()));
     }

@@ -25,6 +25,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -222,7 +223,7 @@ impl Attributor {
             return id;
         }
         let found = {
-            let mut diag = self.diag.lock().unwrap();
+            let mut diag = self.diag.lock().unwrap_or_else(PoisonError::into_inner);
             if diag.is_none() {
                 *diag = SockDiag::open().ok();
             }
@@ -245,7 +246,12 @@ impl Attributor {
     }
 
     fn process(&self, pid: u32) -> Process {
-        if let Some((at, p)) = self.processes.lock().unwrap().get(&pid) {
+        if let Some((at, p)) = self
+            .processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+        {
             if at.elapsed() < FRESH {
                 return p.clone();
             }
@@ -260,13 +266,18 @@ impl Attributor {
         };
         self.processes
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .put(pid, (Instant::now(), p.clone()));
         p
     }
 
     fn cgroup(&self, id: u64) -> Names {
-        if let Some(v) = self.cgroups.lock().unwrap().get(&id) {
+        if let Some(v) = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
             return v.clone();
         }
         let path = match cgroup::cgroup_path_by_id(id) {
@@ -282,7 +293,10 @@ impl Attributor {
         // A cgroup that could not be resolved may be one being created:
         // only what was found is kept.
         if v.0.is_some() {
-            self.cgroups.lock().unwrap().put(id, v.clone());
+            self.cgroups
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .put(id, v.clone());
         }
         v
     }
@@ -301,7 +315,7 @@ impl Attributor {
         };
         self.holders
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .put((cg, uid), (Instant::now(), pids, sole.clone()));
         sole
     }
@@ -315,7 +329,12 @@ impl Attributor {
         // process joining it is seen at once. Several processes: the list
         // is looked at again only after a while (the search below is exact
         // meanwhile), so a large cgroup is not read per connection.
-        let cached = match self.holders.lock().unwrap().get(&(cg, uid)) {
+        let cached = match self
+            .holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(cg, uid))
+        {
             Some((at, _, None)) if at.elapsed() < FRESH => Some((None, None)),
             Some((_, seen, Some(sole))) => Some((Some(seen.clone()), Some(sole.clone()))),
             _ => None,
@@ -342,7 +361,7 @@ impl Attributor {
         // its jobs): look for the one holding this socket, while the budget
         // lasts.
         {
-            let mut budget = self.budget.lock().unwrap();
+            let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
             if budget.0.elapsed() >= Duration::from_secs(1) {
                 *budget = (Instant::now(), Duration::ZERO);
             }
@@ -352,7 +371,7 @@ impl Attributor {
         }
         let started = Instant::now();
         let pid = cgroup::pid_of_socket(path, inode, MAX_PROCS);
-        self.budget.lock().unwrap().1 += started.elapsed();
+        self.budget.lock().unwrap_or_else(PoisonError::into_inner).1 += started.elapsed();
         (pid, pid.and_then(cgroup::command).map(Arc::from))
     }
 }

@@ -12,6 +12,7 @@
 //! bytes (a reference count, no copy) and the writer patches the XID.
 
 use std::collections::{BTreeSet, HashMap as StdHashMap};
+use std::sync::PoisonError;
 
 use hashbrown::HashMap;
 use std::net::IpAddr;
@@ -324,7 +325,7 @@ impl Drop for Ticket<'_> {
             self.cache
                 .inner
                 .lock()
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .end_fetch(&self.key, self.fetch);
         }
     }
@@ -364,19 +365,23 @@ impl Cache {
     }
 
     pub fn config(&self) -> CacheConfig {
-        *self.config.lock().unwrap()
+        *self.config.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies new settings, keeping the entries (evicting if the limit
     /// shrank).
     pub fn reconfigure(&self, config: CacheConfig) {
-        *self.config.lock().unwrap() = config;
-        let mut inner = self.inner.lock().unwrap();
+        *self.config.lock().unwrap_or_else(PoisonError::into_inner) = config;
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         self.evict_to(&mut inner, config.max_entries);
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().entries.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -385,14 +390,18 @@ impl Cache {
 
     /// A copy of the per-lookup counters.
     pub fn lookups(&self) -> LookupCounts {
-        self.inner.lock().unwrap().lookups.snapshot()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lookups
+            .snapshot()
     }
 
     /// A fresh entry for `key`, counted as a hit; None (counting nothing)
     /// when there is none, for the caller to `lookup` properly.
     pub fn hit(&self, key: Key) -> Option<Bytes> {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Inner {
             entries, lookups, ..
         } = &mut *inner;
@@ -415,7 +424,7 @@ impl Cache {
     pub fn lookup(&self, key: Key) -> Lookup<'_> {
         let now = Instant::now();
         let serve_stale = self.config().serve_stale;
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut stale = None;
         let mut expired = false;
         let Inner {
@@ -468,7 +477,7 @@ impl Cache {
         ticket.done = true;
         let config = self.config();
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.end_fetch(&ticket.key, ticket.fetch);
         let _ = ticket.fanout.send(result.clone());
         let Ok(reply) = result else { return };
@@ -516,7 +525,7 @@ impl Cache {
 
     /// Drops the entries of `programs` and every DUMP; returns how many.
     pub fn invalidate_programs(&self, programs: &BTreeSet<u32>, why: Invalidation) -> usize {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.generation += 1;
         let affected = |k: &Key| k.program().is_none_or(|p| programs.contains(&p));
         inner.inflight.retain(|k, _| !affected(k));
@@ -535,7 +544,7 @@ impl Cache {
 
     /// Drops everything; returns how many entries there were.
     pub fn flush(&self, why: Invalidation) -> usize {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.generation += 1;
         inner.inflight.clear();
         let n = inner.entries.len();

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,7 +176,7 @@ impl Clients {
     /// The row `id` counts on (taken once per connection or UDP source).
     pub fn tally(&self, id: &Identity) -> Arc<Tally> {
         let key = RowKey::of(id);
-        let mut table = self.table.lock().unwrap();
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(t) = table.get(&key) {
             t.seen(id.pid);
             return t.clone();
@@ -203,7 +204,7 @@ impl Clients {
     /// Every row, the busiest (last 10 s, then in all) first.
     pub fn rows(&self) -> Vec<TopRow> {
         let now = self.now();
-        let table = self.table.lock().unwrap();
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rows: Vec<TopRow> = table
             .values()
             .map(|t| {

@@ -9,6 +9,7 @@
 //! computed from.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,14 +75,18 @@ impl Coherence {
     }
 
     fn known(&self) -> Option<Arc<Vec<RpcbEntry>>> {
-        self.known.lock().unwrap().as_ref().map(|(_, e)| e.clone())
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, e)| e.clone())
     }
 
     /// Drops the entries of `cache` for the programs whose registrations
     /// differ between the known list and this DUMP `reply`, and keeps the
     /// new list.
     fn compare(&self, reply: Bytes, cache: &Cache) {
-        let mut known = self.known.lock().unwrap();
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         if known
             .as_ref()
             .is_some_and(|(raw, _)| raw[4..] == reply[4..])

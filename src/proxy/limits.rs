@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -162,7 +163,10 @@ impl Limits {
 
     /// Stream connections held now.
     pub fn connected(&self) -> usize {
-        self.conns.lock().unwrap().live
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live
     }
 
     /// Admits a newly accepted stream client of `owner`, or says no (and
@@ -184,7 +188,7 @@ impl Limits {
     /// closes (with an RST for TCP).
     pub fn admit(&self, owner: Owner) -> Option<Admitted> {
         let max = self.max_connections.load(Ordering::Relaxed);
-        let mut conns = self.conns.lock().unwrap();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let mut owner = owner;
         while conns.live >= max {
             if max == 0 {
@@ -322,7 +326,7 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut conns = self.conns.lock().unwrap();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.slot.evicted.load(Ordering::Relaxed) {
             conns.remove(self.index);
         }

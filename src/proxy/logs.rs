@@ -3,6 +3,7 @@
 //! a peer that goes away and comes back (rpcbind), `human` for durations
 //! as people write them.
 
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ impl Throttle {
     /// window.
     pub fn event(self: &Arc<Self>) {
         let now = Instant::now();
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match st.quiet_until {
             Some(until) if now < until => {
                 st.pending += 1;
@@ -76,7 +77,7 @@ impl Throttle {
     async fn flush_at(self: Arc<Self>, until: Instant) {
         tokio::time::sleep_until(until).await;
         let n = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.flushing = false;
             let n = std::mem::take(&mut st.pending);
             if n > 0 {
@@ -209,35 +210,51 @@ mod tests {
         let said = Arc::new(Mutex::new(Vec::new()));
         let log = said.clone();
         let t = Arc::new(Throttle::new(Duration::from_secs(10), move |n, over| {
-            log.lock().unwrap().push((n, over.as_secs()))
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((n, over.as_secs()))
         }));
         let start = Instant::now();
         t.event();
-        assert_eq!(*said.lock().unwrap(), [(1, 0)], "the first is said at once");
+        assert_eq!(
+            *said.lock().unwrap_or_else(PoisonError::into_inner),
+            [(1, 0)],
+            "the first is said at once"
+        );
         for _ in 0..1000 {
             t.event();
         }
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(
-            said.lock().unwrap().len(),
+            said.lock().unwrap_or_else(PoisonError::into_inner).len(),
             1,
             "nothing more within the window"
         );
         tokio::time::sleep_until(start + Duration::from_secs(10)).await;
         tokio::task::yield_now().await;
-        assert_eq!(said.lock().unwrap()[1], (1000, 10), "the rest in one line");
+        assert_eq!(
+            said.lock().unwrap_or_else(PoisonError::into_inner)[1],
+            (1000, 10),
+            "the rest in one line"
+        );
         // One more in the next window: held until it ends.
         tokio::time::sleep(Duration::from_secs(3)).await;
         t.event();
-        assert_eq!(said.lock().unwrap().len(), 2);
+        assert_eq!(said.lock().unwrap_or_else(PoisonError::into_inner).len(), 2);
         tokio::time::sleep_until(start + Duration::from_secs(20)).await;
         tokio::task::yield_now().await;
-        assert_eq!(said.lock().unwrap()[2], (1, 10));
+        assert_eq!(
+            said.lock().unwrap_or_else(PoisonError::into_inner)[2],
+            (1, 10)
+        );
         // After a quiet window the next one is said at once again.
         tokio::time::sleep(Duration::from_secs(30)).await;
         t.event();
-        assert_eq!(said.lock().unwrap()[3], (1, 0));
-        assert_eq!(said.lock().unwrap().len(), 4);
+        assert_eq!(
+            said.lock().unwrap_or_else(PoisonError::into_inner)[3],
+            (1, 0)
+        );
+        assert_eq!(said.lock().unwrap_or_else(PoisonError::into_inner).len(), 4);
     }
 
     #[tokio::test(start_paused = true)]

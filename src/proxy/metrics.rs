@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -148,7 +149,7 @@ impl Recent {
     /// Notes the cumulative counts if a bucket has passed since the last
     /// note; forgets notes no longer needed to cover the window.
     pub fn tick(&self, now: tokio::time::Instant, answered: u64, misses: u64) {
-        let mut notes = self.notes.lock().unwrap();
+        let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
         if notes
             .back()
             .is_some_and(|last| now.duration_since(last.at) < RECENT_BUCKET)
@@ -168,7 +169,7 @@ impl Recent {
     /// The lookups since the newest note at least a window old (or the
     /// oldest note), given the cumulative counts now.
     pub fn over(&self, now: tokio::time::Instant, answered: u64, misses: u64) -> RecentLookups {
-        let notes = self.notes.lock().unwrap();
+        let notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
         let start = notes
             .iter()
             .rposition(|n| now.duration_since(n.at) >= RECENT_WINDOW)
@@ -246,7 +247,10 @@ mod tests {
             "the buckets add up"
         );
         assert!(v.buckets.len() <= 32, "{}", v.buckets.len());
-        assert!(r.notes.lock().unwrap().len() <= 32, "bounded");
+        assert!(
+            r.notes.lock().unwrap_or_else(PoisonError::into_inner).len() <= 32,
+            "bounded"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,7 +131,11 @@ impl Conn {
         let Some(xid) = xid_of(&reply) else {
             return false;
         };
-        let waiter = self.pending.lock().unwrap().remove(&xid);
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&xid);
         match waiter {
             Some(w) => {
                 let _ = w.send(Ok(reply));
@@ -147,7 +152,7 @@ impl Conn {
         let drained: Vec<Waiter> = self
             .pending
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .map(|(_, w)| w)
             .collect();
@@ -166,7 +171,11 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.conn.pending.lock().unwrap().remove(&self.xid);
+        self.conn
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.xid);
     }
 }
 
@@ -235,7 +244,12 @@ impl Upstream {
 
     /// Calls sent on the current connection and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.live().map_or(0, |c| c.pending.lock().unwrap().len())
+        self.live().map_or(0, |c| {
+            c.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+        })
     }
 
     /// The local address of the current connection (what rpcbind sees as the
@@ -245,7 +259,7 @@ impl Upstream {
     }
 
     fn live(&self) -> Option<Arc<Conn>> {
-        let cur = self.current.lock().unwrap();
+        let cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         cur.as_ref()
             .filter(|c| c.alive.load(Ordering::Acquire))
             .cloned()
@@ -282,7 +296,7 @@ impl Upstream {
                     ),
                     _ => debug!(target = %self.target, "connected to rpcbind"),
                 }
-                *self.current.lock().unwrap() = Some(conn.clone());
+                *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
                 Ok(conn)
             }
             outcome => {
@@ -410,7 +424,7 @@ impl Upstream {
             .map_err(|_| UpstreamError::Timeout)??;
         let (tx, rx) = oneshot::channel();
         let xid = {
-            let mut pending = conn.pending.lock().unwrap();
+            let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let mut xid = conn.next_xid.fetch_add(1, Ordering::Relaxed);
             while pending.contains_key(&xid) {
                 xid = conn.next_xid.fetch_add(1, Ordering::Relaxed);

@@ -119,6 +119,43 @@ fn unsafe_only_in_host() {
     report("unsafe only in src/host/", problems);
 }
 
+/// One mutex-poisoning policy: a lock that a panicking thread left
+/// poisoned is taken over (`unwrap_or_else(PoisonError::into_inner)`), never
+/// unwrapped into a second panic. Every lock in the daemon guards counters,
+/// tables or a socket whose state each critical section leaves whole, and a
+/// panic in one call must cost that call, not every thread after it.
+#[test]
+fn a_poisoned_lock_is_taken_over_not_unwrapped() {
+    let mut problems = Vec::new();
+    for f in sources()
+        .iter()
+        .filter(|f| f.path.starts_with("src/") && f.path.ends_with(".rs"))
+    {
+        let code: String = strip(&f.text)
+            .code
+            .chars()
+            .filter(|c| !c.is_whitespace() || *c == '\n')
+            .collect();
+        for (n, line) in code.lines().enumerate() {
+            // `.lock()` at a line's end continues on the next one.
+            let next = code.lines().nth(n + 1).unwrap_or("");
+            let joined = format!("{line}{next}");
+            let unwrapped = line.match_indices(".lock()").any(|(i, _)| {
+                let rest = &joined[i + ".lock()".len()..];
+                rest.starts_with(".unwrap()") || rest.starts_with(".expect(")
+            });
+            if unwrapped {
+                problems.push(format!(
+                    "{}:{}: a std lock unwrapped; take a poisoned one over with .unwrap_or_else(PoisonError::into_inner)",
+                    f.path,
+                    n + 1
+                ));
+            }
+        }
+    }
+    report("a poisoned lock is taken over", problems);
+}
+
 // ---------------------------------------------------------------------------
 // The tree
 // ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -350,7 +351,11 @@ impl Loop {
                 // Ends only with nothing handed to it still waiting; from
                 // then on a hand-over is refused (the sender keeps the
                 // client), so none is left behind.
-                let mut q = self.inbox.queue.lock().unwrap();
+                let mut q = self
+                    .inbox
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if q.adopt.is_empty() {
                     q.ended = true;
                     debug!("stream loop: every client is closed");
@@ -428,7 +433,13 @@ impl Loop {
     }
 
     fn take_inbox(&mut self) {
-        let q = std::mem::take(&mut *self.inbox.queue.lock().unwrap());
+        let q = std::mem::take(
+            &mut *self
+                .inbox
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let mut answered: Vec<usize> = Vec::with_capacity(q.answers.len());
         for (slot, id, seq, outcome) in q.answers {
             if let Some(Some(c)) = self.conns.get_mut(slot) {

@@ -4,6 +4,7 @@
 //! waking it only when the queue was empty (it takes the whole queue).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 
 use tracing::error;
@@ -77,7 +78,7 @@ impl Inbox {
     /// and the loop is not woken).
     fn try_push<E>(&self, add: impl FnOnce(&mut Queue) -> Result<(), E>) -> Result<(), E> {
         let was_empty = {
-            let mut q = self.queue.lock().unwrap();
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             let was = q.is_empty();
             add(&mut q)?;
             was
