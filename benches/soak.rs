@@ -12,7 +12,6 @@
 //! half between the first and the last third of the run.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(unreachable_pub)]
 mod support;
 
 use std::cell::RefCell;

@@ -60,7 +60,7 @@ mod floor;
 mod instructions;
 mod memory;
 #[path = "../../tests/support/namespaces.rs"]
-#[allow(unreachable_pub)]
+#[allow(unreachable_pub)] // pub for the tests that include it too
 mod namespaces;
 mod table;
 mod targets;

@@ -30,7 +30,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the status needs besides the proxy itself.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub proxy: Arc<Proxy>,
     pub listeners: Vec<String>,
     /// TCP ports the proxy listens on (for the TIME_WAIT count).
@@ -44,10 +44,10 @@ pub struct Context {
 
 /// The transparent-mode table, shared by the daemon (which installs and
 /// removes it) and `status` (which reads its counters).
-pub type SharedTable = Arc<std::sync::Mutex<Option<InterceptTable>>>;
+pub(crate) type SharedTable = Arc<std::sync::Mutex<Option<InterceptTable>>>;
 
 /// Serves the control socket until shutdown.
-pub async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -86,7 +86,7 @@ async fn handle(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
 }
 
 /// The answer to one request line from a client with `uid`.
-pub fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
+pub(crate) fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
     let mut words = request.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         // Through a Value, whose keys are sorted: the bytes the operator
@@ -120,7 +120,7 @@ pub fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
 }
 
 /// The whole status: the proxy's snapshot and the daemon's own parts.
-pub fn status(ctx: &Context) -> Status {
+pub(crate) fn status(ctx: &Context) -> Status {
     let mut status = ctx.proxy.snapshot();
     status.listeners.clone_from(&ctx.listeners);
     status.cache.refresh_seconds = ctx.refresh.as_secs_f64();

@@ -19,7 +19,7 @@ pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Sends one request line to the control socket and returns the JSON answer.
-pub fn control_request(path: &Path, line: &str) -> Result<Value, String> {
+pub(crate) fn control_request(path: &Path, line: &str) -> Result<Value, String> {
     let tried = |e: std::io::Error| format!("cannot reach the daemon at {}: {e}", path.display());
     let mut s = UnixStream::connect(path).map_err(tried)?;
     s.set_read_timeout(Some(IO_TIMEOUT)).map_err(tried)?;
@@ -37,7 +37,7 @@ pub fn control_request(path: &Path, line: &str) -> Result<Value, String> {
 
 /// The daemon's status. A status this build cannot read (a field missing
 /// or of another type) is an error naming the field, never a 0.
-pub fn status_request(path: &Path) -> Result<Status, String> {
+pub(crate) fn status_request(path: &Path) -> Result<Status, String> {
     parse_status(path, control_request(path, "status")?)
 }
 

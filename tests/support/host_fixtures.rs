@@ -2,7 +2,9 @@
 //! (included by path): a private network namespace, a private cgroup named
 //! like a systemd unit, a client process as nobody inside it, and TCP
 //! TIME_WAIT counts read from /proc/thread-self/net as the reference.
-#![allow(dead_code)]
+// Each test crate uses a part of these helpers, through their `pub`
+// items: neither lint says anything about the library.
+#![allow(dead_code, unreachable_pub)]
 
 #[path = "namespaces.rs"]
 pub mod namespaces;
