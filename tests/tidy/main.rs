@@ -272,6 +272,12 @@ fn layering_violation(layer: &str, top: &str) -> Option<&'static str> {
         "proxy" if top == "ops" || top == "daemon" || top == "*" => {
             Some("proxy/ never imports ops/ or daemon/ (they are built on it)")
         }
+        "ops" if top == "daemon" => {
+            Some("ops/ never imports daemon/ (the operator's commands talk to it over its socket)")
+        }
+        "daemon" if top == "ops" => {
+            Some("daemon/ never imports ops/ (the operator's commands are clients, not part of it)")
+        }
         _ => None,
     }
 }
@@ -289,4 +295,7 @@ fn the_layers_rule_knows_the_layers() {
     assert!(layering_violation("host", "protocol").is_none());
     assert!(layering_violation("host", "config").is_some());
     assert!(layering_violation("protocol", "host").is_some());
+    assert!(layering_violation("ops", "daemon").is_some());
+    assert!(layering_violation("daemon", "ops").is_some());
+    assert!(layering_violation("daemon", "proxy").is_none());
 }
