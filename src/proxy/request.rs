@@ -83,12 +83,10 @@ impl<'a> Request<'a> {
     /// AUTH_SYS call with a verifier gets it echoed back).
     #[inline]
     pub(super) fn cache_key(&self, class: Class) -> Option<Key> {
-        if self.verf != OpaqueAuth::NONE {
-            return None;
-        }
-        Key::of(
+        cache_key(
             self.call.vers,
             self.procedure,
+            self.verf,
             &self.args,
             class,
             &self.peer,
@@ -101,11 +99,30 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The cache key of a call of rpcbind version `vers` bound for the upstream
+/// of `class`, if its answer may be shared: the one rule for the inline hit
+/// path (`Proxy::answer_now`, which decodes step by step) and for a
+/// `Request`. Only replies whose verifier is AUTH_NONE are shared.
+#[inline]
+pub(super) fn cache_key(
+    vers: u32,
+    procedure: Procedure,
+    verf: OpaqueAuth<'_>,
+    args: &Args<'_>,
+    class: Class,
+    peer: &Peer,
+) -> Option<Key> {
+    if verf != OpaqueAuth::NONE {
+        return None;
+    }
+    Key::of(vers, procedure, args, class, peer)
+}
+
 /// The checks libtirpc makes before a procedure runs, in its order:
 /// authentication, program, version, procedure. An error is the exact reply
 /// rpcbind sends; success gives the procedure and the reply verifier.
 #[inline(always)]
-fn check_header<'a>(call: &Call<'a>) -> Result<(Procedure, OpaqueAuth<'a>), Bytes> {
+pub(super) fn check_header<'a>(call: &Call<'a>) -> Result<(Procedure, OpaqueAuth<'a>), Bytes> {
     let verf = rpc::authenticate(call).map_err(|why| rpc::auth_error_reply(call.xid, why))?;
     let reply = |stat| rpc::accepted_reply(call.xid, verf, stat, &[]);
     if call.prog != rpcb::PROGRAM {

@@ -30,7 +30,7 @@ use crate::proxy::metrics::{ProcCounters, Recent};
 use crate::proxy::policy::{
     self, callit_allowed, indirect_verdict, Class, LocalAnswer, Peer, Route,
 };
-use crate::proxy::request::{Rejected, Request};
+use crate::proxy::request::{self, Rejected, Request};
 use crate::proxy::upstream::{self, Target, Upstream, UpstreamError};
 
 /// What a listener does with a call.
@@ -214,18 +214,28 @@ impl Proxy {
     /// waiting, when the cache holds a fresh answer. Returns None (having
     /// counted nothing) for everything else, which then goes through
     /// `handle`.
+    ///
+    /// It makes the checks `Request::decode` makes, step by step, without
+    /// building a `Request`: on this path, taken by every cached hit,
+    /// building and moving a whole `Request` cost about 100 instructions a
+    /// hit (6% of a hit's whole cost, callgrind). Anything that fails a
+    /// step goes on to `handle`, which decodes it again and answers as
+    /// rpcbind would.
     pub fn answer_now(&self, record: &[u8], peer: Peer) -> Option<Outcome> {
-        let request = Request::decode(record, peer).ok()?;
-        let Route::Upstream(class) = request.route() else {
+        let call = rpc::parse_call(record).ok()?;
+        let (procedure, verf) = request::check_header(&call).ok()?;
+        let Route::Upstream(class) = policy::route(procedure, &peer) else {
             return None;
         };
-        let reply = self.cache.hit(request.cache_key(class)?)?;
+        let args = rpcb::decode_args(procedure, call.vers, call.args).ok()?;
+        let key = request::cache_key(call.vers, procedure, verf, &args, class, &peer)?;
+        let reply = self.cache.hit(key)?;
         if peer.is_datagram() && reply.len() > self.limits.max_udp_reply() {
             return None;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.procs.count(request.call.vers, request.call.procedure);
-        Some(Outcome::Shared(reply, request.call.xid))
+        self.procs.count(call.vers, call.procedure);
+        Some(Outcome::Shared(reply, call.xid))
     }
 
     /// Answers one call record from `peer`.
