@@ -282,3 +282,47 @@ fn a_stuck_thread_stops_the_watchdog_pings(name: &'static str, args: &'static [&
         },
     );
 }
+
+/// The watchdog's self-probe (a call to the daemon's own UDP listener
+/// before each ping) is not a client: it shows in no row of `top` and in
+/// no counter of `status` (requests, errors answered locally), however
+/// many pings go by.
+#[test]
+fn the_watchdog_probe_is_not_a_client() {
+    run_with(
+        Options {
+            proxy: false,
+            ..Options::default()
+        },
+        |mut sb| async move {
+            // 2 s: a probe and a ping every second.
+            sb.start_proxy_with_env(&[], &[("WATCHDOG_USEC", "2000000")])
+                .await
+                .unwrap();
+            sb.next_notify("WATCHDOG=1", Duration::from_secs(5))
+                .await
+                .expect("a first ping");
+            let counts = |s: &Value| {
+                (
+                    s["requests"]["total"].as_u64().expect("requests.total"),
+                    s["requests"]["errors_answered_locally"]
+                        .as_u64()
+                        .expect("requests.errors_answered_locally"),
+                    s["clients"]["top"].as_array().expect("clients.top").len(),
+                )
+            };
+            let before = counts(&sb.status().await);
+            for _ in 0..3 {
+                sb.next_notify("WATCHDOG=1", Duration::from_secs(5))
+                    .await
+                    .expect("pings go on, each after a probe answered");
+            }
+            let after = counts(&sb.status().await);
+            assert_eq!(
+                after, before,
+                "(requests, errors answered locally, client rows) moved over three probes"
+            );
+            assert_eq!(after.2, 0, "a client row with no client: {after:?}");
+        },
+    );
+}

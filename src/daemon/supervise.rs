@@ -32,6 +32,26 @@ pub(super) async fn supervise(
     let (streams, udp) = turns();
     let (mut last_streams, mut last_udp) = (since(streams), since(udp));
     let watchdog = systemd::watchdog_interval();
+    // One socket for the daemon's life, named to the proxy, so that its
+    // calls are not counted as a client's.
+    let probe = match (watchdog, probe_at) {
+        (Some(_), Some(at)) => match probe_socket(at).await {
+            Ok(sock) => {
+                if let Ok(from) = sock.local_addr() {
+                    proxy.set_own_probe(from);
+                }
+                Some((sock, at))
+            }
+            Err(e) => {
+                error!(listener = %at, error = %e, "cannot open the watchdog's probe socket; the pings go without it");
+                None
+            }
+        },
+        _ => None,
+    };
+    // Each probe has an XID of its own: a late answer to one that timed
+    // out never passes for the next.
+    let mut probes = std::process::id().rotate_left(16);
     let period = watchdog.map_or(Duration::from_secs(5), |w| {
         (w / 2).min(Duration::from_secs(5))
     });
@@ -54,8 +74,8 @@ pub(super) async fn supervise(
         } else if udp_stuck {
             error!("a UDP thread is stuck; withholding the watchdog ping");
         } else if let Some(w) = watchdog {
-            match probe_at {
-                Some(at) => match answers(at, w / 2).await {
+            match &probe {
+                Some((sock, at)) => match answers(sock, &mut probes, w / 2).await {
                     Ok(()) => systemd::watchdog(),
                     Err(e) => {
                         error!(listener = %at, error = %e, "the proxy did not answer its own call; withholding the watchdog ping")
@@ -82,15 +102,26 @@ fn stuck(last: &mut [(u64, tokio::time::Instant)], counts: Vec<u64>) -> bool {
     any
 }
 
+/// The watchdog probe's socket: on the listener's loopback address,
+/// connected to it.
+async fn probe_socket(at: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let sock = tokio::net::UdpSocket::bind((at.ip(), 0)).await?;
+    sock.connect(at).await?;
+    Ok(sock)
+}
+
 /// One call to the daemon's own UDP listener, answered by the request path
 /// itself (an unknown program: PROG_UNAVAIL, rpcbind not involved). In
 /// transparent mode clients wait on the daemon, so the watchdog must see a
 /// stalled request path, not only a live timer.
-async fn answers(at: std::net::SocketAddr, within: Duration) -> std::io::Result<()> {
+async fn answers(
+    sock: &tokio::net::UdpSocket,
+    probes: &mut u32,
+    within: Duration,
+) -> std::io::Result<()> {
+    *probes = probes.wrapping_add(1);
+    let xid = *probes;
     let probe = async {
-        let sock = tokio::net::UdpSocket::bind((at.ip(), 0)).await?;
-        sock.connect(at).await?;
-        let xid = std::process::id() ^ 0x7761_7463;
         sock.send(&crate::protocol::rpc::encode_call(xid, 0, 1, 0, &[]))
             .await?;
         let mut buf = [0u8; 64];

@@ -113,6 +113,9 @@ pub struct Proxy {
     pub(super) tasks: TaskTracker,
     /// The refresh loop's period, heartbeat and registration list.
     pub(super) coherence: Coherence,
+    /// The source address of the daemon's own watchdog probe: its calls
+    /// are answered like anyone's but counted nowhere (not a client).
+    own_probe: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Proxy {
@@ -144,7 +147,24 @@ impl Proxy {
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
             coherence: Coherence::new(settings.refresh),
+            own_probe: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Names the socket the daemon's watchdog probe sends from (bound for
+    /// the daemon's life): its calls are served and never counted.
+    pub fn set_own_probe(&self, from: std::net::SocketAddr) {
+        let _ = self.own_probe.set(from);
+    }
+
+    /// Whether a datagram from `from` is the daemon's own watchdog probe.
+    #[inline]
+    pub fn is_own_probe(&self, from: std::net::SocketAddr) -> bool {
+        self.own_probe.get() == Some(&from)
+    }
+
+    fn counted(&self, peer: Peer) -> bool {
+        !matches!(peer, Peer::Udp(from) if self.is_own_probe(from))
     }
 
     /// rpcbind's TCP/UDP port.
@@ -240,10 +260,18 @@ impl Proxy {
 
     /// Answers one call record from `peer`.
     pub async fn handle(&self, record: BytesMut, peer: Peer) -> Outcome {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let request = match Request::decode(&record, peer) {
-            Ok(request) => request,
-            Err(rejected) => return self.rejected(rejected, peer),
+            // The watchdog's probe (an unknown program) is answered here,
+            // and counted nowhere.
+            Err(Rejected::Checks(reply)) if !self.counted(peer) => return Outcome::Reply(reply),
+            Ok(request) => {
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                request
+            }
+            Err(rejected) => {
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                return self.rejected(rejected, peer);
+            }
         };
         let call = &request.call;
         self.procs.count(call.vers, call.procedure);

@@ -226,7 +226,9 @@ impl UdpThread {
                 let Some((call, from)) = recv.get(i) else {
                     continue;
                 };
-                self.sources.count(from, now, second, &self.proxy);
+                if !self.proxy.is_own_probe(from) {
+                    self.sources.count(from, now, second, &self.proxy);
+                }
                 // Cache hits are answered in this turn, with no copy of the
                 // request.
                 let answered = match self.proxy.answer_now(call, Peer::Udp(from)) {
