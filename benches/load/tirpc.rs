@@ -48,10 +48,9 @@ fn build(dir: &Path) -> Option<PathBuf> {
         return None;
     };
     let built = Command::new("cc")
-        .args(["-O2", "-Wall", "-Wextra", "-o"])
+        .args(["-O2", "-Wall", "-Wextra", "-pthread", "-o"])
         .arg(&out)
         .arg(SRC)
-        .arg("-lpthread")
         .args(flags.split_whitespace())
         .output();
     match built {

@@ -44,7 +44,9 @@ fn build() -> Result<PathBuf, String> {
 
     let flags = pkg_config_libtirpc()?;
     let mut gcc = Command::new("gcc");
-    gcc.args(["-O2", "-Wall", "-Wextra", "-o"])
+    // -pthread: before glibc 2.34 (Debian 11) pthreads is a library of
+    // its own, and the client's threads need it.
+    gcc.args(["-O2", "-Wall", "-Wextra", "-pthread", "-o"])
         .arg(&tmp)
         .arg(TIRPC_CLIENT_SRC)
         .args(&flags);
