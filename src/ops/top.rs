@@ -63,7 +63,8 @@ pub fn top(args: TopArgs) -> ExitCode {
 /// clients by rate.
 pub fn frame(s: &Status) -> String {
     let clients = &s.clients;
-    let rows = clients.top.iter().map(|c| c.per_second_10s).sum::<f64>();
+    // Folded from +0.0: a float sum of nothing is -0.0, printed "-0.0/s".
+    let rows = clients.top.iter().fold(0.0, |a, c| a + c.per_second_10s);
     let rate = rows + clients.rest.per_second_10s;
     let mut o = format!(
         "rpcbind-proxy top - up {}s, {} clients connected, {} in all\n",

@@ -468,7 +468,7 @@ impl Proxy {
             rest: RestOfClients {
                 rows: rest.len() as u64,
                 requests: rest.iter().map(|r| r.requests).sum(),
-                per_second_10s: rest.iter().map(|r| r.per_second_10s).sum(),
+                per_second_10s: rest.iter().fold(0.0, |a, r| a + r.per_second_10s),
             },
         }
     }
