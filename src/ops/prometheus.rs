@@ -149,12 +149,12 @@ fn latency(s: &Status) -> Samples {
 }
 
 fn lookups(s: &Status) -> Samples {
-    // "misse" (the plural with its s cut) is the value this label has
-    // always had; dashboards select on it.
+    // `result` is "hit" or "miss" (an earlier build cut the s off
+    // "misses" and said "misse").
     s.lookups
         .iter()
         .flat_map(|l| {
-            [("hit", l.hits), ("misse", l.misses)].map(|(result, n)| {
+            [("hit", l.hits), ("miss", l.misses)].map(|(result, n)| {
                 let labels = format!(
                     "{{program=\"{}\",version=\"{}\",netid=\"{}\",result=\"{result}\"}}",
                     l.program, l.version, l.netid
