@@ -28,7 +28,7 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
         assert_eq!(before["cache"]["ttl_seconds"], 60.0);
         assert_eq!(before["cache"]["entries"], 1);
 
-        std::fs::write(&conf, "ttl = 120\nnegative-ttl = 5\n").unwrap();
+        std::fs::write(&conf, "ttl = 120\nnegative-ttl = 5\nrefresh = 7\n").unwrap();
         sb.signal_proxy(Signal::SIGHUP);
         sb.next_notify("READY=1", Duration::from_secs(10))
             .await
@@ -36,6 +36,10 @@ fn sighup_reloads_the_config_and_keeps_the_cache() {
         let after = sb.status().await;
         assert_eq!(after["cache"]["ttl_seconds"], 120.0);
         assert_eq!(after["cache"]["negative_ttl_seconds"], 5.0);
+        assert_eq!(
+            after["cache"]["refresh_seconds"], 7.0,
+            "status shows the refresh period in force, not the one started with"
+        );
         assert_eq!(after["cache"]["entries"], 1, "the cache survives a reload");
 
         // A broken file is refused and the running configuration kept.

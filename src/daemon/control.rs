@@ -36,7 +36,6 @@ pub(crate) struct Context {
     /// TCP ports the proxy listens on (for the TIME_WAIT count).
     pub tcp_ports: Vec<u16>,
     pub rpcbind_port: u16,
-    pub refresh: Duration,
     /// Transparent mode: the redirect table (None once removed) and the
     /// mark of the daemon's own connections.
     pub intercept: Option<(SharedTable, u32)>,
@@ -123,7 +122,6 @@ pub(crate) fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
 pub(crate) fn status(ctx: &Context) -> Status {
     let mut status = ctx.proxy.snapshot();
     status.listeners.clone_from(&ctx.listeners);
-    status.cache.refresh_seconds = ctx.refresh.as_secs_f64();
     status.time_wait = time_wait(ctx);
     status.intercept = intercept(ctx);
     status

@@ -373,7 +373,6 @@ fn control_context(
             })
             .collect(),
         rpcbind_port: config.rpcbind_port,
-        refresh: config.refresh,
         intercept: config
             .intercept
             .then(|| (intercept.clone(), config.intercept_mark)),

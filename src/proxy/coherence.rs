@@ -56,7 +56,7 @@ impl Coherence {
             .store(refresh.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn period(&self) -> Duration {
+    pub(super) fn period(&self) -> Duration {
         Duration::from_millis(self.refresh_ms.load(Ordering::Relaxed))
     }
 

@@ -299,8 +299,8 @@ fn load(a: &AtomicU64) -> u64 {
 
 impl Proxy {
     /// The status of the request path now. The daemon's parts
-    /// (`listeners`, `time_wait`, `intercept`, `cache.refresh_seconds`) are
-    /// left empty for the control server to fill in.
+    /// (`listeners`, `time_wait`, `intercept`) are left empty for the
+    /// control server to fill in.
     pub fn snapshot(&self) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -384,7 +384,8 @@ impl Proxy {
             ttl_seconds: config.ttl.as_secs_f64(),
             negative_ttl_seconds: config.negative_ttl.as_secs_f64(),
             serve_stale_seconds: config.serve_stale.as_secs_f64(),
-            refresh_seconds: 0.0,
+            // The period in force (a reload changes it).
+            refresh_seconds: self.coherence.period().as_secs_f64(),
             recent: self.recent_status(),
         }
     }
