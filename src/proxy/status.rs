@@ -358,18 +358,25 @@ impl Proxy {
     fn cache_status(&self) -> CacheStatus {
         let c = &self.cache.stats;
         let config = self.cache.config();
-        let (answered, misses) = self.lookup_counts();
+        // Each counter read once: the ratio is made of the numbers shown
+        // beside it, even while lookups go on.
+        let (hits, negative_hits, coalesced, misses) = (
+            load(&c.hits),
+            load(&c.negative_hits),
+            load(&c.coalesced),
+            load(&c.misses),
+        );
         let (refresh, registration, flush) = (
             load(&c.invalidations_refresh),
             load(&c.invalidations_registration),
             load(&c.invalidations_flush),
         );
         CacheStatus {
-            hit_ratio: hit_ratio(answered, misses),
-            hits: load(&c.hits),
-            negative_hits: load(&c.negative_hits),
+            hit_ratio: hit_ratio(hits + negative_hits + coalesced, misses),
+            hits,
+            negative_hits,
             misses,
-            coalesced: load(&c.coalesced),
+            coalesced,
             entries: self.cache.len() as u64,
             max_entries: config.max_entries as u64,
             evictions: load(&c.evictions),
