@@ -3,7 +3,9 @@
 //!
 //! What "on" is, part by part (`status` reports each):
 //! - three drop-ins (`systemd/intercept/`, embedded here): rpcbind.socket
-//!   moves rpcbind's unix socket to /run/rpcbind/upstream.sock;
+//!   moves rpcbind's unix socket to /run/rpcbind/upstream.sock and keeps
+//!   every other listener its units set (`dropin`: derived at `enable`,
+//!   re-checked by `status`);
 //!   rpcbind-proxy.socket takes /run/rpcbind.sock and [::1]:1111;
 //!   rpcbind-proxy.service runs `serve --intercept` with CAP_NET_ADMIN
 //!   and a 5 s watchdog;
@@ -19,6 +21,8 @@
 //! socket (an atomic rename), then stops the daemon (which stops redirecting
 //! before it drains), then removes the drop-ins and starts the proxy's units
 //! on their defaults. Both are idempotent.
+
+mod dropin;
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -40,7 +44,8 @@ const DROP_IN: &str = "50-rpcbind-proxy-intercept.conf";
 /// How long `enable` waits for the restarted daemon's table.
 const READY: Duration = Duration::from_secs(15);
 
-/// The drop-ins, as shipped in systemd/intercept/ (`@BIN@`: this binary).
+/// The drop-ins, as shipped in systemd/intercept/ (`@BIN@`: this binary;
+/// `@LISTEN@`: rpcbind.socket's listeners, derived from its units).
 const DROP_INS: [(&str, &str); 3] = [
     (
         "rpcbind.socket",
@@ -68,17 +73,59 @@ pub fn intercept(args: InterceptArgs) -> ExitCode {
     }
 }
 
-/// Each drop-in's path and the text it must hold.
-fn drop_ins(unit_dir: &Path, bin: &str) -> Vec<(PathBuf, String)> {
+/// Each drop-in's path and the text it must hold; `listen`: the lines
+/// `rpcbind_listen` derived.
+fn drop_ins(unit_dir: &Path, bin: &str, listen: &str) -> Vec<(PathBuf, String)> {
     DROP_INS
         .iter()
         .map(|(unit, text)| {
             (
                 unit_dir.join(format!("{unit}.d")).join(DROP_IN),
-                text.replace("@BIN@", bin),
+                text.replace("@BIN@", bin).replace("@LISTEN@", listen),
             )
         })
         .collect()
+}
+
+/// The `Listen...` lines of rpcbind.socket's drop-in, derived from the unit
+/// file and drop-ins systemd loaded for rpcbind.socket (the proxy's own
+/// left out): every listener as they set it, the unix path moved.
+fn rpcbind_listen() -> Result<String, String> {
+    let out = Command::new("systemctl")
+        .args([
+            "show",
+            "-p",
+            "FragmentPath",
+            "-p",
+            "DropInPaths",
+            "rpcbind.socket",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let fragment = value("FragmentPath");
+    if !out.status.success() || fragment.is_empty() {
+        return Err(
+            "rpcbind.socket has no unit file (systemctl show -p FragmentPath rpcbind.socket): is rpcbind installed?"
+                .into(),
+        );
+    }
+    let drop_ins = value("DropInPaths");
+    let paths = std::iter::once(fragment).chain(drop_ins.split_whitespace().map(str::to_owned));
+    let mut files = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        files.push(dropin::UnitFile { path, text });
+    }
+    let listeners = dropin::listeners(&files, DROP_IN)?;
+    Ok(dropin::listen_lines(&listeners, UPSTREAM_SOCKET))
 }
 
 /// This binary's path, for the service drop-in's ExecStart=.
@@ -170,7 +217,7 @@ fn daemon_intercepting(control: &Path) -> bool {
 fn enable(control: &Path) -> Result<(), String> {
     preconditions("enable")?;
     let bin = this_binary()?;
-    let files = drop_ins(Path::new(UNIT_DIR), &bin);
+    let files = drop_ins(Path::new(UNIT_DIR), &bin, &rpcbind_listen()?);
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
     let written = files
@@ -218,7 +265,7 @@ fn enable(control: &Path) -> Result<(), String> {
 
 fn disable() -> Result<(), String> {
     preconditions("disable")?;
-    let files = drop_ins(Path::new(UNIT_DIR), "");
+    let files = drop_ins(Path::new(UNIT_DIR), "", "");
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
     let any_drop_in = files.iter().any(|(p, _)| p.exists());
@@ -268,11 +315,28 @@ fn disable() -> Result<(), String> {
 /// is-active`), 1 partly on.
 fn status(control: &Path) -> ExitCode {
     let bin = this_binary().unwrap_or_default();
-    let files = drop_ins(Path::new(UNIT_DIR), &bin);
+    let listen = rpcbind_listen();
+    let files = drop_ins(
+        Path::new(UNIT_DIR),
+        &bin,
+        listen.as_deref().unwrap_or_default(),
+    );
     let mut parts: Vec<(String, bool)> = files
         .iter()
         .map(|(p, _)| (format!("drop-in {}", p.display()), p.exists()))
         .collect();
+    // rpcbind.socket's drop-in repeats the listeners its units set at
+    // `enable`: if they changed since, it no longer matches.
+    let (rpcbind_drop_in, wanted) = &files[0];
+    let stale = match (&listen, std::fs::read_to_string(rpcbind_drop_in)) {
+        (Ok(_), Ok(text)) if text == *wanted => None,
+        (Ok(_), Ok(_)) => Some(
+            "rpcbind.socket's units changed since `enable`: run `rpcbind-proxy intercept enable` again to derive its drop-in anew".to_owned(),
+        ),
+        (Err(e), Ok(_)) => Some(format!("cannot derive rpcbind.socket's drop-in: {e}")),
+        (_, Err(_)) => None,
+    };
+    parts[0].1 &= stale.is_none();
     parts.push((
         format!("rpcbind answers on {UPSTREAM_SOCKET}"),
         answers_null(Path::new(UPSTREAM_SOCKET)),
@@ -305,6 +369,9 @@ fn status(control: &Path) -> ExitCode {
     for (what, ok) in &parts {
         println!("  [{}] {what}", if *ok { "x" } else { " " });
     }
+    if let Some(why) = stale {
+        println!("  {why}");
+    }
     ExitCode::from(match verdict {
         "on" => 0,
         "off" => 3,
@@ -318,7 +385,13 @@ mod tests {
 
     #[test]
     fn drop_ins_name_this_binary_and_move_only_the_unix_socket() {
-        let files = drop_ins(Path::new("/etc/systemd/system"), "/opt/bin/rpcbind-proxy");
+        let lines =
+            "ListenStream=\nListenStream=/run/rpcbind/upstream.sock\nListenStream=127.0.0.1:111";
+        let files = drop_ins(
+            Path::new("/etc/systemd/system"),
+            "/opt/bin/rpcbind-proxy",
+            lines,
+        );
         let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         assert_eq!(
             names,
@@ -339,18 +412,9 @@ mod tests {
                 .map(str::to_owned)
                 .collect()
         };
-        // rpcbind keeps every listener of Debian's unit but the unix path.
-        assert_eq!(
-            listen(&files[0].1),
-            [
-                "ListenStream=",
-                "ListenStream=/run/rpcbind/upstream.sock",
-                "ListenStream=0.0.0.0:111",
-                "ListenDatagram=0.0.0.0:111",
-                "ListenStream=[::]:111",
-                "ListenDatagram=[::]:111",
-            ]
-        );
+        // rpcbind.socket's: the derived lines, in the [Socket] section.
+        assert!(files[0].1.ends_with(&format!("[Socket]\n{lines}\n")));
+        assert!(!files[0].1.contains("@LISTEN@"));
         assert!(listen(&files[1].1).contains(&"ListenStream=/run/rpcbind.sock".to_string()));
     }
 
