@@ -19,8 +19,11 @@
 //! until the new daemon has installed its table, port 111 goes straight to
 //! rpcbind. `disable` first hands /run/rpcbind.sock back to rpcbind's live
 //! socket (an atomic rename), then stops the daemon (which stops redirecting
-//! before it drains), then removes the drop-ins and starts the proxy's units
-//! on their defaults. Both are idempotent.
+//! before it drains), then re-registers rpcbind's own `local` entries under
+//! /run/rpcbind.sock where an rpcbind restarted meanwhile named the upstream
+//! path in them, and removes that path once rpcbind names it nowhere, then
+//! removes the drop-ins and starts the proxy's units on their defaults. Both
+//! are idempotent; a failing step of `disable` does not stop the others.
 
 mod dropin;
 
@@ -31,6 +34,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use super::client::{fail, status_request};
+use super::local_entries;
 use super::query::answers_null;
 use crate::cli::{InterceptAction, InterceptArgs};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
@@ -274,41 +278,97 @@ fn disable() -> Result<(), String> {
         println!("transparent mode is already off");
         return Ok(());
     }
+    // Each step runs even when one before it failed; each failure is one
+    // line naming its step.
+    let mut failed: Vec<String> = Vec::new();
     // 1. /run/rpcbind.sock back to rpcbind's live socket, in one step.
     if !handed_back {
+        let step = format!("step 1 (hand {DEFAULT_RPCBIND_SOCKET} back to rpcbind)");
         if !answers_null(upstream) {
-            return Err(format!(
-                "rpcbind does not answer on {UPSTREAM_SOCKET}: start it first (systemctl start rpcbind), then run disable again"
+            failed.push(format!(
+                "{step} failed: rpcbind does not answer on {UPSTREAM_SOCKET}: start it (systemctl start rpcbind), then run disable again"
             ));
+        } else if let Err(e) = link_socket(upstream, public) {
+            failed.push(format!("{step} failed: {e}"));
+        } else {
+            println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
         }
-        link_socket(upstream, public)?;
-        println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
     }
     // 2. The daemon stops redirecting, drains and removes its table; its
     //    socket unit leaves the path alone (RemoveOnStop=no in the drop-in).
-    systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])?;
-    // rpcbind's second name, which `enable` made (or its own path, if it
-    // restarted meanwhile: /run/rpcbind.sock names the same socket now).
-    if same_file(public, upstream) {
-        std::fs::remove_file(upstream)
-            .map_err(|e| format!("cannot remove {UPSTREAM_SOCKET}: {e}"))?;
+    if let Err(e) = systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"]) {
+        failed.push(format!("step 2 (stop rpcbind-proxy) failed: {e}"));
     }
-    // 3. The units as they were.
+    // 3. rpcbind's second name, which `enable` made, or its own path if it
+    //    restarted meanwhile (/run/rpcbind.sock names the same socket now):
+    //    removed once rpcbind advertises it no more.
+    if same_file(public, upstream) {
+        if let Err(e) = release_upstream_name(public) {
+            failed.push(format!("step 3 (remove {UPSTREAM_SOCKET}) failed: {e}"));
+        }
+    }
+    // 4. The units as they were.
     for (path, _) in &files {
         match std::fs::remove_file(path) {
             Ok(()) => println!("removed {}", path.display()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot remove {}: {e}", path.display())),
+            Err(e) => failed.push(format!(
+                "step 4 (remove the drop-ins) failed: cannot remove {}: {e}",
+                path.display()
+            )),
         }
         if let Some(dir) = path.parent() {
             // Only if empty: the administrator's own drop-ins stay.
             let _ = std::fs::remove_dir(dir);
         }
     }
-    systemctl(&["daemon-reload"])?;
-    systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"])?;
-    println!("transparent mode is off: clients reach rpcbind directly");
-    Ok(())
+    let restarted = systemctl(&["daemon-reload"])
+        .and_then(|()| systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"]));
+    if let Err(e) = restarted {
+        failed.push(format!(
+            "step 5 (start rpcbind-proxy on its defaults) failed: {e}"
+        ));
+    }
+    match failed.split_last() {
+        None => {
+            println!("transparent mode is off: clients reach rpcbind directly");
+            Ok(())
+        }
+        Some((last, earlier)) => {
+            for line in earlier {
+                eprintln!("rpcbind-proxy: {line}");
+            }
+            Err(last.clone())
+        }
+    }
+}
+
+/// Removes /run/rpcbind/upstream.sock, rpcbind's second name, now that
+/// `public` reaches rpcbind too. An rpcbind started while transparent mode
+/// was on names the upstream path in its own `local` entries (program
+/// 100000, versions 3 and 4): they are re-registered under `public` first,
+/// so every address rpcbind advertises keeps working. A name rpcbind still
+/// advertises is kept (it goes away when rpcbind restarts).
+fn release_upstream_name(public: &Path) -> Result<(), String> {
+    let to = DEFAULT_RPCBIND_SOCKET;
+    let moved = local_entries::move_own_entries(public, UPSTREAM_SOCKET, to).map_err(|e| {
+        format!("{e}; {UPSTREAM_SOCKET} kept, as rpcbind still names it (until rpcbind restarts)")
+    })?;
+    if !moved.is_empty() {
+        let versions: Vec<String> = moved.iter().map(|v| format!("v{v}")).collect();
+        println!(
+            "rpcbind's own local entries (100000 {}) name {to} again",
+            versions.join(", ")
+        );
+    }
+    match local_entries::advertised(public, UPSTREAM_SOCKET) {
+        Ok(false) => std::fs::remove_file(UPSTREAM_SOCKET)
+            .map_err(|e| format!("cannot remove {UPSTREAM_SOCKET}: {e}")),
+        Ok(true) => Err(format!(
+            "a registration at rpcbind still names {UPSTREAM_SOCKET}, so it is kept (until rpcbind restarts)"
+        )),
+        Err(e) => Err(format!("{e}; {UPSTREAM_SOCKET} kept")),
+    }
 }
 
 /// Exit status of `intercept status`: 0 on, 3 off (as `systemctl

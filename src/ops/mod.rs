@@ -5,7 +5,8 @@
 //! `intercept`, `top`), sharing `client` (one request to the daemon's
 //! control socket, the status read into its type), one per status format
 //! (`text`, `prometheus`; JSON is the type's own) and the man pages and
-//! shell completions (`generate`). The control socket itself is the
+//! shell completions (`generate`); `intercept disable` moves rpcbind's own
+//! `local` registrations with `local_entries`. The control socket itself is the
 //! daemon's (`daemon::control`); the status it sends is
 //! `proxy::status::Status`. It may import `proxy`, `protocol` and `host`;
 //! nothing in `proxy`, `protocol` or `host` imports it.
@@ -15,6 +16,7 @@ mod client;
 pub mod flush;
 pub mod generate;
 pub mod intercept;
+mod local_entries;
 pub mod prometheus;
 pub mod query;
 pub mod status;

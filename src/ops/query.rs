@@ -84,7 +84,7 @@ fn rpc_call(via: &Via<'_>, vers: u32, procedure: u32, args: &[u8]) -> Result<Vec
 }
 
 /// Writes one record and reads one (reassembling fragments, bounded).
-fn stream_exchange<S: Read + Write>(mut s: S, call: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) fn stream_exchange<S: Read + Write>(mut s: S, call: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut rec = BytesMut::new();
     rpc::put_record(&mut rec, call);
     s.write_all(&rec)?;

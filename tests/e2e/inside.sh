@@ -70,6 +70,7 @@ wait_for 10 active rpcbind.service
 check "a service registers through libtirpc" sh -c "[ \"\$($T set 400100 1 tcp 127.0.0.1.8.1)\" = true ]"
 runuser -u nobody -- $T set 400101 1 udp 0.0.0.0.8.2 >/dev/null
 listing >/tmp/before.txt 2>&1
+ls -A /run /run/rpcbind >/tmp/run-before.txt 2>&1
 $B intercept status >/tmp/st.txt; rc=$?
 check "intercept status says off before enable (exit 3)" [ "$rc" = 3 ]
 
@@ -153,9 +154,24 @@ check "the table is gone" no_table
 check "the proxy runs again on its defaults" wait_for 10 active rpcbind-proxy.service
 check "the drop-ins are gone" sh -c "! ls /etc/systemd/system/*.d/50-rpcbind-proxy-intercept.conf 2>/dev/null"
 listing >/tmp/off.txt 2>&1
-# rpcbind restarted while it was moved names /run/rpcbind/upstream.sock in its
-# own "local" entries until it restarts again; everything else is as before.
-check "rpcinfo prints what it printed before (but rpcbind's own local path)" sh -c "grep -v local /tmp/before.txt | cmp -s - /tmp/off-nolocal.txt 2>/dev/null || { grep -v local /tmp/off.txt >/tmp/off-nolocal.txt; grep -v local /tmp/before.txt | cmp -s - /tmp/off-nolocal.txt; }"
+
+# --- disable after rpcbind restarted while on: its own local entries ------------
+# rpcbind, restarted above on /run/rpcbind/upstream.sock, named that path in
+# its own "local" entries; disable must leave every name rpcbind advertises
+# working, and no name of the proxy's in /run.
+# Re-registered, rpcbind's two local entries are listed last (rpcbind appends
+# what is registered) until its next restart; the lines are the same.
+sort /tmp/before.txt >/tmp/before.sorted; sort /tmp/off.txt >/tmp/off.sorted
+check "after disable, rpcinfo prints the lines it printed before, local lines included" cmp -s /tmp/before.sorted /tmp/off.sorted
+diff /tmp/before.sorted /tmp/off.sorted | head -20
+for v in 4 3; do
+	check "after disable, rpcinfo -T local localhost 100000 $v works ($(rpcinfo -T local localhost 100000 $v 2>&1 | head -1))" rpcinfo -T local localhost 100000 $v
+done
+check "after disable, /run/rpcbind/upstream.sock is gone" [ ! -e /run/rpcbind/upstream.sock ]
+ls -A /run /run/rpcbind >/tmp/run-off.txt 2>&1
+check "after disable, the names in /run and /run/rpcbind are those before enable" cmp -s /tmp/run-before.txt /tmp/run-off.txt
+diff /tmp/run-before.txt /tmp/run-off.txt | head -10
+check "after disable, rpcbind names no path of the proxy's" sh -c "! rpcinfo | grep -q upstream.sock"
 out=$($B intercept disable 2>&1); rc=$?
 check "disable again is a no-op ($out)" [ "$rc" = 0 ]
 systemctl restart rpcbind.socket rpcbind.service
