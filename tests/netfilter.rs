@@ -246,13 +246,26 @@ fn install_creates_the_owner_table() {
             assert_eq!(e[1]["match"]["left"]["payload"]["protocol"], l4, "{r}");
             assert_eq!(e[1]["match"]["left"]["payload"]["field"], "dport");
             assert_eq!(e[1]["match"]["right"], 111);
+            // TCP: only a connection's SYN (a pure SYN) is redirected.
+            let e = if l4 == "tcp" {
+                let flags = &e[2]["match"];
+                assert_eq!(flags["op"], "==", "{r}");
+                let and = flags["left"]["&"].as_array().unwrap();
+                assert_eq!(and[0]["payload"]["protocol"], "tcp", "{r}");
+                assert_eq!(and[0]["payload"]["field"], "flags", "{r}");
+                assert_eq!(and[1], serde_json::json!(["fin", "syn", "rst", "ack"]));
+                assert_eq!(flags["right"], "syn", "{r}");
+                &e[1..]
+            } else {
+                e
+            };
             assert!(e[2].get("counter").is_some(), "{r}");
             assert_eq!(e[3]["redirect"]["port"], PROXY_PORT, "{r}");
         }
         // The text form nft prints for such a rule (nfproto / l4proto
         // matches are implied, so the rule is exact).
         assert!(text.contains(
-            "ip daddr 127.0.0.1 tcp dport 111 counter packets 0 bytes 0 redirect to :1111 comment \"ipv4 tcp\""
+            "ip daddr 127.0.0.1 tcp dport 111 tcp flags syn / fin,syn,rst,ack counter packets 0 bytes 0 redirect to :1111 comment \"ipv4 tcp\""
         ));
         assert!(text.contains(
             "ip6 daddr ::1 udp dport 111 counter packets 0 bytes 0 redirect to :1111 comment \"ipv6 udp\""
@@ -385,6 +398,38 @@ fn stop_redirecting_keeps_established_flows() {
 
         t.remove().unwrap();
         assert!(!nf::table_exists(TABLE).unwrap(), "remove() left the table");
+    });
+}
+
+/// A connection made before the table exists is left alone: conntrack was
+/// not tracking in the namespace then, so the connection's next segment is
+/// picked up mid-stream as a NEW flow (loose TCP pickup) and traverses the
+/// nat chain; only a pure SYN may be redirected, or that segment would land
+/// on the proxy port and be answered with a reset.
+#[test]
+fn connection_open_before_install_is_not_redirected() {
+    in_netns("connection_open_before_install_is_not_redirected", || {
+        let orig = TcpListener::bind((Ipv4Addr::LOCALHOST, 111)).unwrap();
+        let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, PROXY_PORT)).unwrap();
+        let mut c = connect((Ipv4Addr::LOCALHOST, 111).into()).expect("connect to :111");
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let (mut s, _) = orig.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+
+        let _t = InterceptTable::install(&rules(), 0).unwrap();
+        let mut buf = [0u8; 4];
+        for _ in 0..3 {
+            c.write_all(b"ping").unwrap();
+            let r = s.read_exact(&mut buf);
+            assert!(r.is_ok(), "the original listener got no data: {r:?}");
+            assert_eq!(&buf, b"ping");
+            s.write_all(b"pong").unwrap();
+            let r = c.read_exact(&mut buf);
+            assert!(r.is_ok(), "old connection after install: {r:?}");
+            assert_eq!(&buf, b"pong");
+        }
+        // A connection made after the install is still redirected.
+        let _new = check_tcp_redirect(&proxy, Ipv4Addr::LOCALHOST.into());
     });
 }
 

@@ -79,7 +79,14 @@ pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg
 }
 
 /// The expressions nft generates for
-/// `ip[6] daddr A tcp|udp dport 111 counter redirect to :PORT`.
+/// `ip[6] daddr A tcp|udp dport 111 counter redirect to :PORT`, with
+/// `tcp flags & (fin|syn|rst|ack) == syn` after the dport for TCP.
+///
+/// Only a connection's SYN may be redirected: when conntrack was not
+/// tracking in the namespace before the table appeared, a connection
+/// already open to :111 is picked up mid-stream (loose TCP pickup makes its
+/// next segment NEW), and redirecting that segment would make the proxy
+/// port answer it with a reset. A UDP flow has no such state to tell.
 pub(super) fn redirect_exprs(
     nfproto: u8,
     daddr_offset: u32,
@@ -87,7 +94,7 @@ pub(super) fn redirect_exprs(
     l4proto: u8,
     port: u16,
 ) -> Vec<Expr> {
-    vec![
+    let mut exprs = vec![
         Expr::Meta {
             key: NFT_META_NFPROTO,
         },
@@ -108,18 +115,46 @@ pub(super) fn redirect_exprs(
             len: 2,
         },
         Expr::CmpEq(InterceptRules::RPCBIND_PORT.to_be_bytes().to_vec()),
+    ];
+    if l4proto == libc::IPPROTO_TCP as u8 {
+        exprs.extend([
+            Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: TCP_FLAGS_OFFSET,
+                len: 1,
+            },
+            Expr::Bitwise {
+                mask: vec![TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK],
+                xor: vec![0],
+            },
+            Expr::CmpEq(vec![TCP_SYN]),
+        ]);
+    }
+    exprs.extend([
         Expr::Counter,
         Expr::ImmediateData(port.to_be_bytes().to_vec()),
         Expr::Redir,
-    ]
+    ]);
+    exprs
 }
 
 /// One nf_tables expression, always loading into / comparing NFT_REG_1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Expr {
-    Meta { key: u32 },
-    Payload { base: u32, offset: u32, len: u32 },
+    Meta {
+        key: u32,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
     CmpEq(Vec<u8>),
+    /// `reg = (reg & mask) ^ xor`, over `mask.len()` bytes.
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
     Counter,
     ImmediateData(Vec<u8>),
     Return,
@@ -133,6 +168,7 @@ impl Expr {
             Expr::Meta { .. } => "meta",
             Expr::Payload { .. } => "payload",
             Expr::CmpEq(_) => "cmp",
+            Expr::Bitwise { .. } => "bitwise",
             Expr::Counter => "counter",
             Expr::ImmediateData(_) | Expr::Return => "immediate",
             Expr::Redir => "redir",
@@ -156,6 +192,18 @@ impl Expr {
                 let d = a.nest_start(NFTA_CMP_DATA);
                 a.put(NFTA_DATA_VALUE, value);
                 a.nest_end(d);
+            }
+            Expr::Bitwise { mask, xor } => {
+                // In nft's order: sreg, dreg, op (boolean), len, mask, xor.
+                a.put_u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
+                a.put_u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
+                a.put_u32_be(NFTA_BITWISE_OP, NFT_BITWISE_BOOL);
+                a.put_u32_be(NFTA_BITWISE_LEN, mask.len() as u32);
+                for (ty, value) in [(NFTA_BITWISE_MASK, mask), (NFTA_BITWISE_XOR, xor)] {
+                    let d = a.nest_start(ty);
+                    a.put(NFTA_DATA_VALUE, value);
+                    a.nest_end(d);
+                }
             }
             Expr::Counter => {
                 a.put_u64_be(NFTA_COUNTER_BYTES, 0);

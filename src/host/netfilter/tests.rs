@@ -87,56 +87,56 @@ fn install_batch_shape() {
     send_sync::<InterceptTable>();
 }
 
-/// Parses our own NEWRULE back: the redirect port and the UDP proto.
-#[test]
-fn redirect_rule_encodes_nft_expressions() {
-    let b = build_install_batch(&rules()).unwrap();
-    let m = &b[4]; // ipv4 udp
+/// The expression names of a NEWRULE message and the values its cmp and
+/// immediate expressions carry, in order.
+fn rule_exprs(m: &BatchMsg) -> (Vec<String>, Vec<Vec<u8>>) {
     let mut names = Vec::new();
     let mut values = Vec::new();
     for a in attrs(&m.attrs) {
         let (ty, v) = a.unwrap();
-        if ty == NFTA_RULE_EXPRESSIONS {
-            for e in attrs(v) {
-                let (_, ev) = e.unwrap();
-                for x in attrs(ev) {
-                    let (xt, xv) = x.unwrap();
-                    if xt == NFTA_EXPR_NAME {
-                        names.push(String::from_utf8(xv[..xv.len() - 1].to_vec()).unwrap());
-                    } else {
-                        let name = names.last().unwrap().as_str();
-                        for d in attrs(xv) {
-                            let (dt, dv) = d.unwrap();
-                            if (name == "cmp" && dt == NFTA_CMP_DATA)
-                                || (name == "immediate" && dt == NFTA_IMMEDIATE_DATA)
-                            {
-                                values.push(attrs(dv).next().unwrap().unwrap().1.to_vec());
-                            }
-                        }
+        if ty != NFTA_RULE_EXPRESSIONS {
+            continue;
+        }
+        for e in attrs(v) {
+            let (_, ev) = e.unwrap();
+            for x in attrs(ev) {
+                let (xt, xv) = x.unwrap();
+                if xt == NFTA_EXPR_NAME {
+                    names.push(String::from_utf8(xv[..xv.len() - 1].to_vec()).unwrap());
+                    continue;
+                }
+                let name = names.last().unwrap().as_str();
+                for d in attrs(xv) {
+                    let (dt, dv) = d.unwrap();
+                    if (name == "cmp" && dt == NFTA_CMP_DATA)
+                        || (name == "immediate" && dt == NFTA_IMMEDIATE_DATA)
+                    {
+                        values.push(attrs(dv).next().unwrap().unwrap().1.to_vec());
                     }
                 }
             }
         }
-        if ty == NFTA_RULE_USERDATA {
-            assert_eq!(decode_comment(v).as_deref(), Some("ipv4 udp"));
-        }
     }
-    assert_eq!(
-        names,
-        [
-            "meta",
-            "cmp",
-            "payload",
-            "cmp",
-            "meta",
-            "cmp",
-            "payload",
-            "cmp",
-            "counter",
-            "immediate",
-            "redir"
-        ]
-    );
+    (names, values)
+}
+
+/// Parses our own NEWRULEs back: the redirect port, the protocol, and for
+/// TCP the pure-SYN match.
+#[test]
+fn redirect_rule_encodes_nft_expressions() {
+    let b = build_install_batch(&rules()).unwrap();
+    let udp = &b[4]; // ipv4 udp
+    let label = attrs(&udp.attrs)
+        .map(Result::unwrap)
+        .find(|(ty, _)| *ty == NFTA_RULE_USERDATA)
+        .map(|(_, v)| decode_comment(v));
+    assert_eq!(label, Some(Some("ipv4 udp".into())));
+    let (names, values) = rule_exprs(udp);
+    let head = [
+        "meta", "cmp", "payload", "cmp", "meta", "cmp", "payload", "cmp",
+    ];
+    let tail = ["counter", "immediate", "redir"];
+    assert_eq!(names, [&head[..], &tail[..]].concat());
     assert_eq!(
         values,
         vec![
@@ -146,6 +146,101 @@ fn redirect_rule_encodes_nft_expressions() {
             vec![0, 111],
             1112u16.to_be_bytes().to_vec()
         ]
+    );
+    // ipv4 tcp: `tcp flags & (fin|syn|rst|ack) == syn` before the counter.
+    let (names, values) = rule_exprs(&b[3]);
+    let flags = ["payload", "bitwise", "cmp"];
+    assert_eq!(names, [&head[..], &flags[..], &tail[..]].concat());
+    assert_eq!(
+        values,
+        vec![
+            vec![2],
+            vec![127, 0, 0, 1],
+            vec![6],
+            vec![0, 111],
+            vec![2],
+            1111u16.to_be_bytes().to_vec()
+        ]
+    );
+    // ipv6 tcp has it too, ipv6 udp does not.
+    assert_eq!(
+        rule_exprs(&b[5]).0.len(),
+        head.len() + flags.len() + tail.len()
+    );
+    assert_eq!(rule_exprs(&b[6]).0.len(), head.len() + tail.len());
+}
+
+/// The pure-SYN match is byte for byte what nft 1.0.6 sends for
+/// `tcp flags & (fin|syn|rst|ack) == syn` (`nft --debug=mnl add rule ...`).
+#[test]
+fn syn_match_bytes_match_nft() {
+    fn nla(len: u16, ty: u16, nested: bool) -> Vec<u8> {
+        let ty = if nested { ty | NLA_F_NESTED } else { ty };
+        [len.to_ne_bytes(), ty.to_ne_bytes()].concat()
+    }
+    let u32_attr = |ty, v: u32| [nla(8, ty, false), v.to_be_bytes().to_vec()].concat();
+    let value = |ty, byte: u8| [nla(12, ty, true), nla(5, 1, false), vec![byte, 0, 0, 0]].concat();
+    let expected = [
+        // [ payload load 1b @ transport header + 13 => reg 1 ]
+        nla(52, 1, true),
+        nla(12, 1, false),
+        b"payload\0".to_vec(),
+        nla(36, 2, true),
+        u32_attr(1, 1),
+        u32_attr(2, 2),
+        u32_attr(3, 13),
+        u32_attr(4, 1),
+        // [ bitwise reg 1 = ( reg 1 & 0x00000017 ) ^ 0x00000000 ]
+        nla(76, 1, true),
+        nla(12, 1, false),
+        b"bitwise\0".to_vec(),
+        nla(60, 2, true),
+        u32_attr(1, 1),
+        u32_attr(2, 1),
+        u32_attr(6, 0),
+        u32_attr(3, 1),
+        value(4, 0x17),
+        value(5, 0),
+        // [ cmp eq reg 1 0x00000002 ]
+        nla(44, 1, true),
+        nla(8, 1, false),
+        b"cmp\0".to_vec(),
+        nla(32, 2, true),
+        u32_attr(1, 1),
+        u32_attr(2, 0),
+        value(3, 2),
+    ]
+    .concat();
+    let exprs = redirect_exprs(
+        NFPROTO_IPV4,
+        16,
+        &[127, 0, 0, 1],
+        libc::IPPROTO_TCP as u8,
+        1111,
+    );
+    let mut a = AttrBuf::new();
+    for e in &exprs[8..11] {
+        e.encode(&mut a);
+    }
+    assert_eq!(a.into_bytes(), expected);
+}
+
+/// `parse_rule` reads a dumped TCP rule (with the SYN match) like any other.
+#[test]
+fn tcp_rule_parsed_back() {
+    let b = build_install_batch(&rules()).unwrap();
+    let mut a = AttrBuf::new();
+    a.put_u64_be(NFTA_RULE_HANDLE, 9);
+    let mut payload = vec![NFPROTO_INET, 0, 0, 5];
+    payload.extend_from_slice(&b[3].attrs);
+    payload.extend_from_slice(&a.into_bytes());
+    assert_eq!(
+        parse_rule(&payload).unwrap(),
+        DumpedRule {
+            handle: 9,
+            label: Some("ipv4 tcp".into()),
+            counter: Some((0, 0)),
+        }
     );
 }
 
