@@ -23,9 +23,12 @@
 //! /run/rpcbind.sock where an rpcbind restarted meanwhile named the upstream
 //! path in them, and removes that path once rpcbind names it nowhere, then
 //! removes the drop-ins and starts the proxy's units on their defaults. Both
-//! are idempotent; a failing step of `disable` does not stop the others.
+//! are idempotent; a failing step of `disable` does not stop the others,
+//! and a failing step of `enable` undoes every change made before it
+//! (`rollback`), newest first.
 
 mod dropin;
+mod rollback;
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -45,6 +48,8 @@ pub const UPSTREAM_SOCKET: &str = "/run/rpcbind/upstream.sock";
 const UNIT_DIR: &str = "/etc/systemd/system";
 /// The drop-ins' file name inside each `UNIT.d/`.
 const DROP_IN: &str = "50-rpcbind-proxy-intercept.conf";
+/// The proxy's units, as `enable` restarts them.
+const PROXY_UNITS: [&str; 2] = ["rpcbind-proxy.socket", "rpcbind-proxy.service"];
 /// How long `enable` waits for the restarted daemon's table.
 const READY: Duration = Duration::from_secs(15);
 
@@ -169,7 +174,11 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
         Err(format!(
             "systemctl {} failed: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            // One line: systemctl's message may span several.
+            String::from_utf8_lossy(&out.stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
         ))
     }
 }
@@ -231,40 +240,99 @@ fn enable(control: &Path) -> Result<(), String> {
         println!("transparent mode is already on");
         return Ok(());
     }
+    let link = !answers_null(upstream);
+    if link && (!answers_null(public) || daemon_intercepting(control)) {
+        return Err(format!(
+            "rpcbind does not answer on {} or {}: start it first (systemctl start rpcbind)",
+            public.display(),
+            upstream.display()
+        ));
+    }
+    let mut done = rollback::Changes::default();
+    match enable_steps(control, &files, link, &mut done) {
+        Ok(()) => {
+            println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
+            Ok(())
+        }
+        Err((step, why)) => Err(done.roll_back(&step, &why)),
+    }
+}
+
+/// The steps of `enable` that change the host, each recorded in `done`
+/// before it is made; on failure, the step's name and why it failed.
+fn enable_steps(
+    control: &Path,
+    files: &[(PathBuf, String)],
+    link: bool,
+    done: &mut rollback::Changes,
+) -> Result<(), (String, String)> {
+    let upstream = Path::new(UPSTREAM_SOCKET);
+    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
     // 1. The running rpcbind, reachable at its new path before anything
     //    depends on it there.
-    if !answers_null(upstream) {
-        if !answers_null(public) || daemon_intercepting(control) {
-            return Err(format!(
-                "rpcbind does not answer on {} or {}: start it first (systemctl start rpcbind)",
-                public.display(),
-                upstream.display()
-            ));
-        }
-        link_socket(public, upstream)?;
+    if link {
+        done.linking(upstream);
+        link_socket(public, upstream).map_err(step(
+            1,
+            "link rpcbind's socket at /run/rpcbind/upstream.sock",
+        ))?;
         println!("rpcbind's running socket is reachable at {UPSTREAM_SOCKET}");
     }
     // 2. The drop-ins.
-    for (path, text) in &files {
-        write_file(path, text)?;
+    for (path, text) in files {
+        done.writing(path);
+        write_file(path, text).map_err(step(2, "write the drop-ins"))?;
         println!("wrote {}", path.display());
     }
-    systemctl(&["daemon-reload"])?;
-    // 3. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
+    // 3. systemd reads them.
+    done.reloading();
+    systemctl(&["daemon-reload"]).map_err(step(3, "systemctl daemon-reload"))?;
+    // 4. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
     //    replaces the path; clients queue on it meanwhile), the daemon starts
     //    in transparent mode and installs its table.
-    systemctl(&["restart", "rpcbind-proxy.socket", "rpcbind-proxy.service"])?;
+    let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
+    done.restarting();
+    let mut args = vec!["restart"];
+    args.extend(PROXY_UNITS);
+    systemctl(&args).map_err(step(4, restart))?;
+    // 5. The new daemon's table in place.
     let deadline = Instant::now() + READY;
     while !daemon_intercepting(control) {
         if Instant::now() >= deadline {
-            return Err(format!(
-                "rpcbind-proxy did not start intercepting within {READY:?}: see journalctl -u rpcbind-proxy (port 111 still reaches rpcbind directly)"
-            ));
+            return Err(step(5, "wait for the redirect table")(format!(
+                "rpcbind-proxy did not start intercepting within {READY:?}: see journalctl -u rpcbind-proxy"
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
     Ok(())
+}
+
+/// The error of `enable`'s step `n`, `what` it does: its name and why.
+fn step(n: u8, what: &'static str) -> impl Fn(String) -> (String, String) {
+    move |e| (format!("step {n} ({what})"), e)
+}
+
+/// Points /run/rpcbind.sock (`public`) back at rpcbind's live socket, known
+/// as `upstream`, in one step; nothing to do when it names it already.
+fn hand_back(upstream: &Path, public: &Path) -> Result<(), String> {
+    if same_file(public, upstream) {
+        return Ok(());
+    }
+    if !answers_null(upstream) {
+        return Err(format!(
+            "rpcbind does not answer on {}: start it (systemctl start rpcbind), then run `rpcbind-proxy intercept disable`",
+            upstream.display()
+        ));
+    }
+    link_socket(upstream, public)
+}
+
+/// Stops the daemon (it stops redirecting, drains and removes its table)
+/// and its socket unit (which leaves /run/rpcbind.sock alone:
+/// RemoveOnStop=no in the drop-in).
+fn stop_proxy() -> Result<(), String> {
+    systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])
 }
 
 fn disable() -> Result<(), String> {
@@ -284,19 +352,14 @@ fn disable() -> Result<(), String> {
     // 1. /run/rpcbind.sock back to rpcbind's live socket, in one step.
     if !handed_back {
         let step = format!("step 1 (hand {DEFAULT_RPCBIND_SOCKET} back to rpcbind)");
-        if !answers_null(upstream) {
-            failed.push(format!(
-                "{step} failed: rpcbind does not answer on {UPSTREAM_SOCKET}: start it (systemctl start rpcbind), then run disable again"
-            ));
-        } else if let Err(e) = link_socket(upstream, public) {
+        if let Err(e) = hand_back(upstream, public) {
             failed.push(format!("{step} failed: {e}"));
         } else {
             println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
         }
     }
-    // 2. The daemon stops redirecting, drains and removes its table; its
-    //    socket unit leaves the path alone (RemoveOnStop=no in the drop-in).
-    if let Err(e) = systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"]) {
+    // 2. The daemon and its socket unit stop.
+    if let Err(e) = stop_proxy() {
         failed.push(format!("step 2 (stop rpcbind-proxy) failed: {e}"));
     }
     // 3. rpcbind's second name, which `enable` made, or its own path if it
