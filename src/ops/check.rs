@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use super::client::{control_request, parse_status};
+use super::intercept::{Checklist, Verdict};
 use crate::cli::CheckArgs;
 use crate::proxy::logs::human;
 use crate::proxy::status::Status;
@@ -103,8 +104,35 @@ pub fn check(args: CheckArgs) -> ExitCode {
     }
     let path = &args.control.control;
     let (state, line) = check_answer(path, control_request(path, "status"), &args);
+    let (state, line) = with_transparent_mode(state, line, &Checklist::now(path));
     println!("{line}");
     ExitCode::from(state as u8)
+}
+
+/// Transparent mode partly on (some of its parts in place, not all: a
+/// failed `enable`, a unit edited since, the table gone) is a WARNING:
+/// some clients then bypass the proxy, or worse, find nothing. Fully on
+/// and fully off are both fine.
+fn with_transparent_mode(
+    state: CheckState,
+    line: String,
+    list: &Checklist,
+) -> (CheckState, String) {
+    if list.verdict() != Verdict::PartlyOn || state >= CheckState::Critical {
+        return (state, line);
+    }
+    let missing: Vec<&str> = list.missing().collect();
+    let problem = format!(
+        "transparent mode partly on (missing: {})",
+        missing.join("; ")
+    );
+    // The line is "LABEL: summary | perf": the label becomes WARNING and
+    // the problem leads the summary.
+    let (_, rest) = line.split_once(": ").unwrap_or(("", &line));
+    (
+        CheckState::Warning.max(state),
+        format!("WARNING: {problem}, {rest}"),
+    )
 }
 
 /// The verdict on the daemon's answer: a status this build cannot read
@@ -214,5 +242,32 @@ mod tests {
             assert_eq!(s, state, "{line}");
             assert!(line.contains(says), "{line}");
         }
+    }
+
+    #[test]
+    fn transparent_mode_partly_on_is_a_warning() {
+        let list = |ticks: &[bool]| Checklist {
+            parts: ticks
+                .iter()
+                .enumerate()
+                .map(|(i, ok)| (format!("part {i}"), *ok))
+                .collect(),
+            stale: None,
+        };
+        let ok = || (CheckState::Ok, "OK: fine | perf".to_owned());
+        let (state, line) = with_transparent_mode(ok().0, ok().1, &list(&[true, false, true]));
+        assert_eq!(state, CheckState::Warning, "{line}");
+        assert_eq!(
+            line,
+            "WARNING: transparent mode partly on (missing: part 1), fine | perf"
+        );
+        for whole in [[true, true, true], [false, false, false]] {
+            assert_eq!(with_transparent_mode(ok().0, ok().1, &list(&whole)), ok());
+        }
+        let critical = (CheckState::Critical, "CRITICAL: down | perf".to_owned());
+        assert_eq!(
+            with_transparent_mode(critical.0, critical.1.clone(), &list(&[true, false])),
+            critical
+        );
     }
 }

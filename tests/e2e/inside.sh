@@ -214,6 +214,8 @@ $B intercept status >/tmp/st3.txt; rc=$?
 cat /tmp/st3.txt
 check "intercept status says partly on when rpcbind.socket's units changed (exit $rc)" [ "$rc" = 1 ]
 check "intercept status says to run enable again" grep -q "intercept enable" /tmp/st3.txt
+$B check >/tmp/check3.txt; rc=$?
+check "check (the Nagios plugin) says WARNING while transparent mode is partly on (exit $rc: $(cut -c1-120 /tmp/check3.txt))" sh -c "[ $rc = 1 ] && grep -q '^WARNING: transparent mode partly on' /tmp/check3.txt"
 $B intercept enable >/tmp/enable3.txt 2>&1; rc=$?
 check "enable again re-derives the drop-in ($(tail -1 /tmp/enable3.txt))" [ "$rc" = 0 ]
 $B intercept status >/tmp/st4.txt; rc=$?
