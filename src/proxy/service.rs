@@ -163,10 +163,6 @@ impl Proxy {
         self.own_probe.get() == Some(&from)
     }
 
-    fn counted(&self, peer: Peer) -> bool {
-        !matches!(peer, Peer::Udp(from) if self.is_own_probe(from))
-    }
-
     /// rpcbind's TCP/UDP port.
     pub fn rpcbind_port(&self) -> u16 {
         self.rpcbind.port
@@ -260,18 +256,16 @@ impl Proxy {
 
     /// Answers one call record from `peer`.
     pub async fn handle(&self, record: BytesMut, peer: Peer) -> Outcome {
+        // The watchdog's own probe (an unknown program) is answered like
+        // any call and counted nowhere.
+        let own_probe = matches!(peer, Peer::Udp(from) if self.is_own_probe(from));
+        if !own_probe {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
         let request = match Request::decode(&record, peer) {
-            // The watchdog's probe (an unknown program) is answered here,
-            // and counted nowhere.
-            Err(Rejected::Checks(reply)) if !self.counted(peer) => return Outcome::Reply(reply),
-            Ok(request) => {
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                request
-            }
-            Err(rejected) => {
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                return self.rejected(rejected, peer);
-            }
+            Ok(request) => request,
+            Err(Rejected::Checks(reply)) if own_probe => return Outcome::Reply(reply),
+            Err(rejected) => return self.rejected(rejected, peer),
         };
         let call = &request.call;
         self.procs.count(call.vers, call.procedure);

@@ -226,9 +226,7 @@ impl UdpThread {
                 let Some((call, from)) = recv.get(i) else {
                     continue;
                 };
-                if !self.proxy.is_own_probe(from) {
-                    self.sources.count(from, now, second, &self.proxy);
-                }
+                self.sources.count(from, now, second, &self.proxy);
                 // Cache hits are answered in this turn, with no copy of the
                 // request.
                 let answered = match self.proxy.answer_now(call, Peer::Udp(from)) {
@@ -340,7 +338,9 @@ fn push_shared(out: &mut SendBatch, reply: &[u8], xid: u32, to: SocketAddr) -> b
 /// source port is reused by the next socket only after this one closed).
 struct UdpSources {
     local: SocketAddr,
-    seen: lru::LruCache<SocketAddr, (Instant, Arc<Tally>)>,
+    /// Each source's row (none for the daemon's own watchdog probe, which
+    /// is no client) and when it was identified.
+    seen: lru::LruCache<SocketAddr, (Instant, Option<Arc<Tally>>)>,
 }
 
 impl UdpSources {
@@ -362,15 +362,21 @@ impl UdpSources {
     fn count(&mut self, from: SocketAddr, now: Instant, second: u32, proxy: &Proxy) {
         if let Some((at, t)) = self.seen.get(&from) {
             if now.saturating_duration_since(*at) < Self::FRESH {
-                t.count(second);
+                if let Some(t) = t {
+                    t.count(second);
+                }
                 return;
             }
         }
-        let id = proxy
-            .attribution
-            .udp(from, self.local, proxy.rpcbind_port());
-        let t = proxy.clients.tally(&id);
-        t.count(second);
+        let t = (!proxy.is_own_probe(from)).then(|| {
+            let id = proxy
+                .attribution
+                .udp(from, self.local, proxy.rpcbind_port());
+            proxy.clients.tally(&id)
+        });
+        if let Some(t) = &t {
+            t.count(second);
+        }
         self.seen.put(from, (now, t));
     }
 }
