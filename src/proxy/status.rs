@@ -371,8 +371,9 @@ impl Proxy {
             load(&c.invalidations_registration),
             load(&c.invalidations_flush),
         );
+        let answered = hits + negative_hits + coalesced;
         CacheStatus {
-            hit_ratio: hit_ratio(hits + negative_hits + coalesced, misses),
+            hit_ratio: hit_ratio(answered, misses),
             hits,
             negative_hits,
             misses,
@@ -393,12 +394,13 @@ impl Proxy {
             serve_stale_seconds: config.serve_stale.as_secs_f64(),
             // The period in force (a reload changes it).
             refresh_seconds: self.coherence.period().as_secs_f64(),
-            recent: self.recent_status(),
+            recent: self.recent_status(answered, misses),
         }
     }
 
-    fn recent_status(&self) -> RecentStatus {
-        let (answered, misses) = self.lookup_counts();
+    /// The last few minutes, up to the lookup counts read for the rest of
+    /// the snapshot.
+    fn recent_status(&self, answered: u64, misses: u64) -> RecentStatus {
         let r = self
             .recent
             .over(tokio::time::Instant::now(), answered, misses);
