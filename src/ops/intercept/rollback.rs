@@ -6,7 +6,6 @@
 //! units running again if they ran before.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::{
     hand_back, release_upstream_name, same_file, stop_proxy, systemctl, PROXY_UNITS,
@@ -64,12 +63,7 @@ impl Changes {
     pub(super) fn restarting(&mut self) {
         let ran = PROXY_UNITS
             .into_iter()
-            .filter(|unit| {
-                Command::new("systemctl")
-                    .args(["is-active", "--quiet", unit])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
+            .filter(|unit| systemctl(&["is-active", "--quiet", unit]).is_ok())
             .collect();
         self.0.push(Change::Restarted { ran });
     }
