@@ -27,14 +27,19 @@
 //! and a failing step of `enable` undoes every change made before it
 //! (`rollback`), newest first.
 
+mod disable;
 mod dropin;
+mod enable;
 mod rollback;
+mod status;
+
+pub(crate) use status::{Checklist, Verdict};
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::client::{fail, status_request};
 use super::local_entries;
@@ -72,9 +77,9 @@ const DROP_INS: [(&str, &str); 3] = [
 
 pub fn intercept(args: InterceptArgs) -> ExitCode {
     let result = match args.action {
-        InterceptAction::Enable => enable(&args.control.control),
-        InterceptAction::Disable => disable(),
-        InterceptAction::Status => return status(&args.control.control),
+        InterceptAction::Enable => enable::enable(&args.control.control),
+        InterceptAction::Disable => disable::disable(),
+        InterceptAction::Status => return status::status(&args.control.control),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,326 +230,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Whether the daemon at `control` runs with its redirect table in place.
 fn daemon_intercepting(control: &Path) -> bool {
     status_request(control).is_ok_and(|s| s.intercept.active())
-}
-
-fn enable(control: &Path) -> Result<(), String> {
-    preconditions("enable")?;
-    let bin = this_binary()?;
-    let files = drop_ins(Path::new(UNIT_DIR), &bin, &rpcbind_listen()?);
-    let upstream = Path::new(UPSTREAM_SOCKET);
-    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
-    let written = files
-        .iter()
-        .all(|(p, t)| std::fs::read_to_string(p).is_ok_and(|s| s == *t));
-    if written && daemon_intercepting(control) && answers_null(upstream) {
-        println!("transparent mode is already on");
-        return Ok(());
-    }
-    let link = !answers_null(upstream);
-    if link && (!answers_null(public) || daemon_intercepting(control)) {
-        return Err(format!(
-            "rpcbind does not answer on {} or {}: start it first (systemctl start rpcbind)",
-            public.display(),
-            upstream.display()
-        ));
-    }
-    let mut done = rollback::Changes::default();
-    match enable_steps(control, &files, link, &mut done) {
-        Ok(()) => {
-            println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
-            Ok(())
-        }
-        Err((step, why)) => Err(done.roll_back(&step, &why)),
-    }
-}
-
-/// The steps of `enable` that change the host, each recorded in `done`
-/// before it is made; on failure, the step's name and why it failed.
-fn enable_steps(
-    control: &Path,
-    files: &[(PathBuf, String)],
-    link: bool,
-    done: &mut rollback::Changes,
-) -> Result<(), (String, String)> {
-    let upstream = Path::new(UPSTREAM_SOCKET);
-    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
-    // 1. The running rpcbind, reachable at its new path before anything
-    //    depends on it there.
-    if link {
-        done.linking(upstream);
-        link_socket(public, upstream).map_err(step(
-            1,
-            "link rpcbind's socket at /run/rpcbind/upstream.sock",
-        ))?;
-        println!("rpcbind's running socket is reachable at {UPSTREAM_SOCKET}");
-    }
-    // 2. The drop-ins.
-    for (path, text) in files {
-        done.writing(path);
-        write_file(path, text).map_err(step(2, "write the drop-ins"))?;
-        println!("wrote {}", path.display());
-    }
-    // 3. systemd reads them.
-    done.reloading();
-    systemctl(&["daemon-reload"]).map_err(step(3, "systemctl daemon-reload"))?;
-    // 4. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
-    //    replaces the path; clients queue on it meanwhile), the daemon starts
-    //    in transparent mode and installs its table.
-    let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
-    done.restarting();
-    let mut args = vec!["restart"];
-    args.extend(PROXY_UNITS);
-    systemctl(&args).map_err(step(4, restart))?;
-    // 5. The new daemon's table in place.
-    let deadline = Instant::now() + READY;
-    while !daemon_intercepting(control) {
-        if Instant::now() >= deadline {
-            return Err(step(5, "wait for the redirect table")(format!(
-                "rpcbind-proxy did not start intercepting within {READY:?}: see journalctl -u rpcbind-proxy"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// The error of `enable`'s step `n`, `what` it does: its name and why.
-fn step(n: u8, what: &'static str) -> impl Fn(String) -> (String, String) {
-    move |e| (format!("step {n} ({what})"), e)
-}
-
-/// Points /run/rpcbind.sock (`public`) back at rpcbind's live socket, known
-/// as `upstream`, in one step; nothing to do when it names it already.
-fn hand_back(upstream: &Path, public: &Path) -> Result<(), String> {
-    if same_file(public, upstream) {
-        return Ok(());
-    }
-    if !answers_null(upstream) {
-        return Err(format!(
-            "rpcbind does not answer on {}: start it (systemctl start rpcbind), then run `rpcbind-proxy intercept disable`",
-            upstream.display()
-        ));
-    }
-    link_socket(upstream, public)
-}
-
-/// Stops the daemon (it stops redirecting, drains and removes its table)
-/// and its socket unit (which leaves /run/rpcbind.sock alone:
-/// RemoveOnStop=no in the drop-in).
-fn stop_proxy() -> Result<(), String> {
-    systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])
-}
-
-fn disable() -> Result<(), String> {
-    preconditions("disable")?;
-    let files = drop_ins(Path::new(UNIT_DIR), "", "");
-    let upstream = Path::new(UPSTREAM_SOCKET);
-    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
-    let any_drop_in = files.iter().any(|(p, _)| p.exists());
-    let handed_back = !upstream.exists();
-    if !any_drop_in && handed_back {
-        println!("transparent mode is already off");
-        return Ok(());
-    }
-    // Each step runs even when one before it failed; each failure is one
-    // line naming its step.
-    let mut failed: Vec<String> = Vec::new();
-    // 1. /run/rpcbind.sock back to rpcbind's live socket, in one step.
-    if !handed_back {
-        let step = format!("step 1 (hand {DEFAULT_RPCBIND_SOCKET} back to rpcbind)");
-        if let Err(e) = hand_back(upstream, public) {
-            failed.push(format!("{step} failed: {e}"));
-        } else {
-            println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
-        }
-    }
-    // 2. The daemon and its socket unit stop.
-    if let Err(e) = stop_proxy() {
-        failed.push(format!("step 2 (stop rpcbind-proxy) failed: {e}"));
-    }
-    // 3. rpcbind's second name, which `enable` made, or its own path if it
-    //    restarted meanwhile (/run/rpcbind.sock names the same socket now):
-    //    removed once rpcbind advertises it no more.
-    if same_file(public, upstream) {
-        if let Err(e) = release_upstream_name(public) {
-            failed.push(format!("step 3 (remove {UPSTREAM_SOCKET}) failed: {e}"));
-        }
-    }
-    // 4. The units as they were.
-    for (path, _) in &files {
-        match std::fs::remove_file(path) {
-            Ok(()) => println!("removed {}", path.display()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => failed.push(format!(
-                "step 4 (remove the drop-ins) failed: cannot remove {}: {e}",
-                path.display()
-            )),
-        }
-        if let Some(dir) = path.parent() {
-            // Only if empty: the administrator's own drop-ins stay.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-    let restarted = systemctl(&["daemon-reload"])
-        .and_then(|()| systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"]));
-    if let Err(e) = restarted {
-        failed.push(format!(
-            "step 5 (start rpcbind-proxy on its defaults) failed: {e}"
-        ));
-    }
-    match failed.split_last() {
-        None => {
-            println!("transparent mode is off: clients reach rpcbind directly");
-            Ok(())
-        }
-        Some((last, earlier)) => {
-            for line in earlier {
-                eprintln!("rpcbind-proxy: {line}");
-            }
-            Err(last.clone())
-        }
-    }
-}
-
-/// Removes /run/rpcbind/upstream.sock, rpcbind's second name, now that
-/// `public` reaches rpcbind too. An rpcbind started while transparent mode
-/// was on names the upstream path in its own `local` entries (program
-/// 100000, versions 3 and 4): they are re-registered under `public` first,
-/// so every address rpcbind advertises keeps working. A name rpcbind still
-/// advertises is kept (it goes away when rpcbind restarts).
-fn release_upstream_name(public: &Path) -> Result<(), String> {
-    let to = DEFAULT_RPCBIND_SOCKET;
-    let moved = local_entries::move_own_entries(public, UPSTREAM_SOCKET, to).map_err(|e| {
-        format!("{e}; {UPSTREAM_SOCKET} kept, as rpcbind still names it (until rpcbind restarts)")
-    })?;
-    if !moved.is_empty() {
-        let versions: Vec<String> = moved.iter().map(|v| format!("v{v}")).collect();
-        println!(
-            "rpcbind's own local entries (100000 {}) name {to} again",
-            versions.join(", ")
-        );
-    }
-    match local_entries::advertised(public, UPSTREAM_SOCKET) {
-        Ok(false) => std::fs::remove_file(UPSTREAM_SOCKET)
-            .map_err(|e| format!("cannot remove {UPSTREAM_SOCKET}: {e}")),
-        Ok(true) => Err(format!(
-            "a registration at rpcbind still names {UPSTREAM_SOCKET}, so it is kept (until rpcbind restarts)"
-        )),
-        Err(e) => Err(format!("{e}; {UPSTREAM_SOCKET} kept")),
-    }
-}
-
-/// What `intercept status` verifies on the host, each part ticked only
-/// when seen: the drop-ins (rpcbind.socket's matching what its units give
-/// now), rpcbind on the upstream path, the proxy holding the usual path,
-/// the redirect table.
-#[derive(Debug)]
-pub(crate) struct Checklist {
-    pub(crate) parts: Vec<(String, bool)>,
-    /// Why rpcbind.socket's drop-in no longer matches, if it does not.
-    pub(crate) stale: Option<String>,
-}
-
-/// Transparent mode as a whole, from its parts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    On,
-    Off,
-    PartlyOn,
-}
-
-impl Checklist {
-    /// Looks at the host and asks the daemon at `control`.
-    pub(crate) fn now(control: &Path) -> Checklist {
-        let bin = this_binary().unwrap_or_default();
-        let listen = rpcbind_listen();
-        let files = drop_ins(
-            Path::new(UNIT_DIR),
-            &bin,
-            listen.as_deref().unwrap_or_default(),
-        );
-        let mut parts: Vec<(String, bool)> = files
-            .iter()
-            .map(|(p, _)| (format!("drop-in {}", p.display()), p.exists()))
-            .collect();
-        // rpcbind.socket's drop-in repeats the listeners its units set at
-        // `enable`: if they changed since, it no longer matches.
-        let (rpcbind_drop_in, wanted) = &files[0];
-        let stale = match (&listen, std::fs::read_to_string(rpcbind_drop_in)) {
-            (Ok(_), Ok(text)) if text == *wanted => None,
-            (Ok(_), Ok(_)) => Some(
-                "rpcbind.socket's units changed since `enable`: run `rpcbind-proxy intercept enable` again to derive its drop-in anew".to_owned(),
-            ),
-            (Err(e), Ok(_)) => Some(format!("cannot derive rpcbind.socket's drop-in: {e}")),
-            (_, Err(_)) => None,
-        };
-        parts[0].1 &= stale.is_none();
-        parts.push((
-            format!("rpcbind answers on {UPSTREAM_SOCKET}"),
-            answers_null(Path::new(UPSTREAM_SOCKET)),
-        ));
-        let daemon = status_request(control).ok();
-        let listens_on_public = daemon.as_ref().is_some_and(|s| {
-            s.listeners
-                .iter()
-                .any(|l| *l == format!("unix:{DEFAULT_RPCBIND_SOCKET}"))
-        });
-        parts.push((
-            format!("rpcbind-proxy holds {DEFAULT_RPCBIND_SOCKET}"),
-            listens_on_public
-                && !same_file(
-                    Path::new(DEFAULT_RPCBIND_SOCKET),
-                    Path::new(UPSTREAM_SOCKET),
-                ),
-        ));
-        parts.push((
-            "rpcbind-proxy redirects port 111 (nftables table inet rpcbind_proxy)".into(),
-            daemon.is_some_and(|s| s.intercept.active()),
-        ));
-        Checklist { parts, stale }
-    }
-
-    pub(crate) fn verdict(&self) -> Verdict {
-        match self.parts.iter().filter(|(_, ok)| *ok).count() {
-            n if n == self.parts.len() => Verdict::On,
-            0 => Verdict::Off,
-            _ => Verdict::PartlyOn,
-        }
-    }
-
-    /// The parts not in place.
-    pub(crate) fn missing(&self) -> impl Iterator<Item = &str> {
-        self.parts
-            .iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(what, _)| what.as_str())
-    }
-}
-
-/// Exit status of `intercept status`: 0 on, 3 off (as `systemctl
-/// is-active`), 1 partly on.
-fn status(control: &Path) -> ExitCode {
-    let list = Checklist::now(control);
-    let verdict = list.verdict();
-    println!(
-        "transparent mode: {}",
-        match verdict {
-            Verdict::On => "on",
-            Verdict::Off => "off",
-            Verdict::PartlyOn => "partly on",
-        }
-    );
-    for (what, ok) in &list.parts {
-        println!("  [{}] {what}", if *ok { "x" } else { " " });
-    }
-    if let Some(why) = &list.stale {
-        println!("  {why}");
-    }
-    ExitCode::from(match verdict {
-        Verdict::On => 0,
-        Verdict::Off => 3,
-        Verdict::PartlyOn => 1,
-    })
 }
 
 #[cfg(test)]

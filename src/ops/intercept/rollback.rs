@@ -7,10 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    hand_back, release_upstream_name, same_file, stop_proxy, systemctl, PROXY_UNITS,
-    UPSTREAM_SOCKET,
-};
+use super::disable::{hand_back, release_upstream_name, stop_proxy};
+use super::{same_file, systemctl, PROXY_UNITS, UPSTREAM_SOCKET};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
 
 /// One change `enable` made.

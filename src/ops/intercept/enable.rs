@@ -1,0 +1,93 @@
+//! `intercept enable`: the steps that turn transparent mode on, each
+//! recorded so that a failing one undoes those before it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::*;
+
+pub(super) fn enable(control: &Path) -> Result<(), String> {
+    preconditions("enable")?;
+    let bin = this_binary()?;
+    let files = drop_ins(Path::new(UNIT_DIR), &bin, &rpcbind_listen()?);
+    let upstream = Path::new(UPSTREAM_SOCKET);
+    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
+    let written = files
+        .iter()
+        .all(|(p, t)| std::fs::read_to_string(p).is_ok_and(|s| s == *t));
+    if written && daemon_intercepting(control) && answers_null(upstream) {
+        println!("transparent mode is already on");
+        return Ok(());
+    }
+    let link = !answers_null(upstream);
+    if link && (!answers_null(public) || daemon_intercepting(control)) {
+        return Err(format!(
+            "rpcbind does not answer on {} or {}: start it first (systemctl start rpcbind)",
+            public.display(),
+            upstream.display()
+        ));
+    }
+    let mut done = rollback::Changes::default();
+    match enable_steps(control, &files, link, &mut done) {
+        Ok(()) => {
+            println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
+            Ok(())
+        }
+        Err((step, why)) => Err(done.roll_back(&step, &why)),
+    }
+}
+
+/// The steps of `enable` that change the host, each recorded in `done`
+/// before it is made; on failure, the step's name and why it failed.
+fn enable_steps(
+    control: &Path,
+    files: &[(PathBuf, String)],
+    link: bool,
+    done: &mut rollback::Changes,
+) -> Result<(), (String, String)> {
+    let upstream = Path::new(UPSTREAM_SOCKET);
+    let public = Path::new(DEFAULT_RPCBIND_SOCKET);
+    // 1. The running rpcbind, reachable at its new path before anything
+    //    depends on it there.
+    if link {
+        done.linking(upstream);
+        link_socket(public, upstream).map_err(step(
+            1,
+            "link rpcbind's socket at /run/rpcbind/upstream.sock",
+        ))?;
+        println!("rpcbind's running socket is reachable at {UPSTREAM_SOCKET}");
+    }
+    // 2. The drop-ins.
+    for (path, text) in files {
+        done.writing(path);
+        write_file(path, text).map_err(step(2, "write the drop-ins"))?;
+        println!("wrote {}", path.display());
+    }
+    // 3. systemd reads them.
+    done.reloading();
+    systemctl(&["daemon-reload"]).map_err(step(3, "systemctl daemon-reload"))?;
+    // 4. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
+    //    replaces the path; clients queue on it meanwhile), the daemon starts
+    //    in transparent mode and installs its table.
+    let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
+    done.restarting();
+    let mut args = vec!["restart"];
+    args.extend(PROXY_UNITS);
+    systemctl(&args).map_err(step(4, restart))?;
+    // 5. The new daemon's table in place.
+    let deadline = Instant::now() + READY;
+    while !daemon_intercepting(control) {
+        if Instant::now() >= deadline {
+            return Err(step(5, "wait for the redirect table")(format!(
+                "rpcbind-proxy did not start intercepting within {READY:?}: see journalctl -u rpcbind-proxy"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The error of `enable`'s step `n`, `what` it does: its name and why.
+fn step(n: u8, what: &'static str) -> impl Fn(String) -> (String, String) {
+    move |e| (format!("step {n} ({what})"), e)
+}

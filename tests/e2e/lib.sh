@@ -1,0 +1,71 @@
+# Shared by the parts of the end-to-end checks (sourced by tests/e2e/inside.sh).
+PASS=0 FAIL=0
+ok() { PASS=$((PASS + 1)); echo "ok $*"; }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL $*"; }
+check() { # check DESCRIPTION COMMAND...: passes when the command succeeds
+	what=$1; shift
+	if "$@"; then ok "$what"; else bad "$what"; fi
+}
+finish() {
+	journalctl --no-pager -o short-monotonic >/out/journal.txt 2>&1
+	if [ "$FAIL" -gt 0 ]; then
+		echo "--- journal of the units (whole journal in the run's out/journal.txt)"
+		journalctl -u rpcbind-proxy.socket -u rpcbind-proxy.service -u rpcbind.socket -u rpcbind.service --no-pager -o short-monotonic | tail -80
+	fi
+	echo "e2e: $PASS passed, $FAIL failed"
+	sync
+	systemctl poweroff --no-block
+	exit 0
+}
+# wait_for SECONDS COMMAND...: polls (every 0.1 s) until the command succeeds.
+wait_for() {
+	n=$(($1 * 10)); shift
+	while [ "$n" -gt 0 ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.1; n=$((n - 1))
+	done
+	return 1
+}
+table() { nft list table inet rpcbind_proxy >/dev/null 2>&1; }
+no_table() { ! table; }
+active() { [ "$(systemctl is-active "$1")" = active ]; }
+main_pid() { systemctl show -p MainPID --value rpcbind-proxy.service; }
+T=/usr/local/bin/tirpc_client
+B=/usr/bin/rpcbind-proxy
+
+# A prober: 20 TCP and 20 UDP lookups a second to 127.0.0.1:111, until
+# stop_probe; then its counts must show no failure.
+start_probe() {
+	rm -f /tmp/probe.in; mkfifo /tmp/probe.in
+	$T probe 127.0.0.1 100000 2 20 600 </tmp/probe.in >/tmp/probe.out 2>/tmp/probe.err &
+	PROBE=$!
+	exec 7>/tmp/probe.in
+}
+stop_probe() { # stop_probe [LOST]: at most LOST lookups may fail (default 0)
+	allowed=${1:-0}
+	exec 7>&-
+	wait "$PROBE"
+	counts=$(cat /tmp/probe.out)
+	set -- $counts
+	if [ "${2:-0}" -ge 20 ] && [ "${6:-0}" -ge 20 ] && [ $((${4:-1} + ${8:-1})) -le "$allowed" ]; then
+		ok "prober lost at most $allowed lookup across $PHASE ($counts)"
+	else
+		bad "prober lost lookups across $PHASE ($counts; $(head -c 300 /tmp/probe.err))"
+	fi
+}
+listing() { rpcinfo; rpcinfo -s; rpcinfo -p localhost; rpcinfo -p 127.0.0.1; rpcinfo -T tcp6 ::1 100000; }
+
+snap() { # snap NAME: the host's state, one file per part
+	ls -A /run /run/rpcbind >/tmp/$1.run 2>&1
+	find /etc/systemd/system -regex '.*\.d\(/.*\)?' | sort >/tmp/$1.dropins
+	nft list ruleset >/tmp/$1.nft 2>&1
+	{ systemctl is-active rpcbind-proxy.socket rpcbind-proxy.service rpcbind.socket rpcbind.service
+	  systemctl show -p Listen rpcbind.socket rpcbind-proxy.socket; } >/tmp/$1.units 2>&1
+	listing >/tmp/$1.rpcinfo 2>&1
+}
+rpcbind_restart() {
+	systemctl daemon-reload
+	systemctl restart rpcbind.socket rpcbind.service
+	wait_for 10 active rpcbind.service
+}
+rpcbind_ports() { ss -Hlntup | awk '/"rpcbind"/ {print $1, $5}' | sort -u; }
