@@ -1,6 +1,8 @@
 //! A misbehaving rpcbind (the real one, stopped and killed): cached answers
-//! keep flowing, misses get SYSTEM_ERR within the upstream timeout, and
-//! everything recovers without restarting the proxy.
+//! keep flowing; misses wait for a restarting rpcbind for up to 5 s into
+//! the outage and get SYSTEM_ERR at once after that (or within the upstream
+//! timeout when rpcbind hangs); everything recovers without restarting the
+//! proxy.
 
 mod support;
 
@@ -74,7 +76,7 @@ fn a_stopped_rpcbind_stalls_only_the_misses() {
 }
 
 #[test]
-fn a_killed_rpcbind_leaves_hits_and_fast_errors_then_a_restart_is_picked_up() {
+fn a_killed_rpcbind_leaves_hits_a_wait_then_fast_errors_and_a_restart_is_picked_up() {
     run_with(rpcbind_only(), |mut sb| async move {
         assert!(sb.rpcbind_set(900011, 1, "tcp", "0.0.0.0.8.1").await);
         start(&mut sb, &[]).await;
@@ -85,7 +87,25 @@ fn a_killed_rpcbind_leaves_hits_and_fast_errors_then_a_restart_is_picked_up() {
             decode_u32(&out.expect_results("a hit while rpcbind is dead")).unwrap(),
             2049
         );
-        for prog in [900012, 900013, 900014] {
+        // Early in the outage a miss waits for rpcbind to come back (as
+        // from a restart): nothing within the client's 2 s.
+        let killed = Instant::now();
+        let out = port(&sb, Transport::Tcp, 900012).await;
+        assert!(matches!(out, Outcome::NoReply), "a miss waits: {out}");
+        // 5 s into the outage rpcbind is down, not restarting: SYSTEM_ERR.
+        loop {
+            let out = port(&sb, Transport::Unix, 900013).await;
+            if out.reply() == Some(Ok(Reply::SystemErr)) {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(8), "still {out}");
+        }
+        assert!(
+            killed.elapsed() >= Duration::from_secs(4),
+            "{:?}",
+            killed.elapsed()
+        );
+        for prog in [900013, 900014] {
             assert_fast_system_err(&sb, prog).await;
         }
         sb.restart_rpcbind().await;

@@ -111,23 +111,63 @@ async fn garbage_from_rpcbind_drops_the_connection_and_the_next_call_reconnects(
     assert_eq!(up.stats.bad_replies.load(Ordering::Relaxed), 1, "counted");
 }
 
-#[tokio::test]
-async fn an_absent_rpcbind_fails_fast_and_backs_off() {
+#[tokio::test(start_paused = true)]
+async fn an_absent_rpcbind_is_waited_for_5_s_with_backoff() {
+    // However short the upstream timeout: an rpcbind restarting (its
+    // package upgraded) is waited for up to 5 s.
     let dir = std::env::temp_dir().join(format!("rbp-none-{}", rand_suffix()));
     let up = Upstream::new(
         Target::Unix(dir.join("nothing.sock")),
-        Duration::from_secs(5),
+        Duration::from_millis(500),
     );
+    let started = tokio::time::Instant::now();
     assert_eq!(
         up.call(&call(1, 1), true).await,
         Err(UpstreamError::Unavailable)
     );
-    // Within the backoff window no new connection attempt is made.
-    assert_eq!(
-        up.call(&call(2, 1), true).await,
-        Err(UpstreamError::Unavailable)
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4900) && waited <= Duration::from_secs(5),
+        "{waited:?}"
     );
-    assert_eq!(up.stats.connect_failures.load(Ordering::Relaxed), 1);
+    // Attempts back off (to one per 250 ms), not one per retry of the
+    // waiting caller.
+    let attempts = up.stats.connect_failures.load(Ordering::Relaxed);
+    assert!((10..=30).contains(&attempts), "{attempts} attempts");
+    assert!(up.unreachable());
+}
+
+#[tokio::test]
+async fn a_call_waits_for_an_rpcbind_that_comes_back_within_the_timeout() {
+    // rpcbind restarting: its socket refuses for a moment, then answers.
+    let dir = std::env::temp_dir().join(format!("rbp-later-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("later.sock");
+    let up = Arc::new(Upstream::new(
+        Target::Unix(path.clone()),
+        Duration::from_secs(5),
+    ));
+    let caller = {
+        let up = up.clone();
+        tokio::spawn(async move { up.call(&call(3, 7), true).await })
+    };
+    for _ in 0..1000 {
+        if up.stats.connect_failures.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(up.unreachable(), "the first attempt failed");
+    // rpcbind is back: a listening socket appears at the path.
+    let f = fake(|_, _| Act::Echo);
+    std::fs::rename(&f.path, &path).unwrap();
+    let r = caller
+        .await
+        .unwrap()
+        .expect("answered once rpcbind is back");
+    assert_eq!((xid_of(&r), tag_of(&r)), (Some(3), 7));
+    assert!(!up.unreachable());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -32,9 +32,6 @@ const MOUNTINFO_MAX: u64 = 4 * 1024 * 1024;
 const PROC_CGROUP_MAX: u64 = 64 * 1024;
 /// /proc/PID/comm is at most TASK_COMM_LEN (16) bytes plus a newline.
 const COMM_MAX: u64 = 64;
-/// Upper bound on the descriptors looked at per process by
-/// [`pid_of_socket`].
-const FDS_PER_PROCESS_MAX: usize = 1 << 20;
 
 /// The cgroup2 mount this process sees.
 #[derive(Debug)]
@@ -307,12 +304,7 @@ pub fn process_uid(pid: u32) -> Option<u32> {
 }
 
 fn holds(pid: u32, want: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    dir.take(FDS_PER_PROCESS_MAX)
-        .filter_map(Result::ok)
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want))
+    super::procfd::holds_link(pid, want).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -252,6 +252,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, ok)| (format!("part {i}"), *ok))
                 .collect(),
+            unknown: Vec::new(),
             stale: None,
         };
         let ok = || (CheckState::Ok, "OK: fine | perf".to_owned());

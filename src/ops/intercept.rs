@@ -14,18 +14,24 @@
 //!
 //! The order of the steps is what keeps clients served: `enable` first
 //! makes the running rpcbind reachable at the new path (a hard link to its
-//! live socket, so rpcbind need not restart), then restarts only the proxy's
-//! units (systemd holds the sockets: connections queue, none is refused);
-//! until the new daemon has installed its table, port 111 goes straight to
-//! rpcbind. `disable` first hands /run/rpcbind.sock back to rpcbind's live
-//! socket (an atomic rename), then stops the daemon (which stops redirecting
-//! before it drains), then re-registers rpcbind's own `local` entries under
-//! /run/rpcbind.sock where an rpcbind restarted meanwhile named the upstream
-//! path in them, and removes that path once rpcbind names it nowhere, then
-//! removes the drop-ins and starts the proxy's units on their defaults. Both
-//! are idempotent; a failing step of `disable` does not stop the others,
-//! and a failing step of `enable` undoes every change made before it
-//! (`rollback`), newest first.
+//! live socket, so rpcbind need not restart), reloads the units (systemd
+//! matches the socket it holds for rpcbind to the new path by the file both
+//! names share), restarts rpcbind.socket only if systemd holds no socket
+//! for rpcbind (then every later restart of rpcbind would bind
+//! /run/rpcbind.sock itself), then restarts only the proxy's units (systemd
+//! holds the sockets: connections queue, none is refused); until the new
+//! daemon has installed its table, port 111 goes straight to rpcbind.
+//! `disable` first hands /run/rpcbind.sock back to rpcbind's live socket
+//! (an atomic rename), rebinds rpcbind's socket at that path if
+//! rpcbind.socket bound it at the upstream path, stops the daemon (which
+//! stops redirecting before it drains), removes the drop-ins and reloads
+//! the units while both names still name rpcbind's socket, then
+//! re-registers rpcbind's own `local` entries under /run/rpcbind.sock where
+//! an rpcbind restarted meanwhile named the upstream path in them, removes
+//! that path once rpcbind names it nowhere, and starts the proxy's units on
+//! their defaults. Both are idempotent; a failing step of `disable` does not
+//! stop the others, and a failing step of `enable` undoes every change made
+//! before it (`rollback`), newest first.
 
 mod disable;
 mod dropin;
@@ -46,6 +52,7 @@ use super::local_entries;
 use super::query::answers_null;
 use crate::cli::{InterceptAction, InterceptArgs};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
+use crate::host::{procfd, sockdiag};
 
 /// rpcbind's unix socket in transparent mode.
 pub const UPSTREAM_SOCKET: &str = "/run/rpcbind/upstream.sock";
@@ -225,6 +232,54 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     }
+}
+
+/// The processes holding the listening unix socket that `path` names (by
+/// its file, so a second name of the socket counts), each with its command;
+/// `None` when no socket listens there or it cannot be told (no unix_diag).
+/// Processes this user may not look at are left out (run as root).
+fn listening_holders(path: &Path) -> Option<Vec<(u32, String)>> {
+    let inode = listening_socket(path)?;
+    procfd::holders(inode).ok().map(|(found, _)| found)
+}
+
+/// The inode of the listening unix socket whose file `path` names.
+fn listening_socket(path: &Path) -> Option<u64> {
+    let meta = std::fs::metadata(path).ok()?;
+    let file = (meta.dev(), meta.ino());
+    sockdiag::unix_listeners()
+        .ok()?
+        .into_iter()
+        .find(|l| l.file == Some(file))
+        .map(|l| l.inode)
+}
+
+/// The name the listening socket `path` names was bound to (a second name,
+/// made by a hard link, is not it).
+fn bound_name(path: &Path) -> Option<sockdiag::UnixName> {
+    let meta = std::fs::metadata(path).ok()?;
+    let file = (meta.dev(), meta.ino());
+    sockdiag::unix_listeners()
+        .ok()?
+        .into_iter()
+        .find(|l| l.file == Some(file))?
+        .name
+}
+
+/// Whether rpcbind itself listens on the socket `path` names.
+fn rpcbind_listens(path: &Path) -> bool {
+    listening_holders(path).is_some_and(|h| h.iter().any(|(_, comm)| comm == "rpcbind"))
+}
+
+/// Whether systemd (pid 1) holds the listening socket `path` names, so that
+/// it passes that socket to rpcbind on every restart (rpcbind, passed no
+/// unix socket, binds /run/rpcbind.sock itself and takes that path from
+/// the proxy). `None`: cannot be told as this user (root can).
+fn systemd_holds(path: &Path) -> Option<bool> {
+    let Some(inode) = listening_socket(path) else {
+        return Some(false);
+    };
+    procfd::holds(1, inode).ok()
 }
 
 /// Whether the daemon at `control` runs with its redirect table in place.

@@ -392,6 +392,16 @@ impl Proxy {
                 self.answer_or_stale(result, stale, xid)
             }
             Lookup::Miss { ticket, stale } => {
+                // rpcbind down (restarting): an answer within serve-stale
+                // now rather than one after waiting for rpcbind to return.
+                if let Some(old) = &stale {
+                    if self.upstream(class).ensure_connected().await.is_err() {
+                        self.cache
+                            .complete(ticket, &Err(UpstreamError::Unavailable));
+                        self.cache.served_stale();
+                        return Outcome::Shared(old.clone(), xid);
+                    }
+                }
                 let result = self.fetch(class, request).await;
                 self.cache.complete(ticket, &result);
                 self.answer_or_stale(result, stale, xid)

@@ -87,9 +87,21 @@ pub struct UpstreamStats {
 
 type Waiter = oneshot::Sender<Result<BytesMut, UpstreamError>>;
 
-/// Backoff between failed connection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Backoff between failed connection attempts. Short, because callers
+/// wait for the connection (within their upstream timeout) rather than fail
+/// at once: an rpcbind restart closes its socket for 0.1-1 s, and a caller
+/// that arrives then is answered when it is back. An attempt on a closed
+/// local port costs one refused connect.
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// How long into an outage calls wait for rpcbind to come back rather than
+/// fail at once: rpcbind's package upgrade closes its socket for about 3 s
+/// (its units stopped, unpacked, started), a restart for 0.1-1 s, and
+/// clients wait far longer for an answer (libtirpc: 25 s and more). Past
+/// this, rpcbind is down rather than restarting, and a miss gets SYSTEM_ERR
+/// at once. The watchdog window of transparent mode, which no restart may
+/// exceed.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
 /// Calls queued for the writer of one stream connection.
 const WRITE_QUEUE: usize = 4096;
 
@@ -197,6 +209,8 @@ pub struct Upstream {
     /// Serialises connection attempts: never more than one connection per
     /// class at a time.
     connecting: tokio::sync::Mutex<Reconnect>,
+    /// Since when connection attempts fail (rpcbind down or restarting).
+    down_since: Mutex<Option<Instant>>,
     pub stats: Arc<UpstreamStats>,
     /// SO_MARK for TCP/UDP connections (transparent mode: the redirect lets
     /// marked packets through to rpcbind).
@@ -214,6 +228,7 @@ impl Upstream {
                 backoff: BACKOFF_MIN,
                 outage: Outage::default(),
             }),
+            down_since: Mutex::new(None),
             stats: Arc::default(),
             mark: None,
         }
@@ -270,6 +285,40 @@ impl Upstream {
         self.connection().await.map(|_| ())
     }
 
+    /// Whether connection attempts fail (since the last one; no connection
+    /// open since).
+    pub fn unreachable(&self) -> bool {
+        self.down_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+            && self.live().is_none()
+    }
+
+    /// The connection, waiting for rpcbind to come back until `deadline`
+    /// while the outage is younger than RESTART_WAIT (a restart of rpcbind
+    /// or of its socket unit closes it for a moment); `Unavailable` if it is
+    /// still down then.
+    async fn connection_by(&self, deadline: Instant) -> Result<Arc<Conn>, UpstreamError> {
+        loop {
+            match self.connection().await {
+                Err(UpstreamError::Unavailable) => {
+                    let since = *self
+                        .down_since
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let until = since.map_or(deadline, |t| deadline.min(t + RESTART_WAIT));
+                    let retry = Instant::now() + BACKOFF_MIN;
+                    if retry >= until {
+                        return Err(UpstreamError::Unavailable);
+                    }
+                    tokio::time::sleep_until(retry).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn connection(&self) -> Result<Arc<Conn>, UpstreamError> {
         if let Some(c) = self.live() {
             return Ok(c);
@@ -286,6 +335,10 @@ impl Upstream {
             Ok(Ok(conn)) => {
                 rc.next_attempt = None;
                 rc.backoff = BACKOFF_MIN;
+                *self
+                    .down_since
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 match rc.outage.connected(Instant::now()) {
                     Said::First => info!("connected to rpcbind at {}", self.target),
@@ -320,6 +373,10 @@ impl Upstream {
                     ),
                     _ => debug!(target = %self.target, error = %err, retry_in = ?rc.backoff, "cannot connect to rpcbind"),
                 }
+                self.down_since
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert_with(Instant::now);
                 rc.next_attempt = Some(Instant::now() + rc.backoff);
                 rc.backoff = (rc.backoff * 2).min(BACKOFF_MAX);
                 Err(UpstreamError::Unavailable)
@@ -388,10 +445,10 @@ impl Upstream {
         let client_xid = xid_of(call).ok_or(UpstreamError::Busy)?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let deadline = started + self.timeout();
+        let wait = started + self.timeout().max(RESTART_WAIT);
         let mut attempt = 0;
         let result = loop {
-            let outcome = self.attempt(call, deadline).await;
+            let outcome = self.attempt(call, wait).await;
             match outcome {
                 Err(UpstreamError::ConnectionLost) if idempotent && attempt == 0 => {
                     attempt += 1;
@@ -418,10 +475,13 @@ impl Upstream {
         }
     }
 
-    async fn attempt(&self, call: &[u8], deadline: Instant) -> Result<BytesMut, UpstreamError> {
-        let conn = tokio::time::timeout_at(deadline, self.connection())
+    /// One exchange: the connection (waiting for rpcbind until `wait`),
+    /// then the answer within the upstream timeout.
+    async fn attempt(&self, call: &[u8], wait: Instant) -> Result<BytesMut, UpstreamError> {
+        let conn = tokio::time::timeout_at(wait, self.connection_by(wait))
             .await
             .map_err(|_| UpstreamError::Timeout)??;
+        let deadline = Instant::now() + self.timeout();
         let (tx, rx) = oneshot::channel();
         let xid = {
             let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);

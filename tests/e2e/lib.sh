@@ -69,3 +69,10 @@ rpcbind_restart() {
 	wait_for 10 active rpcbind.service
 }
 rpcbind_ports() { ss -Hlntup | awk '/"rpcbind"/ {print $1, $5}' | sort -u; }
+# holders PATH: the processes holding the listening socket whose file PATH
+# names now (ss shows a socket's bound name, not a second name made by a
+# hard link; its "ino:" is the file's inode).
+holders() {
+	ino=$(stat -c %i "$1" 2>/dev/null) || return 1
+	ss -Hxlpe | grep " ino:$ino dev:" | grep -o 'users:(.*)' | grep -o '"[^"]*"' | sort -u | tr -d '"' | tr '\n' ' '
+}

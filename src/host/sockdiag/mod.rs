@@ -28,6 +28,7 @@
 mod msg;
 #[cfg(test)]
 mod tests;
+mod unix;
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use super::netlink::{Answer, DumpLimits, Message, NetlinkSocket, Step};
 use super::{datagrams, sys};
 use msg::*;
+pub use unix::{unix_listeners, UnixListener, UnixName};
 
 /// How long one receive may block before the call fails with `TimedOut`.
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);

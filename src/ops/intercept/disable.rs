@@ -7,9 +7,11 @@ use std::path::Path;
 use super::*;
 
 /// Points /run/rpcbind.sock (`public`) back at rpcbind's live socket, known
-/// as `upstream`, in one step; nothing to do when it names it already.
+/// as `upstream`, in one step; nothing to do when it names it already, or
+/// when rpcbind took that path itself (restarted with no unix socket passed
+/// by systemd, it binds its own there).
 pub(super) fn hand_back(upstream: &Path, public: &Path) -> Result<(), String> {
-    if same_file(public, upstream) {
+    if same_file(public, upstream) || rpcbind_listens(public) {
         return Ok(());
     }
     if !answers_null(upstream) {
@@ -51,19 +53,32 @@ pub(super) fn disable() -> Result<(), String> {
             println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
         }
     }
-    // 2. The daemon and its socket unit stop.
-    if let Err(e) = stop_proxy() {
-        failed.push(format!("step 2 (stop rpcbind-proxy) failed: {e}"));
-    }
-    // 3. rpcbind's second name, which `enable` made, or its own path if it
-    //    restarted meanwhile (/run/rpcbind.sock names the same socket now):
-    //    removed once rpcbind advertises it no more.
-    if same_file(public, upstream) {
-        if let Err(e) = release_upstream_name(public) {
-            failed.push(format!("step 3 (remove {UPSTREAM_SOCKET}) failed: {e}"));
+    // 2. rpcbind's socket bound at /run/rpcbind.sock again, if
+    //    rpcbind.socket bound it at the upstream path (it started while
+    //    transparent mode was on: after a reboot, say). Otherwise every
+    //    later restart of rpcbind would be passed a socket bound there and
+    //    name that path, gone by then, in its own `local` entries.
+    if failed.is_empty() && upstream.exists() && bound_at_upstream(public) {
+        match rebind(upstream, public, &files[0].0) {
+            Ok(()) => println!(
+                "restarted rpcbind.socket and rpcbind.service: rpcbind's socket is bound at {DEFAULT_RPCBIND_SOCKET} again"
+            ),
+            Err(e) => failed.push(format!(
+                "step 2 (bind rpcbind's socket at {DEFAULT_RPCBIND_SOCKET} again) failed: {e}"
+            )),
         }
     }
-    // 4. The units as they were.
+    // 3. The daemon and its socket unit stop.
+    if let Err(e) = stop_proxy() {
+        failed.push(format!("step 3 (stop rpcbind-proxy) failed: {e}"));
+    }
+    // 4. The units as they were, reloaded while /run/rpcbind.sock and the
+    //    upstream path still name the same socket: systemd then matches the
+    //    descriptor it holds for rpcbind to the path its units name again
+    //    (by the file both names share). Reloaded after the upstream name
+    //    is gone, a descriptor bound there would match nothing and be
+    //    closed: rpcbind, restarted, would then be passed no unix socket and
+    //    bind /run/rpcbind.sock itself, also after the next `enable`.
     for (path, _) in &files {
         match std::fs::remove_file(path) {
             Ok(()) => println!("removed {}", path.display()),
@@ -78,11 +93,22 @@ pub(super) fn disable() -> Result<(), String> {
             let _ = std::fs::remove_dir(dir);
         }
     }
-    let restarted = systemctl(&["daemon-reload"])
-        .and_then(|()| systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"]));
-    if let Err(e) = restarted {
+    if let Err(e) = systemctl(&["daemon-reload"]) {
+        failed.push(format!("step 4 (systemctl daemon-reload) failed: {e}"));
+    }
+    // 5. rpcbind's second name, which `enable` made, or its own path if it
+    //    restarted meanwhile (/run/rpcbind.sock names the same socket now,
+    //    or rpcbind bound that path itself): removed once rpcbind
+    //    advertises it no more.
+    if upstream.exists() && (same_file(public, upstream) || rpcbind_listens(public)) {
+        if let Err(e) = release_upstream_name(public) {
+            failed.push(format!("step 5 (remove {UPSTREAM_SOCKET}) failed: {e}"));
+        }
+    }
+    // 6. The proxy on its defaults.
+    if let Err(e) = systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"]) {
         failed.push(format!(
-            "step 5 (start rpcbind-proxy on its defaults) failed: {e}"
+            "step 6 (start rpcbind-proxy on its defaults) failed: {e}"
         ));
     }
     match failed.split_last() {
@@ -97,6 +123,31 @@ pub(super) fn disable() -> Result<(), String> {
             Err(last.clone())
         }
     }
+}
+
+/// Whether rpcbind's socket, which `public` names, was bound at the upstream
+/// path.
+fn bound_at_upstream(public: &Path) -> bool {
+    matches!(bound_name(public), Some(sockdiag::UnixName::Path(p)) if p == Path::new(UPSTREAM_SOCKET))
+}
+
+/// Restarts rpcbind.socket with its own units (its drop-in, `drop_in`,
+/// removed and the units reloaded first: systemd matches the descriptor it
+/// holds to /run/rpcbind.sock by the file both names share), so that it
+/// binds /run/rpcbind.sock itself; rpcbind restarts with it (its warm start
+/// keeps its registrations). The daemon still redirects TCP/UDP clients
+/// meanwhile and waits for rpcbind: `upstream` names the new socket as soon
+/// as it is bound. Unix clients see rpcbind's socket closed for the
+/// restart (as with any `systemctl restart rpcbind.socket`).
+fn rebind(upstream: &Path, public: &Path, drop_in: &Path) -> Result<(), String> {
+    match std::fs::remove_file(drop_in) {
+        Ok(()) => println!("removed {}", drop_in.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove {}: {e}", drop_in.display())),
+    }
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["restart", "rpcbind.socket", "rpcbind.service"])?;
+    link_socket(public, upstream)
 }
 
 /// Removes /run/rpcbind/upstream.sock, rpcbind's second name, now that

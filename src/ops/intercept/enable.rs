@@ -15,12 +15,21 @@ pub(super) fn enable(control: &Path) -> Result<(), String> {
     let written = files
         .iter()
         .all(|(p, t)| std::fs::read_to_string(p).is_ok_and(|s| s == *t));
-    if written && daemon_intercepting(control) && answers_null(upstream) {
+    if written
+        && daemon_intercepting(control)
+        && answers_null(upstream)
+        && systemd_holds(upstream) != Some(false)
+    {
         println!("transparent mode is already on");
         return Ok(());
     }
+    // rpcbind's live socket must get its second name first: it answers on
+    // /run/rpcbind.sock (transparent mode off, or an rpcbind that bound
+    // that path itself when systemd passed it no socket).
     let link = !answers_null(upstream);
-    if link && (!answers_null(public) || daemon_intercepting(control)) {
+    let rpcbind_on_public =
+        rpcbind_listens(public) || (answers_null(public) && !daemon_intercepting(control));
+    if link && !rpcbind_on_public {
         return Err(format!(
             "rpcbind does not answer on {} or {}: start it first (systemctl start rpcbind)",
             public.display(),
@@ -66,19 +75,36 @@ fn enable_steps(
     // 3. systemd reads them.
     done.reloading();
     systemctl(&["daemon-reload"]).map_err(step(3, "systemctl daemon-reload"))?;
-    // 4. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
+    // 4. systemd holds rpcbind's socket at the upstream path, so that it
+    //    passes it to rpcbind on every restart. It matched its descriptor
+    //    to the new path at the reload (by the file both names share) if it
+    //    held one; it holds none when rpcbind bound its socket itself (it
+    //    was started without rpcbind.socket, or an earlier version's
+    //    `disable` lost it), and then rpcbind, restarted by anyone, would
+    //    bind /run/rpcbind.sock again and take it from the proxy. Restarted
+    //    now, rpcbind.socket binds the upstream path itself; rpcbind's warm
+    //    start (-w) keeps its registrations.
+    if systemd_holds(upstream) == Some(false) {
+        done.restarting_rpcbind();
+        systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]).map_err(step(
+            4,
+            "restart rpcbind.socket so that systemd holds rpcbind's socket",
+        ))?;
+        println!("restarted rpcbind.socket and rpcbind.service: systemd holds rpcbind's socket at {UPSTREAM_SOCKET} now");
+    }
+    // 5. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
     //    replaces the path; clients queue on it meanwhile), the daemon starts
     //    in transparent mode and installs its table.
     let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
     done.restarting();
     let mut args = vec!["restart"];
     args.extend(PROXY_UNITS);
-    systemctl(&args).map_err(step(4, restart))?;
-    // 5. The new daemon's table in place.
+    systemctl(&args).map_err(step(5, restart))?;
+    // 6. The new daemon's table in place.
     let deadline = Instant::now() + READY;
     while !daemon_intercepting(control) {
         if Instant::now() >= deadline {
-            return Err(step(5, "wait for the redirect table")(format!(
+            return Err(step(6, "wait for the redirect table")(format!(
                 "rpcbind-proxy did not start intercepting within {READY:?}: see journalctl -u rpcbind-proxy"
             )));
         }

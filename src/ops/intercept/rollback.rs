@@ -27,6 +27,8 @@ enum Change {
     Reloaded,
     /// The proxy's units restarted; `ran`: those active before.
     Restarted { ran: Vec<&'static str> },
+    /// rpcbind.socket and rpcbind.service restarted on the upstream path.
+    RestartedRpcbind,
 }
 
 /// The changes made so far, oldest first.
@@ -55,6 +57,11 @@ impl Changes {
     /// Before `systemctl daemon-reload`.
     pub(super) fn reloading(&mut self) {
         self.0.push(Change::Reloaded);
+    }
+
+    /// Before rpcbind.socket and rpcbind.service are restarted.
+    pub(super) fn restarting_rpcbind(&mut self) {
+        self.0.push(Change::RestartedRpcbind);
     }
 
     /// Before the proxy's units are restarted.
@@ -97,6 +104,18 @@ impl Changes {
                     args.extend(PROXY_UNITS);
                     let _ = systemctl(&args);
                     start = ran;
+                }
+                Change::RestartedRpcbind => {
+                    // rpcbind listens on the upstream path alone now: it
+                    // gets its usual name back before the units are
+                    // reloaded, so that systemd matches its socket to that
+                    // name by the file both share (and it cannot be
+                    // restarted back: that is a second outage).
+                    if let Err(e) = hand_back(upstream, public) {
+                        left.push(format!(
+                            "{DEFAULT_RPCBIND_SOCKET} is not rpcbind's socket: {e}"
+                        ));
+                    }
                 }
                 Change::Reloaded => reload = true,
                 Change::Wrote {

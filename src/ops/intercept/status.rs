@@ -13,6 +13,9 @@ use super::*;
 #[derive(Debug)]
 pub(crate) struct Checklist {
     pub(crate) parts: Vec<(String, bool)>,
+    /// Parts this user cannot see (another user's descriptors: root can);
+    /// neither ticked nor counted.
+    pub(crate) unknown: Vec<String>,
     /// Why rpcbind.socket's drop-in no longer matches, if it does not.
     pub(crate) stale: Option<String>,
 }
@@ -51,10 +54,20 @@ impl Checklist {
             (_, Err(_)) => None,
         };
         parts[0].1 &= stale.is_none();
+        let upstream = Path::new(UPSTREAM_SOCKET);
+        let public = Path::new(DEFAULT_RPCBIND_SOCKET);
         parts.push((
             format!("rpcbind answers on {UPSTREAM_SOCKET}"),
-            answers_null(Path::new(UPSTREAM_SOCKET)),
+            answers_null(upstream),
         ));
+        let mut unknown = Vec::new();
+        let held = format!(
+            "systemd holds rpcbind's socket at {UPSTREAM_SOCKET} (rpcbind keeps that path when restarted)"
+        );
+        match systemd_holds(upstream) {
+            Some(yes) => parts.push((held, yes)),
+            None => unknown.push(held),
+        }
         let daemon = status_request(control).ok();
         let listens_on_public = daemon.as_ref().is_some_and(|s| {
             s.listeners
@@ -63,17 +76,19 @@ impl Checklist {
         });
         parts.push((
             format!("rpcbind-proxy holds {DEFAULT_RPCBIND_SOCKET}"),
-            listens_on_public
-                && !same_file(
-                    Path::new(DEFAULT_RPCBIND_SOCKET),
-                    Path::new(UPSTREAM_SOCKET),
-                ),
+            // Not rpcbind's: the same socket as the upstream path's, or
+            // one rpcbind bound there itself.
+            listens_on_public && !same_file(public, upstream) && !rpcbind_listens(public),
         ));
         parts.push((
             "rpcbind-proxy redirects port 111 (nftables table inet rpcbind_proxy)".into(),
             daemon.is_some_and(|s| s.intercept.active()),
         ));
-        Checklist { parts, stale }
+        Checklist {
+            parts,
+            unknown,
+            stale,
+        }
     }
 
     pub(crate) fn verdict(&self) -> Verdict {
@@ -108,6 +123,9 @@ pub(super) fn status(control: &Path) -> ExitCode {
     );
     for (what, ok) in &list.parts {
         println!("  [{}] {what}", if *ok { "x" } else { " " });
+    }
+    for what in &list.unknown {
+        println!("  [?] {what}: not visible to this user (run as root)");
     }
     if let Some(why) = &list.stale {
         println!("  {why}");
