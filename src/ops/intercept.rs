@@ -66,7 +66,8 @@ const PROXY_UNITS: [&str; 2] = ["rpcbind-proxy.socket", "rpcbind-proxy.service"]
 const READY: Duration = Duration::from_secs(15);
 
 /// The drop-ins, as shipped in systemd/intercept/ (`@BIN@`: this binary;
-/// `@LISTEN@`: rpcbind.socket's listeners, derived from its units).
+/// `@LISTEN@`: rpcbind.socket's listeners, derived from its units;
+/// `@ABSTRACT@`: rpcbind's abstract name, if its units set one).
 const DROP_INS: [(&str, &str); 3] = [
     (
         "rpcbind.socket",
@@ -94,15 +95,33 @@ pub fn intercept(args: InterceptArgs) -> ExitCode {
     }
 }
 
-/// Each drop-in's path and the text it must hold; `listen`: the lines
+/// What rpcbind.socket's units set, as transparent mode rearranges it:
+/// the `Listen...` lines of rpcbind.socket's drop-in, and rpcbind's
+/// abstract name if they set one (the proxy's socket unit takes it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Derived {
+    listen: String,
+    abstract_name: Option<String>,
+}
+
+/// Each drop-in's path and the text it must hold, from what
 /// `rpcbind_listen` derived.
-fn drop_ins(unit_dir: &Path, bin: &str, listen: &str) -> Vec<(PathBuf, String)> {
+fn drop_ins(unit_dir: &Path, bin: &str, derived: &Derived) -> Vec<(PathBuf, String)> {
+    let abstract_line = derived.abstract_name.as_ref().map_or(String::new(), |name| {
+        format!(
+            "# rpcbind's abstract name, which its units set (libtirpc >= 1.3.4 and the\n\
+             # kernel try it first); rpcbind no longer listens there.\n\
+             ListenStream={name}"
+        )
+    });
     DROP_INS
         .iter()
         .map(|(unit, text)| {
             (
                 unit_dir.join(format!("{unit}.d")).join(DROP_IN),
-                text.replace("@BIN@", bin).replace("@LISTEN@", listen),
+                text.replace("@BIN@", bin)
+                    .replace("@LISTEN@", &derived.listen)
+                    .replace("@ABSTRACT@", &abstract_line),
             )
         })
         .collect()
@@ -111,7 +130,7 @@ fn drop_ins(unit_dir: &Path, bin: &str, listen: &str) -> Vec<(PathBuf, String)> 
 /// The `Listen...` lines of rpcbind.socket's drop-in, derived from the unit
 /// file and drop-ins systemd loaded for rpcbind.socket (the proxy's own
 /// left out): every listener as they set it, the unix path moved.
-fn rpcbind_listen() -> Result<String, String> {
+fn rpcbind_listen() -> Result<Derived, String> {
     let out = Command::new("systemctl")
         .args([
             "show",
@@ -146,7 +165,10 @@ fn rpcbind_listen() -> Result<String, String> {
         files.push(dropin::UnitFile { path, text });
     }
     let listeners = dropin::listeners(&files, DROP_IN)?;
-    Ok(dropin::listen_lines(&listeners, UPSTREAM_SOCKET))
+    Ok(Derived {
+        listen: dropin::listen_lines(&listeners, UPSTREAM_SOCKET),
+        abstract_name: dropin::abstract_name(&listeners).map(str::to_owned),
+    })
 }
 
 /// This binary's path, for the service drop-in's ExecStart=.
@@ -271,6 +293,27 @@ fn rpcbind_listens(path: &Path) -> bool {
     listening_holders(path).is_some_and(|h| h.iter().any(|(_, comm)| comm == "rpcbind"))
 }
 
+/// The commands of the processes listening on rpcbind's abstract name as
+/// a unit spells it (`@/run/rpcbind.sock`; `%t` is /run for the system
+/// manager); `None` when nothing listens there.
+fn abstract_holders(name: &str) -> Option<Vec<String>> {
+    let bytes = name.strip_prefix('@')?.replace("%t", "/run").into_bytes();
+    let want = sockdiag::UnixName::Abstract(bytes);
+    let listener = sockdiag::unix_listeners()
+        .ok()?
+        .into_iter()
+        .find(|l| l.name.as_ref() == Some(&want))?;
+    let (found, _) = procfd::holders(listener.inode).ok()?;
+    Some(found.into_iter().map(|(_, comm)| comm).collect())
+}
+
+/// Whether something other than rpcbind-proxy listens on the abstract
+/// name `name` (rpcbind, before `enable` took it over).
+fn abstract_elsewhere(name: Option<&str>) -> bool {
+    name.and_then(abstract_holders)
+        .is_some_and(|h| !h.iter().any(|comm| comm == "rpcbind-proxy"))
+}
+
 /// Whether systemd (pid 1) holds the listening socket `path` names, so that
 /// it passes that socket to rpcbind on every restart (rpcbind, passed no
 /// unix socket, binds /run/rpcbind.sock itself and takes that path from
@@ -295,10 +338,14 @@ mod tests {
     fn drop_ins_name_this_binary_and_move_only_the_unix_socket() {
         let lines =
             "ListenStream=\nListenStream=/run/rpcbind/upstream.sock\nListenStream=127.0.0.1:111";
+        let derived = Derived {
+            listen: lines.into(),
+            abstract_name: None,
+        };
         let files = drop_ins(
             Path::new("/etc/systemd/system"),
             "/opt/bin/rpcbind-proxy",
-            lines,
+            &derived,
         );
         let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         assert_eq!(
@@ -324,6 +371,15 @@ mod tests {
         assert!(files[0].1.ends_with(&format!("[Socket]\n{lines}\n")));
         assert!(!files[0].1.contains("@LISTEN@"));
         assert!(listen(&files[1].1).contains(&"ListenStream=/run/rpcbind.sock".to_string()));
+        assert!(!files[1].1.contains("@ABSTRACT@") && !files[1].1.contains("=@"));
+        // rpcbind's abstract name, where its units set one, is the proxy's.
+        let derived = Derived {
+            abstract_name: Some("@/run/rpcbind.sock".into()),
+            ..derived
+        };
+        let files = drop_ins(Path::new("/etc/systemd/system"), "/b", &derived);
+        assert!(listen(&files[1].1).contains(&"ListenStream=@/run/rpcbind.sock".to_string()));
+        assert!(!files[0].1.contains('@'));
     }
 
     #[test]

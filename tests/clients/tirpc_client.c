@@ -21,10 +21,13 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,6 +54,8 @@ static __attribute__((noreturn)) void usage(void)
 	      "  clnt-create HOST PROG VERS NETTYPE COUNT -> ok N\n"
 	      "  getaddr HOST PROG VERS NETID COUNT -> addr UADDR | unregistered\n"
 	      "  pmap-getport HOST PROG VERS tcp|udp COUNT -> port P\n"
+	      "  local-getaddr SOCKET PROG VERS NETID -> addr UADDR | unregistered\n"
+	      "        (RPCB v4 GETADDR over the unix SOCKET; @NAME: an abstract name)\n"
 	      "  set PROG VERS NETID UADDR | unset PROG VERS [NETID] -> true|false\n"
 	      "  pmap-set PROG VERS tcp|udp PORT | pmap-unset PROG VERS -> true|false\n"
 	      "  rereg-check HOST PROG VERS ROUNDS -> rounds R stale S failed F\n"
@@ -189,6 +194,40 @@ static int do_getaddr(char **a)
 		printf("addr %s\n", u);
 	else
 		fail("getaddr", "taddr2uaddr failed");
+	return 0;
+}
+
+/* local-getaddr: RPCB v4 GETADDR through libtirpc's stream client on a unix
+ * socket we connect ourselves, as libtirpc >= 1.3.4 and the kernel connect
+ * to the abstract name @/run/rpcbind.sock before the path (HOST is the
+ * socket: a path, or @NAME). */
+static int do_local_getaddr(char **a)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	size_t n = strlen(host);
+	if (n == 0 || n >= sizeof sun.sun_path)
+		usage();
+	memcpy(sun.sun_path, host, n);
+	socklen_t len = offsetof(struct sockaddr_un, sun_path) + n + (host[0] != '@');
+	if (host[0] == '@')
+		sun.sun_path[0] = '\0';
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, len) < 0)
+		fail("local-getaddr", strerror(errno));
+	struct netbuf nb = {.maxlen = len, .len = len, .buf = &sun};
+	CLIENT *c = clnt_vc_create(fd, &nb, RPCBPROG, RPCBVERS4, 0, 0);
+	if (!c)
+		fail("local-getaddr", clnt_spcreateerror("clnt_vc_create"));
+	RPCB args = {.r_prog = prog, .r_vers = vers, .r_netid = a[0], .r_addr = "", .r_owner = ""};
+	char *uaddr = NULL;
+	enum clnt_stat st = clnt_call(c, RPCBPROC_GETADDR, (xdrproc_t)xdr_rpcb, (char *)&args,
+				      (xdrproc_t)xdr_wrapstring, (char *)&uaddr, CALL_TIMEOUT);
+	if (st != RPC_SUCCESS)
+		fail("local-getaddr", clnt_sperror(c, "GETADDR"));
+	if (uaddr && *uaddr)
+		printf("addr %s\n", uaddr);
+	else
+		puts("unregistered");
 	return 0;
 }
 
@@ -458,6 +497,7 @@ static const struct {
 	{"unset", 0, 0, 1, do_registration}, {"pmap-set", 0, 2, 2, do_registration},
 	{"pmap-unset", 0, 0, 0, do_registration}, {"rereg-check", 1, 1, 1, do_rereg_check},
 	{"probe", 1, 2, 2, do_probe}, {"serve", 0, 0, 0, do_serve},
+	{"local-getaddr", 1, 1, 1, do_local_getaddr},
 };
 
 int main(int argc, char **argv)

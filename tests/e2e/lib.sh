@@ -76,3 +76,8 @@ holders() {
 	ino=$(stat -c %i "$1" 2>/dev/null) || return 1
 	ss -Hxlpe | grep " ino:$ino dev:" | grep -o 'users:(.*)' | grep -o '"[^"]*"' | sort -u | tr -d '"' | tr '\n' ' '
 }
+# abstract_holders NAME: the processes listening on the abstract unix name
+# NAME (@...).
+abstract_holders() {
+	ss -Hxlp | awk -v n="$1" '$5 == n' | grep -o 'users:(.*)' | grep -o '"[^"]*"' | sort -u | tr -d '"' | tr '\n' ' '
+}

@@ -32,7 +32,7 @@ pub(super) fn stop_proxy() -> Result<(), String> {
 
 pub(super) fn disable() -> Result<(), String> {
     preconditions("disable")?;
-    let files = drop_ins(Path::new(UNIT_DIR), "", "");
+    let files = drop_ins(Path::new(UNIT_DIR), "", &Derived::default());
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
     let any_drop_in = files.iter().any(|(p, _)| p.exists());
@@ -53,12 +53,20 @@ pub(super) fn disable() -> Result<(), String> {
             println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
         }
     }
+    // The proxy's socket unit holds rpcbind's abstract name, which its
+    // units set: rpcbind gets it back when rpcbind.socket restarts, once the
+    // proxy let go of it (step 4).
+    let took_abstract = std::fs::read_to_string(&files[1].0)
+        .is_ok_and(|text| text.lines().any(|l| l.starts_with("ListenStream=@")));
+    let rebind_now = failed.is_empty() && upstream.exists() && bound_at_upstream(public);
     // 2. rpcbind's socket bound at /run/rpcbind.sock again, if
     //    rpcbind.socket bound it at the upstream path (it started while
     //    transparent mode was on: after a reboot, say). Otherwise every
     //    later restart of rpcbind would be passed a socket bound there and
-    //    name that path, gone by then, in its own `local` entries.
-    if failed.is_empty() && upstream.exists() && bound_at_upstream(public) {
+    //    name that path, gone by then, in its own `local` entries. Done
+    //    while the daemon still redirects TCP/UDP clients (they wait for
+    //    rpcbind), unless rpcbind must get its abstract name back too.
+    if rebind_now && !took_abstract {
         match rebind(upstream, public, &files[0].0) {
             Ok(()) => println!(
                 "restarted rpcbind.socket and rpcbind.service: rpcbind's socket is bound at {DEFAULT_RPCBIND_SOCKET} again"
@@ -95,6 +103,16 @@ pub(super) fn disable() -> Result<(), String> {
     }
     if let Err(e) = systemctl(&["daemon-reload"]) {
         failed.push(format!("step 4 (systemctl daemon-reload) failed: {e}"));
+    }
+    if took_abstract {
+        match systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]) {
+            Ok(()) => println!(
+                "restarted rpcbind.socket and rpcbind.service: rpcbind listens on its abstract name and {DEFAULT_RPCBIND_SOCKET} again"
+            ),
+            Err(e) => failed.push(format!(
+                "step 4 (give rpcbind its abstract name back: restart rpcbind.socket) failed: {e}"
+            )),
+        }
     }
     // 5. rpcbind's second name, which `enable` made, or its own path if it
     //    restarted meanwhile (/run/rpcbind.sock names the same socket now,

@@ -30,6 +30,15 @@ const RPCBIND_PATHS: [&str; 3] = [
     "%t/rpcbind.sock",
 ];
 
+/// rpcbind's abstract name, as a unit may spell it: libtirpc >= 1.3.4 and
+/// the kernel's own rpcbind client (Linux >= 6.5) try it before the path.
+/// In transparent mode the proxy's socket unit takes it over.
+const RPCBIND_ABSTRACT: [&str; 3] = [
+    "@/run/rpcbind.sock",
+    "@/var/run/rpcbind.sock",
+    "@%t/rpcbind.sock",
+];
+
 /// One listener of a socket unit: its setting and its value as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Listener {
@@ -106,9 +115,10 @@ pub(super) fn listeners(files: &[UnitFile], ours: &str) -> Result<Vec<Listener>,
 }
 
 /// The drop-in's `Listen...` lines for `listeners`: a reset, then each
-/// listener in order, rpcbind's unix path replaced by `upstream`. Without
-/// a unix path in the list, rpcbind would bind /run/rpcbind.sock itself
-/// when it starts, so `upstream` comes first then.
+/// listener in order, rpcbind's unix path replaced by `upstream` and its
+/// abstract name left out (see [`abstract_name`]). Without a unix path in
+/// the list, rpcbind would bind /run/rpcbind.sock itself when it starts, so
+/// `upstream` comes first then.
 pub(super) fn listen_lines(listeners: &[Listener], upstream: &str) -> String {
     let is_path =
         |l: &Listener| l.key == "ListenStream" && RPCBIND_PATHS.contains(&l.value.as_str());
@@ -116,11 +126,25 @@ pub(super) fn listen_lines(listeners: &[Listener], upstream: &str) -> String {
     if !listeners.iter().any(is_path) {
         lines.push(format!("ListenStream={upstream}"));
     }
-    for l in listeners {
+    for l in listeners.iter().filter(|l| !is_abstract(l)) {
         let value = if is_path(l) { upstream } else { &l.value };
         lines.push(format!("{}={value}", l.key));
     }
     lines.join("\n")
+}
+
+fn is_abstract(l: &Listener) -> bool {
+    l.key == "ListenStream" && RPCBIND_ABSTRACT.contains(&l.value.as_str())
+}
+
+/// rpcbind's abstract name, as its units set it, if they do: in
+/// transparent mode the proxy's socket unit listens there instead (a
+/// client that finds it goes no further), and rpcbind does not.
+pub(super) fn abstract_name(listeners: &[Listener]) -> Option<&str> {
+    listeners
+        .iter()
+        .find(|l| is_abstract(l))
+        .map(|l| l.value.as_str())
 }
 
 /// `text`'s setting and section lines, as systemd's parser sees them:
@@ -236,23 +260,25 @@ mod tests {
     }
 
     #[test]
-    fn extra_listeners_and_the_abstract_name_stay_in_order() {
+    fn extra_listeners_stay_in_order_and_the_abstract_name_goes_to_the_proxy() {
         let extra = "[Socket]\n# a second address\nListenStream=192.0.2.1:111\n\
-            ListenSequentialPacket=@/run/rpcbind.sock\nListenStream=@/run/rpcbind.sock\n";
-        let lines = derive(&[
+            ListenSequentialPacket=@/run/other.sock\nListenStream=@/run/rpcbind.sock\n";
+        let files = [
             file(UNIT, DEBIAN),
             file(&format!("{DIR}20-extra.conf"), extra),
-        ])
-        .unwrap();
+        ];
+        let lines = derive(&files).unwrap();
         assert_eq!(
             lines[6..],
             [
                 "ListenStream=192.0.2.1:111",
-                "ListenSequentialPacket=@/run/rpcbind.sock",
-                "ListenStream=@/run/rpcbind.sock",
+                "ListenSequentialPacket=@/run/other.sock",
             ]
         );
         assert_eq!(lines[1], "ListenStream=/run/rpcbind/upstream.sock");
+        let all = listeners(&files, OURS).unwrap();
+        assert_eq!(abstract_name(&all), Some("@/run/rpcbind.sock"));
+        assert_eq!(abstract_name(&all[..6]), None);
     }
 
     #[test]

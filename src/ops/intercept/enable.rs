@@ -9,7 +9,9 @@ use super::*;
 pub(super) fn enable(control: &Path) -> Result<(), String> {
     preconditions("enable")?;
     let bin = this_binary()?;
-    let files = drop_ins(Path::new(UNIT_DIR), &bin, &rpcbind_listen()?);
+    let derived = rpcbind_listen()?;
+    let files = drop_ins(Path::new(UNIT_DIR), &bin, &derived);
+    let abstract_name = derived.abstract_name.as_deref();
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
     let written = files
@@ -19,6 +21,7 @@ pub(super) fn enable(control: &Path) -> Result<(), String> {
         && daemon_intercepting(control)
         && answers_null(upstream)
         && systemd_holds(upstream) != Some(false)
+        && !abstract_elsewhere(abstract_name)
     {
         println!("transparent mode is already on");
         return Ok(());
@@ -37,7 +40,7 @@ pub(super) fn enable(control: &Path) -> Result<(), String> {
         ));
     }
     let mut done = rollback::Changes::default();
-    match enable_steps(control, &files, link, &mut done) {
+    match enable_steps(control, &files, link, abstract_name, &mut done) {
         Ok(()) => {
             println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
             Ok(())
@@ -52,6 +55,7 @@ fn enable_steps(
     control: &Path,
     files: &[(PathBuf, String)],
     link: bool,
+    abstract_name: Option<&str>,
     done: &mut rollback::Changes,
 ) -> Result<(), (String, String)> {
     let upstream = Path::new(UPSTREAM_SOCKET);
@@ -83,14 +87,17 @@ fn enable_steps(
     //    `disable` lost it), and then rpcbind, restarted by anyone, would
     //    bind /run/rpcbind.sock again and take it from the proxy. Restarted
     //    now, rpcbind.socket binds the upstream path itself; rpcbind's warm
-    //    start (-w) keeps its registrations.
-    if systemd_holds(upstream) == Some(false) {
+    //    start (-w) keeps its registrations. Restarted too when rpcbind
+    //    listens on the abstract name its units set, which the proxy's
+    //    socket unit takes over: rpcbind lets go of it only when it stops
+    //    (meanwhile clients that find no one there use the path).
+    if systemd_holds(upstream) == Some(false) || abstract_elsewhere(abstract_name) {
         done.restarting_rpcbind();
         systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]).map_err(step(
             4,
             "restart rpcbind.socket so that systemd holds rpcbind's socket",
         ))?;
-        println!("restarted rpcbind.socket and rpcbind.service: systemd holds rpcbind's socket at {UPSTREAM_SOCKET} now");
+        println!("restarted rpcbind.socket and rpcbind.service: systemd holds rpcbind's socket at {UPSTREAM_SOCKET}{}", abstract_name.map_or(String::new(), |n| format!(", and rpcbind lets go of {n}")));
     }
     // 5. The proxy's units: the socket unit takes /run/rpcbind.sock (systemd
     //    replaces the path; clients queue on it meanwhile), the daemon starts

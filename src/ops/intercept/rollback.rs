@@ -85,6 +85,7 @@ impl Changes {
         // and those that ran start again once reloaded.
         let mut reload = false;
         let mut start: Vec<&'static str> = Vec::new();
+        let mut restart_rpcbind = false;
         for change in self.0.into_iter().rev() {
             match change {
                 Change::Restarted { ran } => {
@@ -109,13 +110,15 @@ impl Changes {
                     // rpcbind listens on the upstream path alone now: it
                     // gets its usual name back before the units are
                     // reloaded, so that systemd matches its socket to that
-                    // name by the file both share (and it cannot be
-                    // restarted back: that is a second outage).
+                    // name by the file both share; once the units are as
+                    // before, rpcbind.socket restarts again to bind its
+                    // own listeners (its path, its abstract name).
                     if let Err(e) = hand_back(upstream, public) {
                         left.push(format!(
                             "{DEFAULT_RPCBIND_SOCKET} is not rpcbind's socket: {e}"
                         ));
                     }
+                    restart_rpcbind = true;
                 }
                 Change::Reloaded => reload = true,
                 Change::Wrote {
@@ -166,6 +169,13 @@ impl Changes {
             }
         }
         settle(&mut reload, &mut start, &mut left);
+        if restart_rpcbind {
+            if let Err(e) = systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]) {
+                left.push(format!(
+                    "rpcbind.socket still binds what the proxy's drop-in set ({e}): run `systemctl restart rpcbind.socket rpcbind.service`"
+                ));
+            }
+        }
         let failed = format!(
             "intercept enable failed at {step}: {}",
             why.trim_end_matches('.')

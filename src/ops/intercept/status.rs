@@ -36,17 +36,21 @@ impl Checklist {
         let files = drop_ins(
             Path::new(UNIT_DIR),
             &bin,
-            listen.as_deref().unwrap_or_default(),
+            &listen.clone().unwrap_or_default(),
         );
         let mut parts: Vec<(String, bool)> = files
             .iter()
             .map(|(p, _)| (format!("drop-in {}", p.display()), p.exists()))
             .collect();
         // rpcbind.socket's drop-in repeats the listeners its units set at
-        // `enable`: if they changed since, it no longer matches.
+        // `enable` (and the proxy's socket unit takes its abstract name):
+        // if they changed since, the drop-ins no longer match.
         let (rpcbind_drop_in, wanted) = &files[0];
+        let (proxy_drop_in, proxy_wanted) = &files[1];
+        let proxy_matches = std::fs::read_to_string(proxy_drop_in)
+            .map_or(true, |text| text == *proxy_wanted);
         let stale = match (&listen, std::fs::read_to_string(rpcbind_drop_in)) {
-            (Ok(_), Ok(text)) if text == *wanted => None,
+            (Ok(_), Ok(text)) if text == *wanted && proxy_matches => None,
             (Ok(_), Ok(_)) => Some(
                 "rpcbind.socket's units changed since `enable`: run `rpcbind-proxy intercept enable` again to derive its drop-in anew".to_owned(),
             ),
@@ -80,6 +84,27 @@ impl Checklist {
             // one rpcbind bound there itself.
             listens_on_public && !same_file(public, upstream) && !rpcbind_listens(public),
         ));
+        // The abstract name libtirpc >= 1.3.4 and the kernel try first:
+        // whoever listens there gets those clients, around the proxy.
+        let name = listen
+            .as_ref()
+            .ok()
+            .and_then(|d| d.abstract_name.clone())
+            .unwrap_or_else(|| "@/run/rpcbind.sock".into());
+        match abstract_holders(&name) {
+            None => {} // no one: clients go on to the path
+            Some(h) if h.is_empty() => unknown.push(format!("rpcbind-proxy holds {name}")),
+            Some(h) if h.iter().any(|c| c == "rpcbind-proxy") => {
+                parts.push((format!("rpcbind-proxy holds {name}"), true));
+            }
+            Some(h) => parts.push((
+                format!(
+                    "rpcbind-proxy holds {name} (held by {}: clients that try it first bypass the proxy)",
+                    h.join(", ")
+                ),
+                false,
+            )),
+        }
         parts.push((
             "rpcbind-proxy redirects port 111 (nftables table inet rpcbind_proxy)".into(),
             daemon.is_some_and(|s| s.intercept.active()),
