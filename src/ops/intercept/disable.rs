@@ -5,6 +5,8 @@ use std::io;
 use std::path::Path;
 
 use super::*;
+use crate::config::NAT_KEEPER_TABLE;
+use crate::host::netfilter;
 
 /// Points /run/rpcbind.sock (`public`) back at rpcbind's live socket, known
 /// as `upstream`, in one step; nothing to do when it names it already.
@@ -28,6 +30,22 @@ pub(super) fn stop_proxy() -> Result<(), String> {
     systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])
 }
 
+/// Removes the NAT keeper the daemon made in transparent mode (it outlives
+/// the daemon, see ARCHITECTURE.md, "The order of a death"), and says so
+/// when there was one.
+pub(super) fn remove_nat_keeper() -> Result<(), String> {
+    match netfilter::delete_table(NAT_KEEPER_TABLE) {
+        Ok(true) => {
+            println!("removed nftables table inet {NAT_KEEPER_TABLE}");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot remove nftables table inet {NAT_KEEPER_TABLE}: {e}"
+        )),
+    }
+}
+
 pub(super) fn disable() -> Result<(), String> {
     preconditions("disable")?;
     let files = drop_ins(Path::new(UNIT_DIR), "", "");
@@ -36,6 +54,8 @@ pub(super) fn disable() -> Result<(), String> {
     let any_drop_in = files.iter().any(|(p, _)| p.exists());
     let handed_back = !upstream.exists();
     if !any_drop_in && handed_back {
+        // A keeper left by an earlier, partly failed `disable` goes too.
+        remove_nat_keeper()?;
         println!("transparent mode is already off");
         return Ok(());
     }
@@ -52,7 +72,8 @@ pub(super) fn disable() -> Result<(), String> {
         }
     }
     // 2. The daemon and its socket unit stop.
-    if let Err(e) = stop_proxy() {
+    let stopped = stop_proxy();
+    if let Err(e) = &stopped {
         failed.push(format!("step 2 (stop rpcbind-proxy) failed: {e}"));
     }
     // 3. rpcbind's second name, which `enable` made, or its own path if it
@@ -84,6 +105,16 @@ pub(super) fn disable() -> Result<(), String> {
         failed.push(format!(
             "step 5 (start rpcbind-proxy on its defaults) failed: {e}"
         ));
+    }
+    // 6. The NAT keeper, once no daemon of ours intercepts: the daemon
+    //    started on its defaults makes none.
+    let step = format!("step 6 (remove nftables table inet {NAT_KEEPER_TABLE})");
+    if stopped.is_err() {
+        failed.push(format!(
+            "{step} not done: rpcbind-proxy did not stop (step 2)"
+        ));
+    } else if let Err(e) = remove_nat_keeper() {
+        failed.push(format!("{step} failed: {e}"));
     }
     match failed.split_last() {
         None => {
