@@ -71,10 +71,19 @@ pub(super) fn disable() -> Result<(), String> {
             println!("{DEFAULT_RPCBIND_SOCKET} is rpcbind's again");
         }
     }
-    // 2. The daemon and its socket unit stop.
-    let stopped = stop_proxy();
-    if let Err(e) = &stopped {
+    // 2. The NAT keeper goes first, while the daemon's own table still
+    //    keeps NAT on; then the daemon and its socket unit stop, and with
+    //    its table the kernel's NAT and conntrack hooks go (unless others
+    //    use them). Removed after the stop, the keeper would leave the
+    //    flows redirected earlier bound to port 1111, where nothing listens
+    //    any more: a root client's UDP lookup from a reserved port it used
+    //    before (same flow) was refused (11 in one e2e run).
+    let keeper = remove_nat_keeper();
+    if let Err(e) = stop_proxy() {
         failed.push(format!("step 2 (stop rpcbind-proxy) failed: {e}"));
+    }
+    if let Err(e) = keeper {
+        failed.push(format!("step 2 (remove the NAT keeper) failed: {e}"));
     }
     // 3. rpcbind's second name, which `enable` made, or its own path if it
     //    restarted meanwhile (/run/rpcbind.sock names the same socket now):
@@ -105,16 +114,6 @@ pub(super) fn disable() -> Result<(), String> {
         failed.push(format!(
             "step 5 (start rpcbind-proxy on its defaults) failed: {e}"
         ));
-    }
-    // 6. The NAT keeper, once no daemon of ours intercepts: the daemon
-    //    started on its defaults makes none.
-    let step = format!("step 6 (remove nftables table inet {NAT_KEEPER_TABLE})");
-    if stopped.is_err() {
-        failed.push(format!(
-            "{step} not done: rpcbind-proxy did not stop (step 2)"
-        ));
-    } else if let Err(e) = remove_nat_keeper() {
-        failed.push(format!("{step} failed: {e}"));
     }
     match failed.split_last() {
         None => {

@@ -70,8 +70,8 @@ fn enable_steps(
     //    replaces the path; clients queue on it meanwhile), the daemon starts
     //    in transparent mode and installs its table.
     let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
-    done.keeping_nat_hooks();
     done.restarting();
+    done.keeping_nat_hooks();
     let mut args = vec!["restart"];
     args.extend(PROXY_UNITS);
     systemctl(&args).map_err(step(4, restart))?;

@@ -112,7 +112,7 @@ impl Changes {
                     start = ran;
                 }
                 Change::Reloaded => reload = true,
-                // Undone after `Restarted`: the proxy has stopped.
+                // Undone before `Restarted` (see `disable`, step 2).
                 Change::NatKeeper => {
                     if let Err(e) = remove_nat_keeper() {
                         left.push(format!("{e}: {by_hand}"));
