@@ -34,6 +34,10 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// The packet mark of the daemon's own sockets to rpcbind in transparent
 /// mode ("RP" in ASCII): the redirect rules let marked packets through.
 pub const DEFAULT_INTERCEPT_MARK: u32 = 0x5250;
+/// The nftables table (family inet, not owned) that the daemon makes in
+/// transparent mode to keep the kernel's NAT hooks on once its own table is
+/// gone; it outlives the daemon and `intercept disable` removes it.
+pub const NAT_KEEPER_TABLE: &str = "rpcbind_proxy_nat";
 /// Stream loops, one per CPU (at most [`MAX_AUTO_THREADS`]): on the 2-core
 /// machine the load harness runs on, two loops answered 1.05x the zero-work
 /// floor's TCP hits against 0.73x for one (BENCHMARKS.md).

@@ -27,7 +27,7 @@ use super::control;
 use super::error::StartError;
 use super::reload::apply;
 use super::supervise::supervise;
-use super::transparent::{intercept_rules, stand_in_socket, INTERCEPT_TABLE};
+use super::transparent::{intercept_rules, keep_nat_hooks, stand_in_socket, INTERCEPT_TABLE};
 
 /// How long a stopping daemon waits for calls in flight.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -149,6 +149,7 @@ impl Daemon {
         let listeners_up_to = bound.iter().map(|(_, b)| b.as_raw_fd()).max().unwrap_or(0);
         let (streams, datagrams) = start_threads(bound, &config, &proxy)?;
         if let Some(rules) = &redirects {
+            keep_nat_hooks();
             let table = redirect(rules, listeners_up_to)?;
             *intercept.lock().unwrap_or_else(PoisonError::into_inner) = Some(table);
             proxy.set_redirected(true);

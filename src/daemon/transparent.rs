@@ -3,14 +3,28 @@
 
 use tracing::warn;
 
-use crate::config::Config;
-use crate::host::netfilter::{InterceptRules, Redirect};
+use crate::config::{Config, NAT_KEEPER_TABLE};
+use crate::host::netfilter::{self, InterceptRules, Redirect};
 use crate::proxy::listen::ListenSpec;
 
 use super::error::StartError;
 
 /// The nftables table of transparent mode (family inet).
 pub const INTERCEPT_TABLE: &str = "rpcbind_proxy";
+
+/// Makes the NAT keeper before the redirect table (see ARCHITECTURE.md,
+/// "The order of a death"). Without it a client whose connection the
+/// daemon held when it died may wait for ever; the redirect still works,
+/// so a failure is said and start-up goes on.
+pub(super) fn keep_nat_hooks() {
+    if let Err(e) = netfilter::keep_nat_hooks(NAT_KEEPER_TABLE) {
+        warn!(
+            table = %format!("inet {NAT_KEEPER_TABLE}"),
+            error = %e,
+            "cannot keep the NAT hooks beyond this process: if it dies, a client connected to it may wait until its own timeout"
+        );
+    }
+}
 
 /// The path of rpcbind's usual unix socket when the proxy listens there in
 /// its place (transparent mode), so answers name it instead of the path

@@ -107,13 +107,16 @@ struct Derived {
 /// Each drop-in's path and the text it must hold, from what
 /// `rpcbind_listen` derived.
 fn drop_ins(unit_dir: &Path, bin: &str, derived: &Derived) -> Vec<(PathBuf, String)> {
-    let abstract_line = derived.abstract_name.as_ref().map_or(String::new(), |name| {
-        format!(
-            "# rpcbind's abstract name, which its units set (libtirpc >= 1.3.4 and the\n\
+    let abstract_line = derived
+        .abstract_name
+        .as_ref()
+        .map_or(String::new(), |name| {
+            format!(
+                "# rpcbind's abstract name, which its units set (libtirpc >= 1.3.4 and the\n\
              # kernel try it first); rpcbind no longer listens there.\n\
              ListenStream={name}"
-        )
-    });
+            )
+        });
     DROP_INS
         .iter()
         .map(|(unit, text)| {

@@ -53,10 +53,17 @@ pub(super) const NFT_META_MARK: u32 = 3;
 pub(super) const NFT_META_NFPROTO: u32 = 15;
 pub(super) const NFT_META_L4PROTO: u32 = 16;
 
+pub(super) const NFTA_CT_DREG: u16 = 1;
+pub(super) const NFTA_CT_KEY: u16 = 2;
+pub(super) const NFT_CT_STATE: u32 = 0;
+/// `ct state new` (`NF_CT_STATE_BIT(IP_CT_NEW)`), a host-endian u32 in the register.
+pub(super) const CT_STATE_NEW: u32 = 1 << 3;
+
 pub(super) const NFTA_CMP_SREG: u16 = 1;
 pub(super) const NFTA_CMP_OP: u16 = 2;
 pub(super) const NFTA_CMP_DATA: u16 = 3;
 pub(super) const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_NEQ: u32 = 1;
 
 pub(super) const NFTA_PAYLOAD_DREG: u16 = 1;
 pub(super) const NFTA_PAYLOAD_BASE: u16 = 2;
@@ -109,6 +116,14 @@ pub(super) const COMMENT_MAX: usize = 200;
 pub(super) const CHAIN: &str = "output";
 /// `priority -100` (dstnat), as nft's `type nat hook output priority -100`.
 pub(super) const CHAIN_PRIORITY: i32 = -100;
+
+/// The chain of the NAT keeper table, and its priority (after the
+/// redirect's, which it never needs to precede: it decides nothing).
+pub(super) const KEEPER_CHAIN: &str = "output";
+pub(super) const KEEPER_PRIORITY: i32 = 100;
+/// The keeper rule's comment, what an administrator reading the ruleset sees.
+pub(super) const KEEPER_COMMENT: &str =
+    "rpcbind-proxy: no verdict; keeps conntrack and NAT on so that its redirected connections are reset properly when it dies";
 
 /// Upper bound on what one dump may accumulate (messages and bytes).
 pub(super) const DUMP_MAX_MSGS: usize = 4096;

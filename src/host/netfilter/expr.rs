@@ -78,6 +78,74 @@ pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg
     Ok(out)
 }
 
+/// The NAT keeper: table `inet <table>` (no owner, created if missing), a
+/// `nat` chain on the `output` hook, and in it exactly one rule,
+/// `ct state new`, with no statement and no verdict. Any rules the chain
+/// held are flushed in the same batch, so a start that finds the table
+/// (every start after the first) leaves it as the first one made it.
+///
+/// Why both: the kernel registers its NAT hooks for a family while any
+/// `nat` chain of it exists (`nf_nat_register_fn`), and conntrack's hooks
+/// while any expression holds a reference to it (`nf_ct_netns_get`: the
+/// redirect and `ct` expressions, not a chain). Measured with the owner
+/// table's holder SIGKILLed: an empty nat chain alone kept nothing (the
+/// reset still left untranslated); the chain with this rule kept both, and
+/// the client saw its reset.
+pub(super) fn build_keeper_batch(table: &str) -> Result<Vec<BatchMsg>, NetfilterError> {
+    check_name(table, "table name")?;
+    let mut out = Vec::new();
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_TABLE_NAME, table);
+    out.push(BatchMsg {
+        msg_type: NFT_MSG_NEWTABLE,
+        flags: NLM_F_CREATE,
+        attrs: a.into_bytes(),
+        op: Op::NewKeeperTable,
+    });
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_CHAIN_TABLE, table);
+    a.put_str(NFTA_CHAIN_NAME, KEEPER_CHAIN);
+    let hook = a.nest_start(NFTA_CHAIN_HOOK);
+    a.put_u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
+    a.put_u32_be(NFTA_HOOK_PRIORITY, KEEPER_PRIORITY as u32);
+    a.nest_end(hook);
+    a.put_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
+    a.put_str(NFTA_CHAIN_TYPE, "nat");
+    out.push(BatchMsg {
+        msg_type: NFT_MSG_NEWCHAIN,
+        flags: NLM_F_CREATE,
+        attrs: a.into_bytes(),
+        op: Op::NewChain,
+    });
+    // DELRULE naming only the chain deletes every rule in it.
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_RULE_TABLE, table);
+    a.put_str(NFTA_RULE_CHAIN, KEEPER_CHAIN);
+    out.push(BatchMsg {
+        msg_type: NFT_MSG_DELRULE,
+        flags: 0,
+        attrs: a.into_bytes(),
+        op: Op::FlushChain,
+    });
+    // As nft encodes `ct state new`: (state & NEW) != 0.
+    let exprs = [
+        Expr::CtState,
+        Expr::Bitwise {
+            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::CmpNeq(vec![0; 4]),
+    ];
+    out.push(rule_msg_in(
+        table,
+        KEEPER_CHAIN,
+        &exprs,
+        Some(KEEPER_COMMENT),
+        Op::NewKeeperRule,
+    )?);
+    Ok(out)
+}
+
 /// The expressions nft generates for
 /// `ip[6] daddr A tcp|udp dport 111 counter redirect to :PORT`, with
 /// `tcp flags & (fin|syn|rst|ack) == syn` after the dport for TCP.
@@ -149,7 +217,10 @@ pub(super) enum Expr {
         offset: u32,
         len: u32,
     },
+    /// `ct state`: the packet's conntrack state bits.
+    CtState,
     CmpEq(Vec<u8>),
+    CmpNeq(Vec<u8>),
     /// `reg = (reg & mask) ^ xor`, over `mask.len()` bytes.
     Bitwise {
         mask: Vec<u8>,
@@ -167,7 +238,8 @@ impl Expr {
         let name = match self {
             Expr::Meta { .. } => "meta",
             Expr::Payload { .. } => "payload",
-            Expr::CmpEq(_) => "cmp",
+            Expr::CtState => "ct",
+            Expr::CmpEq(_) | Expr::CmpNeq(_) => "cmp",
             Expr::Bitwise { .. } => "bitwise",
             Expr::Counter => "counter",
             Expr::ImmediateData(_) | Expr::Return => "immediate",
@@ -186,9 +258,17 @@ impl Expr {
                 a.put_u32_be(NFTA_PAYLOAD_OFFSET, *offset);
                 a.put_u32_be(NFTA_PAYLOAD_LEN, *len);
             }
-            Expr::CmpEq(value) => {
+            Expr::CtState => {
+                a.put_u32_be(NFTA_CT_DREG, NFT_REG_1);
+                a.put_u32_be(NFTA_CT_KEY, NFT_CT_STATE);
+            }
+            Expr::CmpEq(value) | Expr::CmpNeq(value) => {
+                let op = match self {
+                    Expr::CmpEq(_) => NFT_CMP_EQ,
+                    _ => NFT_CMP_NEQ,
+                };
                 a.put_u32_be(NFTA_CMP_SREG, NFT_REG_1);
-                a.put_u32_be(NFTA_CMP_OP, NFT_CMP_EQ);
+                a.put_u32_be(NFTA_CMP_OP, op);
                 let d = a.nest_start(NFTA_CMP_DATA);
                 a.put(NFTA_DATA_VALUE, value);
                 a.nest_end(d);
@@ -239,9 +319,19 @@ pub(super) fn rule_msg(
     comment: Option<&str>,
     op: Op,
 ) -> Result<BatchMsg, NetfilterError> {
+    rule_msg_in(table, CHAIN, exprs, comment, op)
+}
+
+fn rule_msg_in(
+    table: &str,
+    chain: &str,
+    exprs: &[Expr],
+    comment: Option<&str>,
+    op: Op,
+) -> Result<BatchMsg, NetfilterError> {
     let mut a = AttrBuf::new();
     a.put_str(NFTA_RULE_TABLE, table);
-    a.put_str(NFTA_RULE_CHAIN, CHAIN);
+    a.put_str(NFTA_RULE_CHAIN, chain);
     let list = a.nest_start(NFTA_RULE_EXPRESSIONS);
     for e in exprs {
         e.encode(&mut a);

@@ -13,6 +13,13 @@
 //! parsed here (`expr`, `socket`) on top of `host::netlink`, with `libc`
 //! only; every length that comes from the kernel is bounded before use.
 //!
+//! The owner table's going takes the kernel's NAT and conntrack hooks with
+//! it when nothing else uses them, and then the reset of a connection the
+//! dead process held leaves without its reverse translation (from the
+//! proxy's port, not 111), which the client ignores. [`keep_nat_hooks`]
+//! makes a second table, not owned, whose one rule has no verdict and only
+//! keeps those hooks registered; [`delete_table`] removes it.
+//!
 //! Files: this one is the public API; `expr` builds the install batch and
 //! its expressions and parses dumped rules; `socket` makes the batch,
 //! request and dump messages, reads the kernel's answers (the exchanges run
@@ -313,6 +320,42 @@ pub fn table_exists(name: &str) -> Result<bool, NetfilterError> {
     }
 }
 
+/// Makes table `inet <name>` the NAT keeper, creating it if missing: one
+/// `nat` chain (hook output) holding one rule with no statement and no
+/// verdict, `ct state new`, which keeps the kernel's NAT and conntrack
+/// hooks registered for IPv4 and IPv6 while the table exists. So when the
+/// owner table goes with its process, the flows it redirected keep their
+/// translation both ways: a reset the kernel sends for the dead process's
+/// connection reaches the client as coming from port 111, and the client
+/// sees its connection reset at once. It redirects nothing itself and
+/// outlives the process (it is not owned). One batch on a fresh socket;
+/// calling it again leaves the table exactly as the first call made it.
+pub fn keep_nat_hooks(name: &str) -> Result<(), NetfilterError> {
+    let batch = build_keeper_batch(name)?;
+    let sock = NlSocket::open()?;
+    sock.batch(&batch).map_err(|f| f.into_error(name))
+}
+
+/// Deletes table `inet <name>`; `Ok(false)` when there was none. A table
+/// another process owns cannot be deleted (`PermissionDenied`).
+pub fn delete_table(name: &str) -> Result<bool, NetfilterError> {
+    check_name(name, "table name")?;
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_TABLE_NAME, name);
+    let batch = [BatchMsg {
+        msg_type: NFT_MSG_DELTABLE,
+        flags: 0,
+        attrs: a.into_bytes(),
+        op: Op::DelTable,
+    }];
+    let sock = NlSocket::open()?;
+    match sock.batch(&batch).map_err(|f| f.into_error(name)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// SO_MARK, which exempts a socket from the redirect, where callers of this
 /// module look for it; it lives with the other socket options.
 pub use super::sys::set_mark;
@@ -329,6 +372,9 @@ enum Op {
     NewRule(String),
     DelRule(String),
     DelTable,
+    NewKeeperTable,
+    FlushChain,
+    NewKeeperRule,
     End,
 }
 
@@ -351,6 +397,9 @@ impl fmt::Display for Op {
             Op::NewRule(l) => write!(f, "NEWRULE ({l})"),
             Op::DelRule(l) => write!(f, "DELRULE ({l})"),
             Op::DelTable => f.write_str("DELTABLE"),
+            Op::NewKeeperTable => f.write_str("NEWTABLE (NAT keeper)"),
+            Op::FlushChain => write!(f, "DELRULE (flush chain {KEEPER_CHAIN})"),
+            Op::NewKeeperRule => f.write_str("NEWRULE (ct state new)"),
             Op::End => f.write_str("batch commit"),
         }
     }

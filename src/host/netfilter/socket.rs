@@ -83,6 +83,9 @@ pub(super) fn map_batch_error(
                 ),
             }
         }
+        (Op::NewKeeperRule, libc::ENOENT | libc::EOPNOTSUPP) => NetfilterError::Unavailable {
+            detail: format!("{op}: {} (module nft_ct missing?)", errno_text(errno)),
+        },
         (_, libc::EPERM) => NetfilterError::PermissionDenied,
         _ => NetfilterError::Kernel {
             op: format!("{op} on table inet {table}"),

@@ -120,6 +120,37 @@ fn rule_exprs(m: &BatchMsg) -> (Vec<String>, Vec<Vec<u8>>) {
     (names, values)
 }
 
+/// The keeper: a table without the owner flag and a chain, both made only if
+/// missing (no NLM_F_EXCL), its rules flushed, and one rule that only
+/// reads the conntrack state: no redirect, no verdict.
+#[test]
+fn keeper_batch_is_idempotent_and_decides_nothing() {
+    let b = build_keeper_batch("rpcbind_proxy_nat").unwrap();
+    let ops: Vec<String> = b.iter().map(|m| m.op.to_string()).collect();
+    assert_eq!(
+        ops,
+        [
+            "NEWTABLE (NAT keeper)",
+            "NEWCHAIN output",
+            "DELRULE (flush chain output)",
+            "NEWRULE (ct state new)"
+        ]
+    );
+    assert!(b.iter().all(|m| m.flags & NLM_F_EXCL == 0));
+    let t: Vec<_> = attrs(&b[0].attrs).map(Result::unwrap).collect();
+    assert_eq!(t, [(NFTA_TABLE_NAME, &b"rpcbind_proxy_nat\0"[..])]);
+    let flush: Vec<u16> = attrs(&b[2].attrs).map(|a| a.unwrap().0).collect();
+    assert_eq!(
+        flush,
+        [NFTA_RULE_TABLE, NFTA_RULE_CHAIN],
+        "no handle: every rule"
+    );
+    let (names, values) = rule_exprs(&b[3]);
+    assert_eq!(names, ["ct", "bitwise", "cmp"]);
+    assert_eq!(values, [vec![0; 4]]);
+    assert!(build_keeper_batch("").is_err());
+}
+
 /// Parses our own NEWRULEs back: the redirect port, the protocol, and for
 /// TCP the pure-SYN match.
 #[test]

@@ -5,6 +5,8 @@ use std::io;
 use std::path::Path;
 
 use super::*;
+use crate::config::NAT_KEEPER_TABLE;
+use crate::host::netfilter;
 
 /// Points /run/rpcbind.sock (`public`) back at rpcbind's live socket, known
 /// as `upstream`, in one step; nothing to do when it names it already, or
@@ -30,6 +32,22 @@ pub(super) fn stop_proxy() -> Result<(), String> {
     systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])
 }
 
+/// Removes the NAT keeper the daemon made in transparent mode (it outlives
+/// the daemon, see ARCHITECTURE.md, "The order of a death"), and says so
+/// when there was one.
+pub(super) fn remove_nat_keeper() -> Result<(), String> {
+    match netfilter::delete_table(NAT_KEEPER_TABLE) {
+        Ok(true) => {
+            println!("removed nftables table inet {NAT_KEEPER_TABLE}");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot remove nftables table inet {NAT_KEEPER_TABLE}: {e}"
+        )),
+    }
+}
+
 pub(super) fn disable() -> Result<(), String> {
     preconditions("disable")?;
     let files = drop_ins(Path::new(UNIT_DIR), "", &Derived::default());
@@ -38,6 +56,8 @@ pub(super) fn disable() -> Result<(), String> {
     let any_drop_in = files.iter().any(|(p, _)| p.exists());
     let handed_back = !upstream.exists();
     if !any_drop_in && handed_back {
+        // A keeper left by an earlier, partly failed `disable` goes too.
+        remove_nat_keeper()?;
         println!("transparent mode is already off");
         return Ok(());
     }
@@ -76,9 +96,19 @@ pub(super) fn disable() -> Result<(), String> {
             )),
         }
     }
-    // 3. The daemon and its socket unit stop.
+    // 3. The NAT keeper goes first, while the daemon's own table still
+    //    keeps NAT on; then the daemon and its socket unit stop, and with
+    //    its table the kernel's NAT and conntrack hooks go (unless others
+    //    use them). Removed after the stop, the keeper would leave the
+    //    flows redirected earlier bound to port 1111, where nothing listens
+    //    any more: a root client's UDP lookup from a reserved port it used
+    //    before (same flow) was refused (11 in one e2e run).
+    let keeper = remove_nat_keeper();
     if let Err(e) = stop_proxy() {
         failed.push(format!("step 3 (stop rpcbind-proxy) failed: {e}"));
+    }
+    if let Err(e) = keeper {
+        failed.push(format!("step 3 (remove the NAT keeper) failed: {e}"));
     }
     // 4. The units as they were, reloaded while /run/rpcbind.sock and the
     //    upstream path still name the same socket: systemd then matches the

@@ -104,6 +104,7 @@ fn enable_steps(
     //    in transparent mode and installs its table.
     let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
     done.restarting();
+    done.keeping_nat_hooks();
     let mut args = vec!["restart"];
     args.extend(PROXY_UNITS);
     systemctl(&args).map_err(step(5, restart))?;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::disable::{hand_back, release_upstream_name, stop_proxy};
+use super::disable::{hand_back, release_upstream_name, remove_nat_keeper, stop_proxy};
 use super::{same_file, systemctl, PROXY_UNITS, UPSTREAM_SOCKET};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
 
@@ -25,6 +25,9 @@ enum Change {
     },
     /// systemd reloaded the units.
     Reloaded,
+    /// The daemon started in transparent mode, which makes the NAT keeper
+    /// table, where there was none.
+    NatKeeper,
     /// The proxy's units restarted; `ran`: those active before.
     Restarted { ran: Vec<&'static str> },
     /// rpcbind.socket and rpcbind.service restarted on the upstream path.
@@ -62,6 +65,16 @@ impl Changes {
     /// Before rpcbind.socket and rpcbind.service are restarted.
     pub(super) fn restarting_rpcbind(&mut self) {
         self.0.push(Change::RestartedRpcbind);
+    }
+
+    /// Before the proxy's units are restarted: the daemon they start makes
+    /// the NAT keeper, to be removed again if there was none. (A keeper that
+    /// cannot be looked up is left alone.)
+    pub(super) fn keeping_nat_hooks(&mut self) {
+        let table = crate::config::NAT_KEEPER_TABLE;
+        if matches!(crate::host::netfilter::table_exists(table), Ok(false)) {
+            self.0.push(Change::NatKeeper);
+        }
     }
 
     /// Before the proxy's units are restarted.
@@ -121,6 +134,12 @@ impl Changes {
                     restart_rpcbind = true;
                 }
                 Change::Reloaded => reload = true,
+                // Undone before `Restarted` (see `disable`, step 2).
+                Change::NatKeeper => {
+                    if let Err(e) = remove_nat_keeper() {
+                        left.push(format!("{e}: {by_hand}"));
+                    }
+                }
                 Change::Wrote {
                     path,
                     before,

@@ -47,8 +47,8 @@ impl Checklist {
         // if they changed since, the drop-ins no longer match.
         let (rpcbind_drop_in, wanted) = &files[0];
         let (proxy_drop_in, proxy_wanted) = &files[1];
-        let proxy_matches = std::fs::read_to_string(proxy_drop_in)
-            .map_or(true, |text| text == *proxy_wanted);
+        let proxy_matches =
+            std::fs::read_to_string(proxy_drop_in).map_or(true, |text| text == *proxy_wanted);
         let stale = match (&listen, std::fs::read_to_string(rpcbind_drop_in)) {
             (Ok(_), Ok(text)) if text == *wanted && proxy_matches => None,
             (Ok(_), Ok(_)) => Some(
