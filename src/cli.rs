@@ -246,6 +246,21 @@ pub enum InterceptAction {
     /// Which parts of transparent mode are in place (exit 0 on, 3 off, 1
     /// partly on).
     Status,
+    /// Hand /run/rpcbind.sock back to rpcbind while the daemon is down (the
+    /// unix fail-safe).
+    ///
+    /// The service runs it after every stop: unless the daemon stopped
+    /// cleanly ($SERVICE_RESULT `success`), /run/rpcbind.sock becomes
+    /// rpcbind's live socket again in one rename (the proxy's socket keeps a
+    /// second name), so unix clients reach rpcbind while the daemon is down;
+    /// a second failure before the daemon was ready stops
+    /// rpcbind-proxy.socket. Without systemd, run it when the daemon exits.
+    /// Does nothing with transparent mode off; idempotent.
+    FailOpen,
+    /// Point /run/rpcbind.sock at rpcbind-proxy again after `fail-open`.
+    ///
+    /// The service runs it once the daemon is ready. Idempotent.
+    Reclaim,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@
 //!   re-checked by `status`);
 //!   rpcbind-proxy.socket takes /run/rpcbind.sock and [::1]:1111;
 //!   rpcbind-proxy.service runs `serve --intercept` with CAP_NET_ADMIN
-//!   and a 5 s watchdog;
+//!   and a 5 s watchdog, and the unix fail-safe (`failsafe`: rpcbind
+//!   serves /run/rpcbind.sock while the daemon is down);
 //! - the running rpcbind reachable at /run/rpcbind/upstream.sock;
 //! - the daemon running with its redirect table in place.
 //!
@@ -36,6 +37,7 @@
 mod disable;
 mod dropin;
 mod enable;
+mod failsafe;
 mod rollback;
 mod status;
 
@@ -88,6 +90,8 @@ pub fn intercept(args: InterceptArgs) -> ExitCode {
         InterceptAction::Enable => enable::enable(&args.control.control),
         InterceptAction::Disable => disable::disable(),
         InterceptAction::Status => return status::status(&args.control.control),
+        InterceptAction::FailOpen => failsafe::fail_open(),
+        InterceptAction::Reclaim => failsafe::reclaim(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

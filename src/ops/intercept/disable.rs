@@ -27,9 +27,11 @@ pub(super) fn hand_back(upstream: &Path, public: &Path) -> Result<(), String> {
 
 /// Stops the daemon (it stops redirecting, drains and removes its table)
 /// and its socket unit (which leaves /run/rpcbind.sock alone:
-/// RemoveOnStop=no in the drop-in).
+/// RemoveOnStop=no in the drop-in), and drops the fail-safe's second name
+/// of that socket, if any.
 pub(super) fn stop_proxy() -> Result<(), String> {
-    systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"])
+    let stopped = systemctl(&["stop", "rpcbind-proxy.service", "rpcbind-proxy.socket"]);
+    stopped.and(super::failsafe::forget_parked())
 }
 
 /// Removes the NAT keeper the daemon made in transparent mode (it outlives

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::failsafe;
 use super::*;
 
 /// What `intercept status` verifies on the host, each part ticked only
@@ -78,11 +79,23 @@ impl Checklist {
                 .iter()
                 .any(|l| *l == format!("unix:{DEFAULT_RPCBIND_SOCKET}"))
         });
+        // Never ticked while the fail-safe has given the path to rpcbind
+        // (the daemon may list it: systemd passed it the socket under that
+        // name), and then the line says so.
+        let handed_back = failsafe::handed_back();
+        let holds = format!("rpcbind-proxy holds {DEFAULT_RPCBIND_SOCKET}");
         parts.push((
-            format!("rpcbind-proxy holds {DEFAULT_RPCBIND_SOCKET}"),
+            if handed_back {
+                format!("{holds} (fail-safe: {DEFAULT_RPCBIND_SOCKET} handed back to rpcbind while rpcbind-proxy is down)")
+            } else {
+                holds
+            },
             // Not rpcbind's: the same socket as the upstream path's, or
             // one rpcbind bound there itself.
-            listens_on_public && !same_file(public, upstream) && !rpcbind_listens(public),
+            !handed_back
+                && listens_on_public
+                && !same_file(public, upstream)
+                && !rpcbind_listens(public),
         ));
         // The abstract name libtirpc >= 1.3.4 and the kernel try first:
         // whoever listens there gets those clients, around the proxy.
