@@ -26,10 +26,14 @@ pub(super) fn keep_nat_hooks() {
     }
 }
 
-/// The path of rpcbind's usual unix socket when the proxy listens there in
+/// rpcbind's abstract name (libtirpc >= 1.3.4 and the kernel try it first).
+const ABSTRACT_RPCBIND_SOCKET: &str = "@/run/rpcbind.sock";
+
+/// The name of rpcbind's usual unix socket when the proxy listens there in
 /// its place (transparent mode), so answers name it instead of the path
-/// rpcbind moved to. Refuses a configuration that would have the proxy
-/// forward to itself.
+/// rpcbind moved to: its abstract name if the proxy holds it, else its
+/// path. Refuses a configuration that would have the proxy forward to
+/// itself.
 pub(super) fn stand_in_socket(
     specs: &[ListenSpec],
     config: &Config,
@@ -44,8 +48,14 @@ pub(super) fn stand_in_socket(
     if unix.contains(&config.rpcbind_socket.as_path()) {
         return Err(StartError::SelfLoop(config.rpcbind_socket.clone()));
     }
+    // rpcbind names its abstract name in its own `local` entries when it
+    // has one (rpcbind 1.2.7 with both): so does the proxy when it holds it.
     let usual = std::path::Path::new(crate::config::DEFAULT_RPCBIND_SOCKET);
-    Ok(unix.contains(&usual).then(|| usual.to_path_buf()))
+    let abstract_name = std::path::Path::new(ABSTRACT_RPCBIND_SOCKET);
+    Ok([abstract_name, usual]
+        .into_iter()
+        .find(|p| unix.contains(p))
+        .map(std::path::Path::to_path_buf))
 }
 
 /// The redirect rules for the listeners at hand: IPv4 needs a TCP and a UDP

@@ -224,6 +224,15 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Restarts rpcbind.socket and rpcbind.service (rpcbind's warm start keeps
+/// its registrations). Their start-rate limit is reset first: this restart
+/// is deliberate, and refused by systemd after others in the last 10 s it
+/// would leave rpcbind down.
+fn restart_rpcbind() -> Result<(), String> {
+    let _ = systemctl(&["reset-failed", "rpcbind.socket", "rpcbind.service"]);
+    systemctl(&["restart", "rpcbind.socket", "rpcbind.service"])
+}
+
 /// Writes `text` to `path` atomically (a temporary file renamed over it),
 /// creating the directory.
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
@@ -274,25 +283,23 @@ fn listening_holders(path: &Path) -> Option<Vec<(u32, String)>> {
 
 /// The inode of the listening unix socket whose file `path` names.
 fn listening_socket(path: &Path) -> Option<u64> {
+    listener_at(path).map(|l| l.inode)
+}
+
+/// The listening unix socket whose file `path` names.
+fn listener_at(path: &Path) -> Option<sockdiag::UnixListener> {
     let meta = std::fs::metadata(path).ok()?;
     let file = (meta.dev(), meta.ino());
     sockdiag::unix_listeners()
         .ok()?
         .into_iter()
         .find(|l| l.file == Some(file))
-        .map(|l| l.inode)
 }
 
 /// The name the listening socket `path` names was bound to (a second name,
 /// made by a hard link, is not it).
 fn bound_name(path: &Path) -> Option<sockdiag::UnixName> {
-    let meta = std::fs::metadata(path).ok()?;
-    let file = (meta.dev(), meta.ino());
-    sockdiag::unix_listeners()
-        .ok()?
-        .into_iter()
-        .find(|l| l.file == Some(file))?
-        .name
+    listener_at(path)?.name
 }
 
 /// Whether rpcbind itself listens on the socket `path` names.

@@ -64,6 +64,9 @@ snap() { # snap NAME: the host's state, one file per part
 	listing >/tmp/$1.rpcinfo 2>&1
 }
 rpcbind_restart() {
+	# (Not refused by rpcbind's start-rate limit after the checks' many
+	# restarts: each stands for one on a host, hours apart.)
+	systemctl reset-failed rpcbind.socket rpcbind.service
 	systemctl daemon-reload
 	systemctl restart rpcbind.socket rpcbind.service
 	wait_for 10 active rpcbind.service
@@ -80,4 +83,14 @@ holders() {
 # NAME (@...).
 abstract_holders() {
 	ss -Hxlp | awk -v n="$1" '$5 == n' | grep -o 'users:(.*)' | grep -o '"[^"]*"' | sort -u | tr -d '"' | tr '\n' ' '
+}
+# as_before PRE POST: each part of the host's state snapped as POST (snap)
+# is as snapped as PRE; rpcinfo's lines compared sorted (rpcbind lists
+# entries re-registered by `disable` last).
+as_before() {
+	sort /tmp/$1.rpcinfo >/tmp/$1.sorted; sort /tmp/$2.rpcinfo >/tmp/$2.sorted
+	for part in run dropins nft units sorted; do
+		check "after disable, the host's $part is as before enable" cmp -s /tmp/$1.$part /tmp/$2.$part
+		diff /tmp/$1.$part /tmp/$2.$part | head -10
+	done
 }

@@ -78,8 +78,12 @@ pub(super) fn disable() -> Result<(), String> {
     // The proxy's socket unit holds rpcbind's abstract name, which its
     // units set: rpcbind gets it back when rpcbind.socket restarts, once the
     // proxy let go of it (step 4).
-    let took_abstract = std::fs::read_to_string(&files[1].0)
-        .is_ok_and(|text| text.lines().any(|l| l.starts_with("ListenStream=@")));
+    let abstract_name = std::fs::read_to_string(&files[1].0).ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("ListenStream=@"))
+            .map(|name| format!("@{}", name.replace("%t", "/run")))
+    });
+    let took_abstract = abstract_name.is_some();
     let rebind_now = failed.is_empty() && upstream.exists() && bound_at_upstream(public);
     // 2. rpcbind's socket bound at /run/rpcbind.sock again, if
     //    rpcbind.socket bound it at the upstream path (it started while
@@ -137,7 +141,7 @@ pub(super) fn disable() -> Result<(), String> {
         failed.push(format!("step 4 (systemctl daemon-reload) failed: {e}"));
     }
     if took_abstract {
-        match systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]) {
+        match restart_rpcbind() {
             Ok(()) => println!(
                 "restarted rpcbind.socket and rpcbind.service: rpcbind listens on its abstract name and {DEFAULT_RPCBIND_SOCKET} again"
             ),
@@ -151,7 +155,10 @@ pub(super) fn disable() -> Result<(), String> {
     //    or rpcbind bound that path itself): removed once rpcbind
     //    advertises it no more.
     if upstream.exists() && (same_file(public, upstream) || rpcbind_listens(public)) {
-        if let Err(e) = release_upstream_name(public) {
+        // rpcbind names its abstract name in its `local` entries when it
+        // has one, its path otherwise.
+        let own = abstract_name.as_deref().unwrap_or(DEFAULT_RPCBIND_SOCKET);
+        if let Err(e) = release_upstream_name(public, own) {
             failed.push(format!("step 5 (remove {UPSTREAM_SOCKET}) failed: {e}"));
         }
     }
@@ -196,7 +203,7 @@ fn rebind(upstream: &Path, public: &Path, drop_in: &Path) -> Result<(), String> 
         Err(e) => return Err(format!("cannot remove {}: {e}", drop_in.display())),
     }
     systemctl(&["daemon-reload"])?;
-    systemctl(&["restart", "rpcbind.socket", "rpcbind.service"])?;
+    restart_rpcbind()?;
     link_socket(public, upstream)
 }
 
@@ -206,8 +213,7 @@ fn rebind(upstream: &Path, public: &Path, drop_in: &Path) -> Result<(), String> 
 /// 100000, versions 3 and 4): they are re-registered under `public` first,
 /// so every address rpcbind advertises keeps working. A name rpcbind still
 /// advertises is kept (it goes away when rpcbind restarts).
-pub(super) fn release_upstream_name(public: &Path) -> Result<(), String> {
-    let to = DEFAULT_RPCBIND_SOCKET;
+pub(super) fn release_upstream_name(public: &Path, to: &str) -> Result<(), String> {
     let moved = local_entries::move_own_entries(public, UPSTREAM_SOCKET, to).map_err(|e| {
         format!("{e}; {UPSTREAM_SOCKET} kept, as rpcbind still names it (until rpcbind restarts)")
     })?;

@@ -93,7 +93,7 @@ fn enable_steps(
     //    (meanwhile clients that find no one there use the path).
     if systemd_holds(upstream) == Some(false) || abstract_elsewhere(abstract_name) {
         done.restarting_rpcbind();
-        systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]).map_err(step(
+        restart_rpcbind().map_err(step(
             4,
             "restart rpcbind.socket so that systemd holds rpcbind's socket",
         ))?;

@@ -166,6 +166,12 @@ pub(super) fn fail_open() -> Result<(), String> {
             // --no-block: this runs inside the service's own stop, which a
             // waiting stop of the unit it requires would wait for in turn.
             systemctl(&["stop", "--no-block", "rpcbind-proxy.socket"])?;
+            // With the socket unit, port 1111 closes: the NAT keeper would
+            // still send flows redirected earlier there (a root client's UDP
+            // lookups reuse their reserved source ports: the same flow), to
+            // be refused. Without it they reach rpcbind; the daemon makes
+            // the keeper again when it starts.
+            super::disable::remove_nat_keeper()?;
             println!(
                 "fail-safe: rpcbind-proxy failed again before it was ready: rpcbind-proxy.socket stopped (connections queued on it closed, no more restarts); {DEFAULT_RPCBIND_SOCKET} stays rpcbind's; fix the cause (journalctl -u rpcbind-proxy), then systemctl start rpcbind-proxy"
             );

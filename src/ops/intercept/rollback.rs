@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::disable::{hand_back, release_upstream_name, remove_nat_keeper, stop_proxy};
-use super::{same_file, systemctl, PROXY_UNITS, UPSTREAM_SOCKET};
+use super::{restart_rpcbind, same_file, systemctl, PROXY_UNITS, UPSTREAM_SOCKET};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
 
 /// One change `enable` made.
@@ -98,7 +98,7 @@ impl Changes {
         // and those that ran start again once reloaded.
         let mut reload = false;
         let mut start: Vec<&'static str> = Vec::new();
-        let mut restart_rpcbind = false;
+        let mut rpcbind_moved = false;
         for change in self.0.into_iter().rev() {
             match change {
                 Change::Restarted { ran } => {
@@ -131,7 +131,7 @@ impl Changes {
                             "{DEFAULT_RPCBIND_SOCKET} is not rpcbind's socket: {e}"
                         ));
                     }
-                    restart_rpcbind = true;
+                    rpcbind_moved = true;
                 }
                 Change::Reloaded => reload = true,
                 // Undone before `Restarted` (see `disable`, step 2).
@@ -168,7 +168,7 @@ impl Changes {
                 Change::Linked { made_dir } => {
                     settle(&mut reload, &mut start, &mut left);
                     let released = if same_file(public, upstream) {
-                        release_upstream_name(public)
+                        release_upstream_name(public, DEFAULT_RPCBIND_SOCKET)
                     } else if upstream.exists() {
                         Err(format!(
                             "{UPSTREAM_SOCKET} kept: {DEFAULT_RPCBIND_SOCKET} is not rpcbind's socket"
@@ -188,8 +188,8 @@ impl Changes {
             }
         }
         settle(&mut reload, &mut start, &mut left);
-        if restart_rpcbind {
-            if let Err(e) = systemctl(&["restart", "rpcbind.socket", "rpcbind.service"]) {
+        if rpcbind_moved {
+            if let Err(e) = restart_rpcbind() {
                 left.push(format!(
                     "rpcbind.socket still binds what the proxy's drop-in set ({e}): run `systemctl restart rpcbind.socket rpcbind.service`"
                 ));
