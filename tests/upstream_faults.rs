@@ -79,7 +79,7 @@ async fn a_call_that_never_gets_a_reply_times_out_and_leaves_nothing_behind() {
 }
 
 #[tokio::test]
-async fn a_lookup_lost_with_its_connection_is_retried_once_on_a_new_one() {
+async fn a_lookup_lost_with_its_connection_is_retried_on_a_new_one() {
     // Connection 0 closes on its first call; connection 1 answers.
     let f = fake(|conn, _| if conn == 0 { Act::Close } else { Act::Echo });
     let up = f.upstream(Duration::from_secs(5));
@@ -87,6 +87,26 @@ async fn a_lookup_lost_with_its_connection_is_retried_once_on_a_new_one() {
     assert_eq!((xid_of(&r), tag_of(&r)), (Some(7), 3));
     assert_eq!(f.connections.load(Ordering::SeqCst), 2);
     assert_eq!(up.stats.retries.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_lookup_lost_again_while_rpcbind_stops_is_retried_a_few_times() {
+    // rpcbind stopping: its socket accepts a connection and drops it again
+    // (connections 0 to 2); the fourth connection answers. A fifth loss
+    // would end the call.
+    let f = fake(|conn, _| if conn < 3 { Act::Close } else { Act::Echo });
+    let up = f.upstream(Duration::from_secs(5));
+    let r = up.call(&call(8, 4), true).await.unwrap();
+    assert_eq!((xid_of(&r), tag_of(&r)), (Some(8), 4));
+    assert_eq!(f.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(up.stats.retries.load(Ordering::Relaxed), 3);
+    let g = fake(|_, _| Act::Close);
+    let up = g.upstream(Duration::from_secs(5));
+    assert_eq!(
+        up.call(&call(9, 5), true).await,
+        Err(UpstreamError::ConnectionLost)
+    );
+    assert_eq!(g.connections.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]

@@ -102,6 +102,9 @@ const BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// at once. The watchdog window of transparent mode, which no restart may
 /// exceed.
 const RESTART_WAIT: Duration = Duration::from_secs(5);
+/// How many times an idempotent call whose connection was lost is sent
+/// again (on a new connection each time).
+const LOST_RETRIES: u32 = 3;
 /// Calls queued for the writer of one stream connection.
 const WRITE_QUEUE: usize = 4096;
 
@@ -440,7 +443,8 @@ impl Upstream {
 
     /// Sends `call` (a whole call record, with the client's XID) to rpcbind
     /// and returns the reply with the client's XID restored. An idempotent
-    /// call whose connection is lost is sent once more on a new connection.
+    /// call whose connection is lost is sent again on a new connection (up to
+    /// `LOST_RETRIES` times, while rpcbind is waited for).
     pub async fn call(&self, call: &[u8], idempotent: bool) -> Result<Bytes, UpstreamError> {
         let client_xid = xid_of(call).ok_or(UpstreamError::Busy)?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -450,7 +454,12 @@ impl Upstream {
         let result = loop {
             let outcome = self.attempt(call, wait).await;
             match outcome {
-                Err(UpstreamError::ConnectionLost) if idempotent && attempt == 0 => {
+                // A connection lost while rpcbind stops may be followed by
+                // one its closing socket accepted and dropped: idempotent
+                // calls are sent again, a few times, within the wait.
+                Err(UpstreamError::ConnectionLost)
+                    if idempotent && attempt < LOST_RETRIES && Instant::now() < wait =>
+                {
                     attempt += 1;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -8,8 +8,18 @@
 # (/usr/local/bin/tirpc_client, tests/clients/tirpc_client.c), as the
 # container's own users would run them.
 set -u
-exec >/out/report.txt 2>&1
 E2E=/usr/local/lib/e2e
+if [ -e /out/reboot/wanted ]; then
+	# The second boot, which tests/e2e/parts/90-reboot.sh asked for.
+	rm /out/reboot/wanted
+	exec >/out/report-reboot.txt 2>&1
+	. $E2E/lib.sh
+	check "after the reboot rpcbind and rpcbind-proxy are running" wait_for 30 active rpcbind-proxy.service
+	wait_for 10 active rpcbind.service
+	. $E2E/after-reboot.sh
+	finish
+fi
+exec >/out/report.txt 2>&1
 . $E2E/lib.sh
 check "rpcbind and rpcbind-proxy are running" wait_for 30 active rpcbind-proxy.service
 wait_for 10 active rpcbind.service

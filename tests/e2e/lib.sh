@@ -53,7 +53,15 @@ stop_probe() { # stop_probe [LOST]: at most LOST lookups may fail (default 0)
 		bad "prober lost lookups across $PHASE ($counts; $(head -c 300 /tmp/probe.err))"
 	fi
 }
-listing() { rpcinfo; rpcinfo -s; rpcinfo -p localhost; rpcinfo -p 127.0.0.1; rpcinfo -T tcp6 ::1 100000; }
+# What rpcinfo prints, every way a client asks: the unix path (no host), TCP
+# and UDP on 127.0.0.1 and ::1, the `local` transport, GETADDRLIST (-l).
+listing() {
+	rpcinfo; rpcinfo -s; rpcinfo -p localhost; rpcinfo -p 127.0.0.1; rpcinfo -T tcp6 ::1 100000
+	for t in "tcp 127.0.0.1" "udp 127.0.0.1" "tcp6 ::1" "udp6 ::1" "local localhost"; do
+		rpcinfo -T $t 100000 4
+	done
+	rpcinfo -l localhost 100000 4
+}
 
 snap() { # snap NAME: the host's state, one file per part
 	ls -A /run /run/rpcbind >/tmp/$1.run 2>&1
