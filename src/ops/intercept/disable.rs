@@ -163,6 +163,11 @@ pub(super) fn disable() -> Result<(), String> {
         }
     }
     // 6. The proxy on its defaults.
+    let _ = systemctl(&[
+        "reset-failed",
+        "rpcbind-proxy.socket",
+        "rpcbind-proxy.service",
+    ]);
     if let Err(e) = systemctl(&["start", "rpcbind-proxy.socket", "rpcbind-proxy.service"]) {
         failed.push(format!(
             "step 6 (start rpcbind-proxy on its defaults) failed: {e}"

@@ -105,6 +105,12 @@ fn enable_steps(
     let restart = "restart rpcbind-proxy.socket and rpcbind-proxy.service";
     done.restarting();
     done.keeping_nat_hooks();
+    // A deliberate restart: their start-rate limit, which earlier restarts
+    // (an administrator's, a crash loop fixed since) may have used up,
+    // must not refuse it.
+    let mut reset = vec!["reset-failed"];
+    reset.extend(PROXY_UNITS);
+    let _ = systemctl(&reset);
     let mut args = vec!["restart"];
     args.extend(PROXY_UNITS);
     systemctl(&args).map_err(step(5, restart))?;
