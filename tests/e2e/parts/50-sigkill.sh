@@ -62,7 +62,10 @@ for i in $(seq 50); do
 	# systemd restarts it after RestartSec (100 ms in transparent mode); its
 	# start limit (5 in 10 s) is reset each round, as the kills come faster
 	# than a crash loop would.
-	if ! wait_for 15 sh -c "nft list table inet rpcbind_proxy >/dev/null && [ \"\$(systemctl show -p MainPID --value rpcbind-proxy.service)\" != $pid ]"; then
+	# Up again means active: ready, and /run/rpcbind.sock reclaimed from the
+	# fail-safe (ExecStartPost). Killed again before that, the daemon
+	# counts as failing to start: the fail-safe then stops its socket unit.
+	if ! wait_for 15 sh -c "nft list table inet rpcbind_proxy >/dev/null && [ \"\$(systemctl show -p MainPID --value rpcbind-proxy.service)\" != $pid ] && systemctl is-active --quiet rpcbind-proxy.service"; then
 		bad "the daemon did not come back after SIGKILL $i"
 		break
 	fi
