@@ -101,6 +101,13 @@ impl Daemon {
         config_source: &str,
         shutdown: CancellationToken,
     ) -> Result<Running, StartError> {
+        // The NAT keeper is wanted only where something keeps the proxy's
+        // ports open after this process dies (systemd's socket unit):
+        // there, a flow redirected before the death waits for the next
+        // daemon. Started by hand, the ports close with the process, and a
+        // NAT kept alive would send such a flow (a root client's UDP lookups
+        // reuse their source ports) to a closed port: refused.
+        let held_by_systemd = !inherited.is_empty();
         let bound = bind(&config, inherited).await?;
         // Said once the listeners are bound, so that a listener that cannot be
         // had stays the only line of a failed start.
@@ -149,7 +156,9 @@ impl Daemon {
         let listeners_up_to = bound.iter().map(|(_, b)| b.as_raw_fd()).max().unwrap_or(0);
         let (streams, datagrams) = start_threads(bound, &config, &proxy)?;
         if let Some(rules) = &redirects {
-            keep_nat_hooks();
+            if held_by_systemd {
+                keep_nat_hooks();
+            }
             let table = redirect(rules, listeners_up_to)?;
             *intercept.lock().unwrap_or_else(PoisonError::into_inner) = Some(table);
             proxy.set_redirected(true);
