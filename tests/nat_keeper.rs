@@ -11,6 +11,7 @@
 
 #[path = "support/host_fixtures.rs"]
 mod host_fixtures;
+use host_fixtures::nft;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rpcbind_proxy::host::netfilter as nf;
 
-use nf::{InterceptRules, InterceptTable, Redirect};
+use nf::{InterceptRules, InterceptTable};
 
 const TABLE: &str = "rpcbind_proxy";
 const KEEPER: &str = "rpcbind_proxy_nat";
@@ -32,16 +33,7 @@ const RESET_WITHIN: Duration = Duration::from_secs(1);
 const STRANDED_AFTER: Duration = Duration::from_secs(5);
 
 fn rules() -> InterceptRules {
-    let r = Redirect {
-        tcp_port: PROXY_PORT,
-        udp_port: PROXY_PORT,
-    };
-    InterceptRules {
-        table: TABLE.into(),
-        mark: MARK,
-        ipv4: Some(r),
-        ipv6: ipv6_loopback().then_some(r),
-    }
+    host_fixtures::redirect_rules(TABLE, MARK, PROXY_PORT, ipv6_loopback())
 }
 
 fn ipv6_loopback() -> bool {
@@ -54,19 +46,6 @@ fn loopbacks() -> Vec<IpAddr> {
         ips.push(Ipv6Addr::LOCALHOST.into());
     }
     ips
-}
-
-fn nft(args: &[&str]) -> String {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .expect("run nft (apt-get install nftables)");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Not a test of its own: the process that holds the owner table for

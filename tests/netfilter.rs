@@ -10,6 +10,7 @@
 
 #[path = "support/host_fixtures.rs"]
 mod host_fixtures;
+use host_fixtures::nft;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
@@ -21,7 +22,7 @@ use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
 use rpcbind_proxy::host::netfilter as nf;
 
-use nf::{InterceptRules, InterceptTable, NetfilterError, Redirect};
+use nf::{InterceptRules, InterceptTable, NetfilterError};
 
 const TABLE: &str = "rpcbind_proxy";
 const MARK: u32 = 0x5250;
@@ -29,16 +30,7 @@ const PROXY_PORT: u16 = 1111;
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn rules() -> InterceptRules {
-    let r = Redirect {
-        tcp_port: PROXY_PORT,
-        udp_port: PROXY_PORT,
-    };
-    InterceptRules {
-        table: TABLE.into(),
-        mark: MARK,
-        ipv4: Some(r),
-        ipv6: Some(r),
-    }
+    host_fixtures::redirect_rules(TABLE, MARK, PROXY_PORT, true)
 }
 
 /// Taken shared by every test, and exclusively by the one that drops the
@@ -109,19 +101,6 @@ impl Drop for AsNobody {
             gid.expect("setresgid back to root");
         }
     }
-}
-
-fn nft(args: &[&str]) -> String {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .expect("run nft (apt-get install nftables)");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn table_gone_soon() -> bool {

@@ -1,4 +1,5 @@
-//! Host fixtures shared by tests/sockdiag.rs and benches/attribution.rs
+//! Host fixtures shared by tests/sockdiag.rs, tests/netfilter.rs,
+//! tests/nat_keeper.rs and benches/attribution.rs
 //! (included by path): a private network namespace, a private cgroup named
 //! like a systemd unit, a client process as nobody inside it, and TCP
 //! TIME_WAIT counts read from /proc/thread-self/net as the reference.
@@ -229,5 +230,41 @@ pub fn settle(port: u16, want: u64) {
             proc_time_wait(port)
         );
         std::thread::yield_now();
+    }
+}
+
+/// `nft ARGS`' standard output (the test's view of the ruleset: the crate
+/// itself never runs nft); fails the test with nft's message.
+pub fn nft(args: &[&str]) -> String {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .expect("run nft (apt-get install nftables)");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Transparent mode's redirect of TCP and UDP to 127.0.0.1:111 (and
+/// [::1]:111 if `ipv6`) to `port`, in table `table`, letting `mark` through.
+pub fn redirect_rules(
+    table: &str,
+    mark: u32,
+    port: u16,
+    ipv6: bool,
+) -> rpcbind_proxy::host::netfilter::InterceptRules {
+    use rpcbind_proxy::host::netfilter::{InterceptRules, Redirect};
+    let r = Redirect {
+        tcp_port: port,
+        udp_port: port,
+    };
+    InterceptRules {
+        table: table.into(),
+        mark,
+        ipv4: Some(r),
+        ipv6: ipv6.then_some(r),
     }
 }
