@@ -29,21 +29,12 @@ pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg
         op: Op::NewTable,
     });
 
-    let mut a = AttrBuf::new();
-    a.put_str(NFTA_CHAIN_TABLE, &rules.table);
-    a.put_str(NFTA_CHAIN_NAME, CHAIN);
-    let hook = a.nest_start(NFTA_CHAIN_HOOK);
-    a.put_u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
-    a.put_u32_be(NFTA_HOOK_PRIORITY, CHAIN_PRIORITY as u32);
-    a.nest_end(hook);
-    a.put_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
-    a.put_str(NFTA_CHAIN_TYPE, "nat");
-    out.push(BatchMsg {
-        msg_type: NFT_MSG_NEWCHAIN,
-        flags: NLM_F_CREATE | NLM_F_EXCL,
-        attrs: a.into_bytes(),
-        op: Op::NewChain,
-    });
+    out.push(nat_output_chain(
+        &rules.table,
+        CHAIN,
+        CHAIN_PRIORITY,
+        NLM_F_CREATE | NLM_F_EXCL,
+    ));
 
     // meta mark M return
     let exprs = vec![
@@ -102,21 +93,12 @@ pub(super) fn build_keeper_batch(table: &str) -> Result<Vec<BatchMsg>, Netfilter
         attrs: a.into_bytes(),
         op: Op::NewKeeperTable,
     });
-    let mut a = AttrBuf::new();
-    a.put_str(NFTA_CHAIN_TABLE, table);
-    a.put_str(NFTA_CHAIN_NAME, KEEPER_CHAIN);
-    let hook = a.nest_start(NFTA_CHAIN_HOOK);
-    a.put_u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
-    a.put_u32_be(NFTA_HOOK_PRIORITY, KEEPER_PRIORITY as u32);
-    a.nest_end(hook);
-    a.put_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
-    a.put_str(NFTA_CHAIN_TYPE, "nat");
-    out.push(BatchMsg {
-        msg_type: NFT_MSG_NEWCHAIN,
-        flags: NLM_F_CREATE,
-        attrs: a.into_bytes(),
-        op: Op::NewChain,
-    });
+    out.push(nat_output_chain(
+        table,
+        KEEPER_CHAIN,
+        KEEPER_PRIORITY,
+        NLM_F_CREATE,
+    ));
     // DELRULE naming only the chain deletes every rule in it.
     let mut a = AttrBuf::new();
     a.put_str(NFTA_RULE_TABLE, table);
@@ -446,4 +428,24 @@ pub(super) fn parse_rule(payload: &[u8]) -> Result<DumpedRule, NetfilterError> {
         label,
         counter,
     })
+}
+
+/// NEWCHAIN of a base chain `name` of type nat on the output hook at
+/// `priority`, policy accept: the redirect chain and the keeper's.
+fn nat_output_chain(table: &str, name: &str, priority: i32, flags: u16) -> BatchMsg {
+    let mut a = AttrBuf::new();
+    a.put_str(NFTA_CHAIN_TABLE, table);
+    a.put_str(NFTA_CHAIN_NAME, name);
+    let hook = a.nest_start(NFTA_CHAIN_HOOK);
+    a.put_u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
+    a.put_u32_be(NFTA_HOOK_PRIORITY, priority as u32);
+    a.nest_end(hook);
+    a.put_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
+    a.put_str(NFTA_CHAIN_TYPE, "nat");
+    BatchMsg {
+        msg_type: NFT_MSG_NEWCHAIN,
+        flags,
+        attrs: a.into_bytes(),
+        op: Op::NewChain,
+    }
 }
