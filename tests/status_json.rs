@@ -190,6 +190,15 @@ fn every_rendering_of_the_fixture_is_byte_for_byte_as_before() {
             check::check_verdict(Ok(s), &args).1
         );
     }
+    if std::env::var_os("BLESS").is_some() {
+        // BLESS=1: the renderings as they are now become the golden file
+        // (review its diff before committing).
+        let path = format!(
+            "{}/tests/golden/status_renderings.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::write(&path, &out).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
     let want = golden("status_renderings.txt");
     if out != want {
         let line = out

@@ -46,6 +46,8 @@ pub struct Config {
     pub intercept_mark: u32,
     /// Name the process, user and unit behind each client (reloadable).
     pub attribution: bool,
+    /// Load the eBPF recorder for attribution (at start).
+    pub attribution_ebpf: bool,
 }
 
 #[derive(Debug, Error)]
@@ -158,7 +160,7 @@ pub enum Takes {
 /// The settings a reload cannot change: they shaped what the daemon bound,
 /// spawned or installed when it started. Every other setting is applied at
 /// a reload.
-pub const RESTART_ONLY: [&str; 7] = [
+pub const RESTART_ONLY: [&str; 8] = [
     "listen",
     "rpcbind-socket",
     "rpcbind-port",
@@ -166,6 +168,7 @@ pub const RESTART_ONLY: [&str; 7] = [
     "threads",
     "intercept",
     "intercept-mark",
+    "attribution-ebpf",
 ];
 
 /// One setting that differs between two configurations.
@@ -315,6 +318,7 @@ impl Config {
             intercept: layered!(intercept).unwrap_or(false),
             intercept_mark: layered!(intercept_mark).map_or(DEFAULT_INTERCEPT_MARK, |m| m.0),
             attribution: layered!(attribution).unwrap_or(true),
+            attribution_ebpf: layered!(attribution_ebpf).unwrap_or(true),
             limits: LimitsConfig {
                 // 0 would refuse every client.
                 max_connections: layered!(max_connections)

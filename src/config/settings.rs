@@ -148,6 +148,13 @@ pub struct Settings {
           help = concat!("Do not name the process, user and systemd unit behind each client ",
                          "(status and `top` then group clients by transport and uid only)"))]
     pub attribution: Option<bool>,
+    // On by default; off with `--no-attribution-ebpf` or
+    // `attribution-ebpf = false`.
+    #[arg(long = "no-attribution-ebpf", num_args = 0, default_missing_value = "false",
+          help = concat!("Name clients by searching /proc only, without the eBPF program that ",
+                         "records who opens each client socket (which needs CAP_BPF and ",
+                         "CAP_NET_ADMIN, Linux >= 5.7)"))]
+    pub attribution_ebpf: Option<bool>,
 }
 
 /// A flag's help with its default, as clap would print it.
@@ -257,7 +264,7 @@ pub fn expected(key: &str) -> Option<String> {
             threads.end()
         ),
         "log-level" => LOG_LEVELS.into(),
-        "intercept" | "attribution" => "true or false".into(),
+        "intercept" | "attribution" | "attribution-ebpf" => "true or false".into(),
         "intercept-mark" => "a non-zero 32-bit number, decimal or a \"0x...\" hex string".into(),
         _ => return None,
     })

@@ -124,6 +124,7 @@ impl Daemon {
             None
         };
         let proxy = build_proxy(&config, public_socket);
+        super::attribution::start(&config, &specs, &proxy);
         raise_fd_limit();
         // Connected or not, the upstream says so itself (once).
         let _ = proxy.upstream(Class::Unix).ensure_connected().await;

@@ -1,8 +1,9 @@
 //! The daemon: `serve` is its entry (the runtime, logging, signals);
 //! `lifecycle` is its life from start-up to drain; `supervise` what systemd
 //! is told while it serves; `transparent` transparent mode's start-up
-//! decisions; `reload` what a SIGHUP changes; `error` why a start failed.
+//! decisions; `attribution` the eBPF recorder's load and the mode it gives; `reload` what a SIGHUP changes; `error` why a start failed.
 
+mod attribution;
 mod control;
 mod error;
 mod lifecycle;

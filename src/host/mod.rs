@@ -9,13 +9,14 @@
 //! one error type; its `codec` builds messages and parses them with every
 //! length checked), nf_tables over netlink
 //! (`netfilter`: transparent mode's owner table), sock_diag
-//! (`sockdiag`: a client's socket, TIME_WAIT counts, the listening unix sockets and the files they made), cgroups and /proc (`cgroup`: unit and command of a client; `procfd`: which processes hold a socket),
+//! (`sockdiag`: a client's socket, TIME_WAIT counts, the listening unix sockets and the files they made), cgroups and /proc (`cgroup`: unit and command of a client; `procfd`: which processes hold a socket), the eBPF recorder of who opened each client socket (`bpf`: loaded with aya, attached through bpf links),
 //! /proc/net/tcp (`procnet`, where sock_diag is missing) and the terminal of
 //! `top` (`terminal`). Every `unsafe` block of the crate lives in this folder, each
 //! with its own `// SAFETY:` line. Modules here are leaves: they may import
 //! each other and `protocol`, never `proxy` or `ops`, so the request path can
 //! call them without a cycle.
 
+pub mod bpf;
 pub mod cgroup;
 pub mod datagrams;
 pub mod netfilter;

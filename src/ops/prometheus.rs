@@ -53,6 +53,8 @@ const METRICS: &[Metric] = &[
     ("limit_hits_total", COUNTER, "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply), UDP misses dropped (udp_in_flight).", limit_hits),
     ("connections_evicted_total", COUNTER, "Idle connections closed at max_connections to admit a newer client.", |s| one(s.limits.max_connections.evicted)),
     ("limit", GAUGE, "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes).", |s| limits(&s.limits, |(_, _, setting)| setting)),
+    ("attribution_mode", GAUGE, "1 for the way clients are named now: ebpf (the kernel recorded who opened each socket), search (their cgroup's processes searched), off.", attribution_mode),
+    ("attribution_named_ratio", GAUGE, "Share of this host's lookups in the last minute whose command was named.", |s| s.clients.attribution.named_60s.map_or_else(Vec::new, one)),
     ("intercept_enabled", GAUGE, "1 when transparent mode is on (port 111 redirected to the proxy).", |s| one(s.intercept.enabled)),
     ("intercepted_flows_total", COUNTER, "Connections and UDP flows to port 111 redirected to the proxy, per rule.", intercepted_flows),
 ];
@@ -170,6 +172,16 @@ fn time_wait(s: &Status) -> Samples {
         ("{port=\"111\"}".into(), s.time_wait.port_111.value()),
         ("{port=\"proxy\"}".into(), s.time_wait.proxy_ports.value()),
     ]
+}
+
+fn attribution_mode(s: &Status) -> Samples {
+    ["ebpf", "search", "off"]
+        .iter()
+        .map(|m| {
+            let on = s.clients.attribution.mode == *m;
+            (format!("{{mode=\"{m}\"}}"), if on { 1.0 } else { 0.0 })
+        })
+        .collect()
 }
 
 /// Lookups by who asked: the top rows of `status` summed over their

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::proxy::logs::human as duration;
-use crate::proxy::status::{Intercept, LimitsStatus, Status, TableState};
+use crate::proxy::status::{AttributionStatus, Intercept, LimitsStatus, Status, TableState};
 
 /// The transport classes in the order people read them.
 const CLASSES: [&str; 5] = ["unix", "tcp", "udp", "tcp6", "udp6"];
@@ -84,6 +84,11 @@ pub fn human(s: &Status) -> String {
             "{} connected, {} in all",
             s.clients.connected, s.clients.total
         ),
+    );
+    row(
+        &mut o,
+        "attribution",
+        attribution_line(&s.clients.attribution),
     );
     row(
         &mut o,
@@ -167,6 +172,22 @@ fn intercept_line(i: &Intercept) -> String {
         }
         _ => "on, not redirecting (stopping)".into(),
     }
+}
+
+/// `ebpf, named 99.8% of lookups in the last minute`, or
+/// `search (no CAP_BPF), ...`.
+pub fn attribution_line(a: &AttributionStatus) -> String {
+    let mut line = a.mode.clone();
+    if let Some(why) = &a.why {
+        line.push_str(&format!(" ({why})"));
+    }
+    if let Some(named) = a.named_60s {
+        line.push_str(&format!(
+            ", named {:.1}% of lookups in the last minute",
+            named * 100.0
+        ));
+    }
+    line
 }
 
 /// The top-clients table (status and `top`): who asks, by rate. Unknown

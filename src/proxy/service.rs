@@ -199,6 +199,16 @@ impl Proxy {
         self.attribution.set_enabled(settings.attribution);
     }
 
+    /// Hands attribution the eBPF recorder the daemon loaded, or why not.
+    pub fn set_recorder(&self, recorder: Result<crate::host::bpf::Recorder, String>) {
+        self.attribution.set_recorder(recorder);
+    }
+
+    /// How clients are named now.
+    pub fn attribution_mode(&self) -> crate::proxy::attribution::Mode {
+        self.attribution.mode()
+    }
+
     /// Tells attribution whether transparent mode redirects port 111 here
     /// (a redirected client's original destination is then looked up).
     pub fn set_redirected(&self, redirected: bool) {

@@ -148,6 +148,22 @@ pub struct ClientsStatus {
     /// The busiest identities, at most [`TOP_CLIENTS`].
     pub top: Vec<TopRow>,
     pub rest: RestOfClients,
+    #[serde(default)]
+    pub attribution: AttributionStatus,
+}
+
+/// How clients are named, and how many of them were.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttributionStatus {
+    /// `ebpf`, `search` or `off`.
+    pub mode: String,
+    /// Why the eBPF recorder is not used, in `search` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The share of this host's lookups in the last minute whose command
+    /// was named (0 to 1); none when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named_60s: Option<f64>,
 }
 
 /// The identities beyond the top rows, summed.
@@ -470,8 +486,10 @@ impl Proxy {
 
     fn clients_status(&self) -> ClientsStatus {
         let mut top = self.clients.rows();
+        let attribution = self.attribution_status(&top);
         let rest = top.split_off(top.len().min(TOP_CLIENTS));
         ClientsStatus {
+            attribution,
             connected: self.clients.connected.load(Relaxed),
             total: self.clients.total.load(Relaxed),
             top,
@@ -480,6 +498,24 @@ impl Proxy {
                 requests: rest.iter().map(|r| r.requests).sum(),
                 per_second_10s: rest.iter().fold(0.0, |a, r| a + r.per_second_10s),
             },
+        }
+    }
+
+    /// The mode, and the share of local lookups over the last minute (of
+    /// every row: the table's own, not only the top) that were named.
+    /// Remote clients (named by address) and the overflow rows (whose
+    /// identities were not kept) are left out.
+    fn attribution_status(&self, rows: &[TopRow]) -> AttributionStatus {
+        let mode = self.attribution_mode();
+        let local = rows.iter().filter(|r| r.address.is_none() && !r.other);
+        let (named, all) = local.fold((0.0, 0.0), |(named, all), r| {
+            let n = r.per_second_60s;
+            (named + if r.command.is_some() { n } else { 0.0 }, all + n)
+        });
+        AttributionStatus {
+            mode: mode.name().to_owned(),
+            why: mode.why().map(str::to_owned),
+            named_60s: (all > 0.0).then(|| named / all),
         }
     }
 

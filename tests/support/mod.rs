@@ -26,6 +26,7 @@ pub mod fake_rpcbind;
 pub mod namespaces;
 pub mod rpc;
 pub mod tirpc;
+pub mod units;
 pub use nix::sys::signal::Signal;
 pub use rpc::*;
 
@@ -342,6 +343,9 @@ pub struct Sandbox {
     proxy_starts: usize,
     tmp: PathBuf,
     transparent: bool,
+    /// A command the proxy is started under (e.g. a seccomp filter), set
+    /// with [`Sandbox::wrap_proxy`].
+    proxy_wrapper: Vec<String>,
 }
 
 impl Sandbox {
@@ -365,6 +369,7 @@ impl Sandbox {
             proxy_starts: 0,
             tmp,
             transparent: opts.transparent,
+            proxy_wrapper: Vec::new(),
         };
         sb.start_rpcbind().await?;
         if opts.proxy {
@@ -670,6 +675,12 @@ impl Sandbox {
     /// tcp:127.0.0.1:1111 --listen udp:127.0.0.1:1111 --rpcbind-socket
     /// /run/rpcbind.sock --control /run/rpcbind-proxy/control.sock`
     /// followed by `extra_args`, and waits (at most 10 s) for READY=1.
+    /// Starts the proxy under `wrapper` (a program that execs its
+    /// arguments) from its next start on.
+    pub fn wrap_proxy(&mut self, wrapper: &[&str]) {
+        self.proxy_wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+    }
+
     pub async fn start_proxy(&mut self, extra_args: &[&str]) -> Result<(), String> {
         self.start_proxy_with_env(extra_args, &[]).await
     }
@@ -758,7 +769,8 @@ impl Sandbox {
             // exec it in place, so it keeps sh's pid).
             cmd.args(["sh", "-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""]);
         }
-        cmd.arg(bin)
+        cmd.args(&self.proxy_wrapper)
+            .arg(bin)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)

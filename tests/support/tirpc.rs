@@ -34,22 +34,29 @@ pub fn tirpc_client() -> &'static Path {
 }
 
 fn build() -> Result<PathBuf, String> {
+    let flags = pkg_config_libtirpc()?;
+    compile_c("tirpc_client", TIRPC_CLIENT_SRC, &flags)
+}
+
+/// Compiles the C program `source` with `flags` into `CARGO_TARGET_TMPDIR`
+/// as `name`: under a name of its own first, then renamed, so that a
+/// concurrent test binary never runs a half-written executable.
+pub fn compile_c(name: &str, source: &str, flags: &[String]) -> Result<PathBuf, String> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let out = dir.join("tirpc_client");
+    let out = dir.join(name);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".tirpc_client.{}.{nanos}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
 
-    let flags = pkg_config_libtirpc()?;
     let mut gcc = Command::new("gcc");
     // -pthread: before glibc 2.34 (Debian 11) pthreads is a library of
     // its own, and the client's threads need it.
     gcc.args(["-O2", "-Wall", "-Wextra", "-pthread", "-o"])
         .arg(&tmp)
-        .arg(TIRPC_CLIENT_SRC)
-        .args(&flags);
+        .arg(source)
+        .args(flags);
     let result = gcc.output().map_err(|e| spawn_error("gcc", &e))?;
     if !result.status.success() {
         let _ = fs::remove_file(&tmp);

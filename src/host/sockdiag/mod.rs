@@ -77,8 +77,12 @@ impl Proto {
 pub struct PeerSocket {
     /// The uid that created the socket (its fsuid at the time).
     pub uid: u32,
-    /// The socket's inode: `socket:[INODE]` in /proc/PID/fd of its holders.
+    /// The socket's inode: `socket:[INODE]` in /proc/PID/fd of its holders;
+    /// 0 once no process holds it (closed, the kernel finishing it).
     pub inode: u64,
+    /// The socket's cookie: what the eBPF recorder (`host::bpf`) keys its
+    /// owners by.
+    pub cookie: u64,
     /// The cgroup v2 id the socket was created in (the creating process's
     /// cgroup at that moment); `None` before Linux 5.7 or without
     /// CONFIG_SOCK_CGROUP_DATA. Resolve it with

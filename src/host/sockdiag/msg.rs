@@ -180,6 +180,8 @@ pub(super) struct DiagMsg {
     pub(super) dst: IpAddr,
     pub(super) uid: u32,
     pub(super) inode: u32,
+    /// The socket's cookie (`bpf_get_socket_cookie` gives the same).
+    pub(super) cookie: u64,
     pub(super) cgroup_id: Option<u64>,
 }
 
@@ -215,6 +217,8 @@ pub(super) fn parse_diag_msg(p: &[u8]) -> Option<DiagMsg> {
     let after_id = 4 + SOCKID_LEN;
     let uid = u32_at(p, after_id + 12)?;
     let inode = u32_at(p, after_id + 16)?;
+    // cookie[0] is the low half, cookie[1] the high one.
+    let cookie = u64::from(u32_at(id, 40)?) | (u64::from(u32_at(id, 44)?) << 32);
     let mut cgroup_id = None;
     for (ty, value) in netlink::attrs(&p[DIAG_MSG_LEN..]).map_while(Result::ok) {
         if ty == INET_DIAG_CGROUP_ID {
@@ -232,6 +236,7 @@ pub(super) fn parse_diag_msg(p: &[u8]) -> Option<DiagMsg> {
         dst,
         uid,
         inode,
+        cookie,
         cgroup_id,
     })
 }
@@ -264,9 +269,13 @@ pub(super) fn match_peer(
                 && matches!(m.state, TCP_ESTABLISHED | TCP_CLOSE)
         }
     };
-    (ok && m.inode != 0).then_some(PeerSocket {
+    // An inode of 0: no process holds the socket any more (it was closed
+    // with data in flight: an orphan). Kept: its cookie still names who
+    // opened it.
+    ok.then_some(PeerSocket {
         uid: m.uid,
         inode: u64::from(m.inode),
+        cookie: m.cookie,
         cgroup_id: m.cgroup_id,
         local: got_local,
         remote: got_remote,

@@ -18,6 +18,14 @@
 //!   again only every few seconds, so a large one is not read per
 //!   connection.
 //!
+//! With the eBPF recorder loaded (`host::bpf`; the daemon loads it at start
+//! where the kernel and its capabilities allow), the process behind a
+//! loopback TCP or UDP client is not searched for: the kernel recorded it
+//! under the socket's cookie when the client connected or sent, and
+//! sock_diag gives the cookie. Exact at any rate, even once the process has
+//! exited. The search below is the fallback, for sockets made before the
+//! recorder was loaded and where it cannot be.
+//!
 //! What cannot be known (the process already gone, no sock_diag, cgroup v1
 //! only, not permitted) stays `None` and shows as `-`: never a guess. A
 //! remote client keeps only its address.
@@ -26,11 +34,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::PoisonError;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+use crate::host::bpf::Recorder;
 use crate::host::cgroup;
 use crate::host::sockdiag::{Proto, SockDiag};
 
@@ -89,6 +98,37 @@ impl Identity {
     }
 }
 
+/// How the process behind a loopback TCP or UDP client is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Nobody is named (`attribution = false`).
+    Off,
+    /// Looked up in what the eBPF recorder saw.
+    Ebpf,
+    /// Searched for among the client's cgroup's processes; why the recorder
+    /// is not used.
+    Search(String),
+}
+
+impl Mode {
+    /// `ebpf`, `search` or `off`: the word status and metrics show.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Ebpf => "ebpf",
+            Mode::Search(_) => "search",
+        }
+    }
+
+    /// Why the recorder is not used, for the search.
+    pub fn why(&self) -> Option<&str> {
+        match self {
+            Mode::Search(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 /// A cgroup's path and its systemd unit.
 type Names = (Option<Arc<str>>, Option<Arc<str>>);
 
@@ -116,6 +156,8 @@ pub struct Attributor {
     processes: Mutex<LruCache<u32, (Instant, Process)>>,
     /// The process holding a socket, where nothing better tells.
     search: Search,
+    /// The eBPF recorder, once loaded; or why not.
+    recorder: OnceLock<Result<Recorder, String>>,
 }
 
 pub(super) fn cache<K: std::hash::Hash + Eq, V>() -> Mutex<LruCache<K, V>> {
@@ -132,6 +174,7 @@ impl Attributor {
             cgroups: cache(),
             processes: cache(),
             search: Search::new(),
+            recorder: OnceLock::new(),
         }
     }
 
@@ -141,6 +184,24 @@ impl Attributor {
 
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Relaxed);
+    }
+
+    /// The eBPF recorder the daemon loaded, or why it did not (set once, at
+    /// start; later calls are ignored).
+    pub fn set_recorder(&self, recorder: Result<Recorder, String>) {
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// How clients are named now.
+    pub fn mode(&self) -> Mode {
+        if !self.enabled() {
+            return Mode::Off;
+        }
+        match self.recorder.get() {
+            Some(Ok(_)) => Mode::Ebpf,
+            Some(Err(why)) => Mode::Search(why.clone()),
+            None => Mode::Search("the eBPF recorder was not loaded".into()),
+        }
     }
 
     /// Whether transparent mode redirects port 111 here.
@@ -219,7 +280,29 @@ impl Attributor {
                 .find_map(|&s| d.peer_socket(proto, client, s).ok().flatten())
         };
         let Some(sock) = found else { return id };
-        tracing::trace!(?client, uid = sock.uid, cgroup = ?sock.cgroup_id, "client socket");
+        tracing::trace!(?client, uid = sock.uid, cgroup = ?sock.cgroup_id, cookie = sock.cookie, "client socket");
+        if let Some(Ok(recorder)) = self.recorder.get() {
+            if let Some(owner) = recorder.owner(sock.cookie) {
+                id.uid = Some(owner.uid);
+                id.command = owner.command().map(Arc::from);
+                // The kernel's pid is the host's: only meaningful (and in
+                // this /proc) when the daemon shares the host's pid
+                // namespace.
+                id.pid = recorder.pids_are_ours().then_some(owner.pid);
+                id.unit = self.cgroup(owner.cgroup).1.or_else(|| {
+                    // The cgroup cannot be named by its id (file handles
+                    // forbidden): the process's own, while it lives.
+                    id.pid.and_then(|pid| self.process(pid).unit)
+                });
+                return id;
+            }
+        }
+        if sock.inode == 0 {
+            // Closed by its process already (an orphan): no process holds
+            // it to be found, and the kernel reports its owner as uid 0
+            // and no cgroup.
+            return id;
+        }
         id.uid = Some(sock.uid);
         let Some(cg) = sock.cgroup_id else { return id };
         let (path, unit) = self.cgroup(cg);

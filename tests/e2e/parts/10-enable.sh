@@ -17,7 +17,10 @@ stop_probe
 $B intercept status; rc=$?
 check "intercept status says on (exit 0)" [ "$rc" = 0 ]
 check "the owner table is in place" table
-check "the unit gained CAP_NET_ADMIN" sh -c "systemctl show -p CapabilityBoundingSet rpcbind-proxy.service | grep -q cap_net_admin"
+attribution=$(journalctl -b -u rpcbind-proxy -o cat | grep "attribution: " | tail -1)
+echo "   (the daemon says: $attribution)"
+check "the daemon says how it names clients (attribution: ebpf or search, and why)" sh -c "echo '$attribution' | grep -Eq '^attribution: (ebpf|search \(.+\))\$'"
+check "the unit has CAP_NET_ADMIN" sh -c "systemctl show -p CapabilityBoundingSet rpcbind-proxy.service | grep -q cap_net_admin"
 check "the watchdog is 5 s in transparent mode" [ "$(systemctl show -p WatchdogUSec --value rpcbind-proxy.service)" = 5s ]
 listing >/tmp/after.txt 2>&1
 check "rpcinfo prints what it printed before, through the proxy" cmp -s /tmp/before.txt /tmp/after.txt

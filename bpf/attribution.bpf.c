@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// Who opened each client socket of rpcbind's port: at the moment a process
+// connects a socket (cgroup/connect4, connect6) or sends a datagram
+// (cgroup/sendmsg4, sendmsg6) to a watched port, its pid, uid, command and
+// cgroup are recorded under the socket's cookie. The proxy reads the cookie
+// of its client's socket from sock_diag and looks it up: exact at any rate,
+// and still there after the process has exited.
+//
+// Built by build.rs with `clang -target bpf -O2` into the binary, loaded
+// and verified by the kernel when the daemon starts, attached at the root
+// of the cgroup2 hierarchy through bpf links that the kernel removes when
+// the daemon exits. Every program lets the call through unchanged.
+//
+// Self-contained on purpose (no kernel or libbpf headers needed to build):
+// the context's layout and the helpers' numbers below are the kernel's
+// stable ABI (include/uapi/linux/bpf.h).
+
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// struct bpf_sock_addr, up to the fields read here.
+struct bpf_sock_addr {
+	u32 user_family;
+	u32 user_ip4;
+	u32 user_ip6[4];
+	u32 user_port; // network byte order, in the low 16 bits
+	u32 family;
+	u32 type;
+	u32 protocol;
+};
+
+// The legacy map definition, which needs no BTF.
+struct bpf_map_def {
+	u32 type;
+	u32 key_size;
+	u32 value_size;
+	u32 max_entries;
+	u32 map_flags;
+};
+
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_LRU_HASH 9
+#define SEC(name) __attribute__((section(name), used))
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
+				   u64 flags) = (void *)2;
+static u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+static u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
+static long (*bpf_get_current_comm)(void *buf, u32 size) = (void *)16;
+static u64 (*bpf_get_socket_cookie)(void *ctx) = (void *)46;
+static u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
+
+// What the proxy reads back (src/host/bpf.rs: Owner, the same layout).
+struct owner {
+	u32 pid;
+	u32 uid;
+	u64 cgroup;
+	char comm[16];
+};
+
+// Socket cookie -> the process that last connected it or sent from it. LRU:
+// the oldest are dropped when full; the proxy sets max_entries at load.
+struct bpf_map_def SEC("maps") owners = {
+	.type = BPF_MAP_TYPE_LRU_HASH,
+	.key_size = sizeof(u64),
+	.value_size = sizeof(struct owner),
+	.max_entries = 65536,
+	.map_flags = 0,
+};
+
+// The watched destination ports (user_port as read: network byte order),
+// filled by the proxy: rpcbind's port and the proxy's own.
+struct bpf_map_def SEC("maps") ports = {
+	.type = BPF_MAP_TYPE_HASH,
+	.key_size = sizeof(u32),
+	.value_size = sizeof(u8),
+	.max_entries = 16,
+	.map_flags = 0,
+};
+
+static __attribute__((always_inline)) int record(struct bpf_sock_addr *ctx)
+{
+	u32 port = ctx->user_port;
+	if (!bpf_map_lookup_elem(&ports, &port))
+		return 1;
+	u64 cookie = bpf_get_socket_cookie(ctx);
+	struct owner o = {};
+	o.pid = bpf_get_current_pid_tgid() >> 32;
+	o.uid = (u32)bpf_get_current_uid_gid();
+	o.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	bpf_map_update_elem(&owners, &cookie, &o, 0);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	return record(ctx);
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	return record(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return record(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return record(ctx);
+}
+
+// No helper used is GPL-only, so the kernel needs no GPL-compatible licence.
+char _license[] SEC("license") = "MIT OR Apache-2.0";

@@ -1,0 +1,262 @@
+//! The eBPF recorder of attribution: a small program (bpf/attribution.bpf.c,
+//! built by build.rs) that the kernel runs when a process connects a socket
+//! to, or sends a datagram to, a watched port. It records the socket's
+//! cookie → the process's pid, uid, command and cgroup in an LRU map; the
+//! proxy reads its client's socket cookie from sock_diag and looks it up.
+//! Exact at any rate, no race with the process exiting, and nothing
+//! searched in /proc.
+//!
+//! Loaded with aya (a pure-Rust loader); attached at the root of the cgroup2
+//! hierarchy the daemon sees, through bpf links (Linux 5.7 or later): the
+//! kernel removes the programs when the links' descriptors close, so a
+//! daemon killed by SIGKILL or a crash leaves nothing behind. Programs
+//! attached by others stay (multi-attach). Where it cannot load (no
+//! CAP_BPF and CAP_NET_ADMIN, a seccomp filter without `bpf`, an older
+//! kernel, a verifier that refuses it), [`Recorder::load`] says why in one
+//! line and attribution falls back to searching /proc.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfLoader};
+
+/// The object build.rs compiled.
+/// (Aligned: the ELF parser reads its headers in place.)
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attribution.bpf.o"));
+
+/// The programs in the object, by their function names.
+const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// Sockets remembered; the oldest are dropped when full. At 40 bytes an
+/// entry (key and value), about 2.6 MB of locked kernel memory at most.
+pub const OWNERS: u32 = 65_536;
+/// Ports watched at most (the `ports` map's size in the object).
+pub const MAX_PORTS: usize = 16;
+
+/// What the program recorded of a socket's process, laid out as its C
+/// `struct owner`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// The process (thread group) id.
+    pub pid: u32,
+    /// The uid it ran as.
+    pub uid: u32,
+    /// Its cgroup v2 id (resolve with `host::cgroup::cgroup_path_by_id`).
+    pub cgroup: u64,
+    /// Its command name, NUL-padded.
+    comm: [u8; 16],
+}
+
+// SAFETY: Owner is repr(C), Copy, and made only of integers and a byte
+// array with no padding (4 + 4 + 8 + 16 bytes): every bit pattern the
+// kernel copies into it is a valid value.
+unsafe impl aya::Pod for Owner {}
+
+impl Owner {
+    /// The command name, `None` when empty or not UTF-8.
+    pub fn command(&self) -> Option<&str> {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.comm[..end])
+            .ok()
+            .filter(|c| !c.is_empty())
+    }
+}
+
+/// The loaded, attached programs and the map they fill. Dropping it
+/// detaches them.
+pub struct Recorder {
+    /// Holds the programs and their links.
+    _ebpf: Ebpf,
+    owners: HashMap<MapData, u64, Owner>,
+    /// The daemon is in the host's pid namespace, so the pids the kernel
+    /// records are the ones its /proc shows.
+    pids_are_ours: bool,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recorder")
+    }
+}
+
+impl Recorder {
+    /// Loads the programs, lets them watch `ports` (rpcbind's and the
+    /// proxy's own) and attaches them at `cgroup_root` (the cgroup2
+    /// mountpoint). The error is one line saying why, for the log.
+    pub fn load(cgroup_root: &std::path::Path, ports: &[u16]) -> Result<Recorder, String> {
+        let kernel =
+            KernelVersion::current().map_err(|e| format!("kernel version unknown: {e}"))?;
+        // Before 5.7, cgroup programs attach without a link: they would
+        // stay attached after the daemon died.
+        if kernel < KernelVersion::new(5, 7, 0) {
+            return Err(format!(
+                "Linux {kernel} has no bpf links for cgroup programs (5.7 or later needed)"
+            ));
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let caps = capabilities(&status);
+        let has = |cap: u32| caps & (1 << cap) != 0;
+        if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+            return Err("no CAP_BPF".into());
+        }
+        if !has(CAP_NET_ADMIN) && !has(CAP_SYS_ADMIN) {
+            return Err("no CAP_NET_ADMIN, which cgroup socket programs need".into());
+        }
+        let seccomp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_some_and(|m| m.trim() != "0");
+        // What a refused bpf() call means: under a seccomp filter, EPERM
+        // and ENOSYS are the filter's answer (the capabilities are there).
+        let refused = |what: String, e: &dyn std::error::Error| {
+            let line = chain(e);
+            if seccomp && (line.ends_with("(os error 1)") || line.ends_with("(os error 38)")) {
+                let errno = line.rsplit(": ").next().unwrap_or_default();
+                format!("bpf() forbidden by seccomp: {errno}")
+            } else {
+                format!("{what}: {line}")
+            }
+        };
+        if ports.is_empty() || ports.len() > MAX_PORTS {
+            return Err(format!("{} ports to watch (1 to {MAX_PORTS})", ports.len()));
+        }
+        let cgroup = File::open(cgroup_root)
+            .map_err(|e| format!("cannot open {}: {e}", cgroup_root.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries("owners", OWNERS)
+            .load(OBJECT)
+            .map_err(|e| refused("loading the eBPF object".into(), &e))?;
+        {
+            let map = ebpf.map_mut("ports").ok_or("the object has no ports map")?;
+            let mut watched: HashMap<&mut MapData, u32, u8> =
+                HashMap::try_from(map).map_err(|e| format!("ports map: {e}"))?;
+            for &p in ports {
+                // As the program reads user_port: network byte order in
+                // the low 16 bits.
+                watched
+                    .insert(u32::from(p.to_be()), 1, 0)
+                    .map_err(|e| format!("ports map: {}", chain(&e)))?;
+            }
+        }
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("the object has no program {name}"))?
+                .try_into()
+                .map_err(|e| format!("program {name}: {e}"))?;
+            prog.load()
+                .map_err(|e| refused(format!("the kernel refused program {name}"), &e))?;
+            // Through a link (5.7 and later): always beside the programs
+            // others attached; the kernel takes no attach flags with it
+            // (`Single` is no flag).
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| {
+                    format!(
+                        "attaching {name} at {}: {}",
+                        cgroup_root.display(),
+                        chain(&e)
+                    )
+                })?;
+        }
+        let owners = ebpf
+            .take_map("owners")
+            .ok_or("the object has no owners map")?;
+        let owners = HashMap::try_from(owners).map_err(|e| format!("owners map: {e}"))?;
+        Ok(Recorder {
+            _ebpf: ebpf,
+            owners,
+            pids_are_ours: in_host_pid_namespace(&status),
+        })
+    }
+
+    /// Whether the pids recorded are this daemon's (it is in the host's pid
+    /// namespace); if not, only command, uid and cgroup are.
+    pub fn pids_are_ours(&self) -> bool {
+        self.pids_are_ours
+    }
+
+    /// Who connected or last sent from the socket with this cookie.
+    pub fn owner(&self, cookie: u64) -> Option<Owner> {
+        self.owners.get(&cookie, 0).ok()
+    }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// The effective capabilities in /proc/self/status (`CapEff:`, hex); none
+/// if unreadable.
+fn capabilities(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Whether this process is in the initial pid namespace: its NSpid line
+/// (/proc/self/status) names one pid, not one per nested namespace.
+fn in_host_pid_namespace(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|pids| pids.split_whitespace().count() == 1)
+}
+
+/// An error and its causes, on one line (aya's errors wrap the syscall's).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    let mut n = 0;
+    while let Some(s) = source {
+        // aya repeats a cause in its own message at times.
+        let text = s.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+        n += 1;
+        if n == 8 {
+            break;
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let status = "Name:\tx\nNSpid:\t7\t1\nCapEff:\t000001ffffffffff\nSeccomp:\t2\n";
+        assert_eq!(capabilities(status), 0x1ff_ffff_ffff);
+        assert!(!in_host_pid_namespace(status));
+        assert!(in_host_pid_namespace("NSpid:\t4242\n"));
+        assert_eq!(capabilities("CapEff:\tzz\n"), 0);
+        assert_eq!(capabilities(""), 0);
+    }
+
+    #[test]
+    fn command_names() {
+        let mut o = Owner {
+            pid: 1,
+            uid: 0,
+            cgroup: 1,
+            comm: [0; 16],
+        };
+        assert_eq!(o.command(), None);
+        o.comm[..7].copy_from_slice(b"rpcinfo");
+        assert_eq!(o.command(), Some("rpcinfo"));
+        o.comm = [b'a'; 16];
+        assert_eq!(o.command(), Some("aaaaaaaaaaaaaaaa"));
+        o.comm[0] = 0xff;
+        assert_eq!(o.command(), None);
+    }
+}
