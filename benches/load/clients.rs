@@ -19,7 +19,7 @@ use rpcbind_proxy::protocol::xdr::Reader;
 use crate::table::Row;
 use crate::{
     FLOOR_PORT, FLOOR_PROCESS_PORT, FLOOR_PROCESS_SOCK, FLOOR_SOCK, MAIN, MISS, NOATTR,
-    RPCBIND_PORT, RPCBIND_SOCK, TEST_PORT, TEST_PROG, TEST_VERS,
+    RPCBIND_PORT, RPCBIND_SOCK, SEARCH, TEST_PORT, TEST_PROG, TEST_VERS,
 };
 
 // ---------------------------------------------------------------------------
@@ -198,6 +198,8 @@ pub(crate) enum Target {
     Miss,
     /// The proxy with attribution off.
     NoAttribution,
+    /// The proxy naming clients by the /proc search only.
+    SearchAttribution,
 }
 
 impl Target {
@@ -209,6 +211,7 @@ impl Target {
             Target::FloorInProcess => "floor, in-process",
             Target::Miss => "proxy, miss",
             Target::NoAttribution => "proxy, no attribution",
+            Target::SearchAttribution => "proxy, search only",
         }
     }
 
@@ -220,6 +223,7 @@ impl Target {
             Target::FloorInProcess => (FLOOR_SOCK.into(), FLOOR_PORT),
             Target::Miss => (MISS.sock(), MISS.port),
             Target::NoAttribution => (NOATTR.sock(), NOATTR.port),
+            Target::SearchAttribution => (SEARCH.sock(), SEARCH.port),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         match t {

@@ -148,6 +148,15 @@ const NOATTR: Instance = Instance {
     port: 1115,
     args: &["--no-attribution"],
 };
+/// Attribution by the /proc search only (the eBPF recorder not loaded):
+/// what the fallback costs, next to MAIN (which names clients by eBPF where
+/// the kernel allows).
+const SEARCH: Instance = Instance {
+    name: "proxy-search",
+    dir: "/run/rpcbind-proxy-search",
+    port: 1116,
+    args: &["--no-attribution-ebpf"],
+};
 /// Run under callgrind for instructions per hit.
 const CG: Instance = Instance {
     name: "proxy-callgrind",
@@ -346,6 +355,20 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
     let proxy_pid = env.start_proxy(&MAIN, None)?;
     let miss_pid = env.start_proxy(&MISS, None)?;
     let noattr_pid = env.start_proxy(&NOATTR, None)?;
+    let search_pid = env.start_proxy(&SEARCH, None)?;
+    // How the main instance names its clients (eBPF where this kernel and
+    // machine allow), for the table's reader.
+    if !quiet() {
+        for inst in [&MAIN, &SEARCH] {
+            let a = memory::proxy_status(&env.bin, inst)?.clients.attribution;
+            println!(
+                "load: {} names clients by {}{}",
+                inst.name,
+                a.mode,
+                a.why.map_or(String::new(), |w| format!(" ({w})"))
+            );
+        }
+    }
     env.start_floor_process(&expected)?;
     start_floor(&expected, FLOOR_SOCK, FLOOR_PORT)?;
 
@@ -380,6 +403,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
         for t in [Transport::Unix, Transport::Tcp] {
             specs.push(Spec::new(t, mode, Target::Proxy, c, plan.row));
             specs.push(Spec::new(t, mode, Target::NoAttribution, c, plan.row));
+            specs.push(Spec::new(t, mode, Target::SearchAttribution, c, plan.row));
         }
     }
     // Two more proxy / floor / floor in-process triples per transport,
@@ -427,6 +451,7 @@ fn measure(env: &mut Env, plan: Plan) -> Result<(), String> {
             Target::Proxy => Some(proxy_pid),
             Target::Miss => Some(miss_pid),
             Target::NoAttribution => Some(noattr_pid),
+            Target::SearchAttribution => Some(search_pid),
             _ => None,
         };
         let row = run_row(spec, &expected, pid)?;

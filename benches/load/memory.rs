@@ -297,7 +297,7 @@ fn fill(ep: &Endpoint, progs: std::ops::Range<u32>) -> Result<u64, String> {
 }
 
 /// `rpcbind-proxy status --json`.
-fn proxy_status(bin: &Path, inst: &Instance) -> Result<Status, String> {
+pub(crate) fn proxy_status(bin: &Path, inst: &Instance) -> Result<Status, String> {
     let out = Command::new(bin)
         .arg("status")
         .arg("--json")

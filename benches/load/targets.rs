@@ -135,18 +135,24 @@ pub(crate) fn print_targets(
                         && r.spec.clients == c
                 })
             };
-            if let (Some(on), Some(off)) = (twin(Target::Proxy), twin(Target::NoAttribution)) {
-                check(
-                    on.rate >= 0.9 * off.rate,
-                    format!(
-                        "{} {}, attribution on at >= 0.9 of off: {:.0}/s vs {:.0}/s = {:.2}",
-                        t.name(),
-                        mode_name(t, mode),
-                        on.rate,
-                        off.rate,
-                        on.rate / off.rate
-                    ),
-                );
+            let off = twin(Target::NoAttribution);
+            for (target, how) in [
+                (Target::Proxy, "attribution on"),
+                (Target::SearchAttribution, "attribution by search only"),
+            ] {
+                if let (Some(on), Some(off)) = (twin(target), off) {
+                    check(
+                        on.rate >= 0.9 * off.rate,
+                        format!(
+                            "{} {}, {how} at >= 0.9 of off: {:.0}/s vs {:.0}/s = {:.2}",
+                            t.name(),
+                            mode_name(t, mode),
+                            on.rate,
+                            off.rate,
+                            on.rate / off.rate
+                        ),
+                    );
+                }
             }
         }
     }
