@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::host::netfilter::{InterceptRules, InterceptTable};
+use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
 use crate::host::systemd;
 use crate::proxy::listen::{self, Bound, DatagramThreads, ListenSpec, StreamLoop, UnixSocketFile};
@@ -399,7 +399,7 @@ fn start_threads(
 ) -> Result<(StreamLoop, DatagramThreads), StartError> {
     let (mut streams, mut datagrams) = (Vec::new(), Vec::new());
     for (spec, b) in bound {
-        info!(%spec, "listening");
+        info!(address = %spec, "listening");
         match b {
             Bound::Udp(socket) => datagrams.push(socket),
             b => streams.push(b),
@@ -432,11 +432,20 @@ fn redirect(rules: &InterceptRules, listeners_up_to: RawFd) -> Result<InterceptT
     info!(
         table = %format!("inet {INTERCEPT_TABLE}"),
         mark = %format!("{:#x}", rules.mark),
-        ipv4 = ?rules.ipv4.map(|r| (r.tcp_port, r.udp_port)),
-        ipv6 = ?rules.ipv6.map(|r| (r.tcp_port, r.udp_port)),
+        ipv4 = %redirected_to(rules.ipv4),
+        ipv6 = %redirected_to(rules.ipv6),
         "transparent mode: local traffic to port 111 is redirected here"
     );
     Ok(table)
+}
+
+/// Where one family's port-111 traffic goes, as the log says it:
+/// `tcp:1111,udp:1111`, or `none`.
+fn redirected_to(redirect: Option<Redirect>) -> String {
+    redirect.map_or_else(
+        || "none".to_owned(),
+        |r| format!("tcp:{},udp:{}", r.tcp_port, r.udp_port),
+    )
 }
 
 /// Every client connection is a descriptor: raise the soft limit to the

@@ -1,12 +1,15 @@
-//! The daemon: `serve` is its entry (the runtime, logging, signals);
-//! `lifecycle` is its life from start-up to drain; `supervise` what systemd
-//! is told while it serves; `transparent` transparent mode's start-up
-//! decisions; `attribution` the eBPF recorder's load and the mode it gives; `reload` what a SIGHUP changes; `error` why a start failed.
+//! The daemon: `serve` is its entry (the runtime, signals); `log` where
+//! its lines go and what they say; `lifecycle` is its life from start-up to
+//! drain; `supervise` what systemd is told while it serves; `transparent`
+//! transparent mode's start-up decisions; `attribution` the eBPF recorder's
+//! load and the mode it gives; `reload` what a SIGHUP changes; `error` why a
+//! start failed.
 
 mod attribution;
 mod control;
 mod error;
 mod lifecycle;
+mod log;
 mod reload;
 mod supervise;
 mod transparent;
@@ -14,9 +17,6 @@ mod transparent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Settings};
@@ -25,34 +25,6 @@ use crate::host::systemd;
 pub use error::StartError;
 pub use lifecycle::{run, Daemon, Running};
 pub use transparent::INTERCEPT_TABLE;
-
-type LogHandle = tracing_subscriber::reload::Handle<EnvFilter, Registry>;
-
-fn filter(level: &str) -> EnvFilter {
-    EnvFilter::try_new(level).unwrap_or_else(|_| {
-        eprintln!("rpcbind-proxy: bad log level {level:?}; using info");
-        EnvFilter::new("info")
-    })
-}
-
-/// Logs go to the journal when systemd connected stderr to it
-/// (JOURNAL_STREAM), to stderr otherwise.
-fn init_logging(level: &str) -> Option<LogHandle> {
-    let (layer, handle) = tracing_subscriber::reload::Layer::new(filter(level));
-    let registry = tracing_subscriber::registry().with(layer);
-    let to_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let result = match tracing_journald::layer() {
-        Ok(journald) if to_journal => registry.with(journald).try_init(),
-        _ => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
-            .try_init(),
-    };
-    result.ok().map(|()| handle)
-}
 
 /// Reads the config file (if any) under the command-line flags.
 fn load(args: &ServeArgs) -> Result<Config, StartError> {
@@ -69,7 +41,7 @@ fn load(args: &ServeArgs) -> Result<Config, StartError> {
 /// `rpcbind-proxy serve`.
 pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let config = load(&args)?;
-    let log = init_logging(&config.log_level);
+    let log = log::init(&config.log_level);
     let config_source = args.config_path().map_or_else(
         || {
             format!(
@@ -111,7 +83,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
 /// SIGTERM and SIGINT cancel `shutdown`; SIGHUP reloads the config file.
 async fn signals(
     args: ServeArgs,
-    log: Option<LogHandle>,
+    log: Option<log::LogHandle>,
     shutdown: CancellationToken,
     reload: mpsc::Sender<Config>,
 ) {
@@ -135,7 +107,7 @@ async fn signals(
                 match load(&args) {
                     Ok(config) => {
                         if let Some(h) = &log {
-                            let _ = h.reload(filter(&config.log_level));
+                            let _ = h.reload(log::filter(&config.log_level));
                         }
                         let _ = reload.send(config).await;
                     }

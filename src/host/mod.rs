@@ -4,7 +4,7 @@
 //! uses, SO_MARK, per-thread credentials, inherited sockets, RLIMIT_NOFILE,
 //! SO_PEERCRED, SO_LINGER, the coarse clock), datagrams in
 //! batches (`datagrams`: recvmmsg/sendmmsg), systemd's protocols (`systemd`: sd_notify, watchdog,
-//! LISTEN_FDS), the one netlink exchange both netlink users share
+//! LISTEN_FDS), the journal's native protocol (`journal`), the one netlink exchange both netlink users share
 //! (`netlink`: request and dump with one numbering, one recovery rule and
 //! one error type; its `codec` builds messages and parses them with every
 //! length checked), nf_tables over netlink
@@ -19,6 +19,7 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod datagrams;
+pub mod journal;
 pub mod netfilter;
 pub(crate) mod netlink;
 pub mod procfd;
