@@ -49,7 +49,9 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
 				   u64 flags) = (void *)2;
 static u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
+#ifndef NO_COMM
 static long (*bpf_get_current_comm)(void *buf, u32 size) = (void *)16;
+#endif
 static u64 (*bpf_get_socket_cookie)(void *ctx) = (void *)46;
 static u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
 
@@ -91,7 +93,12 @@ static __attribute__((always_inline)) int record(struct bpf_sock_addr *ctx)
 	o.pid = bpf_get_current_pid_tgid() >> 32;
 	o.uid = (u32)bpf_get_current_uid_gid();
 	o.cgroup = bpf_get_current_cgroup_id();
+#ifndef NO_COMM
+	// Allowed to cgroup programs only with CAP_PERFMON: build.rs also makes
+	// this program without it, which the daemon loads where the kernel
+	// refuses the helper (the command is then read from /proc/PID/comm).
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
+#endif
 	bpf_map_update_elem(&owners, &cookie, &o, 0);
 	return 1;
 }

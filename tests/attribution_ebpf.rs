@@ -231,3 +231,50 @@ fn under_a_seccomp_filter_without_bpf_the_daemon_says_so_and_searches() {
         },
     );
 }
+
+#[test]
+fn without_cap_perfmon_commands_come_from_proc() {
+    // The kernel gives the command helper to cgroup programs only with
+    // CAP_PERFMON (or CAP_SYS_ADMIN): without them the recorder is loaded
+    // without it, says so, and the command is read from /proc.
+    run_with(
+        Options {
+            proxy: false,
+            ..transparent()
+        },
+        |mut sb| async move {
+            sb.wrap_proxy(&["setpriv", "--bounding-set=-perfmon,-sys_admin", "--"]);
+            sb.start_proxy(&[]).await.expect("the proxy starts");
+            let status = sb.status().await;
+            if !ebpf_loaded(&sb, &status, "without_cap_perfmon_commands_come_from_proc") {
+                return;
+            }
+            assert_eq!(
+                attribution(&status)["why"],
+                "commands read from /proc/PID/comm: no CAP_PERFMON"
+            );
+            assert!(
+                sb.proxy_log().lines().any(|l| l.contains(
+                    "attribution: ebpf (commands read from /proc/PID/comm: no CAP_PERFMON)"
+                )),
+                "{}",
+                sb.proxy_log()
+            );
+            let unit = Unit::new("no-perfmon");
+            let t = support::tirpc::tirpc_client().to_str().unwrap().to_owned();
+            run_in(
+                &sb,
+                &unit,
+                NOBODY,
+                &[&t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "20"],
+            )
+            .await;
+            let rows = rows(&sb.status().await);
+            let r = row(&rows, &unit.name, "tcp", NOBODY);
+            assert!(
+                r.is_some_and(|r| r["command"] == "tirpc_client" && r["requests"] == 20),
+                "{rows:#?}"
+            );
+        },
+    );
+}

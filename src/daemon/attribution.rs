@@ -25,7 +25,8 @@ pub(super) fn start(config: &Config, specs: &[ListenSpec], proxy: &Proxy) {
     };
     proxy.set_recorder(recorder);
     match proxy.attribution_mode() {
-        Mode::Ebpf => info!("attribution: ebpf"),
+        Mode::Ebpf(None) => info!("attribution: ebpf"),
+        Mode::Ebpf(Some(note)) => info!("attribution: ebpf ({note})"),
         Mode::Search(why) => warn!("attribution: search ({why})"),
         Mode::Off => info!("attribution: off"),
     }

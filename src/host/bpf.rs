@@ -24,9 +24,12 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 
-/// The object build.rs compiled.
-/// (Aligned: the ELF parser reads its headers in place.)
+/// The objects build.rs compiled: with the command recorded, and without
+/// (for a kernel that allows `bpf_get_current_comm` to cgroup programs only
+/// with CAP_PERFMON). Aligned: the ELF parser reads its headers in place.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attribution.bpf.o"));
+static OBJECT_NO_COMM: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/attribution-nocomm.bpf.o"));
 
 /// The programs in the object, by their function names.
 const PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -72,6 +75,8 @@ pub struct Recorder {
     /// Holds the programs and their links.
     _ebpf: Ebpf,
     owners: HashMap<MapData, u64, Owner>,
+    /// The kernel records commands (CAP_PERFMON).
+    commands: bool,
     /// The daemon is in the host's pid namespace, so the pids the kernel
     /// records are the ones its /proc shows.
     pids_are_ours: bool,
@@ -113,7 +118,7 @@ impl Recorder {
         // What a refused bpf() call means: under a seccomp filter, EPERM
         // and ENOSYS are the filter's answer (the capabilities are there).
         let refused = |what: String, e: &dyn std::error::Error| {
-            let line = chain(e);
+            let line = verifier_error(&chain(e));
             if seccomp && (line.ends_with("(os error 1)") || line.ends_with("(os error 38)")) {
                 let errno = line.rsplit(": ").next().unwrap_or_default();
                 format!("bpf() forbidden by seccomp: {errno}")
@@ -126,42 +131,16 @@ impl Recorder {
         }
         let cgroup = File::open(cgroup_root)
             .map_err(|e| format!("cannot open {}: {e}", cgroup_root.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .set_max_entries("owners", OWNERS)
-            .load(OBJECT)
-            .map_err(|e| refused("loading the eBPF object".into(), &e))?;
-        {
-            let map = ebpf.map_mut("ports").ok_or("the object has no ports map")?;
-            let mut watched: HashMap<&mut MapData, u32, u8> =
-                HashMap::try_from(map).map_err(|e| format!("ports map: {e}"))?;
-            for &p in ports {
-                // As the program reads user_port: network byte order in
-                // the low 16 bits.
-                watched
-                    .insert(u32::from(p.to_be()), 1, 0)
-                    .map_err(|e| format!("ports map: {}", chain(&e)))?;
+        let commands = has(CAP_PERFMON) || has(CAP_SYS_ADMIN);
+        let attempt = |object| attach(object, &cgroup, cgroup_root, ports, &refused);
+        let (ebpf, commands) = match attempt(if commands { OBJECT } else { OBJECT_NO_COMM }) {
+            // Some kernels refuse the command helper even so.
+            Err(e) if commands && e.contains("bpf_get_current_comm") => {
+                (attempt(OBJECT_NO_COMM)?, false)
             }
-        }
-        for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("the object has no program {name}"))?
-                .try_into()
-                .map_err(|e| format!("program {name}: {e}"))?;
-            prog.load()
-                .map_err(|e| refused(format!("the kernel refused program {name}"), &e))?;
-            // Through a link (5.7 and later): always beside the programs
-            // others attached; the kernel takes no attach flags with it
-            // (`Single` is no flag).
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| {
-                    format!(
-                        "attaching {name} at {}: {}",
-                        cgroup_root.display(),
-                        chain(&e)
-                    )
-                })?;
-        }
+            r => (r?, commands),
+        };
+        let mut ebpf = ebpf;
         let owners = ebpf
             .take_map("owners")
             .ok_or("the object has no owners map")?;
@@ -169,8 +148,15 @@ impl Recorder {
         Ok(Recorder {
             _ebpf: ebpf,
             owners,
+            commands,
             pids_are_ours: in_host_pid_namespace(&status),
         })
+    }
+
+    /// Whether the kernel records commands (`Owner::command`); if not, they
+    /// are read from /proc/PID/comm while the process lives.
+    pub fn records_commands(&self) -> bool {
+        self.commands
     }
 
     /// Whether the pids recorded are this daemon's (it is in the host's pid
@@ -187,6 +173,7 @@ impl Recorder {
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The effective capabilities in /proc/self/status (`CapEff:`, hex); none
@@ -199,6 +186,53 @@ fn capabilities(status: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Loads `object`, fills its ports map and attaches its programs at
+/// `cgroup`: the loaded object, or why not (one line).
+fn attach(
+    object: &[u8],
+    cgroup: &File,
+    cgroup_root: &std::path::Path,
+    ports: &[u16],
+    refused: &dyn Fn(String, &dyn std::error::Error) -> String,
+) -> Result<Ebpf, String> {
+    let mut ebpf = EbpfLoader::new()
+        .set_max_entries("owners", OWNERS)
+        .load(object)
+        .map_err(|e| refused("loading the eBPF object".into(), &e))?;
+    {
+        let map = ebpf.map_mut("ports").ok_or("the object has no ports map")?;
+        let mut watched: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|e| format!("ports map: {e}"))?;
+        for &p in ports {
+            // As the program reads user_port: network byte order in the
+            // low 16 bits.
+            watched
+                .insert(u32::from(p.to_be()), 1, 0)
+                .map_err(|e| format!("ports map: {}", chain(&e)))?;
+        }
+    }
+    for name in PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("the object has no program {name}"))?
+            .try_into()
+            .map_err(|e| format!("program {name}: {e}"))?;
+        prog.load()
+            .map_err(|e| refused(format!("the kernel refused program {name}"), &e))?;
+        // Through a link (5.7 and later): always beside the programs others
+        // attached; the kernel takes no attach flags with it (`Single` is
+        // no flag).
+        prog.attach(cgroup, CgroupAttachMode::Single).map_err(|e| {
+            format!(
+                "attaching {name} at {}: {}",
+                cgroup_root.display(),
+                chain(&e)
+            )
+        })?;
+    }
+    Ok(ebpf)
+}
+
 /// Whether this process is in the initial pid namespace: its NSpid line
 /// (/proc/self/status) names one pid, not one per nested namespace.
 fn in_host_pid_namespace(status: &str) -> bool {
@@ -206,6 +240,28 @@ fn in_host_pid_namespace(status: &str) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))
         .is_some_and(|pids| pids.split_whitespace().count() == 1)
+}
+
+/// A refusal on one line: a verifier's log (the program's instructions as
+/// it walked them, then why it stopped, then its statistics) shortened to
+/// the line that says why.
+fn verifier_error(line: &str) -> String {
+    let Some((head, log)) = line.split_once("Verifier output:") else {
+        return line.replace('\n', " ");
+    };
+    let why = log
+        .lines()
+        .map(str::trim)
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with(|c: char| c.is_ascii_digit())
+                && !l.starts_with(':')
+                && !["verification time", "stack depth", "processed"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+        })
+        .unwrap_or("no reason given");
+    format!("{}: {why}", head.trim_end().trim_end_matches('.'))
 }
 
 /// An error and its causes, on one line (aya's errors wrap the syscall's).
@@ -241,6 +297,22 @@ mod tests {
         assert!(in_host_pid_namespace("NSpid:\t4242\n"));
         assert_eq!(capabilities("CapEff:\tzz\n"), 0);
         assert_eq!(capabilities(""), 0);
+    }
+
+    #[test]
+    fn a_verifier_log_is_shortened_to_its_reason() {
+        let log = "the BPF_PROG_LOAD syscall failed. Verifier output: 0: R1=ctx() R10=fp0\n\
+            0: (bf) r6 = r1                       ; R1=ctx() R6=ctx()\n\
+            25: (85) call bpf_get_current_comm#16\n\
+            program of this type cannot use helper bpf_get_current_comm#16\n\
+            verification time 156 usec\nstack depth 48\n\
+            processed 25 insns (limit 1000000) max_states_per_insn 0\n\
+            : Invalid argument (os error 22)";
+        assert_eq!(
+            verifier_error(log),
+            "the BPF_PROG_LOAD syscall failed: program of this type cannot use helper bpf_get_current_comm#16"
+        );
+        assert_eq!(verifier_error("a\nb"), "a b");
     }
 
     #[test]

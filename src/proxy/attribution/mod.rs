@@ -103,8 +103,9 @@ impl Identity {
 pub enum Mode {
     /// Nobody is named (`attribution = false`).
     Off,
-    /// Looked up in what the eBPF recorder saw.
-    Ebpf,
+    /// Looked up in what the eBPF recorder saw; a note when part of it
+    /// comes from /proc instead (the command, without CAP_PERFMON).
+    Ebpf(Option<String>),
     /// Searched for among the client's cgroup's processes; why the recorder
     /// is not used.
     Search(String),
@@ -115,15 +116,16 @@ impl Mode {
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Off => "off",
-            Mode::Ebpf => "ebpf",
+            Mode::Ebpf(_) => "ebpf",
             Mode::Search(_) => "search",
         }
     }
 
-    /// Why the recorder is not used, for the search.
+    /// Why the recorder is not used (search), or what it does not record
+    /// (ebpf).
     pub fn why(&self) -> Option<&str> {
         match self {
-            Mode::Search(why) => Some(why),
+            Mode::Search(why) | Mode::Ebpf(Some(why)) => Some(why),
             _ => None,
         }
     }
@@ -198,7 +200,10 @@ impl Attributor {
             return Mode::Off;
         }
         match self.recorder.get() {
-            Some(Ok(_)) => Mode::Ebpf,
+            Some(Ok(r)) if r.records_commands() => Mode::Ebpf(None),
+            Some(Ok(_)) => Mode::Ebpf(Some(
+                "commands read from /proc/PID/comm: no CAP_PERFMON".into(),
+            )),
             Some(Err(why)) => Mode::Search(why.clone()),
             None => Mode::Search("the eBPF recorder was not loaded".into()),
         }
@@ -284,11 +289,16 @@ impl Attributor {
         if let Some(Ok(recorder)) = self.recorder.get() {
             if let Some(owner) = recorder.owner(sock.cookie) {
                 id.uid = Some(owner.uid);
-                id.command = owner.command().map(Arc::from);
                 // The kernel's pid is the host's: only meaningful (and in
                 // this /proc) when the daemon shares the host's pid
                 // namespace.
                 id.pid = recorder.pids_are_ours().then_some(owner.pid);
+                id.command = match owner.command() {
+                    Some(c) => Some(Arc::from(c)),
+                    // Not recorded (no CAP_PERFMON): the process's own,
+                    // while it lives.
+                    None => id.pid.and_then(|pid| self.process(pid).command),
+                };
                 id.unit = self.cgroup(owner.cgroup).1.or_else(|| {
                     // The cgroup cannot be named by its id (file handles
                     // forbidden): the process's own, while it lives.
