@@ -10,6 +10,10 @@
 //!   loop (unix), an `rpcinfo -T tcp` loop, an `rpcinfo -T udp` loop and one
 //!   long-lived libtirpc client making many lookups.
 //!
+//! And a crowd: a one-shot loop and a long-lived client among 120 idle
+//! processes of their user in one cgroup, as in the root cgroup of a host
+//! without systemd.
+//!
 //! How many calls one `rpcinfo` run makes on each transport is measured
 //! first, each command alone in a unit of its own; then each row's share is
 //! what it got over what its clients made. The attribution mode is one
@@ -194,20 +198,26 @@ async fn calls_per_run(sb: &Sandbox, cmd: &str) -> BTreeMap<String, u64> {
     per
 }
 
-/// The storm in `mode`; prints the per-row table and asserts each row's
-/// share.
-fn storm(mode: Mode) {
-    let opts = Options {
-        transparent: true,
-        proxy_args: mode.proxy_args(),
-        ..Options::default()
-    };
-    run_with(opts, move |sb| async move {
-        let a = Unit::new("nfs-check");
-        let b = Unit::new("cronjob");
-        let units = [
+/// Which storm.
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    /// The two units above.
+    TwoUnits,
+    /// One unit crowded with [`CROWD`] idle processes of the clients' user
+    /// (as the root cgroup of a host without systemd is): a one-shot loop
+    /// and a long-lived client among them.
+    Crowd,
+}
+
+/// The crowd's idle processes.
+const CROWD: usize = 120;
+
+/// The units of `scenario` and their clients.
+fn scenario(scenario: Scenario) -> Vec<(Unit, Vec<Client>)> {
+    match scenario {
+        Scenario::TwoUnits => vec![
             (
-                &a,
+                Unit::new("nfs-check"),
                 vec![
                     one_shot(
                         "A rpcinfo -T tcp (nobody)",
@@ -219,7 +229,7 @@ fn storm(mode: Mode) {
                 ],
             ),
             (
-                &b,
+                Unit::new("cronjob"),
                 vec![
                     one_shot("B rpcinfo -p", 0, "rpcinfo -p", B_RPCINFO_RUNS),
                     one_shot(
@@ -237,8 +247,41 @@ fn storm(mode: Mode) {
                     tirpc("B libtirpc client", 0, B_CLIENT_LOOKUPS),
                 ],
             ),
-        ];
+        ],
+        Scenario::Crowd => {
+            let mut loop_ = one_shot(
+                "rpcinfo -T tcp in a crowd",
+                0,
+                "rpcinfo -T tcp 127.0.0.1 100000",
+                B_RPCINFO_RUNS,
+            );
+            // The crowd first (idle, and older than every client), then
+            // the loop; the crowd ends with it.
+            loop_.script = format!(
+                "i=0; idle=; while [ $i -lt {CROWD} ]; do sleep 60 & idle=\"$idle $!\"; i=$((i+1)); done; {}; s=$?; kill $idle; exit $s",
+                loop_.script
+            );
+            vec![(
+                Unit::new("crowd"),
+                vec![
+                    loop_,
+                    tirpc("libtirpc client in a crowd", 0, B_CLIENT_LOOKUPS),
+                ],
+            )]
+        }
+    }
+}
 
+/// `scenario` in `mode`; prints the per-row table and asserts each row's
+/// share.
+fn storm(mode: Mode, which: Scenario) {
+    let opts = Options {
+        transparent: true,
+        proxy_args: mode.proxy_args(),
+        ..Options::default()
+    };
+    run_with(opts, move |sb| async move {
+        let units = scenario(which);
         // What each row should get.
         let mut expected: BTreeMap<Key, (u64, Vec<&str>)> = BTreeMap::new();
         for (unit, clients) in &units {
@@ -291,7 +334,7 @@ fn storm(mode: Mode) {
         let status = sb.status().await;
         let got = rows(&status);
         let mut table = format!(
-            "two-unit storm, {mode:?} mode, {:.1} s\n{:<28} {:>8} {:>8} {:>7}\n",
+            "{which:?} storm, {mode:?} mode, {:.1} s\n{:<28} {:>8} {:>8} {:>7}\n",
             took.as_secs_f64(),
             "row (clients)",
             "made",
@@ -315,7 +358,7 @@ fn storm(mode: Mode) {
             }
         }
         for ((unit, command, uid, transport), n) in &got {
-            if unit == &a.name || unit == &b.name {
+            if units.iter().any(|(u, _)| u.name == *unit) {
                 let known = command.as_ref().is_some_and(|c| {
                     expected.contains_key(&(unit.clone(), c.clone(), *uid, transport.clone()))
                 });
@@ -360,11 +403,16 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 
 #[test]
 fn the_two_unit_storm_is_named_by_the_search() {
-    storm(Mode::Search);
+    storm(Mode::Search, Scenario::TwoUnits);
 }
 
 #[test]
 #[ignore = "needs the eBPF loader"]
 fn the_two_unit_storm_is_named_exactly_with_ebpf() {
-    storm(Mode::Ebpf);
+    storm(Mode::Ebpf, Scenario::TwoUnits);
+}
+
+#[test]
+fn clients_in_a_crowded_cgroup_are_named_by_the_search() {
+    storm(Mode::Search, Scenario::Crowd);
 }
