@@ -150,7 +150,7 @@ pub fn cgroup2_mountpoint() -> io::Result<Option<PathBuf>> {
 /// the tree is walked instead: a cgroup2 directory's inode number is its
 /// cgroup id, and readdir gives it without a stat. The walk's map is kept,
 /// so one walk answers for every cgroup that existed then; an id it did not
-/// have starts another, at most [`WALKS_PER_SECOND`] a second.
+/// have starts another, at most 10 a second.
 ///
 /// `Ok(None)`: no cgroup2 mount, no cgroup with that id (removed since:
 /// ESTALE), or one outside what this process's mount shows.
@@ -467,7 +467,7 @@ pub fn processes(cgroup_path: &str, max_procs: usize) -> Option<Vec<u32>> {
 
 /// Orders `pids` newest first: in the order the kernel handed them out,
 /// counting back from the last one (/proc/sys/kernel/ns_last_pid, read at
-/// most every [`LAST_PID_EVERY`]), so the order holds across a wrap of
+/// most every 100 ms), so the order holds across a wrap of
 /// pid_max; pids handed out since that read (a little above it) count as
 /// the newest. Without those files, highest first. Only an order of
 /// preference: nothing is concluded from it.
