@@ -282,15 +282,18 @@ impl Search {
     }
 
     /// The processes of cgroup `cg` found more than once lately, most
-    /// first, and the latest found only once (a one-shot client often
+    /// first; and the latest found only once (a one-shot client often
     /// makes a second connection).
-    fn repeat_clients(&self, cg: u64) -> Vec<Found> {
+    fn first_candidates(&self, cg: u64) -> (Vec<Found>, Option<Found>) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(list) = recent.get(&cg) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let repeat = list.partition_point(|r| r.hits > 1);
-        list.iter().take(repeat + 1).map(|r| r.found).collect()
+        (
+            list[..repeat].iter().map(|r| r.found).collect(),
+            list.get(repeat).map(|r| r.found),
+        )
     }
 
     /// `pid` is gone (or hidden): it is no longer tried first.
@@ -318,12 +321,23 @@ impl Search {
         let probe = |pid: u32, fd: u32| {
             (procfd::fd_socket(pid, fd) == Some(inode)).then_some(Found { pid, fd })
         };
-        let repeat = self.repeat_clients(cg);
-        for r in &repeat {
+        let (repeat, latest) = self.first_candidates(cg);
+        for r in repeat.iter().chain(&latest) {
             if over() {
                 return None;
             }
             if let Some(found) = probe(r.pid, r.fd) {
+                return Some(found);
+            }
+        }
+        // A repeat client with several sockets open at once uses other
+        // descriptors: its whole table (remembering them all) before the
+        // cgroup's other processes.
+        for r in &repeat {
+            if over() {
+                return None;
+            }
+            if let Some(found) = self.holds(r.pid, inode) {
                 return Some(found);
             }
         }
@@ -348,8 +362,7 @@ impl Search {
                 }
             }
         }
-        // Whole tables: the repeat clients, then the client's user's
-        // processes, then the others (a process that changed its uid after
+        // Whole tables: the client's user's processes, then the others (a process that changed its uid after
         // making the socket, or was handed it).
         let mut others = Vec::new();
         let mine = pids.into_iter().filter(|&pid| {
@@ -359,7 +372,7 @@ impl Search {
             }
             same
         });
-        let order: Vec<u32> = repeat.iter().map(|r| r.pid).chain(mine).collect();
+        let order: Vec<u32> = mine.collect();
         for pid in order.into_iter().chain(others) {
             if over() {
                 return None;
@@ -441,12 +454,16 @@ mod tests {
         s.matched(7, f(1));
         s.matched(7, f(2));
         assert_eq!(
-            s.repeat_clients(7),
-            vec![f(2)],
+            s.first_candidates(7),
+            (vec![], Some(f(2))),
             "each found once: the latest"
         );
         s.matched(7, f(1));
-        assert_eq!(s.repeat_clients(7), vec![f(1), f(2)], "found twice");
+        assert_eq!(
+            s.first_candidates(7),
+            (vec![f(1)], Some(f(2))),
+            "found twice"
+        );
         for one_shot in 100..100 + RECENT as u32 * 2 {
             s.matched(7, f(one_shot));
         }
@@ -472,8 +489,8 @@ mod tests {
             f(100 + RECENT as u32 * 2 - 1),
             "then the latest"
         );
-        assert!(s.repeat_clients(8).is_empty());
+        assert_eq!(s.first_candidates(8), (vec![], None));
         s.forget(7, 1);
-        assert_eq!(s.repeat_clients(7), vec![recent[1].found]);
+        assert_eq!(s.first_candidates(7), (vec![], Some(recent[1].found)));
     }
 }
