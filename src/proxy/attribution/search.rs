@@ -11,15 +11,18 @@
 //!    a process has open at once;
 //! 2. the user's only process in the cgroup (no table read at all);
 //! 3. the processes that held this cgroup's client sockets more than once
-//!    lately, most often first, and the latest one-shot (a long-lived
-//!    client is found at its first candidate, with no read of the cgroup's
-//!    process list), each at the descriptor it used last;
-//! 4. the cgroup's other processes, newest first (a loop that starts a
-//!    process per lookup is found at its newest), the client's user
-//!    before others.
+//!    lately, most often first, and the latest one-shot, each at the
+//!    descriptor it used last (one readlink: a long-lived client is found
+//!    at its first candidate, with no read of the cgroup's process list);
+//!    then the repeat clients' whole tables (one with several sockets open
+//!    at once);
+//! 4. the cgroup's other processes, newest first: their descriptors 3-5
+//!    one readlink each (a loop that starts a process per lookup is found
+//!    at its newest), then their whole tables, the client's user before
+//!    others.
 //!
 //! Each table is read at most once per lookup, and all of it within a
-//! budget: a share of the proxy's own CPU time over the last second, with
+//! budget: a share of the proxy's own CPU time in the current second, with
 //! a floor so that a quiet daemon still searches. Beyond it a lookup stays
 //! unnamed.
 
