@@ -495,11 +495,23 @@ pub fn newest_first(pids: &mut [u32]) {
         pids.sort_unstable_by(|a, b| b.cmp(a));
         return;
     };
-    let (max, top) = (
-        u64::from(max),
-        u64::from(last) + (u64::from(max) / 8).min(65_536),
-    );
-    pids.sort_unstable_by_key(|&p| (top + max - u64::from(p) % max) % max);
+    pids.sort_unstable_by_key(|&p| age(p, last, max));
+}
+
+/// Pids below this are never handed out again after a wrap (the kernel's
+/// RESERVED_PIDS): the processes that hold them are old.
+const RESERVED_PIDS: u32 = 300;
+
+/// How far back `pid` was handed out, counting from `last` in a pid space
+/// of `max`: 0 the newest. Pids up to a little above `last` (handed out
+/// since it was read) count as newer still; reserved pids as the oldest.
+fn age(pid: u32, last: u32, max: u32) -> u64 {
+    if pid < RESERVED_PIDS {
+        return u64::from(max);
+    }
+    let max = u64::from(max);
+    let top = u64::from(last) + (max / 64).min(4096);
+    (top + max - u64::from(pid) % max) % max
 }
 
 /// The owner of process `pid` (its /proc/PID directory's owner: the
@@ -635,6 +647,22 @@ mod tests {
         assert!(!handles_refused(&io::Error::from_raw_os_error(
             libc::ESTALE
         )));
+    }
+
+    #[test]
+    fn pid_ages_count_back_from_the_last_across_a_wrap() {
+        // 32768 pids, the last handed out 1000: 1100 (handed out since the
+        // read) is the newest, then 1000, 999, 301 (after the wrap), 32000
+        // (before it); 2 (reserved) is the oldest.
+        let ages: Vec<u64> = [1100, 1000, 999, 301, 32000, 2]
+            .iter()
+            .map(|&p| age(p, 1000, 32768))
+            .collect();
+        assert!(ages.windows(2).all(|w| w[0] < w[1]), "{ages:?}");
+        // Near the top of the space: 310 was handed out after a wrap
+        // since the read, so it is newer than 32700.
+        assert!(age(310, 32760, 32768) < age(32700, 32760, 32768));
+        assert!(age(32760, 32700, 32768) < age(5000, 32700, 32768));
     }
 
     #[test]
