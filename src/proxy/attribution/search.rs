@@ -14,8 +14,8 @@
 //!    lately, most often first, and the latest one-shot, each at the
 //!    descriptor it used last (one readlink: a long-lived client is found
 //!    at its first candidate, with no read of the cgroup's process list);
-//!    then the repeat clients' whole tables (one with several sockets open
-//!    at once);
+//!    then the repeat clients' other descriptors of client sockets and
+//!    whole tables (one with several lookups in flight);
 //! 4. the cgroup's other processes, newest first: their descriptors 3-5
 //!    one readlink each (a loop that starts a process per lookup is found
 //!    at its newest), then their whole tables, the client's user before
@@ -123,6 +123,14 @@ struct Recent {
     found: Found,
     /// How many times it was found.
     hits: u32,
+    /// The descriptors below 64 it held them on (bit N: descriptor N): a
+    /// client with several lookups in flight cycles through a few.
+    fds: u64,
+}
+
+/// `fd` as a bit of [`Recent::fds`] (none for 64 and above).
+fn fd_bit(fd: u32) -> u64 {
+    1u64.checked_shl(fd).unwrap_or(0)
 }
 
 /// The search's memories and budget.
@@ -269,9 +277,12 @@ impl Search {
     fn matched(&self, cg: u64, found: Found) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let list = recent.get_or_insert_mut(cg, Vec::new);
-        let hits = match list.iter().position(|r| r.found.pid == found.pid) {
-            Some(i) => list.remove(i).hits.saturating_add(1),
-            None => 1,
+        let (hits, fds) = match list.iter().position(|r| r.found.pid == found.pid) {
+            Some(i) => {
+                let old = list.remove(i);
+                (old.hits.saturating_add(1), old.fds | fd_bit(found.fd))
+            }
+            None => (1, fd_bit(found.fd)),
         };
         if list.len() >= RECENT {
             // The least found, the oldest of those.
@@ -281,22 +292,19 @@ impl Search {
             }
         }
         let at = list.partition_point(|r| r.hits > hits);
-        list.insert(at, Recent { found, hits });
+        list.insert(at, Recent { found, hits, fds });
     }
 
     /// The processes of cgroup `cg` found more than once lately, most
     /// first; and the latest found only once (a one-shot client often
     /// makes a second connection).
-    fn first_candidates(&self, cg: u64) -> (Vec<Found>, Option<Found>) {
+    fn first_candidates(&self, cg: u64) -> (Vec<Recent>, Option<Found>) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(list) = recent.get(&cg) else {
             return (Vec::new(), None);
         };
         let repeat = list.partition_point(|r| r.hits > 1);
-        (
-            list[..repeat].iter().map(|r| r.found).collect(),
-            list.get(repeat).map(|r| r.found),
-        )
+        (list[..repeat].to_vec(), list.get(repeat).map(|r| r.found))
     }
 
     /// `pid` is gone (or hidden): it is no longer tried first.
@@ -325,7 +333,7 @@ impl Search {
             (procfd::fd_socket(pid, fd) == Some(inode)).then_some(Found { pid, fd })
         };
         let (repeat, latest) = self.first_candidates(cg);
-        for r in repeat.iter().chain(&latest) {
+        for r in repeat.iter().map(|r| &r.found).chain(&latest) {
             if over() {
                 return None;
             }
@@ -334,13 +342,23 @@ impl Search {
             }
         }
         // A repeat client with several sockets open at once uses other
-        // descriptors: its whole table (remembering them all) before the
-        // cgroup's other processes.
+        // descriptors: the others it used, then its whole table
+        // (remembering them all), before the cgroup's other processes.
+        for r in &repeat {
+            for fd in (0..64).filter(|&fd| r.fds & fd_bit(fd) != 0 && fd != r.found.fd) {
+                if over() {
+                    return None;
+                }
+                if let Some(found) = probe(r.found.pid, fd) {
+                    return Some(found);
+                }
+            }
+        }
         for r in &repeat {
             if over() {
                 return None;
             }
-            if let Some(found) = self.holds(r.pid, inode) {
+            if let Some(found) = self.holds(r.found.pid, inode) {
                 return Some(found);
             }
         }
@@ -350,10 +368,10 @@ impl Search {
             Some(l) => l,
             None => cgroup::processes(path, MAX_LISTED).unwrap_or_default(),
         };
-        for r in repeat.iter().filter(|r| !pids.contains(&r.pid)) {
-            self.forget(cg, r.pid);
+        for r in repeat.iter().filter(|r| !pids.contains(&r.found.pid)) {
+            self.forget(cg, r.found.pid);
         }
-        pids.retain(|p| *p != me && !repeat.iter().any(|r| r.pid == *p));
+        pids.retain(|p| *p != me && !repeat.iter().any(|r| r.found.pid == *p));
         cgroup::newest_first(&mut pids);
         for fd in FIRST_FDS {
             for &pid in &pids {
@@ -462,11 +480,9 @@ mod tests {
             "each found once: the latest"
         );
         s.matched(7, f(1));
-        assert_eq!(
-            s.first_candidates(7),
-            (vec![f(1)], Some(f(2))),
-            "found twice"
-        );
+        let (repeat, latest) = s.first_candidates(7);
+        let repeat: Vec<Found> = repeat.iter().map(|r| r.found).collect();
+        assert_eq!((repeat, latest), (vec![f(1)], Some(f(2))), "found twice");
         for one_shot in 100..100 + RECENT as u32 * 2 {
             s.matched(7, f(one_shot));
         }
@@ -483,9 +499,10 @@ mod tests {
             recent[0],
             Recent {
                 found: Found { pid: 1, fd: 4 },
-                hits: 3
+                hits: 3,
+                fds: 0b11000,
             },
-            "the repeat client stays first, at its last descriptor"
+            "the repeat client stays first, at its last descriptor, with both"
         );
         assert_eq!(
             recent[1].found,
@@ -493,6 +510,7 @@ mod tests {
             "then the latest"
         );
         assert_eq!(s.first_candidates(8), (vec![], None));
+        assert_eq!((fd_bit(0), fd_bit(63), fd_bit(64)), (1, 1 << 63, 0));
         s.forget(7, 1);
         assert_eq!(s.first_candidates(7), (vec![], Some(recent[1].found)));
     }
