@@ -4,23 +4,30 @@
 //!
 //! - [`cgroup_path_by_id`]: a cgroup v2 id (from `sockdiag`'s
 //!   INET_DIAG_CGROUP_ID) to its path, by opening it through a kernfs file
-//!   handle on the cgroup2 mount (open_by_handle_at, CAP_DAC_READ_SEARCH).
+//!   handle on the cgroup2 mount (open_by_handle_at, CAP_DAC_READ_SEARCH);
+//!   where file handles are refused (no capability, or a seccomp filter as
+//!   nspawn's and Docker's default ones), by a bounded walk of the cgroup2
+//!   tree comparing directory inode numbers ([`file_handles`] says which,
+//!   and why).
 //! - [`unit_of`]: the systemd unit a cgroup path belongs to.
 //! - [`pid_of_socket`]: the process holding a socket inode, searched among
 //!   the pids of one cgroup only.
 //! - [`process_cgroup`], [`command`]: /proc/PID/cgroup's `0::` line, comm.
+//! - [`newest_first`]: pids in the order they were handed out, newest first.
 //!
 //! Whatever cannot be known (the cgroup or process is gone, no cgroup v2 is
 //! mounted) is `None`, never a guess.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// `FILEID_KERNFS` (include/linux/exportfs.h): a kernfs node by its 64-bit
 /// id, which for a cgroup is its cgroup id.
@@ -30,8 +37,15 @@ const MOUNTINFO_MAX: u64 = 4 * 1024 * 1024;
 /// Upper bound on the bytes read from /proc/PID/cgroup (one line per
 /// hierarchy, each a path of at most PATH_MAX).
 const PROC_CGROUP_MAX: u64 = 64 * 1024;
-/// /proc/PID/comm is at most TASK_COMM_LEN (16) bytes plus a newline.
-const COMM_MAX: u64 = 64;
+/// Directories of the cgroup2 tree one walk looks at, at most.
+const WALK_MAX: usize = 20_000;
+/// Walks of the cgroup2 tree started within one second, at most (each
+/// cgroup id a walk did not find costs one).
+const WALKS_PER_SECOND: u32 = 10;
+/// How long the last pid handed out is trusted for ordering processes.
+const LAST_PID_EVERY: Duration = Duration::from_millis(100);
+/// CAP_DAC_READ_SEARCH (linux/capability.h): what open_by_handle_at needs.
+const CAP_DAC_READ_SEARCH: u32 = 2;
 
 /// The cgroup2 mount this process sees.
 #[derive(Debug)]
@@ -131,12 +145,36 @@ pub fn cgroup2_mountpoint() -> io::Result<Option<PathBuf>> {
 /// reduced CapabilityBoundingSet must keep it. Cgroup ids are not reused
 /// while the system runs, so callers may cache the answer per id.
 ///
+/// Where file handles are refused (EPERM without the capability or under a
+/// seccomp filter, ENOSYS or EOPNOTSUPP from a filter or an old kernel),
+/// the tree is walked instead: a cgroup2 directory's inode number is its
+/// cgroup id, and readdir gives it without a stat. The walk's map is kept,
+/// so one walk answers for every cgroup that existed then; an id it did not
+/// have starts another, at most 10 a second.
+///
 /// `Ok(None)`: no cgroup2 mount, no cgroup with that id (removed since:
 /// ESTALE), or one outside what this process's mount shows.
 pub fn cgroup_path_by_id(id: u64) -> io::Result<Option<String>> {
     let Some(m) = mount()? else {
         return Ok(None);
     };
+    match by_handle(&m, id) {
+        Err(e) if handles_refused(&e) => Ok(by_walk(&m, id)),
+        other => other,
+    }
+}
+
+/// Whether open_by_handle_at's error means file handles cannot be used at
+/// all (as opposed to this id being gone).
+fn handles_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EACCES | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+/// The cgroup path of `id` by its kernfs file handle.
+fn by_handle(m: &Cgroup2Mount, id: u64) -> io::Result<Option<String>> {
     #[repr(C)]
     struct KernfsHandle {
         handle_bytes: libc::c_uint,
@@ -175,6 +213,132 @@ pub fn cgroup_path_by_id(id: u64) -> io::Result<Option<String>> {
     };
     drop(fd);
     Ok(relative_path(&m.mountpoint, &m.root, &link))
+}
+
+/// The last walk of the tree: when it started, and id → cgroup path.
+#[derive(Debug)]
+struct Walked {
+    /// The current second's start and the walks started in it.
+    second: (Instant, u32),
+    paths: HashMap<u64, String>,
+}
+
+static WALKED: Mutex<Option<Walked>> = Mutex::new(None);
+
+/// The cgroup path of `id` from the last walk of the tree, or from a new
+/// walk if the last one did not have it and the rate allows.
+fn by_walk(m: &Cgroup2Mount, id: u64) -> Option<String> {
+    let mut walked = WALKED.lock().unwrap_or_else(PoisonError::into_inner);
+    let w = walked.get_or_insert_with(|| Walked {
+        second: (Instant::now(), 0),
+        paths: HashMap::new(),
+    });
+    if let Some(p) = w.paths.get(&id) {
+        return Some(p.clone());
+    }
+    if w.second.0.elapsed() >= Duration::from_secs(1) {
+        w.second = (Instant::now(), 0);
+    }
+    if w.second.1 >= WALKS_PER_SECOND {
+        return None;
+    }
+    w.second.1 += 1;
+    w.paths = walk(m, WALK_MAX);
+    w.paths.get(&id).cloned()
+}
+
+/// Every cgroup under the mount (at most `max`), by id, breadth first.
+fn walk(m: &Cgroup2Mount, max: usize) -> HashMap<u64, String> {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let root = m.root.trim_end_matches('/').to_owned();
+    let mut paths = HashMap::new();
+    let Ok(top) = std::fs::metadata(&m.mountpoint) else {
+        return paths;
+    };
+    let top_path = if root.is_empty() {
+        "/".to_owned()
+    } else {
+        root
+    };
+    paths.insert(top.ino(), top_path.clone());
+    let mut queue = std::collections::VecDeque::from([(m.mountpoint.clone(), top_path)]);
+    while let Some((dir, path)) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            if paths.len() >= max {
+                return paths;
+            }
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let child = if path == "/" {
+                format!("/{name}")
+            } else {
+                format!("{path}/{name}")
+            };
+            paths.insert(e.ino(), child.clone());
+            queue.push_back((e.path(), child));
+        }
+    }
+    paths
+}
+
+/// Whether cgroups can be named by file handle here, probed once (on the
+/// cgroup2 mount's own root); `Err` says why not, in words for the log.
+/// Without them names still come, from a walk of the cgroup2 tree (see
+/// [`cgroup_path_by_id`]), at the cost of one walk per new cgroup.
+pub fn file_handles() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE.get_or_init(probe_file_handles).clone()
+}
+
+fn probe_file_handles() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match mount() {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err("no cgroup2 hierarchy is mounted".into()),
+        Err(e) => return Err(format!("cannot read /proc/self/mountinfo: {e}")),
+    };
+    let id = std::fs::metadata(&m.mountpoint)
+        .map_err(|e| format!("cannot stat {}: {e}", m.mountpoint.display()))?
+        .ino();
+    match by_handle(&m, id) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            Err(refusal(&e, &status))
+        }
+    }
+}
+
+/// Why open_by_handle_at failed with `e`, given /proc/self/status: a
+/// missing capability, or a seccomp filter (the capability is there, a
+/// filter is installed and the call was still refused).
+fn refusal(e: &io::Error, status: &str) -> String {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let has_cap = field("CapEff:")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_DAC_READ_SEARCH) != 0);
+    let filtered = field("Seccomp:").is_some_and(|m| m == "2");
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) if !has_cap => {
+            "open_by_handle_at needs CAP_DAC_READ_SEARCH".into()
+        }
+        Some(libc::EPERM | libc::EACCES | libc::ENOSYS) if filtered => {
+            "open_by_handle_at forbidden by seccomp".into()
+        }
+        _ => format!("open_by_handle_at failed: {e}"),
+    }
 }
 
 /// A path under the mountpoint as the cgroup path ("/a/b"); `None` for
@@ -225,6 +389,14 @@ fn read_bounded(path: &Path, max: u64) -> io::Result<Option<String>> {
     }
 }
 
+/// A small /proc file (at most 64 bytes) in one read: a comm, a number.
+/// `None` when it cannot be read (the process is gone).
+fn read_small(path: &str) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let n = File::open(path).and_then(|mut f| f.read(&mut buf)).ok()?;
+    std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)
+}
+
 /// The cgroup v2 path of process `pid` (the `0::` line of /proc/PID/cgroup);
 /// `Ok(None)` when the process is gone or has no cgroup v2 line.
 pub fn process_cgroup(pid: u32) -> io::Result<Option<String>> {
@@ -241,8 +413,7 @@ pub fn process_cgroup(pid: u32) -> io::Result<Option<String>> {
 /// The command name of process `pid` (/proc/PID/comm, at most 15 bytes);
 /// `None` when the process is gone or the name is not UTF-8 or empty.
 pub fn command(pid: u32) -> Option<String> {
-    let path = PathBuf::from(format!("/proc/{pid}/comm"));
-    let text = read_bounded(&path, COMM_MAX).ok()??;
+    let text = read_small(&format!("/proc/{pid}/comm"))?;
     let name = text.trim_end_matches('\n');
     (!name.is_empty()).then(|| name.to_owned())
 }
@@ -292,6 +463,55 @@ pub fn processes(cgroup_path: &str, max_procs: usize) -> Option<Vec<u32>> {
             .filter_map(|l| l.trim().parse::<u32>().ok())
             .collect(),
     )
+}
+
+/// Orders `pids` newest first: in the order the kernel handed them out,
+/// counting back from the last one (/proc/sys/kernel/ns_last_pid, read at
+/// most every 100 ms), so the order holds across a wrap of
+/// pid_max; pids handed out since that read (a little above it) count as
+/// the newest. Without those files, highest first. Only an order of
+/// preference: nothing is concluded from it.
+pub fn newest_first(pids: &mut [u32]) {
+    static PID_MAX: OnceLock<Option<u32>> = OnceLock::new();
+    static LAST: Mutex<Option<(Instant, u32)>> = Mutex::new(None);
+    let read = |p: &str| read_small(p).and_then(|t| t.trim().parse::<u32>().ok());
+    let Some(max) = *PID_MAX.get_or_init(|| read("/proc/sys/kernel/pid_max").filter(|&m| m > 0))
+    else {
+        pids.sort_unstable_by(|a, b| b.cmp(a));
+        return;
+    };
+    let last = {
+        let mut cached = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+        match *cached {
+            Some((at, last)) if at.elapsed() < LAST_PID_EVERY => Some(last),
+            _ => {
+                let last = read("/proc/sys/kernel/ns_last_pid");
+                *cached = last.map(|l| (Instant::now(), l));
+                last
+            }
+        }
+    };
+    let Some(last) = last else {
+        pids.sort_unstable_by(|a, b| b.cmp(a));
+        return;
+    };
+    pids.sort_unstable_by_key(|&p| age(p, last, max));
+}
+
+/// Pids below this are never handed out again after a wrap (the kernel's
+/// RESERVED_PIDS): the processes that hold them are old.
+const RESERVED_PIDS: u32 = 300;
+
+/// How far back `pid` was handed out, counting from `last` in a pid space
+/// of `max`: 0 the newest. Pids up to a little above `last` (handed out
+/// since it was read) count as newer still; reserved pids as the oldest.
+fn age(pid: u32, last: u32, max: u32) -> u64 {
+    if pid < RESERVED_PIDS {
+        return u64::from(max);
+    }
+    let max = u64::from(max);
+    let top = u64::from(last) + (max / 64).min(4096);
+    (top + max - u64::from(pid) % max) % max
 }
 
 /// The owner of process `pid` (its /proc/PID directory's owner: the
@@ -384,6 +604,75 @@ mod tests {
         );
         // "/sys/fs/cgroupX" is not under "/sys/fs/cgroup".
         assert_eq!(relative_path(mp, "/", Path::new("/sys/fs/cgroupX/y")), None);
+    }
+
+    #[test]
+    fn the_walk_names_what_file_handles_name() {
+        let Some(m) = mount().unwrap() else { return };
+        let map = walk(&m, WALK_MAX);
+        let mine = process_cgroup(std::process::id()).unwrap().unwrap();
+        let (&id, _) = map
+            .iter()
+            .find(|(_, p)| **p == mine)
+            .unwrap_or_else(|| panic!("{mine} not in {map:?}"));
+        assert_eq!(by_walk(&m, id).as_deref(), Some(mine.as_str()));
+        if file_handles().is_ok() {
+            for (&id, path) in &map {
+                assert_eq!(by_handle(&m, id).unwrap().as_ref(), Some(path), "{id}");
+            }
+        }
+        assert_eq!(walk(&m, 1).len(), 1);
+    }
+
+    #[test]
+    fn refusals_are_explained() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
+        let root = "CapEff:\t000001ffffffffff\nSeccomp:\t2\n";
+        let nocap = "CapEff:\t0000000000000000\nSeccomp:\t0\n";
+        assert_eq!(
+            refusal(&eperm, root),
+            "open_by_handle_at forbidden by seccomp"
+        );
+        assert_eq!(
+            refusal(&enosys, root),
+            "open_by_handle_at forbidden by seccomp"
+        );
+        assert_eq!(
+            refusal(&eperm, nocap),
+            "open_by_handle_at needs CAP_DAC_READ_SEARCH"
+        );
+        assert!(refusal(&enosys, nocap).starts_with("open_by_handle_at failed: "));
+        assert!(handles_refused(&eperm) && handles_refused(&enosys));
+        assert!(!handles_refused(&io::Error::from_raw_os_error(
+            libc::ESTALE
+        )));
+    }
+
+    #[test]
+    fn pid_ages_count_back_from_the_last_across_a_wrap() {
+        // 32768 pids, the last handed out 1000: 1100 (handed out since the
+        // read) is the newest, then 1000, 999, 301 (after the wrap), 32000
+        // (before it); 2 (reserved) is the oldest.
+        let ages: Vec<u64> = [1100, 1000, 999, 301, 32000, 2]
+            .iter()
+            .map(|&p| age(p, 1000, 32768))
+            .collect();
+        assert!(ages.windows(2).all(|w| w[0] < w[1]), "{ages:?}");
+        // Near the top of the space: 310 was handed out after a wrap
+        // since the read, so it is newer than 32700.
+        assert!(age(310, 32760, 32768) < age(32700, 32760, 32768));
+        assert!(age(32760, 32700, 32768) < age(5000, 32700, 32768));
+    }
+
+    #[test]
+    fn newest_pids_first() {
+        let me = std::process::id();
+        let mut pids = vec![1, me, 2];
+        newest_first(&mut pids);
+        // This process is newer than init and pid 2 unless pids wrapped.
+        assert_eq!(pids[0], me);
+        assert_eq!(pids.len(), 3);
     }
 
     #[test]
