@@ -17,7 +17,12 @@
 //! - one-shot GETPORT lookups over TCP and over the unix socket, 8 at a
 //!   time from this process (in the cgroup it was started in, among its
 //!   neighbours: where the search is needed), for
-//!   5 s each with attribution on and with `--no-attribution`: the ratio.
+//!   5 s each with attribution by eBPF, by the search only
+//!   (`--no-attribution-ebpf`) and off (`--no-attribution`): the ratios.
+//!
+//! Both storms run in both modes: eBPF (where this kernel and machine
+//! allow; else the eBPF tables say skipped) and the search. STORM_TOP=1
+//! also prints `top`'s frame after the two-unit storm.
 //!
 //! Prints the tables; asserts nothing. Under `cargo test --all-targets` (no
 //! `--bench` argument) it runs the test's counts and 0.3 s of each
@@ -57,39 +62,47 @@ fn main() {
     } else {
         (storm::TEST, Duration::from_millis(300))
     };
-    for which in [Scenario::TwoUnits, Scenario::Crowd] {
-        run_with(storm::options(Mode::Search), move |sb| async move {
-            let (table, failed) = storm::storm(&sb, Mode::Search, which, counts).await;
-            println!("{table}");
-            if !failed.is_empty() {
-                println!(
-                    "below {:.0}%: {failed:?}\n",
-                    Mode::Search.required() * 100.0
-                );
-            }
-        });
+    for mode in [Mode::Ebpf, Mode::Search] {
+        for which in [Scenario::TwoUnits, Scenario::Crowd] {
+            run_with(storm::options(mode), move |sb| async move {
+                let (table, failed) = storm::storm(&sb, mode, which, counts).await;
+                println!("{table}");
+                if !failed.is_empty() {
+                    println!("below {:.0}%: {failed:?}\n", mode.required() * 100.0);
+                }
+                if matches!(which, Scenario::TwoUnits) && std::env::var_os("STORM_TOP").is_some() {
+                    // STORM_TOP=1: the storm as `top` shows it (README).
+                    let top = sb
+                        .run_in_ns(&[PROXY_BIN, "top", "-n", "1", "--control", CONTROL_SOCK])
+                        .await;
+                    println!("{}", String::from_utf8_lossy(&top.stdout));
+                }
+            });
+        }
     }
     println!("one-shot lookups, {CONCURRENT} at a time, {row:?} per row");
-    println!("{:<6} {:>12} {:>12} {:>8}", "", "on /s", "off /s", "on/off");
+    println!(
+        "{:<6} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "", "ebpf /s", "search /s", "off /s", "ebpf/off", "search/off"
+    );
     for transport in [Transport::Tcp, Transport::Unix] {
-        let on = rate(transport, true, row);
-        let off = rate(transport, false, row);
+        let ebpf = rate(transport, &[], row);
+        let search = rate(transport, &["--no-attribution-ebpf"], row);
+        let off = rate(transport, &["--no-attribution"], row);
         println!(
-            "{:<6} {on:>12.0} {off:>12.0} {:>8.2}",
+            "{:<6} {ebpf:>12.0} {search:>12.0} {off:>12.0} {:>10.2} {:>10.2}",
             format!("{transport:?}").to_lowercase(),
-            on / off
+            ebpf / off,
+            search / off
         );
     }
 }
 
-/// One-shot GETPORT lookups per second at the proxy over `transport`.
-fn rate(transport: Transport, attribution: bool, row: Duration) -> f64 {
+/// One-shot GETPORT lookups per second at the proxy started with `args`,
+/// over `transport`.
+fn rate(transport: Transport, args: &[&str], row: Duration) -> f64 {
     let opts = Options {
-        proxy_args: if attribution {
-            Vec::new()
-        } else {
-            vec!["--no-attribution".into()]
-        },
+        proxy_args: args.iter().map(|a| a.to_string()).collect(),
         ..Options::default()
     };
     let (tx, rx) = std::sync::mpsc::channel();

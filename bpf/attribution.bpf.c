@@ -20,6 +20,19 @@ typedef unsigned char u8;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// struct bpf_sock, up to the field read here.
+struct bpf_sock {
+	u32 bound_dev_if;
+	u32 family;
+	u32 type;
+	u32 protocol;
+	u32 mark;
+	u32 priority;
+	u32 src_ip4;
+	u32 src_ip6[4];
+	u32 src_port; // host byte order
+};
+
 // struct bpf_sock_addr, up to the fields read here.
 struct bpf_sock_addr {
 	u32 user_family;
@@ -29,7 +42,10 @@ struct bpf_sock_addr {
 	u32 family;
 	u32 type;
 	u32 protocol;
-};
+	u32 msg_src_ip4;
+	u32 msg_src_ip6[4];
+	struct bpf_sock *sk; // __bpf_md_ptr: 8 bytes, 8-aligned
+} __attribute__((aligned(8)));
 
 // The legacy map definition, which needs no BTF.
 struct bpf_map_def {
@@ -41,6 +57,8 @@ struct bpf_map_def {
 };
 
 #define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define AF_INET6 10
 #define BPF_MAP_TYPE_LRU_HASH 9
 #define SEC(name) __attribute__((section(name), used))
 
@@ -83,12 +101,33 @@ struct bpf_map_def SEC("maps") ports = {
 	.map_flags = 0,
 };
 
-static __attribute__((always_inline)) int record(struct bpf_sock_addr *ctx)
+// Source port (IPv4: index PORT, IPv6: 65536 + PORT) -> the cookie of the
+// socket that last sent a datagram from it to a watched port. The proxy
+// keeps each UDP source's identity while the same socket sends from it: a
+// new socket reusing the port changes the cookie here before its datagram
+// arrives.
+struct bpf_map_def SEC("maps") udp_senders = {
+	.type = BPF_MAP_TYPE_ARRAY,
+	.key_size = sizeof(u32),
+	.value_size = sizeof(u64),
+	.max_entries = 2 * 65536,
+	.map_flags = 0,
+};
+
+static __attribute__((always_inline)) int record(struct bpf_sock_addr *ctx, int datagram)
 {
 	u32 port = ctx->user_port;
 	if (!bpf_map_lookup_elem(&ports, &port))
 		return 1;
 	u64 cookie = bpf_get_socket_cookie(ctx);
+	if (datagram) {
+		// sendmsg runs after the socket was bound (autobind): its port is
+		// known here.
+		u32 source = ctx->sk->src_port & 0xffff;
+		if (ctx->user_family == AF_INET6)
+			source += 65536;
+		bpf_map_update_elem(&udp_senders, &source, &cookie, 0);
+	}
 	struct owner o = {};
 	o.pid = bpf_get_current_pid_tgid() >> 32;
 	o.uid = (u32)bpf_get_current_uid_gid();
@@ -106,25 +145,25 @@ static __attribute__((always_inline)) int record(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
-	return record(ctx);
+	return record(ctx, 0);
 }
 
 SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
-	return record(ctx);
+	return record(ctx, 0);
 }
 
 SEC("cgroup/sendmsg4")
 int sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return record(ctx);
+	return record(ctx, 1);
 }
 
 SEC("cgroup/sendmsg6")
 int sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return record(ctx);
+	return record(ctx, 1);
 }
 
 // No helper used is GPL-only, so the kernel needs no GPL-compatible licence.

@@ -278,3 +278,43 @@ fn without_cap_perfmon_commands_come_from_proc() {
         },
     );
 }
+
+/// Binds 127.0.0.1:PORT (UDP), sends one PMAP GETPORT call to
+/// 127.0.0.1:111 (redirected) and waits for the answer.
+const FROM_PORT: &str = r#"use Socket;
+my ($port) = @ARGV;
+socket(my $s, PF_INET, SOCK_DGRAM, 0) or die "socket: $!\n";
+setsockopt($s, SOL_SOCKET, SO_REUSEADDR, 1) or die "setsockopt: $!\n";
+bind($s, pack_sockaddr_in($port, inet_aton("127.0.0.1"))) or die "bind: $!\n";
+my $call = pack("N*", 9, 0, 2, 100000, 2, 3, 0, 0, 0, 0, 100000, 2, 17, 0);
+send($s, $call, 0, pack_sockaddr_in(111, inet_aton("127.0.0.1"))) or die "send: $!\n";
+my $reply; defined(recv($s, $reply, 4096, 0)) or die "recv: $!\n";
+exit 0;"#;
+
+#[test]
+fn a_udp_source_port_reused_by_another_process_is_counted_on_its_own_row() {
+    // One process sends from port 40111 and exits; another, of another
+    // unit, sends from the same port at once. Without the recorder the
+    // source's identity holds 2 s, so the second would be counted on the
+    // first's row.
+    run_with(transparent(), |sb| async move {
+        if !ebpf_loaded(&sb, &sb.status().await, "a_udp_source_port_reused") {
+            return;
+        }
+        let script = sb.tmp_dir().join("from-port.pl");
+        std::fs::write(&script, FROM_PORT).expect("writing the client");
+        let script = script.to_str().expect("a UTF-8 path");
+        let (first, second) = (Unit::new("first"), Unit::new("second"));
+        run_in(&sb, &first, NOBODY, &["perl", script, "40111"]).await;
+        run_in(&sb, &second, NOBODY, &["perl", script, "40111"]).await;
+        let rows = rows(&sb.status().await);
+        for unit in [&first, &second] {
+            let r = row(&rows, &unit.name, "udp", NOBODY);
+            assert!(
+                r.is_some_and(|r| r["command"] == "perl" && r["requests"] == 1),
+                "{}: {rows:#?}",
+                unit.name
+            );
+        }
+    });
+}

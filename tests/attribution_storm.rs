@@ -46,9 +46,13 @@ fn the_two_unit_storm_is_named_by_the_search() {
 }
 
 #[test]
-#[ignore = "needs the eBPF loader"]
 fn the_two_unit_storm_is_named_exactly_with_ebpf() {
     run(Mode::Ebpf, Scenario::TwoUnits);
+}
+
+#[test]
+fn clients_in_a_crowded_cgroup_are_named_exactly_with_ebpf() {
+    run(Mode::Ebpf, Scenario::Crowd);
 }
 
 #[test]

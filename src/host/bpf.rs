@@ -19,7 +19,7 @@
 
 use std::fs::File;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
@@ -75,6 +75,9 @@ pub struct Recorder {
     /// Holds the programs and their links.
     _ebpf: Ebpf,
     owners: HashMap<MapData, u64, Owner>,
+    /// Source port (IPv6: 65536 + port) → the cookie of the socket that
+    /// last sent a datagram from it to a watched port.
+    udp_senders: Array<MapData, u64>,
     /// The kernel records commands (CAP_PERFMON).
     commands: bool,
     /// The daemon is in the host's pid namespace, so the pids the kernel
@@ -145,12 +148,27 @@ impl Recorder {
             .take_map("owners")
             .ok_or("the object has no owners map")?;
         let owners = HashMap::try_from(owners).map_err(|e| format!("owners map: {e}"))?;
+        let senders = ebpf
+            .take_map("udp_senders")
+            .ok_or("the object has no udp_senders map")?;
+        let udp_senders = Array::try_from(senders).map_err(|e| format!("udp_senders map: {e}"))?;
         Ok(Recorder {
             _ebpf: ebpf,
             owners,
+            udp_senders,
             commands,
             pids_are_ours: in_host_pid_namespace(&status),
         })
+    }
+
+    /// The cookie of the socket that last sent a datagram from `source`'s
+    /// port (IPv6 and IPv4 apart) to a watched port, if any did: the same
+    /// as before means the same socket is still sending from it (a socket
+    /// reusing the port writes its own cookie before its datagram leaves).
+    pub fn udp_sender(&self, source: std::net::SocketAddr) -> Option<u64> {
+        let v6 = source.is_ipv6() && source.ip().to_canonical().is_ipv6();
+        let index = u32::from(source.port()) + if v6 { 65_536 } else { 0 };
+        self.udp_senders.get(&index, 0).ok().filter(|&c| c != 0)
     }
 
     /// Whether the kernel records commands (`Owner::command`); if not, they

@@ -10,11 +10,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::tirpc::tirpc_client;
+use crate::support::units::Unit;
 use crate::support::*;
 use serde_json::Value;
 
@@ -60,8 +59,8 @@ impl Mode {
     /// Extra `serve` arguments that select this mode.
     pub fn proxy_args(self) -> Vec<String> {
         match self {
-            // The daemon's own choice where eBPF cannot be loaded.
-            Mode::Search => Vec::new(),
+            Mode::Search => vec!["--no-attribution-ebpf".into()],
+            // The default: the recorder where this kernel and machine allow.
             Mode::Ebpf => Vec::new(),
         }
     }
@@ -71,54 +70,6 @@ impl Mode {
         match self {
             Mode::Search => 0.95,
             Mode::Ebpf => 1.0,
-        }
-    }
-}
-
-/// A cgroup named like a systemd unit, removed when dropped.
-struct Unit {
-    name: String,
-    dir: PathBuf,
-}
-
-static UNITS: AtomicUsize = AtomicUsize::new(0);
-
-impl Unit {
-    fn new(stem: &str) -> Unit {
-        let mount = rpcbind_proxy::host::cgroup::cgroup2_mountpoint()
-            .expect("reading /proc/self/mountinfo")
-            .expect("attribution needs a cgroup2 hierarchy (none is mounted)");
-        let n = UNITS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{stem}-{}-{n}.service", std::process::id());
-        let dir = mount
-            .join(format!("rbp-storm-{}-{n}", std::process::id()))
-            .join(&name);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
-        Unit { name, dir }
-    }
-
-    /// A shell `script` run as `uid` inside this cgroup: the outer shell
-    /// moves itself in, then execs (as `uid`) the shell that runs it, so
-    /// every process of the script is created inside.
-    fn shell(&self, uid: u32, script: &str) -> Vec<String> {
-        let procs = self.dir.join("cgroup.procs");
-        let mut outer = format!("echo $$ > {} && exec", procs.display());
-        if uid != 0 {
-            outer.push_str(&format!(
-                " setpriv --reuid={uid} --regid={uid} --clear-groups --"
-            ));
-        }
-        outer.push_str(&format!(" sh -c '{script}'"));
-        vec!["sh".into(), "-c".into(), outer]
-    }
-}
-
-impl Drop for Unit {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-        if let Some(parent) = self.dir.parent() {
-            let _ = std::fs::remove_dir(parent);
         }
     }
 }
@@ -289,6 +240,21 @@ pub fn options(mode: Mode) -> Options {
 /// table (clients, lookups made, named, share) and the rows below `mode`'s
 /// share or credited with lookups that are not theirs.
 pub async fn storm(sb: &Sandbox, mode: Mode, which: Scenario, n: Counts) -> (String, Vec<String>) {
+    let status = sb.status().await;
+    let named_by = &status["clients"]["attribution"];
+    match (mode, named_by["mode"].as_str()) {
+        (Mode::Ebpf, Some("ebpf")) | (Mode::Search, Some("search")) => {}
+        (Mode::Ebpf, _) => {
+            return (
+                format!(
+                "{which:?} storm, Ebpf mode: skipped, the eBPF recorder is not loaded here ({})",
+                named_by["why"]
+            ),
+                Vec::new(),
+            )
+        }
+        (Mode::Search, m) => panic!("the search was asked for, the daemon says {m:?}"),
+    }
     let units = scenario(which, n);
     // What each row should get.
     let mut expected: BTreeMap<Key, (u64, Vec<&str>)> = BTreeMap::new();
@@ -365,6 +331,13 @@ pub async fn storm(sb: &Sandbox, mode: Mode, which: Scenario, n: Counts) -> (Str
         }
     }
     for ((unit, command, uid, transport), n) in &got {
+        // STORM_DEBUG=1: every row the status has, to see where a
+        // failing run's lookups went.
+        if std::env::var_os("STORM_DEBUG").is_some() {
+            table.push_str(&format!(
+                "  row: {unit} {command:?} {uid} {transport}: {n}\n"
+            ));
+        }
         if units.iter().any(|(u, _)| u.name == *unit) {
             let known = command.as_ref().is_some_and(|c| {
                 expected.contains_key(&(unit.clone(), c.clone(), *uid, transport.clone()))

@@ -48,6 +48,21 @@ impl Unit {
         }
         vec!["sh".into(), "-c".into(), script]
     }
+
+    /// A shell `script` run as `uid` inside this cgroup: the outer shell
+    /// moves itself in, then execs (as `uid`) the shell that runs it, so
+    /// every process of the script is created inside.
+    pub fn shell(&self, uid: u32, script: &str) -> Vec<String> {
+        let procs = self.dir.join("cgroup.procs");
+        let mut outer = format!("echo $$ > {} && exec", procs.display());
+        if uid != 0 {
+            outer.push_str(&format!(
+                " setpriv --reuid={uid} --regid={uid} --clear-groups --"
+            ));
+        }
+        outer.push_str(&format!(" sh -c '{script}'"));
+        vec!["sh".into(), "-c".into(), outer]
+    }
 }
 
 impl Drop for Unit {

@@ -255,14 +255,50 @@ impl Attributor {
     /// redirected client addressed port 111 of the same loopback address;
     /// an unconnected socket (most are) is found either way.
     pub fn udp(&self, client: SocketAddr, local: SocketAddr, rpcbind_port: u16) -> Identity {
+        self.udp_socket(client, local, rpcbind_port).0
+    }
+
+    /// [`Attributor::udp`], with the cookie of the client's socket when it
+    /// was found: what [`Attributor::udp_sender`] is compared with.
+    pub fn udp_socket(
+        &self,
+        client: SocketAddr,
+        local: SocketAddr,
+        rpcbind_port: u16,
+    ) -> (Identity, Option<u64>) {
         if !self.enabled() {
-            return Identity::unknown(Transport::Udp);
+            return (Identity::unknown(Transport::Udp), None);
         }
         let original = SocketAddr::new(local.ip(), rpcbind_port);
-        self.inet(Proto::Udp, client, &[local, original])
+        self.inet_socket(Proto::Udp, client, &[local, original])
+    }
+
+    /// With the eBPF recorder loaded: the cookie of the socket that last
+    /// sent from `client`'s port (`None` if none is known, or no recorder).
+    /// The same cookie as when the source was identified: the same socket,
+    /// so the same identity, known without a lookup.
+    pub fn udp_sender(&self, client: SocketAddr) -> Option<u64> {
+        match self.recorder.get() {
+            Some(Ok(r)) => r.udp_sender(client),
+            _ => None,
+        }
+    }
+
+    /// Whether the eBPF recorder is loaded.
+    pub fn recording(&self) -> bool {
+        matches!(self.recorder.get(), Some(Ok(_)))
     }
 
     fn inet(&self, proto: Proto, client: SocketAddr, servers: &[SocketAddr]) -> Identity {
+        self.inet_socket(proto, client, servers).0
+    }
+
+    fn inet_socket(
+        &self,
+        proto: Proto,
+        client: SocketAddr,
+        servers: &[SocketAddr],
+    ) -> (Identity, Option<u64>) {
         let transport = match proto {
             Proto::Tcp => Transport::Tcp,
             Proto::Udp => Transport::Udp,
@@ -272,19 +308,24 @@ impl Attributor {
         if !ip.is_loopback() {
             // Another host: its socket is not here to ask about.
             id.remote = Some(ip);
-            return id;
+            return (id, None);
         }
         let found = {
             let mut diag = self.diag.lock().unwrap_or_else(PoisonError::into_inner);
             if diag.is_none() {
                 *diag = SockDiag::open().ok();
             }
-            let Some(d) = diag.as_ref() else { return id };
+            let Some(d) = diag.as_ref() else {
+                return (id, None);
+            };
             servers
                 .iter()
                 .find_map(|&s| d.peer_socket(proto, client, s).ok().flatten())
         };
-        let Some(sock) = found else { return id };
+        let Some(sock) = found else {
+            return (id, None);
+        };
+        let cookie = Some(sock.cookie);
         tracing::trace!(?client, uid = sock.uid, cgroup = ?sock.cgroup_id, cookie = sock.cookie, "client socket");
         if let Some(Ok(recorder)) = self.recorder.get() {
             if let Some(owner) = recorder.owner(sock.cookie) {
@@ -304,24 +345,28 @@ impl Attributor {
                     // forbidden): the process's own, while it lives.
                     id.pid.and_then(|pid| self.process(pid).unit)
                 });
-                return id;
+                return (id, cookie);
             }
         }
         if sock.inode == 0 {
             // Closed by its process already (an orphan): no process holds
             // it to be found, and the kernel reports its owner as uid 0
             // and no cgroup.
-            return id;
+            return (id, cookie);
         }
         id.uid = Some(sock.uid);
-        let Some(cg) = sock.cgroup_id else { return id };
+        let Some(cg) = sock.cgroup_id else {
+            return (id, cookie);
+        };
         let (path, unit) = self.cgroup(cg);
         id.unit = unit;
-        let Some(path) = path else { return id };
+        let Some(path) = path else {
+            return (id, cookie);
+        };
         let (pid, command) = self.search.holder(cg, sock.uid, &path, sock.inode);
         id.pid = pid;
         id.command = command;
-        id
+        (id, cookie)
     }
 
     fn process(&self, pid: u32) -> Process {

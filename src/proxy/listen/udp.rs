@@ -333,15 +333,24 @@ fn push_shared(out: &mut SendBatch, reply: &[u8], xid: u32, to: SocketAddr) -> b
     true
 }
 
-/// Who sent a datagram: identified once per source address and kept for a
-/// few seconds (a UDP client has no connection to hang its identity on; a
-/// source port is reused by the next socket only after this one closed).
+/// Who sent a datagram: identified once per source address and kept while
+/// the same socket sends from it (a UDP client has no connection to hang its
+/// identity on). With the eBPF recorder, "the same socket" is known: the
+/// kernel noted the cookie of the last socket to send from that port, which
+/// a socket reusing the port changes before its first datagram arrives.
+/// Without it (or for a connected socket, whose sends carry no address for
+/// the kernel to show it), an identification holds a few seconds (a port
+/// is reused only after its socket closed, but then a new client within
+/// that time would be counted on the old row).
 struct UdpSources {
     local: SocketAddr,
     /// Each source's row (none for the daemon's own watchdog probe, which
-    /// is no client) and when it was identified.
-    seen: lru::LruCache<SocketAddr, (Instant, Option<Arc<Tally>>)>,
+    /// is no client), when it was identified and its socket's cookie.
+    seen: lru::LruCache<SocketAddr, Seen>,
 }
+
+/// When a source was identified, its socket's cookie, and its row.
+type Seen = (Instant, Option<u64>, Option<Arc<Tally>>);
 
 impl UdpSources {
     /// Sources remembered at once.
@@ -360,24 +369,39 @@ impl UdpSources {
 
     /// Counts a call from `from` in `second` on its row.
     fn count(&mut self, from: SocketAddr, now: Instant, second: u32, proxy: &Proxy) {
-        if let Some((at, t)) = self.seen.get(&from) {
-            if now.saturating_duration_since(*at) < Self::FRESH {
+        let recording = proxy.attribution.recording();
+        if let Some((at, cookie, t)) = self.seen.get(&from) {
+            let sender = if recording {
+                proxy.attribution.udp_sender(from)
+            } else {
+                None
+            };
+            let same = match sender {
+                Some(sender) => *cookie == Some(sender),
+                // No recorder, or a socket whose sends the kernel does not
+                // show it (a connected one sends without an address): a
+                // while.
+                None => now.saturating_duration_since(*at) < Self::FRESH,
+            };
+            if same {
                 if let Some(t) = t {
                     t.count(second);
                 }
                 return;
             }
         }
-        let t = (!proxy.is_own_probe(from)).then(|| {
-            let id = proxy
+        let (t, cookie) = if proxy.is_own_probe(from) {
+            (None, None)
+        } else {
+            let (id, cookie) = proxy
                 .attribution
-                .udp(from, self.local, proxy.rpcbind_port());
-            proxy.clients.tally(&id)
-        });
+                .udp_socket(from, self.local, proxy.rpcbind_port());
+            (Some(proxy.clients.tally(&id)), cookie)
+        };
         if let Some(t) = &t {
             t.count(second);
         }
-        self.seen.put(from, (now, t));
+        self.seen.put(from, (now, cookie, t));
     }
 }
 
