@@ -22,7 +22,8 @@
 //!
 //! Both storms run in both modes: eBPF (where this kernel and machine
 //! allow; else the eBPF tables say skipped) and the search. STORM_TOP=1
-//! also prints `top`'s frame after the two-unit storm.
+//! also prints `top`'s frame after the two-unit storm; STORM_RATES_ONLY=1
+//! runs the throughput rows alone.
 //!
 //! Prints the tables; asserts nothing. Under `cargo test --all-targets` (no
 //! `--bench` argument) it runs the test's counts and 0.3 s of each
@@ -62,7 +63,9 @@ fn main() {
     } else {
         (storm::TEST, Duration::from_millis(300))
     };
-    for mode in [Mode::Ebpf, Mode::Search] {
+    // STORM_RATES_ONLY=1: the throughput rows alone.
+    let storms = std::env::var_os("STORM_RATES_ONLY").is_none();
+    for mode in [Mode::Ebpf, Mode::Search].into_iter().filter(|_| storms) {
         for which in [Scenario::TwoUnits, Scenario::Crowd] {
             run_with(storm::options(mode), move |sb| async move {
                 let (table, failed) = storm::storm(&sb, mode, which, counts).await;

@@ -212,6 +212,13 @@ fn under_a_seccomp_filter_without_bpf_the_daemon_says_so_and_searches() {
                     .any(|l| l.contains(&format!("attribution: search ({why})"))),
                 "{log}"
             );
+            // Nor can cgroups be named by file handle: a walk names them.
+            assert!(
+                log.lines().any(|l| l.contains(
+                    "attribution: cgroups named by a walk of the cgroup2 tree (open_by_handle_at forbidden by seccomp)"
+                )),
+                "{log}"
+            );
             // Clients are still named, by the search.
             let unit = Unit::new("sealed");
             let t = support::tirpc::tirpc_client().to_str().unwrap().to_owned();

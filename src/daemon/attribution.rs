@@ -1,6 +1,7 @@
 //! Attribution's start: the eBPF recorder loaded where the kernel and the
 //! daemon's capabilities allow, and one line saying how clients are named
-//! (`attribution: ebpf`, `attribution: search (why)`, `attribution: off`).
+//! (`attribution: ebpf`, `attribution: search (why)`, `attribution: off`),
+//! and a second when cgroups cannot be named by file handle.
 
 use tracing::{info, warn};
 
@@ -29,6 +30,11 @@ pub(super) fn start(config: &Config, specs: &[ListenSpec], proxy: &Proxy) {
         Mode::Ebpf(Some(note)) => info!("attribution: ebpf ({note})"),
         Mode::Search(why) => warn!("attribution: search ({why})"),
         Mode::Off => info!("attribution: off"),
+    }
+    // Units are named from a client's cgroup id: by file handle, or else by
+    // a walk of the cgroup2 tree (slower for each new cgroup, same names).
+    if let Err(why) = cgroup::file_handles() {
+        warn!("attribution: cgroups named by a walk of the cgroup2 tree ({why})");
     }
 }
 

@@ -5,26 +5,17 @@
 //!   the unit comes from /proc/PID/cgroup (cached per pid for a moment).
 //! - loopback TCP/UDP: the client's own socket is on this host; sock_diag
 //!   finds it by its addresses (the original destination, 127.0.0.1:111,
-//!   for a redirected one) and gives its uid and cgroup id; the cgroup id
-//!   names the unit (cached per id: ids are never reused while the system
-//!   runs); the process holding the socket gives the command. When it is
-//!   the only process of that user in that cgroup (a cron job, a check, a
-//!   transient unit), that is known without a search: the cgroup's process
-//!   list is read (one small read per connection, the cgroup being small)
-//!   and, while it is the one last seen, so is the answer. Otherwise each
-//!   connection's socket is looked for among the cgroup's processes, within
-//!   a time budget (the expensive part); beyond it the command stays
-//!   unknown. A cgroup with several processes of the user is looked at
-//!   again only every few seconds, so a large one is not read per
-//!   connection.
-//!
-//! With the eBPF recorder loaded (`host::bpf`; the daemon loads it at start
-//! where the kernel and its capabilities allow), the process behind a
-//! loopback TCP or UDP client is not searched for: the kernel recorded it
-//! under the socket's cookie when the client connected or sent, and
-//! sock_diag gives the cookie. Exact at any rate, even once the process has
-//! exited. The search below is the fallback, for sockets made before the
-//! recorder was loaded and where it cannot be.
+//!   for a redirected one) and gives its uid, cgroup id and cookie. With
+//!   the eBPF recorder loaded (`host::bpf`; the daemon loads it at start
+//!   where the kernel and its capabilities allow), the kernel recorded the
+//!   process that connected or sent from it under that cookie: pid,
+//!   command, uid and cgroup, exact at any rate and even once the process
+//!   has exited. The cgroup id names the unit (cached per id: ids are never
+//!   reused while the system runs).
+//! - Otherwise (no recorder, or a socket older than it) the process holding
+//!   the socket is searched for among its cgroup's processes (`search`),
+//!   within a share of the proxy's CPU; beyond it the command stays
+//!   unknown.
 //!
 //! What cannot be known (the process already gone, no sock_diag, cgroup v1
 //! only, not permitted) stays `None` and shows as `-`: never a guess. A
@@ -51,6 +42,14 @@ use search::Search;
 pub(super) const FRESH: Duration = Duration::from_secs(2);
 /// Entries kept in each cache.
 pub(super) const CACHE: usize = 1024;
+
+thread_local! {
+    /// Each thread's own sock_diag socket, opened on first use: the stream
+    /// loops and UDP threads ask at once without waiting on one another
+    /// (one exchange per new client). It answers for the network namespace
+    /// it was opened in, which is the daemon's.
+    static DIAG: std::cell::RefCell<Option<SockDiag>> = const { std::cell::RefCell::new(None) };
+}
 
 /// How a client reached the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,9 +148,6 @@ pub struct Attributor {
     /// Transparent mode's redirect is in place: most TCP clients addressed
     /// rpcbind's port, so their sockets are looked for there first.
     redirected: AtomicBool,
-    /// Opened on first use (it answers for the network namespace it was
-    /// opened in, which is the daemon's).
-    diag: Mutex<Option<SockDiag>>,
     /// cgroup id → (its path, its unit).
     cgroups: Mutex<LruCache<u64, Names>>,
     /// pid → what /proc said, and when.
@@ -172,7 +168,6 @@ impl Attributor {
         Attributor {
             enabled: AtomicBool::new(enabled),
             redirected: AtomicBool::new(false),
-            diag: Mutex::new(None),
             cgroups: cache(),
             processes: cache(),
             search: Search::new(),
@@ -310,18 +305,15 @@ impl Attributor {
             id.remote = Some(ip);
             return (id, None);
         }
-        let found = {
-            let mut diag = self.diag.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = DIAG.with_borrow_mut(|diag| {
             if diag.is_none() {
                 *diag = SockDiag::open().ok();
             }
-            let Some(d) = diag.as_ref() else {
-                return (id, None);
-            };
+            let d = diag.as_ref()?;
             servers
                 .iter()
                 .find_map(|&s| d.peer_socket(proto, client, s).ok().flatten())
-        };
+        });
         let Some(sock) = found else {
             return (id, None);
         };
