@@ -72,6 +72,7 @@ static long (*bpf_get_current_comm)(void *buf, u32 size) = (void *)16;
 #endif
 static u64 (*bpf_get_socket_cookie)(void *ctx) = (void *)46;
 static u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
+static u64 (*bpf_get_netns_cookie)(void *ctx) = (void *)122;
 
 // What the proxy reads back (src/host/bpf.rs: Owner, the same layout).
 struct owner {
@@ -113,6 +114,81 @@ struct bpf_map_def SEC("maps") udp_senders = {
 	.max_entries = 2 * 65536,
 	.map_flags = 0,
 };
+
+// struct bpf_sock_ops, up to the fields read here.
+struct bpf_sock_ops {
+	u32 op;
+	u32 args[4];
+	u32 family;
+	u32 remote_ip4;
+	u32 local_ip4;
+	u32 remote_ip6[4];
+	u32 local_ip6[4];
+	u32 remote_port; // network byte order, in the low 16 bits
+	u32 local_port; // host byte order
+};
+
+#define BPF_SOCK_OPS_TCP_CONNECT_CB 3
+
+// A TCP client socket by its own address, as the proxy sees its peer.
+struct tcp_client {
+	u32 family;
+	u32 ip[4]; // IPv4: ip[0]
+	u32 port; // host byte order
+};
+
+// The client's address -> its socket's cookie, noted when it connects to a
+// watched port (by then its port is chosen): the proxy finds the cookie of
+// an accepted client here without asking sock_diag. Only the daemon's own
+// network namespace (netns[0], set by the proxy): other namespaces reuse
+// the same addresses.
+struct bpf_map_def SEC("maps") tcp_clients = {
+	.type = BPF_MAP_TYPE_LRU_HASH,
+	.key_size = sizeof(struct tcp_client),
+	.value_size = sizeof(u64),
+	.max_entries = 65536,
+	.map_flags = 0,
+};
+
+struct bpf_map_def SEC("maps") netns = {
+	.type = BPF_MAP_TYPE_ARRAY,
+	.key_size = sizeof(u32),
+	.value_size = sizeof(u64),
+	.max_entries = 1,
+	.map_flags = 0,
+};
+
+SEC("sockops")
+int tcp_connect(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	// remote_port holds the network-order port in its high 16 bits on
+	// little-endian machines (as sock_ops always did), its low ones on
+	// big-endian: both are tried.
+	u32 port = ctx->remote_port;
+	u32 high = port >> 16;
+	if (!bpf_map_lookup_elem(&ports, &port) && !bpf_map_lookup_elem(&ports, &high))
+		return 1;
+	u32 zero = 0;
+	u64 *own = bpf_map_lookup_elem(&netns, &zero);
+	if (!own || *own == 0 || bpf_get_netns_cookie(ctx) != *own)
+		return 1;
+	struct tcp_client key = {};
+	key.family = ctx->family;
+	if (ctx->family == AF_INET6) {
+		key.ip[0] = ctx->local_ip6[0];
+		key.ip[1] = ctx->local_ip6[1];
+		key.ip[2] = ctx->local_ip6[2];
+		key.ip[3] = ctx->local_ip6[3];
+	} else {
+		key.ip[0] = ctx->local_ip4;
+	}
+	key.port = ctx->local_port;
+	u64 cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_update_elem(&tcp_clients, &key, &cookie, 0);
+	return 1;
+}
 
 static __attribute__((always_inline)) int record(struct bpf_sock_addr *ctx, int datagram)
 {

@@ -20,7 +20,7 @@
 use std::fs::File;
 
 use aya::maps::{Array, HashMap, MapData};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 
@@ -78,6 +78,10 @@ pub struct Recorder {
     /// Source port (IPv6: 65536 + port) → the cookie of the socket that
     /// last sent a datagram from it to a watched port.
     udp_senders: Array<MapData, u64>,
+    /// A TCP client's own address → its socket's cookie, noted when it
+    /// connected (`None`: the sock_ops program could not be loaded, or the
+    /// namespace's cookie is unknown; sock_diag gives the cookie then).
+    tcp_clients: Option<HashMap<MapData, TcpClient, u64>>,
     /// The kernel records commands (CAP_PERFMON).
     commands: bool,
     /// The daemon is in the host's pid namespace, so the pids the kernel
@@ -148,6 +152,7 @@ impl Recorder {
             .take_map("owners")
             .ok_or("the object has no owners map")?;
         let owners = HashMap::try_from(owners).map_err(|e| format!("owners map: {e}"))?;
+        let tcp_clients = fast_tcp(&mut ebpf, &cgroup);
         let senders = ebpf
             .take_map("udp_senders")
             .ok_or("the object has no udp_senders map")?;
@@ -156,9 +161,23 @@ impl Recorder {
             _ebpf: ebpf,
             owners,
             udp_senders,
+            tcp_clients,
             commands,
             pids_are_ours: in_host_pid_namespace(&status),
         })
+    }
+
+    /// The cookie of the TCP socket connected from `client` to a watched
+    /// port in this network namespace, as the kernel noted it when it
+    /// connected (`None`: not noted, or the fast path is not loaded).
+    pub fn tcp_client(&self, client: std::net::SocketAddr) -> Option<u64> {
+        let map = self.tcp_clients.as_ref()?;
+        map.get(&TcpClient::of(client), 0).ok()
+    }
+
+    /// Whether TCP clients' cookies are noted at connect (the fast path).
+    pub fn notes_tcp_clients(&self) -> bool {
+        self.tcp_clients.is_some()
     }
 
     /// The cookie of the socket that last sent a datagram from `source`'s
@@ -202,6 +221,68 @@ fn capabilities(status: &str) -> u64 {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0)
+}
+
+/// A TCP client's address as the sock_ops program keys it (its C
+/// `struct tcp_client`): the family, the address in network byte order
+/// (IPv4 in the first word) and the port in host order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpClient {
+    family: u32,
+    ip: [u32; 4],
+    port: u32,
+}
+
+// SAFETY: TcpClient is repr(C), Copy, and made only of u32s (24 bytes, no
+// padding): every bit pattern is a valid value.
+unsafe impl aya::Pod for TcpClient {}
+
+impl TcpClient {
+    fn of(addr: std::net::SocketAddr) -> TcpClient {
+        let words = |b: &[u8]| -> [u32; 4] {
+            let mut w = [0u32; 4];
+            for (i, c) in b.chunks(4).enumerate().take(4) {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            w
+        };
+        match addr.ip().to_canonical() {
+            std::net::IpAddr::V4(v4) => TcpClient {
+                family: libc::AF_INET as u32,
+                ip: words(&v4.octets()),
+                port: u32::from(addr.port()),
+            },
+            std::net::IpAddr::V6(v6) => TcpClient {
+                family: libc::AF_INET6 as u32,
+                ip: words(&v6.octets()),
+                port: u32::from(addr.port()),
+            },
+        }
+    }
+}
+
+/// The sock_ops program that notes each TCP client's address → cookie at
+/// connect, for this network namespace only: loaded and attached where the
+/// kernel allows it (its netns-cookie helper is Linux 5.15), else `None`
+/// and sock_diag gives clients' cookies, as before.
+fn fast_tcp(ebpf: &mut Ebpf, cgroup: &File) -> Option<HashMap<MapData, TcpClient, u64>> {
+    let own = super::sys::netns_cookie()?;
+    {
+        let map = ebpf.map_mut("netns")?;
+        let mut netns: Array<&mut MapData, u64> = Array::try_from(map).ok()?;
+        netns.set(0, own, 0).ok()?;
+    }
+    let prog: &mut SockOps = ebpf.program_mut("tcp_connect")?.try_into().ok()?;
+    if let Err(e) = prog.load() {
+        tracing::debug!(
+            "the TCP fast path is not loaded: {}",
+            verifier_error(&chain(&e))
+        );
+        return None;
+    }
+    prog.attach(cgroup, CgroupAttachMode::Single).ok()?;
+    HashMap::try_from(ebpf.take_map("tcp_clients")?).ok()
 }
 
 /// Loads `object`, fills its ports map and attaches its programs at

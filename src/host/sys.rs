@@ -27,6 +27,7 @@ macro_rules! option_values {
 option_values!(
     libc::c_int,
     u32,
+    u64,
     libc::ucred,
     libc::linger,
     libc::timeval,
@@ -85,6 +86,16 @@ pub(crate) fn getsockopt<T: OptionValue>(
         return Err(io::Error::last_os_error());
     }
     Ok((value, (len as usize).min(mem::size_of::<T>())))
+}
+
+/// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux
+/// 5.14 or later); `None` before.
+pub fn netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let probe = std::os::unix::net::UnixDatagram::unbound().ok()?;
+    let (cookie, len) =
+        getsockopt::<u64>(probe.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE).ok()?;
+    (len == 8 && cookie != 0).then_some(cookie)
 }
 
 /// SO_MARK on a socket before it connects (needs CAP_NET_ADMIN): its

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::host::bpf::Recorder;
+use crate::host::bpf::{Owner, Recorder};
 use crate::host::cgroup;
 use crate::host::sockdiag::{Proto, SockDiag};
 
@@ -305,6 +305,15 @@ impl Attributor {
             id.remote = Some(ip);
             return (id, None);
         }
+        // A TCP client noted at connect: its cookie without sock_diag.
+        if let (Proto::Tcp, Some(Ok(recorder))) = (proto, self.recorder.get()) {
+            if let Some(cookie) = recorder.tcp_client(client) {
+                if let Some(owner) = recorder.owner(cookie) {
+                    self.name_by_owner(&mut id, recorder, owner);
+                    return (id, Some(cookie));
+                }
+            }
+        }
         let found = DIAG.with_borrow_mut(|diag| {
             if diag.is_none() {
                 *diag = SockDiag::open().ok();
@@ -321,22 +330,7 @@ impl Attributor {
         tracing::trace!(?client, uid = sock.uid, cgroup = ?sock.cgroup_id, cookie = sock.cookie, "client socket");
         if let Some(Ok(recorder)) = self.recorder.get() {
             if let Some(owner) = recorder.owner(sock.cookie) {
-                id.uid = Some(owner.uid);
-                // The kernel's pid is the host's: only meaningful (and in
-                // this /proc) when the daemon shares the host's pid
-                // namespace.
-                id.pid = recorder.pids_are_ours().then_some(owner.pid);
-                id.command = match owner.command() {
-                    Some(c) => Some(Arc::from(c)),
-                    // Not recorded (no CAP_PERFMON): the process's own,
-                    // while it lives.
-                    None => id.pid.and_then(|pid| self.process(pid).command),
-                };
-                id.unit = self.cgroup(owner.cgroup).1.or_else(|| {
-                    // The cgroup cannot be named by its id (file handles
-                    // forbidden): the process's own, while it lives.
-                    id.pid.and_then(|pid| self.process(pid).unit)
-                });
+                self.name_by_owner(&mut id, recorder, owner);
                 return (id, cookie);
             }
         }
@@ -359,6 +353,25 @@ impl Attributor {
         id.pid = pid;
         id.command = command;
         (id, cookie)
+    }
+
+    /// Who the recorder saw open the client's socket.
+    fn name_by_owner(&self, id: &mut Identity, recorder: &Recorder, owner: Owner) {
+        id.uid = Some(owner.uid);
+        // The kernel's pid is the host's: only meaningful (and in this
+        // /proc) when the daemon shares the host's pid namespace.
+        id.pid = recorder.pids_are_ours().then_some(owner.pid);
+        id.command = match owner.command() {
+            Some(c) => Some(Arc::from(c)),
+            // Not recorded (no CAP_PERFMON): the process's own, while it
+            // lives.
+            None => id.pid.and_then(|pid| self.process(pid).command),
+        };
+        id.unit = self.cgroup(owner.cgroup).1.or_else(|| {
+            // The cgroup cannot be named by its id: the process's own,
+            // while it lives.
+            id.pid.and_then(|pid| self.process(pid).unit)
+        });
     }
 
     fn process(&self, pid: u32) -> Process {
