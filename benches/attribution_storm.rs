@@ -18,7 +18,8 @@
 //!   time from this process (in the cgroup it was started in, among its
 //!   neighbours: where the search is needed), for
 //!   5 s each with attribution by eBPF, by the search only
-//!   (`--no-attribution-ebpf`) and off (`--no-attribution`): the ratios.
+//!   (`--no-attribution-ebpf`) and off (`--no-attribution`), in 3
+//!   interleaved rounds: the medians' ratios.
 //!
 //! Both storms run in both modes: eBPF (where this kernel and machine
 //! allow; else the eBPF tables say skipped) and the search. STORM_TOP=1
@@ -48,6 +49,15 @@ const FULL: Counts = Counts {
     crowd: 120,
     timeout: Duration::from_secs(600),
 };
+
+/// Rounds of the three throughput rows, interleaved.
+const ROUNDS: usize = 3;
+
+/// The middle value (of an odd count; the upper middle otherwise).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
 
 /// Lookups in flight at once in the throughput rows.
 const CONCURRENT: usize = 8;
@@ -83,15 +93,26 @@ fn main() {
             });
         }
     }
-    println!("one-shot lookups, {CONCURRENT} at a time, {row:?} per row");
+    println!(
+        "one-shot lookups, {CONCURRENT} at a time, {row:?} per row, median of {ROUNDS} interleaved rounds"
+    );
     println!(
         "{:<6} {:>12} {:>12} {:>12} {:>10} {:>10}",
         "", "ebpf /s", "search /s", "off /s", "ebpf/off", "search/off"
     );
     for transport in [Transport::Tcp, Transport::Unix] {
-        let ebpf = rate(transport, &[], row);
-        let search = rate(transport, &["--no-attribution-ebpf"], row);
-        let off = rate(transport, &["--no-attribution"], row);
+        // Interleaved rounds, each mode's median: the machine's noise
+        // moves whole rows by 20%.
+        let mut rounds = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (i, args) in [&[][..], &["--no-attribution-ebpf"], &["--no-attribution"]]
+                .into_iter()
+                .enumerate()
+            {
+                rounds[i].push(rate(transport, args, row));
+            }
+        }
+        let [ebpf, search, off] = rounds.map(median);
         println!(
             "{:<6} {ebpf:>12.0} {search:>12.0} {off:>12.0} {:>10.2} {:>10.2}",
             format!("{transport:?}").to_lowercase(),
