@@ -76,8 +76,9 @@ pub struct Recorder {
     _ebpf: Ebpf,
     owners: HashMap<MapData, u64, Owner>,
     /// Source port (IPv6: 65536 + port) → the cookie of the socket that
-    /// last sent a datagram from it to a watched port.
-    udp_senders: Array<MapData, u64>,
+    /// last sent a datagram from it to a watched port, mapped read-only
+    /// into this process.
+    udp_senders: Senders,
     /// A TCP client's own address → its socket's cookie, noted when it
     /// connected (`None`: the sock_ops program could not be loaded, or the
     /// namespace's cookie is unknown; sock_diag gives the cookie then).
@@ -156,7 +157,7 @@ impl Recorder {
         let senders = ebpf
             .take_map("udp_senders")
             .ok_or("the object has no udp_senders map")?;
-        let udp_senders = Array::try_from(senders).map_err(|e| format!("udp_senders map: {e}"))?;
+        let udp_senders = Senders::map(senders)?;
         Ok(Recorder {
             _ebpf: ebpf,
             owners,
@@ -186,8 +187,8 @@ impl Recorder {
     /// reusing the port writes its own cookie before its datagram leaves).
     pub fn udp_sender(&self, source: std::net::SocketAddr) -> Option<u64> {
         let v6 = source.is_ipv6() && source.ip().to_canonical().is_ipv6();
-        let index = u32::from(source.port()) + if v6 { 65_536 } else { 0 };
-        self.udp_senders.get(&index, 0).ok().filter(|&c| c != 0)
+        let index = usize::from(source.port()) + if v6 { 65_536 } else { 0 };
+        Some(self.udp_senders.get(index)).filter(|&c| c != 0)
     }
 
     /// Whether the kernel records commands (`Owner::command`); if not, they
@@ -221,6 +222,78 @@ fn capabilities(status: &str) -> u64 {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0)
+}
+
+/// Entries of the udp_senders array (two port ranges).
+const SENDERS: usize = 2 * 65_536;
+
+/// The udp_senders array, mapped into this process (read-only, shared
+/// with the kernel, which the program writes): one load per datagram.
+struct Senders {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: aya::maps::Map,
+    words: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+}
+
+// SAFETY: the mapping is only read, through atomics, and lives until drop.
+unsafe impl Send for Senders {}
+// SAFETY: as above: shared reads of atomics are sound from any thread.
+unsafe impl Sync for Senders {}
+
+impl Senders {
+    const LEN: usize = SENDERS * std::mem::size_of::<u64>();
+
+    fn map(map: aya::maps::Map) -> Result<Senders, String> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = match &map {
+            aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err("udp_senders is not an array".into()),
+        };
+        // SAFETY: a new shared read-only mapping of the array map's
+        // descriptor, LEN bytes (the map's 131,072 u64 values, which the
+        // kernel page-aligns); no existing memory is touched, and a failure
+        // is only an error.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping udp_senders: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let words = std::ptr::NonNull::new(at.cast()).ok_or("mapping udp_senders: null")?;
+        Ok(Senders { _map: map, words })
+    }
+
+    /// The cookie at `index` (0: none); `index` beyond the array reads 0.
+    fn get(&self, index: usize) -> u64 {
+        if index >= SENDERS {
+            return 0;
+        }
+        // SAFETY: index < SENDERS, inside the LEN-byte mapping, which is
+        // 8-byte aligned (page-aligned) and lives as long as self; the
+        // kernel writes these words, hence atomic loads.
+        let word = unsafe { &*self.words.as_ptr().add(index) };
+        word.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of LEN bytes, not used after
+        // this.
+        unsafe {
+            libc::munmap(self.words.as_ptr().cast(), Self::LEN);
+        }
+    }
 }
 
 /// A TCP client's address as the sock_ops program keys it (its C
