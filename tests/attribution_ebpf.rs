@@ -86,6 +86,26 @@ async fn hit_and_run(sb: &Sandbox, unit: &Unit, n: u64) -> Vec<Value> {
     }
 }
 
+/// 20 one-shot TCP lookups by the libtirpc client as nobody, in a unit of
+/// its own: all 20 must be on its row, named `tirpc_client`.
+async fn tirpc_lookups_are_named(sb: &Sandbox, stem: &str) {
+    let unit = Unit::new(stem);
+    let t = support::tirpc::tirpc_client().to_str().unwrap().to_owned();
+    run_in(
+        sb,
+        &unit,
+        NOBODY,
+        &[&t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "20"],
+    )
+    .await;
+    let rows = rows(&sb.status().await);
+    let r = row(&rows, &unit.name, "tcp", NOBODY);
+    assert!(
+        r.is_some_and(|r| r["command"] == "tirpc_client" && r["requests"] == 20),
+        "{rows:#?}"
+    );
+}
+
 #[test]
 fn the_daemon_says_how_it_names_clients() {
     run_with(transparent(), |sb| async move {
@@ -220,21 +240,7 @@ fn under_a_seccomp_filter_without_bpf_the_daemon_says_so_and_searches() {
                 "{log}"
             );
             // Clients are still named, by the search.
-            let unit = Unit::new("sealed");
-            let t = support::tirpc::tirpc_client().to_str().unwrap().to_owned();
-            run_in(
-                &sb,
-                &unit,
-                NOBODY,
-                &[&t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "20"],
-            )
-            .await;
-            let rows = rows(&sb.status().await);
-            let r = row(&rows, &unit.name, "tcp", NOBODY);
-            assert!(
-                r.is_some_and(|r| r["command"] == "tirpc_client"),
-                "{rows:#?}"
-            );
+            tirpc_lookups_are_named(&sb, "sealed").await;
         },
     );
 }
@@ -267,21 +273,7 @@ fn without_cap_perfmon_commands_come_from_proc() {
                 "{}",
                 sb.proxy_log()
             );
-            let unit = Unit::new("no-perfmon");
-            let t = support::tirpc::tirpc_client().to_str().unwrap().to_owned();
-            run_in(
-                &sb,
-                &unit,
-                NOBODY,
-                &[&t, "getaddr", "127.0.0.1", "100000", "4", "tcp", "20"],
-            )
-            .await;
-            let rows = rows(&sb.status().await);
-            let r = row(&rows, &unit.name, "tcp", NOBODY);
-            assert!(
-                r.is_some_and(|r| r["command"] == "tirpc_client" && r["requests"] == 20),
-                "{rows:#?}"
-            );
+            tirpc_lookups_are_named(&sb, "no-perfmon").await;
         },
     );
 }
