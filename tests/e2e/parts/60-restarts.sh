@@ -32,6 +32,10 @@ stop_paths() {
 		ok "unix and tcp6 clients lost no lookup across $PHASE ($1 ok)"
 	else
 		bad "unix and tcp6 clients lost $2 of $(($1 + $2)) lookups across $PHASE ($(head -3 /tmp/paths.err | tr '\n' ' '))"
+		# What the units said around it (wall-clock times, as in paths.err).
+		echo "   --- the units' journal over the event"
+		journalctl -u rpcbind-proxy.service -u rpcbind-proxy.socket -u rpcbind.service -u rpcbind.socket \
+			--since "-20s" --no-pager -o short-precise | tail -40 | sed 's/^/   /'
 	fi
 }
 PROG=400300
