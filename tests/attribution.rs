@@ -74,16 +74,7 @@ fn each_transport_is_attributed_to_its_unit_command_and_user() {
         );
 
         // Prometheus: one series per unit, command and uid.
-        let out = sb
-            .run_in_ns(&[
-                PROXY_BIN,
-                "status",
-                "--prometheus",
-                "--control",
-                CONTROL_SOCK,
-            ])
-            .await;
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = sb.status_printed(&["--prometheus"]).await;
         let series = format!(
             "rpcbind_proxy_client_requests_total{{unit=\"{}\",command=\"tirpc_client\",uid=\"{NOBODY}\"}} 200",
             unit.name

@@ -127,26 +127,14 @@ fn the_daemon_says_how_it_names_clients() {
             }
             other => panic!("mode {other:?} in {status}"),
         }
-        let text = sb
-            .run_in_ns(&[PROXY_BIN, "status", "--control", CONTROL_SOCK])
-            .await;
-        let text = String::from_utf8_lossy(&text.stdout);
+        let text = sb.status_printed(&[]).await;
         assert!(
             text.lines()
                 .any(|l| l.trim_start().starts_with("attribution")
                     && l.contains(a["mode"].as_str().unwrap())),
             "{text}"
         );
-        let prom = sb
-            .run_in_ns(&[
-                PROXY_BIN,
-                "status",
-                "--prometheus",
-                "--control",
-                CONTROL_SOCK,
-            ])
-            .await;
-        let prom = String::from_utf8_lossy(&prom.stdout);
+        let prom = sb.status_printed(&["--prometheus"]).await;
         let series = format!(
             "rpcbind_proxy_attribution_mode{{mode=\"{}\"}} 1",
             a["mode"].as_str().unwrap()

@@ -24,6 +24,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 
+use super::privileges::{Privileges, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
+
 /// The objects build.rs compiled: with the command recorded, and without
 /// (for a kernel that allows `bpf_get_current_comm` to cgroup programs only
 /// with CAP_PERFMON). Aligned: the ELF parser reads its headers in place.
@@ -110,24 +112,21 @@ impl Recorder {
                 "Linux {kernel} has no bpf links for cgroup programs (5.7 or later needed)"
             ));
         }
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let caps = capabilities(&status);
-        let has = |cap: u32| caps & (1 << cap) != 0;
+        let own = Privileges::own();
+        let has = |cap: u32| own.has(cap);
         if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
             return Err("no CAP_BPF".into());
         }
         if !has(CAP_NET_ADMIN) && !has(CAP_SYS_ADMIN) {
             return Err("no CAP_NET_ADMIN, which cgroup socket programs need".into());
         }
-        let seccomp = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .is_some_and(|m| m.trim() != "0");
         // What a refused bpf() call means: under a seccomp filter, EPERM
         // and ENOSYS are the filter's answer (the capabilities are there).
         let refused = |what: String, e: &dyn std::error::Error| {
             let line = verifier_error(&chain(e));
-            if seccomp && (line.ends_with("(os error 1)") || line.ends_with("(os error 38)")) {
+            if own.seccomp_filter
+                && (line.ends_with("(os error 1)") || line.ends_with("(os error 38)"))
+            {
                 let errno = line.rsplit(": ").next().unwrap_or_default();
                 format!("bpf() forbidden by seccomp: {errno}")
             } else {
@@ -164,7 +163,7 @@ impl Recorder {
             udp_senders,
             tcp_clients,
             commands,
-            pids_are_ours: in_host_pid_namespace(&status),
+            pids_are_ours: own.host_pid_namespace,
         })
     }
 
@@ -207,21 +206,6 @@ impl Recorder {
     pub fn owner(&self, cookie: u64) -> Option<Owner> {
         self.owners.get(&cookie, 0).ok()
     }
-}
-
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// The effective capabilities in /proc/self/status (`CapEff:`, hex); none
-/// if unreadable.
-fn capabilities(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0)
 }
 
 /// Entries of the udp_senders array (two port ranges).
@@ -405,15 +389,6 @@ fn attach(
     Ok(ebpf)
 }
 
-/// Whether this process is in the initial pid namespace: its NSpid line
-/// (/proc/self/status) names one pid, not one per nested namespace.
-fn in_host_pid_namespace(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .is_some_and(|pids| pids.split_whitespace().count() == 1)
-}
-
 /// A refusal on one line: a verifier's log (the program's instructions as
 /// it walked them, then why it stopped, then its statistics) shortened to
 /// the line that says why.
@@ -460,16 +435,6 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_lines() {
-        let status = "Name:\tx\nNSpid:\t7\t1\nCapEff:\t000001ffffffffff\nSeccomp:\t2\n";
-        assert_eq!(capabilities(status), 0x1ff_ffff_ffff);
-        assert!(!in_host_pid_namespace(status));
-        assert!(in_host_pid_namespace("NSpid:\t4242\n"));
-        assert_eq!(capabilities("CapEff:\tzz\n"), 0);
-        assert_eq!(capabilities(""), 0);
-    }
 
     #[test]
     fn a_verifier_log_is_shortened_to_its_reason() {

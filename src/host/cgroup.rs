@@ -29,6 +29,8 @@ use std::sync::PoisonError;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::privileges::{Privileges, CAP_DAC_READ_SEARCH};
+
 /// `FILEID_KERNFS` (include/linux/exportfs.h): a kernfs node by its 64-bit
 /// id, which for a cgroup is its cgroup id.
 const FILEID_KERNFS: libc::c_int = 0xfe;
@@ -44,8 +46,6 @@ const WALK_MAX: usize = 20_000;
 const WALKS_PER_SECOND: u32 = 10;
 /// How long the last pid handed out is trusted for ordering processes.
 const LAST_PID_EVERY: Duration = Duration::from_millis(100);
-/// CAP_DAC_READ_SEARCH (linux/capability.h): what open_by_handle_at needs.
-const CAP_DAC_READ_SEARCH: u32 = 2;
 
 /// The cgroup2 mount this process sees.
 #[derive(Debug)]
@@ -309,32 +309,19 @@ fn probe_file_handles() -> Result<(), String> {
         .ino();
     match by_handle(&m, id) {
         Ok(_) => Ok(()),
-        Err(e) => {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-            Err(refusal(&e, &status))
-        }
+        Err(e) => Err(refusal(&e, Privileges::own())),
     }
 }
 
-/// Why open_by_handle_at failed with `e`, given /proc/self/status: a
-/// missing capability, or a seccomp filter (the capability is there, a
+/// Why open_by_handle_at failed with `e`, given this process's privileges:
+/// a missing capability, or a seccomp filter (the capability is there, a
 /// filter is installed and the call was still refused).
-fn refusal(e: &io::Error, status: &str) -> String {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let has_cap = field("CapEff:")
-        .and_then(|h| u64::from_str_radix(h, 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_DAC_READ_SEARCH) != 0);
-    let filtered = field("Seccomp:").is_some_and(|m| m == "2");
+fn refusal(e: &io::Error, own: Privileges) -> String {
     match e.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) if !has_cap => {
+        Some(libc::EPERM | libc::EACCES) if !own.has(CAP_DAC_READ_SEARCH) => {
             "open_by_handle_at needs CAP_DAC_READ_SEARCH".into()
         }
-        Some(libc::EPERM | libc::EACCES | libc::ENOSYS) if filtered => {
+        Some(libc::EPERM | libc::EACCES | libc::ENOSYS) if own.seccomp_filter => {
             "open_by_handle_at forbidden by seccomp".into()
         }
         _ => format!("open_by_handle_at failed: {e}"),
@@ -628,8 +615,8 @@ mod tests {
     fn refusals_are_explained() {
         let eperm = io::Error::from_raw_os_error(libc::EPERM);
         let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
-        let root = "CapEff:\t000001ffffffffff\nSeccomp:\t2\n";
-        let nocap = "CapEff:\t0000000000000000\nSeccomp:\t0\n";
+        let root = Privileges::parse("CapEff:\t000001ffffffffff\nSeccomp:\t2\n");
+        let nocap = Privileges::parse("CapEff:\t0000000000000000\nSeccomp:\t0\n");
         assert_eq!(
             refusal(&eperm, root),
             "open_by_handle_at forbidden by seccomp"

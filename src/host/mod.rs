@@ -9,7 +9,7 @@
 //! one error type; its `codec` builds messages and parses them with every
 //! length checked), nf_tables over netlink
 //! (`netfilter`: transparent mode's owner table), sock_diag
-//! (`sockdiag`: a client's socket, TIME_WAIT counts, the listening unix sockets and the files they made), cgroups and /proc (`cgroup`: unit and command of a client; `procfd`: which processes hold a socket), the eBPF recorder of who opened each client socket (`bpf`: loaded with aya, attached through bpf links),
+//! (`sockdiag`: a client's socket, TIME_WAIT counts, the listening unix sockets and the files they made), cgroups and /proc (`cgroup`: unit and command of a client; `procfd`: which processes hold a socket), the eBPF recorder of who opened each client socket (`bpf`: loaded with aya, attached through bpf links), what this process may do (`privileges`: capabilities, seccomp, pid namespace, from /proc/self/status),
 //! /proc/net/tcp (`procnet`, where sock_diag is missing) and the terminal of
 //! `top` (`terminal`). Every `unsafe` block of the crate lives in this folder, each
 //! with its own `// SAFETY:` line. Modules here are leaves: they may import
@@ -22,6 +22,7 @@ pub mod datagrams;
 pub mod journal;
 pub mod netfilter;
 pub(crate) mod netlink;
+pub mod privileges;
 pub mod procfd;
 pub mod procnet;
 pub mod sockdiag;

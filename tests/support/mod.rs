@@ -507,6 +507,20 @@ impl Sandbox {
         self.status_at(CONTROL_SOCK).await
     }
 
+    /// `rpcbind-proxy status FORMAT...` from the default control socket, as
+    /// printed (`&[]` for the text, `&["--prometheus"]`).
+    pub async fn status_printed(&self, format: &[&str]) -> String {
+        let mut args = vec![PROXY_BIN, "status"];
+        args.extend_from_slice(format);
+        args.extend_from_slice(&["--control", CONTROL_SOCK]);
+        let out = self.run_in_ns(&args).await;
+        assert!(
+            out.status.success(),
+            "rpcbind-proxy status {format:?}: {out:?}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Registers directly at rpcbind (v4 SET over its unix socket, as root).
     pub async fn rpcbind_set(&self, prog: u32, vers: u32, netid: &str, addr: &str) -> bool {
         let call = Call::rpcb(

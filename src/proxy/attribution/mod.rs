@@ -273,15 +273,12 @@ impl Attributor {
     /// The same cookie as when the source was identified: the same socket,
     /// so the same identity, known without a lookup.
     pub fn udp_sender(&self, client: SocketAddr) -> Option<u64> {
-        match self.recorder.get() {
-            Some(Ok(r)) => r.udp_sender(client),
-            _ => None,
-        }
+        self.recorder()?.udp_sender(client)
     }
 
-    /// Whether the eBPF recorder is loaded.
-    pub fn recording(&self) -> bool {
-        matches!(self.recorder.get(), Some(Ok(_)))
+    /// The eBPF recorder, if it loaded.
+    fn recorder(&self) -> Option<&Recorder> {
+        self.recorder.get()?.as_ref().ok()
     }
 
     fn inet(&self, proto: Proto, client: SocketAddr, servers: &[SocketAddr]) -> Identity {
@@ -306,7 +303,7 @@ impl Attributor {
             return (id, None);
         }
         // A TCP client noted at connect: its cookie without sock_diag.
-        if let (Proto::Tcp, Some(Ok(recorder))) = (proto, self.recorder.get()) {
+        if let (Proto::Tcp, Some(recorder)) = (proto, self.recorder()) {
             if let Some(cookie) = recorder.tcp_client(client) {
                 if let Some(owner) = recorder.owner(cookie) {
                     self.name_by_owner(&mut id, recorder, owner);
@@ -328,7 +325,7 @@ impl Attributor {
         };
         let cookie = Some(sock.cookie);
         tracing::trace!(?client, uid = sock.uid, cgroup = ?sock.cgroup_id, cookie = sock.cookie, "client socket");
-        if let Some(Ok(recorder)) = self.recorder.get() {
+        if let Some(recorder) = self.recorder() {
             if let Some(owner) = recorder.owner(sock.cookie) {
                 self.name_by_owner(&mut id, recorder, owner);
                 return (id, cookie);

@@ -369,14 +369,8 @@ impl UdpSources {
 
     /// Counts a call from `from` in `second` on its row.
     fn count(&mut self, from: SocketAddr, now: Instant, second: u32, proxy: &Proxy) {
-        let recording = proxy.attribution.recording();
         if let Some((at, cookie, t)) = self.seen.get(&from) {
-            let sender = if recording {
-                proxy.attribution.udp_sender(from)
-            } else {
-                None
-            };
-            let same = match sender {
+            let same = match proxy.attribution.udp_sender(from) {
                 Some(sender) => *cookie == Some(sender),
                 // No recorder, or a socket whose sends the kernel does not
                 // show it (a connected one sends without an address): a
