@@ -46,6 +46,11 @@ fn ebpf_loaded(sb: &Sandbox, status: &Value, test: &str) -> bool {
     if a["mode"] == "ebpf" {
         return true;
     }
+    assert!(
+        !ebpf_expected(),
+        "{test}: the eBPF recorder should load on this machine: {}",
+        a["why"]
+    );
     println!(
         "{test}: skipped, the kernel or this machine refuses the eBPF recorder: {} (log: {})",
         a["why"],

@@ -129,6 +129,22 @@ impl Default for Options {
     }
 }
 
+/// Whether the eBPF recorder must load here: this process (root) has
+/// CAP_BPF and CAP_NET_ADMIN, no seccomp filter, and Linux is 6.1 or later
+/// (cgroup socket programs have every helper the recorder uses there).
+/// Elsewhere the eBPF checks print why they skip; here a refusal fails
+/// them, so a broken recorder cannot pass as a machine that refuses it.
+pub fn ebpf_expected() -> bool {
+    use rpcbind_proxy::host::privileges::{Privileges, CAP_BPF, CAP_NET_ADMIN};
+    let own = Privileges::own();
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    own.has(CAP_BPF) && own.has(CAP_NET_ADMIN) && !own.seccomp_filter && version >= (6, 1)
+}
+
 /// Runs `body` in a fresh sandbox with rpcbind and the proxy running.
 pub fn run<F, Fut>(body: F)
 where

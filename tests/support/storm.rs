@@ -245,13 +245,18 @@ pub async fn storm(sb: &Sandbox, mode: Mode, which: Scenario, n: Counts) -> (Str
     match (mode, named_by["mode"].as_str()) {
         (Mode::Ebpf, Some("ebpf")) | (Mode::Search, Some("search")) => {}
         (Mode::Ebpf, _) => {
+            assert!(
+                !ebpf_expected(),
+                "the eBPF recorder should load on this machine: {}",
+                named_by["why"]
+            );
             return (
                 format!(
                 "{which:?} storm, Ebpf mode: skipped, the eBPF recorder is not loaded here ({})",
                 named_by["why"]
             ),
                 Vec::new(),
-            )
+            );
         }
         (Mode::Search, m) => panic!("the search was asked for, the daemon says {m:?}"),
     }
