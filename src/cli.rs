@@ -55,6 +55,11 @@ pub struct ServeArgs {
           help = format!("Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any \
                           --listen replaces all the defaults ({})", DEFAULT_LISTEN.join(", ")))]
     pub listen: Vec<String>,
+    /// Check the configuration (the file and these flags) and exit: 0 and
+    /// one line when it is good, else the error start-up would give and 1.
+    /// Binds nothing and needs no privilege beyond reading the file.
+    #[arg(long)]
+    pub check_config: bool,
     /// Every other setting, each a flag and a config key.
     #[command(flatten)]
     pub settings: Settings,

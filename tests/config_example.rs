@@ -89,7 +89,11 @@ fn every_example_line_is_a_real_key_with_its_default() {
         known_keys(),
         "example keys (left) vs Settings' keys (right)"
     );
-    let all_set = Config::resolve(file, Settings::default()).unwrap();
+    let mut all_set = Config::resolve(file, Settings::default()).unwrap();
+    // The one opt-in key: off by default, its example line shows the
+    // address to use.
+    assert_eq!(all_set.metrics, Some(([127, 0, 0, 1], 9111).into()));
+    all_set.metrics = None;
     let defaults = Config::resolve(Settings::default(), Settings::default()).unwrap();
     assert_eq!(all_set, defaults, "the example shows the defaults");
 }

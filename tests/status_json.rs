@@ -12,7 +12,8 @@ mod support;
 use std::collections::BTreeSet;
 
 use rpcbind_proxy::cli::{CheckArgs, ControlArg};
-use rpcbind_proxy::ops::{check, prometheus, text, top};
+use rpcbind_proxy::ops::{check, text, top};
+use rpcbind_proxy::proxy::status::prometheus;
 use rpcbind_proxy::proxy::status::Status;
 use serde_json::{json, Value};
 use support::*;
@@ -156,6 +157,7 @@ fn variants(v: &Value) -> Vec<(&'static str, Value)> {
     let mut down = v.clone();
     down["upstream"]["classes"]["unix"]["connected"] = json!(false);
     down["cache"]["recent"]["lookups"] = json!(3);
+    down["rpcbind"] = json!({"up": false});
     vec![
         ("full", v.clone()),
         ("quiet", quiet),

@@ -48,6 +48,9 @@ pub struct Config {
     pub attribution: bool,
     /// Load the eBPF recorder for attribution (at start).
     pub attribution_ebpf: bool,
+    /// Where `/metrics` is served over HTTP (off: None).
+    #[serde(serialize_with = "metrics_text")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -160,7 +163,7 @@ pub enum Takes {
 /// The settings a reload cannot change: they shaped what the daemon bound,
 /// spawned or installed when it started. Every other setting is applied at
 /// a reload.
-pub const RESTART_ONLY: [&str; 8] = [
+pub const RESTART_ONLY: [&str; 9] = [
     "listen",
     "rpcbind-socket",
     "rpcbind-port",
@@ -169,6 +172,7 @@ pub const RESTART_ONLY: [&str; 8] = [
     "intercept",
     "intercept-mark",
     "attribution-ebpf",
+    "metrics",
 ];
 
 /// One setting that differs between two configurations.
@@ -177,6 +181,17 @@ pub struct Change {
     /// The config key (the flag's name without `--`).
     pub key: String,
     pub takes: Takes,
+}
+
+/// The metrics address as it is written (`tcp:127.0.0.1:9111`), or null.
+fn metrics_text<S: Serializer>(
+    addr: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(a) => s.serialize_str(&format!("tcp:{a}")),
+        None => s.serialize_none(),
+    }
 }
 
 /// Listeners as they are written (`tcp:127.0.0.1:1111`).
@@ -319,6 +334,7 @@ impl Config {
             intercept_mark: layered!(intercept_mark).map_or(DEFAULT_INTERCEPT_MARK, |m| m.0),
             attribution: layered!(attribution).unwrap_or(true),
             attribution_ebpf: layered!(attribution_ebpf).unwrap_or(true),
+            metrics: layered!(metrics).map(|m| m.0),
             limits: LimitsConfig {
                 // 0 would refuse every client.
                 max_connections: layered!(max_connections)

@@ -155,6 +155,42 @@ pub struct Settings {
                          "records who opens each client socket (which needs CAP_BPF and ",
                          "CAP_NET_ADMIN, Linux >= 5.7)"))]
     pub attribution_ebpf: Option<bool>,
+    #[arg(long, value_name = "tcp:HOST:PORT",
+          help = concat!("Serve Prometheus metrics over HTTP at /metrics on this address, e.g. ",
+                         "tcp:127.0.0.1:9111 (off unless set). Read at start only"))]
+    pub metrics: Option<MetricsAddr>,
+}
+
+/// Where `/metrics` is served: `tcp:IP:PORT`, the listener syntax with the
+/// one transport HTTP takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MetricsAddr(pub std::net::SocketAddr);
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MetricsAddr, String> {
+        let bad = |why: &str| {
+            format!(
+                "bad metrics address {s:?}: {why} (expected tcp:IP:PORT, e.g. tcp:127.0.0.1:9111)"
+            )
+        };
+        let Some(rest) = s.strip_prefix("tcp:") else {
+            return Err(bad("HTTP is served over TCP only"));
+        };
+        match rest.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() == 0 => Err(bad("port 0")),
+            Ok(a) => Ok(MetricsAddr(a)),
+            Err(_) => Err(bad("not an IP address and port (write IPv6 as [::1]:9111)")),
+        }
+    }
+}
+
+impl TryFrom<String> for MetricsAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<MetricsAddr, String> {
+        s.parse()
+    }
 }
 
 /// A flag's help with its default, as clap would print it.
@@ -265,6 +301,7 @@ pub fn expected(key: &str) -> Option<String> {
         ),
         "log-level" => LOG_LEVELS.into(),
         "intercept" | "attribution" | "attribution-ebpf" => "true or false".into(),
+        "metrics" => "a \"tcp:IP:PORT\" string, e.g. \"tcp:127.0.0.1:9111\"".into(),
         "intercept-mark" => "a non-zero 32-bit number, decimal or a \"0x...\" hex string".into(),
         _ => return None,
     })

@@ -77,7 +77,15 @@ async fn handle(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
         Ok(r) => r?,
         Err(_) => return Ok(()),
     };
-    let answer = answer(line.trim(), uid, ctx);
+    let request = line.trim();
+    let answer = if request == "status" {
+        // Through a Value, whose keys are sorted: the bytes the operator
+        // commands and scripts have always read.
+        serde_json::to_value(full_status(ctx).await)
+            .unwrap_or_else(|e| json!({"error": format!("cannot write the status: {e}")}))
+    } else {
+        answer(request, uid, ctx)
+    };
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
     out.push(b'\n');
     wr.write_all(&out).await?;
@@ -118,7 +126,20 @@ pub(crate) fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
     }
 }
 
-/// The whole status: the proxy's snapshot and the daemon's own parts.
+/// The whole status with rpcbind's own counters, read from rpcbind (or the
+/// reading of the last second).
+pub(crate) async fn full_status(ctx: &Context) -> Status {
+    let mut status = status(ctx);
+    status.rpcbind.counters = ctx
+        .proxy
+        .rpcbind_counters()
+        .await
+        .map(|c| c.as_ref().clone());
+    status
+}
+
+/// The whole status but rpcbind's counters: the proxy's snapshot and the
+/// daemon's own parts.
 pub(crate) fn status(ctx: &Context) -> Status {
     let mut status = ctx.proxy.snapshot();
     status.listeners.clone_from(&ctx.listeners);

@@ -24,6 +24,11 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot serve metrics on tcp:{addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot use the sockets systemd passed: {0}")]
     Inherited(std::io::Error),
     #[error("cannot start the runtime: {0}")]

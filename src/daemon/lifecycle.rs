@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::host::netfilter::{InterceptRules, InterceptTable, Redirect};
 use crate::host::sys::Inherited;
-use crate::host::systemd;
+use crate::host::systemd::{self, Passed};
 use crate::proxy::listen::{self, Bound, DatagramThreads, ListenSpec, StreamLoop, UnixSocketFile};
 use crate::proxy::policy::Class;
 use crate::proxy::service::{Proxy, RpcbindAddr};
@@ -47,7 +47,7 @@ const UDP_THREADS_PER_SOCKET: usize = 1;
 /// start-up line.
 pub async fn run(
     config: Config,
-    inherited: Vec<Inherited>,
+    inherited: Passed,
     config_source: &str,
     reloads: mpsc::Receiver<Config>,
     shutdown: CancellationToken,
@@ -97,7 +97,7 @@ impl Daemon {
     /// background tasks stop when `shutdown` is cancelled.
     pub async fn start(
         config: Config,
-        inherited: Vec<Inherited>,
+        inherited: Passed,
         config_source: &str,
         shutdown: CancellationToken,
     ) -> Result<Running, StartError> {
@@ -107,8 +107,9 @@ impl Daemon {
         // daemon. Started by hand, the ports close with the process, and a
         // NAT kept alive would send such a flow (a root client's UDP lookups
         // reuse their source ports) to a closed port: refused.
-        let held_by_systemd = !inherited.is_empty();
-        let bound = bind(&config, inherited).await?;
+        let held_by_systemd = !inherited.listeners.is_empty();
+        let bound = bind(&config, inherited.listeners).await?;
+        let metrics_listener = metrics_listener(&config, inherited.metrics)?;
         // Said once the listeners are bound, so that a listener that cannot be
         // had stays the only line of a failed start.
         info!(
@@ -138,6 +139,22 @@ impl Daemon {
         let intercept: control::SharedTable = Arc::new(std::sync::Mutex::new(None));
         let ctx = control_context(&proxy, &specs, &config, &intercept);
         let mut background = Background::default();
+        if let Some(listener) = metrics_listener {
+            let addr = listener.local_addr().ok();
+            let done = super::metrics::spawn(
+                listener,
+                ctx.clone(),
+                tokio::runtime::Handle::current(),
+                shutdown.clone(),
+            )
+            .map_err(|source| StartError::Metrics {
+                addr: addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                source,
+            })?;
+            background.spawn("metrics", async move {
+                let _ = done.await;
+            });
+        }
         background.spawn(
             "control socket",
             control::serve(control, ctx, shutdown.clone()),
@@ -310,6 +327,23 @@ impl Background {
             }
         }
     }
+}
+
+/// The `/metrics` listener: the one systemd passed, else `config.metrics`
+/// bound here (None: metrics off).
+fn metrics_listener(
+    config: &Config,
+    passed: Option<std::net::TcpListener>,
+) -> Result<Option<std::net::TcpListener>, StartError> {
+    if passed.is_some() {
+        return Ok(passed);
+    }
+    config
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).map_err(|source| StartError::Metrics { addr, source })
+        })
+        .transpose()
 }
 
 /// Binds `config.listen`, or adopts the `inherited` sockets systemd passed

@@ -2,7 +2,8 @@
 //! its lines go and what they say; `lifecycle` is its life from start-up to
 //! drain; `supervise` what systemd is told while it serves; `transparent`
 //! transparent mode's start-up decisions; `attribution` the eBPF recorder's
-//! load and the mode it gives; `reload` what a SIGHUP changes; `error` why a
+//! load and the mode it gives; `control` the control socket; `metrics`
+//! `/metrics` over HTTP; `reload` what a SIGHUP changes; `error` why a
 //! start failed.
 
 mod attribution;
@@ -10,6 +11,7 @@ mod control;
 mod error;
 mod lifecycle;
 mod log;
+mod metrics;
 mod reload;
 mod supervise;
 mod transparent;
@@ -41,7 +43,6 @@ fn load(args: &ServeArgs) -> Result<Config, StartError> {
 /// `rpcbind-proxy serve`.
 pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let config = load(&args)?;
-    let log = log::init(&config.log_level);
     let config_source = args.config_path().map_or_else(
         || {
             format!(
@@ -51,6 +52,11 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         },
         |p| p.display().to_string(),
     );
+    if args.check_config {
+        println!("configuration OK: {config_source}; {}", config.summary());
+        return Ok(());
+    }
+    let log = log::init(&config.log_level);
     // Read (and unset) LISTEN_FDS while the process has one thread.
     let inherited = systemd::inherited_sockets().map_err(StartError::Inherited)?;
     // One runtime worker: calls past the cache, UDP clients, control and

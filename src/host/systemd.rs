@@ -73,11 +73,34 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
 }
 
+/// The sockets systemd passed, by their use.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The lookup listeners.
+    pub listeners: Vec<Inherited>,
+    /// The `/metrics` listener: the TCP listener named `metrics`
+    /// (`FileDescriptorName=metrics`).
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// The name that marks a passed socket as the `/metrics` listener.
+pub const METRICS_FD_NAME: &str = "metrics";
+
 /// The sockets systemd passed (LISTEN_FDS), each told apart by its own type
-/// and family, so that a drop-in may change them freely. Must be called
-/// while the process has a single thread: it unsets the variables.
-pub fn inherited_sockets() -> io::Result<Vec<Inherited>> {
-    sd_notify::listen_fds()?.map(adopt_socket).collect()
+/// and family, so that a drop-in may change them freely; the one named
+/// [`METRICS_FD_NAME`] serves `/metrics`. Must be called while the process
+/// has a single thread: it unsets the variables.
+pub fn inherited_sockets() -> io::Result<Passed> {
+    let mut passed = Passed::default();
+    for (fd, name) in sd_notify::listen_fds_with_names(true)? {
+        match adopt_socket(fd)? {
+            Inherited::Tcp(l) if name == METRICS_FD_NAME && passed.metrics.is_none() => {
+                passed.metrics = Some(l);
+            }
+            socket => passed.listeners.push(socket),
+        }
+    }
+    Ok(passed)
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //!
 //! One module per subcommand (`status`, `flush`, `check`, `query`,
 //! `intercept`, `top`), sharing `client` (one request to the daemon's
-//! control socket, the status read into its type), one per status format
-//! (`text`, `prometheus`; JSON is the type's own) and the man pages and
+//! control socket, the status read into its type), the text status format
+//! (`text`; JSON is the type's own, Prometheus's is
+//! `proxy::status::prometheus`, which the daemon's `/metrics` serves too)
+//! and the man pages and
 //! shell completions (`generate`); `intercept disable` moves rpcbind's own
 //! `local` registrations with `local_entries`. The control socket itself is the
 //! daemon's (`daemon::control`); the status it sends is
@@ -17,7 +19,6 @@ pub mod flush;
 pub mod generate;
 pub mod intercept;
 mod local_entries;
-pub mod prometheus;
 pub mod query;
 pub mod status;
 pub mod text;

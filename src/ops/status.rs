@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use super::client::{fail, status_request};
-use super::{prometheus::prometheus, text::human};
+use super::text::human;
 use crate::cli::StatusArgs;
+use crate::proxy::status::prometheus::prometheus;
 
 pub fn status(args: StatusArgs) -> ExitCode {
     let status = match status_request(&args.control.control) {

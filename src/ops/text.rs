@@ -65,6 +65,7 @@ pub fn human(s: &Status) -> String {
             us(up.latency_p99_us)
         ),
     );
+    row(&mut o, "rpcbind", rpcbind_line(s));
     let procs = s
         .requests
         .by_procedure
@@ -124,6 +125,52 @@ pub fn human(s: &Status) -> String {
         let _ = write!(o, "\ntop clients\n{table}");
     }
     o
+}
+
+/// rpcbind's own state and counters: what reached it, beside what the
+/// proxy absorbed.
+fn rpcbind_line(s: &Status) -> String {
+    let r = &s.rpcbind;
+    let state = if r.up { "up" } else { "not answering" };
+    let pings = s.requests.pings_answered;
+    let pings = if pings > 0 {
+        format!("; {pings} pings answered for it")
+    } else {
+        String::new()
+    };
+    let Some(c) = &r.counters else {
+        return format!("{state}, counters unavailable{pings}");
+    };
+    let total: u64 = c.calls.iter().map(|p| p.count).sum();
+    let mut busiest: Vec<_> = c.calls.iter().filter(|p| p.count > 0).collect();
+    busiest.sort_by_key(|p| std::cmp::Reverse(p.count));
+    let busiest = busiest
+        .iter()
+        .take(4)
+        .map(|p| format!("{} v{} {}", p.procedure, p.version, p.count))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = |procedure: &str| {
+        c.registrations
+            .iter()
+            .filter(|g| g.procedure == procedure)
+            .fold((0, 0), |(s, f), g| (s + g.success, f + g.failure))
+    };
+    let (sets, sets_failed) = sum("SET");
+    let (unsets, unsets_failed) = sum("UNSET");
+    let (found, not_found) = c.lookups.iter().fold(
+        (c.other_lookups.success, c.other_lookups.failure),
+        |(s, f), l| (s + l.success, f + l.failure),
+    );
+    let busiest = if busiest.is_empty() {
+        String::new()
+    } else {
+        format!(" ({busiest})")
+    };
+    format!(
+        "{state}; its own counters: calls {total}{busiest}, sets {sets} (failed {sets_failed}), unsets {unsets} (failed {unsets_failed}), lookups {} (not found {not_found}){pings}",
+        found + not_found
+    )
 }
 
 /// Each client limit, its setting and how often it bit.

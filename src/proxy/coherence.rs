@@ -35,6 +35,9 @@ pub(super) struct Coherence {
     born: Instant,
     /// When the refresh loop last went round, in ms since `born`.
     heartbeat_ms: AtomicU64,
+    /// When rpcbind last answered a round's DUMP, in ms since `born` plus
+    /// one (0: never); zeroed when a round's DUMP fails.
+    answered_ms: AtomicU64,
     /// rpcbind's registration list as the refresh loop last read it (the
     /// raw DUMP reply, to compare cheaply, and its entries).
     known: Mutex<Option<(Bytes, Arc<Vec<RpcbEntry>>)>>,
@@ -46,6 +49,7 @@ impl Coherence {
             refresh_ms: AtomicU64::new(refresh.as_millis() as u64),
             born: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
+            answered_ms: AtomicU64::new(0),
             known: Mutex::new(None),
         }
     }
@@ -63,6 +67,29 @@ impl Coherence {
     fn beat(&self) {
         self.heartbeat_ms
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Notes how this round's DUMP went.
+    fn answered(&self, ok: bool) {
+        let now = if ok {
+            self.born.elapsed().as_millis() as u64 + 1
+        } else {
+            0
+        };
+        self.answered_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether rpcbind answered the last round and that round is recent
+    /// (two periods and a second: a round that is waiting for rpcbind
+    /// longer than that means it is not answering).
+    fn rpcbind_answering(&self) -> bool {
+        let at = self.answered_ms.load(Ordering::Relaxed);
+        at != 0
+            && self
+                .born
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at - 1))
+                < self.period() * 2 + Duration::from_secs(1)
     }
 
     /// Whether the loop went round within three periods and one call's
@@ -138,8 +165,12 @@ impl Proxy {
             let (answered, misses) = self.lookup_counts();
             self.recent
                 .tick(tokio::time::Instant::now(), answered, misses);
-            if let Ok(reply) = self.dump().await {
-                self.coherence.compare(reply, &self.cache);
+            match self.dump().await {
+                Ok(reply) => {
+                    self.coherence.answered(true);
+                    self.coherence.compare(reply, &self.cache);
+                }
+                Err(_) => self.coherence.answered(false),
             }
             // Told only once the first list is in place, so that nothing a
             // client caches after start-up is dropped as unverified.
@@ -153,6 +184,13 @@ impl Proxy {
     /// are alive (rpcbind being down does not make the daemon unhealthy).
     pub fn healthy(&self) -> bool {
         self.coherence.alive(self.timeout())
+    }
+
+    /// Whether rpcbind is known to answer: the last refresh round's DUMP
+    /// was answered, recently, and the unix connection is still open (it
+    /// closes at once when rpcbind exits).
+    pub fn rpcbind_up(&self) -> bool {
+        self.coherence.rpcbind_answering() && self.upstream(Class::Unix).is_connected()
     }
 
     /// rpcbind's registrations: the list the refresh loop keeps (at most one

@@ -6,7 +6,8 @@
 //! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`), the client
 //! limits (`limits`), who each client is (`attribution`) and how much it
 //! asks (`clients`), the counters the path bumps (`metrics`), the log
-//! lines of repeated events (`logs`) and the typed status snapshot the
+//! lines of repeated events (`logs`), rpcbind's own counters
+//! (`rpcbind_stats`) and the typed status snapshot the
 //! control socket sends and the operator commands read back (`status`). It imports
 //! `protocol` for the wire formats and `host` for the few raw syscalls it
 //! needs; it never imports `ops` (operator commands read its counters, not
@@ -22,6 +23,7 @@ pub mod logs;
 pub mod metrics;
 pub mod policy;
 mod request;
+pub mod rpcbind_stats;
 pub mod service;
 pub mod status;
 pub mod upstream;

@@ -85,6 +85,8 @@ pub struct Stats {
     pub refused: AtomicU64,
     pub forwarded: AtomicU64,
     pub upstream_failures: AtomicU64,
+    /// NULL calls answered without rpcbind (it was known to answer).
+    pub pings_answered: AtomicU64,
 }
 
 /// The proxy's shared state: one `Upstream` per class, the cache, the
@@ -113,6 +115,8 @@ pub struct Proxy {
     pub(super) tasks: TaskTracker,
     /// The refresh loop's period, heartbeat and registration list.
     pub(super) coherence: Coherence,
+    /// rpcbind's own counters, as last read.
+    pub(super) readings: crate::proxy::rpcbind_stats::Readings,
     /// The source address of the daemon's own watchdog probe: its calls
     /// are answered like anyone's but counted nowhere (not a client).
     own_probe: std::sync::OnceLock<std::net::SocketAddr>,
@@ -147,6 +151,7 @@ impl Proxy {
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
             coherence: Coherence::new(settings.refresh),
+            readings: Default::default(),
             own_probe: std::sync::OnceLock::new(),
         })
     }
@@ -279,6 +284,13 @@ impl Proxy {
         };
         let call = &request.call;
         self.procs.count(call.vers, call.procedure);
+        // A ping need not reach rpcbind while rpcbind is known to answer
+        // (its last refresh round was answered and its connection is open);
+        // otherwise it goes on, so that it still tells the truth.
+        if request.procedure == Procedure::Null && self.rpcbind_up() {
+            self.stats.pings_answered.fetch_add(1, Ordering::Relaxed);
+            return Outcome::Reply(request.reply(AcceptStat::Success, &[]));
+        }
         let outcome = match request.route() {
             Route::Local(answer) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,11 @@
 //! the transparent-mode table, TIME_WAIT on its ports, the refresh interval
 //! it started with) are fields here too; [`Proxy::snapshot`] leaves them
 //! empty and the control server fills them in.
+//!
+//! `prometheus` writes it in Prometheus' text format, for `status
+//! --prometheus` and the daemon's `/metrics` alike.
+
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,6 +24,7 @@ use crate::proxy::clients::TopRow;
 use crate::proxy::listen::UDP_MAX_IN_FLIGHT;
 use crate::proxy::metrics::{RECENT_BUCKET, RECENT_WINDOW};
 use crate::proxy::policy::Class;
+use crate::proxy::rpcbind_stats::RpcbindStatus;
 use crate::proxy::service::Proxy;
 
 /// Rows in the top-clients table; the others are summed in `rest`.
@@ -42,6 +48,10 @@ pub struct Status {
     pub limits: LimitsStatus,
     /// Filled in by the daemon.
     pub intercept: Intercept,
+    /// rpcbind's own state and counters (the counters filled in by the
+    /// daemon, which reads them asynchronously).
+    #[serde(default)]
+    pub rpcbind: RpcbindStatus,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -51,6 +61,9 @@ pub struct Requests {
     pub refused: u64,
     pub forwarded: u64,
     pub upstream_failures: u64,
+    /// NULL calls answered here while rpcbind was known to answer.
+    #[serde(default)]
+    pub pings_answered: u64,
     pub by_procedure: Vec<ProcedureCount>,
 }
 
@@ -330,6 +343,10 @@ impl Proxy {
             time_wait: TimeWait::default(),
             limits: self.limits_status(),
             intercept: Intercept::default(),
+            rpcbind: RpcbindStatus {
+                up: self.rpcbind_up(),
+                counters: None,
+            },
         }
     }
 
@@ -358,6 +375,7 @@ impl Proxy {
             refused: load(&s.refused),
             forwarded: load(&s.forwarded),
             upstream_failures: load(&s.upstream_failures),
+            pings_answered: load(&s.pings_answered),
             by_procedure: self
                 .procs
                 .snapshot()

@@ -24,6 +24,7 @@ const GAUGE: &str = "gauge";
 /// Every metric, in the order written.
 #[rustfmt::skip]
 const METRICS: &[Metric] = &[
+    ("build_info", GAUGE, "The daemon's version, as a label; the value is always 1.", |s| vec![(format!("{{version=\"{}\"}}", escape(&s.version)), 1.0)]),
     ("uptime_seconds", GAUGE, "Seconds since the daemon started.", |s| one(s.uptime_seconds)),
     ("requests_total", COUNTER, "Calls received.", |s| one(s.requests.total)),
     ("procedure_requests_total", COUNTER, "Calls per procedure.", by_procedure),
@@ -46,7 +47,7 @@ const METRICS: &[Metric] = &[
     ("clients_connected", GAUGE, "Stream clients connected now.", |s| one(s.clients.connected)),
     ("cache_invalidations_total", COUNTER, "Entries dropped because registrations changed or on request.", invalidations),
     ("upstream_connected", GAUGE, "Whether the connection of each transport class is open.", upstream_connected),
-    ("upstream_latency_seconds", GAUGE, "Upper bound of the latency quantile of calls to rpcbind.", latency),
+    ("upstream_latency_seconds", GAUGE, "Upper bound of the latency percentile of calls to rpcbind.", latency),
     ("lookups_total", COUNTER, "Lookups per program, version and netid.", lookups),
     ("time_wait_sockets", GAUGE, "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.", time_wait),
     ("client_requests_total", COUNTER, "Calls by the systemd unit, command and uid behind them (the busiest; the rest as other).", client_requests),
@@ -55,8 +56,15 @@ const METRICS: &[Metric] = &[
     ("limit", GAUGE, "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes).", |s| limits(&s.limits, |(_, _, setting)| setting)),
     ("attribution_mode", GAUGE, "1 for the way clients are named now: ebpf (the kernel recorded who opened each socket), search (their cgroup's processes searched), off.", attribution_mode),
     ("attribution_named_ratio", GAUGE, "Share of this host's lookups in the last minute whose command was named.", |s| s.clients.attribution.named_60s.map_or_else(Vec::new, one)),
-    ("intercept_enabled", GAUGE, "1 when transparent mode is on (port 111 redirected to the proxy).", |s| one(s.intercept.enabled)),
+    ("intercept_enabled", GAUGE, "1 when transparent mode is configured on.", |s| one(s.intercept.enabled)),
+    ("intercept_active", GAUGE, "1 when port 111 is redirected to the proxy now (the redirect table is in place with its rules).", |s| one(s.intercept.active())),
     ("intercepted_flows_total", COUNTER, "Connections and UDP flows to port 111 redirected to the proxy, per rule.", intercepted_flows),
+    ("pings_answered_total", COUNTER, "NULL calls (pings) answered by the proxy while rpcbind was known to answer.", |s| one(s.requests.pings_answered)),
+    ("rpcbind_up", GAUGE, "1 when rpcbind answered the proxy's last refresh round and its unix connection is open.", |s| one(s.rpcbind.up)),
+    ("rpcbind_calls_total", COUNTER, "Calls rpcbind itself received, by version and procedure (its GETSTAT; the proxy's own GETSTATs included).", rpcbind_calls),
+    ("rpcbind_registrations_total", COUNTER, "SET and UNSET calls rpcbind itself received, by outcome.", rpcbind_registrations),
+    ("rpcbind_address_lookups_total", COUNTER, "Address lookups (GETPORT, GETADDR) rpcbind itself answered, by what was asked and whether an address was found (the busiest; the rest as other).", rpcbind_lookups),
+    ("rpcbind_remote_calls_total", COUNTER, "Remote calls (CALLIT, BCAST, INDIRECT) rpcbind itself handled, by outcome.", rpcbind_remote_calls),
 ];
 
 /// The status in Prometheus text exposition format.
@@ -141,12 +149,14 @@ fn upstream_connected(s: &Status) -> Samples {
         .collect()
 }
 
-/// The quantiles known (none before the first call), in seconds.
+/// The percentiles known (none before the first call), in seconds. The
+/// label is not `quantile`, which the exposition format keeps for
+/// summaries (with their `_sum` and `_count`, which this is not).
 fn latency(s: &Status) -> Samples {
     let u = &s.upstream;
-    [("0.50", u.latency_p50_us), ("0.99", u.latency_p99_us)]
+    [("50", u.latency_p50_us), ("99", u.latency_p99_us)]
         .into_iter()
-        .filter_map(|(q, us)| Some((format!("{{quantile=\"{q}\"}}"), us? as f64 / 1e6)))
+        .filter_map(|(p, us)| Some((format!("{{percentile=\"{p}\"}}"), us? as f64 / 1e6)))
         .collect()
 }
 
@@ -265,6 +275,84 @@ fn intercepted_flows(s: &Status) -> Samples {
         .iter()
         .map(|r| (format!("{{rule=\"{}\"}}", r.rule), r.flows as f64))
         .collect()
+}
+
+/// rpcbind's counters, none when it could not be read (rpcbind down): a
+/// scrape then has no sample rather than a false 0.
+fn rpcbind_calls(s: &Status) -> Samples {
+    let Some(c) = &s.rpcbind.counters else {
+        return Vec::new();
+    };
+    c.calls
+        .iter()
+        .map(|p| {
+            let labels = format!(
+                "{{version=\"{}\",procedure=\"{}\"}}",
+                p.version, p.procedure
+            );
+            (labels, p.count.value())
+        })
+        .collect()
+}
+
+fn rpcbind_registrations(s: &Status) -> Samples {
+    let Some(c) = &s.rpcbind.counters else {
+        return Vec::new();
+    };
+    c.registrations
+        .iter()
+        .flat_map(|r| {
+            [("success", r.success), ("failure", r.failure)].map(|(result, n)| {
+                let labels = format!(
+                    "{{version=\"{}\",procedure=\"{}\",result=\"{result}\"}}",
+                    r.version, r.procedure
+                );
+                (labels, n.value())
+            })
+        })
+        .collect()
+}
+
+fn rpcbind_lookups(s: &Status) -> Samples {
+    let Some(c) = &s.rpcbind.counters else {
+        return Vec::new();
+    };
+    let rows = c.lookups.iter().map(|l| {
+        (
+            l.version.to_string(),
+            l.program.to_string(),
+            l.program_version.to_string(),
+            escape(&l.netid),
+            l.success,
+            l.failure,
+        )
+    });
+    let other = c.other_lookups;
+    let other = (other.success + other.failure > 0).then(|| {
+        let o = || "other".to_string();
+        (o(), o(), o(), o(), other.success, other.failure)
+    });
+    rows.chain(other)
+        .flat_map(|(version, program, program_version, netid, success, failure)| {
+            [("success", success), ("failure", failure)].map(|(result, n)| {
+                let labels = format!(
+                    "{{version=\"{version}\",program=\"{program}\",program_version=\"{program_version}\",netid=\"{netid}\",result=\"{result}\"}}"
+                );
+                (labels, n.value())
+            })
+        })
+        .collect()
+}
+
+fn rpcbind_remote_calls(s: &Status) -> Samples {
+    let Some(c) = &s.rpcbind.counters else {
+        return Vec::new();
+    };
+    let r = c.remote_calls;
+    vec![
+        ("{result=\"success\"}".into(), r.success.value()),
+        ("{result=\"failure\"}".into(), r.failure.value()),
+    ]
 }
 
 /// A label value as the exposition format wants it.
