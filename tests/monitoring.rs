@@ -462,7 +462,7 @@ fn the_dashboard_takes_its_datasource_and_instance_from_variables() {
         }
     }
     let mut bad = Vec::new();
-    walk(&dash["panels"], &mut bad);
+    walk(&dash, &mut bad);
     assert!(bad.is_empty(), "datasources not from the variable: {bad:?}");
     for (at, e) in dashboard_exprs(&dash) {
         if !at.starts_with("variable") {
