@@ -28,14 +28,7 @@ use support::*;
 /// Metrics the mixin names that the daemon does not expose yet: each must
 /// leave this list in the change that makes the daemon expose it (the
 /// live check fails on a name listed here that the daemon exposes).
-const PENDING: &[&str] = &[
-    "rpcbind_proxy_rpcbind_up",
-    "rpcbind_proxy_rpcbind_calls_total",
-    "rpcbind_proxy_rpcbind_registrations_total",
-    "rpcbind_proxy_rpcbind_address_lookups_total",
-    "rpcbind_proxy_intercept_active",
-    "rpcbind_proxy_build_info",
-];
+const PENDING: &[&str] = &[];
 
 /// Series Prometheus writes for every target itself, not the daemon.
 const MADE_BY_PROMETHEUS: &[&str] = &["up"];
@@ -102,8 +95,8 @@ fn unit_test_files() -> Vec<String> {
 }
 
 /// The scrape the mixin is checked against.
-async fn scrape(sb: &Sandbox) -> String {
-    sb.status_printed(&["--prometheus"]).await
+async fn scrape(_sb: &Sandbox) -> String {
+    support::http::scrape().await
 }
 
 // ---------------------------------------------------------------------------
@@ -476,7 +469,11 @@ fn the_dashboard_takes_its_datasource_and_instance_from_variables() {
 
 #[test]
 fn the_mixin_names_only_metrics_a_live_daemon_exposes() {
-    run(|sb| async move {
+    let opts = Options {
+        proxy_args: vec!["--metrics".into(), support::http::METRICS.into()],
+        ..Options::default()
+    };
+    run_with(opts, |sb| async move {
         sb.call(Target::Proxy, Transport::Tcp, &getport_call(100000))
             .await;
         let text = scrape(&sb).await;

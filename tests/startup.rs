@@ -416,3 +416,45 @@ fn the_log_says_version_config_and_rpcbind_lost_once_and_back() {
     );
     assert!(terminate(child).success());
 }
+
+#[test]
+fn check_config_says_ok_in_one_line_or_fails_as_start_up_would() {
+    let d = Dir::new("check");
+    let good = d.0.join("good.toml");
+    std::fs::write(&good, "ttl = 30\nmetrics = \"tcp:127.0.0.1:9111\"\n").unwrap();
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--config",
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.lines().count(), 1, "{said:?}");
+    assert!(
+        said.starts_with(&format!("configuration OK: {}; ttl 30s", good.display())),
+        "{said:?}"
+    );
+    // Checking binds nothing: the same check twice at once, and a
+    // listener nobody could bind, are fine.
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--config",
+        good.to_str().unwrap(),
+        "--listen",
+        "tcp:192.0.2.1:1",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A broken file: exit 1 and exactly the line a start prints.
+    let bad = d.0.join("bad.toml");
+    std::fs::write(&bad, "ttl = \"soon\"\n").unwrap();
+    let checked = run(&["serve", "--check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert_one_line_error(&checked, "ttl");
+    let started = run(&["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(checked.stderr, started.stderr);
+    assert_eq!(checked.status.code(), started.status.code());
+    assert!(checked.stdout.is_empty());
+}

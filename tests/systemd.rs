@@ -149,6 +149,9 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
                 "systemd-socket-activate",
             ])
             .args(["-l", "/run/act/rpcbind.sock", "-l", "127.0.0.1:1112"])
+            // The third, named `metrics`, serves /metrics (and wins over a
+            // configured address, bound by nobody).
+            .args(["-l", "127.0.0.1:9112", "--fdname=lookups:lookups:metrics"])
             .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
             .args([
                 BIN,
@@ -159,7 +162,12 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
                 "/run/act/control.sock",
             ])
             // Ignored when sockets are passed: nothing may be bound here.
-            .args(["--listen", "tcp:127.0.0.1:1113"])
+            .args([
+                "--listen",
+                "tcp:127.0.0.1:1113",
+                "--metrics",
+                "tcp:127.0.0.1:9113",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -211,6 +219,17 @@ fn socket_activation_serves_the_sockets_systemd_passes() {
             listeners,
             ["unix:/run/act/rpcbind.sock", "tcp:127.0.0.1:1112"]
         );
+        let scrape =
+            support::http::request("127.0.0.1:9112".parse().unwrap(), "GET", "/metrics").await;
+        assert_eq!(scrape.status, 200, "{scrape:?}");
+        assert!(
+            scrape.body.contains("rpcbind_proxy_requests_total 2"),
+            "{}",
+            scrape.body
+        );
+        assert!(tokio::net::TcpStream::connect("127.0.0.1:9113")
+            .await
+            .is_err());
         let _ = child.start_kill();
         let _ = child.wait().await;
     });

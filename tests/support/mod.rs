@@ -23,6 +23,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod fake_rpcbind;
+pub mod http;
 pub mod namespaces;
 pub mod rpc;
 pub mod tirpc;
