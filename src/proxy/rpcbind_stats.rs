@@ -4,7 +4,9 @@
 //! Read when someone looks (`status`, a `/metrics` scrape), not on a timer,
 //! so rpcbind is asked nothing while nobody watches; an answer (or a
 //! failure) is reused for [`FRESH`], so a crowd of scrapers asks rpcbind
-//! once. rpcbind counts these GETSTAT calls too, under v4 GETSTAT.
+//! once. Each reading is one GETSTAT on a unix connection of its own, so it
+//! never waits behind, or counts among, the clients' calls, and is given
+//! up after [`WAIT`]. rpcbind counts these calls too, under v4 GETSTAT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +16,16 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::rpc::{self, AcceptStat};
 use crate::protocol::rpcb::{self, Procedure};
 use crate::protocol::rpcb_stat::{self, AddrStat, VersionStats, VERSIONS};
-use crate::proxy::policy::Class;
 use crate::proxy::service::Proxy;
 use crate::proxy::status::ProcedureCount;
+use crate::proxy::upstream;
 
 /// How long one reading of rpcbind's counters is reused.
 pub const FRESH: Duration = Duration::from_secs(1);
+/// How long a status or a scrape waits for rpcbind's counters: rpcbind
+/// answers GETSTAT in well under a millisecond, and one that is stuck
+/// must not hold the operator's status up.
+pub const WAIT: Duration = Duration::from_millis(300);
 /// Lookup rows shown, the busiest first; the rest are summed.
 const TOP_LOOKUPS: usize = 32;
 const GETSTAT: u32 = 12;
@@ -107,11 +113,9 @@ impl Proxy {
     }
 
     async fn getstat(&self) -> Option<RpcbindCounters> {
-        let call = rpc::encode_call(0, rpcb::PROGRAM, 4, GETSTAT, &[]);
-        let upstream = self.upstream(Class::Unix);
-        let reply = tokio::time::timeout(self.timeout(), upstream.call(&call, true))
+        let call = rpc::encode_call(1, rpcb::PROGRAM, 4, GETSTAT, &[]);
+        let reply = upstream::call_once(&self.rpcbind.socket, &call, WAIT)
             .await
-            .ok()?
             .ok()?;
         let parsed = rpc::parse_reply(&reply).ok()?;
         if parsed.accept != Some(AcceptStat::Success) {

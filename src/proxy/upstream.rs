@@ -659,19 +659,43 @@ pub async fn call_as_user(
             .set_nonblocking(true)
             .map_err(|_| UpstreamError::Unavailable)?;
         let stream = UnixStream::from_std(std_stream).map_err(|_| UpstreamError::Unavailable)?;
-        let (rd, mut wr) = stream.into_split();
-        let mut rec = BytesMut::with_capacity(4 + call.len());
-        put_record(&mut rec, call);
-        wr.write_all(&rec)
-            .await
-            .map_err(|_| UpstreamError::ConnectionLost)?;
-        let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_UPSTREAM_RECORD));
-        match frames.next().await {
-            Some(Ok(reply)) => Ok(reply.freeze()),
-            _ => Err(UpstreamError::ConnectionLost),
-        }
+        exchange_once(stream, call).await
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| UpstreamError::Timeout)?
+}
+
+/// One call over a connection of its own to rpcbind's unix socket, closed
+/// afterwards: for the operator's reads (rpcbind's counters), which must
+/// neither wait behind the clients' calls nor count among them.
+pub async fn call_once(
+    path: &std::path::Path,
+    call: &[u8],
+    timeout: Duration,
+) -> Result<Bytes, UpstreamError> {
+    let exchange = async {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|_| UpstreamError::Unavailable)?;
+        exchange_once(stream, call).await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+}
+
+/// Sends `call` as one record on `stream` and reads one record back.
+async fn exchange_once(stream: UnixStream, call: &[u8]) -> Result<Bytes, UpstreamError> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rec = BytesMut::with_capacity(4 + call.len());
+    put_record(&mut rec, call);
+    wr.write_all(&rec)
+        .await
+        .map_err(|_| UpstreamError::ConnectionLost)?;
+    let mut frames = FramedRead::new(rd, RecordCodec::new(MAX_UPSTREAM_RECORD));
+    match frames.next().await {
+        Some(Ok(reply)) => Ok(reply.freeze()),
+        _ => Err(UpstreamError::ConnectionLost),
+    }
 }
