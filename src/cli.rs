@@ -7,6 +7,16 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{count_arg, Settings, DEFAULT_CONFIG, DEFAULT_LISTEN};
 use crate::proxy::listen::{ListenSpec, SpecError};
 
+/// The exit status of a usage or configuration error: a bad flag, a bad
+/// value (on the command line or in the config file), an unreadable config
+/// file. clap exits with it for what it refuses itself, and every command
+/// exits with it for what is refused after clap, so that a script tells
+/// "fix the command or the file" (2) from "it failed" (1).
+pub const EXIT_USAGE: u8 = 2;
+/// The exit status of a failure at run time: a port in use, a daemon that
+/// cannot be reached, a host that refused a change.
+pub const EXIT_FAILURE: u8 = 1;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rpcbind-proxy",
@@ -182,7 +192,8 @@ pub struct QueryArgs {
 pub enum QueryLookup {
     /// The port of PROG VERS on tcp or udp (portmapper GETPORT).
     Getport {
-        /// Program number, e.g. 100003 (nfs).
+        /// Program number or name from /etc/rpc, e.g. 100003 or nfs.
+        #[arg(value_parser = crate::ops::query::program_arg)]
         prog: u32,
         /// Version number.
         vers: u32,
@@ -192,7 +203,8 @@ pub enum QueryLookup {
     },
     /// The universal address of PROG VERS on NETID (rpcbind GETADDR).
     Getaddr {
-        /// Program number, e.g. 100003 (nfs).
+        /// Program number or name from /etc/rpc, e.g. 100003 or nfs.
+        #[arg(value_parser = crate::ops::query::program_arg)]
         prog: u32,
         /// Version number.
         vers: u32,

@@ -249,7 +249,7 @@ fn nonsense_values_are_refused_naming_the_value_and_the_range() {
         let out = run(&full);
         assert_one_line_error(&out, needle);
         assert_one_line_error(&out, range);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
     let d = Dir::new("empty");
     let conf = d.0.join("c.toml");

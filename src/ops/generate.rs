@@ -228,13 +228,29 @@ Stop accepting, answer the calls in flight (at most 2 s), remove the sockets
 stopped on a signal; the other commands succeeded.
 .TP
 .B 1
-A start\-up error (a bad option value, an unreadable configuration file, a
-port in use), reported as one line on standard error naming the value; or
-the daemon could not be reached.
+A failure at run time: a port in use, a socket that cannot be created, the
+daemon or rpcbind could not be reached, the host refused a change.
+.TP
+.B 2
+A usage or configuration error: an unknown option, a bad option value (of
+the wrong kind, such as
+.BR "\-\-ttl abc" ,
+or out of range, such as
+.BR "\-\-ttl \-5" ),
+a bad listener, an unreadable or wrong configuration file, options that
+make no sense together. Fixed by changing the command line or the file.
+.PP
+Every error is one line on standard error naming the bad value and the
+valid form.
 .TP
 .BR 0 ", " 1 ", " 2 ", " 3
 .B check
-only: OK, WARNING, CRITICAL, UNKNOWN, as monitoring plugins do.
+only: OK, WARNING, CRITICAL, UNKNOWN, as monitoring plugins do (a usage
+error is UNKNOWN).
+.TP
+.BR 0 ", " 1 ", " 3
+.B intercept status
+only: transparent mode on, partly on, off.
 .SH ENVIRONMENT
 .TP
 .BR NOTIFY_SOCKET ", " WATCHDOG_USEC
