@@ -62,8 +62,10 @@ pub struct ServeArgs {
     // Parsed after clap so that a bad spec is one line naming it, like every
     // other start-up error.
     #[arg(long, value_name = "SPEC",
-          help = format!("Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any \
-                          --listen replaces all the defaults ({})", DEFAULT_LISTEN.join(", ")))]
+          help = format!("Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT (HOST: an IP address, \
+                          IPv6 in brackets, or a name, resolved at start-up to every address it \
+                          has). Repeatable; any --listen replaces all the defaults ({})",
+                          DEFAULT_LISTEN.join(", ")))]
     pub listen: Vec<String>,
     /// Every other setting, each a flag and a config key.
     #[command(flatten)]
@@ -81,11 +83,10 @@ impl ServeArgs {
 
     /// The flags as a config layer.
     pub fn as_layer(&self) -> Result<Settings, SpecError> {
-        let listen = self
-            .listen
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<Vec<ListenSpec>, _>>()?;
+        let mut listen: Vec<ListenSpec> = Vec::new();
+        for spec in &self.listen {
+            listen.extend(ListenSpec::resolve(spec)?);
+        }
         Ok(Settings {
             listen: (!listen.is_empty()).then_some(listen),
             ..self.settings.clone()

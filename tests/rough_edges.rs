@@ -54,6 +54,11 @@ fn a_mistake_exits_2_and_a_failure_1() {
         (&["serve", "--bogus"], "--bogus", 2),
         (&["serve", "--listen", "tcp:nowhere"], "tcp:nowhere", 2),
         (
+            &["serve", "--listen", "tcp:127.0.0.1:99999"],
+            "\"tcp:127.0.0.1:99999\": port 99999 out of range (0 to 65535) (expected unix:PATH",
+            2,
+        ),
+        (
             &["serve", "--config", bad_file.to_str().unwrap()],
             "ttl = -5",
             2,
@@ -142,4 +147,37 @@ fn query_and_status_say_what_went_wrong() {
         assert_eq!(code, 1);
         refused(&out, "is rpcbind-proxy running");
     });
+}
+
+/// `--listen tcp:localhost:PORT` listens on every address localhost has
+/// (what /etc/hosts gives it: 127.0.0.1, and ::1 where it is listed), and
+/// answers there.
+#[test]
+fn a_host_name_listens_on_every_address_it_resolves_to() {
+    use std::net::ToSocketAddrs;
+    let mut want: Vec<std::net::SocketAddr> =
+        ("localhost", 1112).to_socket_addrs().unwrap().collect();
+    want.dedup();
+    assert!(
+        want.contains(&"127.0.0.1:1112".parse().unwrap()),
+        "{want:?}"
+    );
+    run_with(
+        Options {
+            proxy_args: vec!["--listen".into(), "tcp:localhost:1112".into()],
+            ..Options::default()
+        },
+        move |sb| async move {
+            let listeners = sb.status().await["listeners"].clone();
+            for addr in want {
+                let spec = format!("tcp:{addr}");
+                assert!(
+                    listeners.as_array().unwrap().iter().any(|l| *l == spec),
+                    "{spec}: {listeners}"
+                );
+                let out = call_once(&Endpoint::Tcp(addr), &getport_call(100000).fresh()).await;
+                assert_eq!(decode_u32(&out.expect_results(&spec)).unwrap(), 111);
+            }
+        },
+    );
 }

@@ -63,6 +63,7 @@ pub struct Settings {
     // On the command line --listen is parsed after clap (see `ServeArgs`),
     // so that a bad spec is one start-up error like the others.
     #[arg(skip)]
+    #[serde(default, deserialize_with = "listen_specs")]
     pub listen: Option<Vec<ListenSpec>>,
     #[arg(long, value_name = "PATH",
           help = with_default("rpcbind's unix socket", DEFAULT_RPCBIND_SOCKET))]
@@ -157,6 +158,18 @@ pub struct Settings {
     pub attribution_ebpf: Option<bool>,
 }
 
+/// The file's `listen`: each spec, a host name resolved to every address it
+/// has (as on the command line).
+fn listen_specs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<ListenSpec>>, D::Error> {
+    let mut specs = Vec::new();
+    for s in Vec::<String>::deserialize(d)? {
+        specs.extend(ListenSpec::resolve(&s).map_err(serde::de::Error::custom)?);
+    }
+    Ok(Some(specs))
+}
+
 /// A flag's help with its default, as clap would print it.
 fn with_default(help: &str, default: impl Display) -> String {
     format!("{help} [default: {default}]")
@@ -241,7 +254,7 @@ pub const LOG_LEVELS: &str = "a level (error, warn, info, debug, trace, off) or 
 pub fn expected(key: &str) -> Option<String> {
     let (entries, threads, udp) = (ENTRIES_RANGE, THREADS_RANGE, UDP_REPLY_RANGE);
     Some(match key {
-        "listen" => "a non-empty list of \"unix:PATH\", \"unix:@NAME\", \"tcp:HOST:PORT\" or \"udp:HOST:PORT\" strings".into(),
+        "listen" => "a non-empty list of \"unix:PATH\", \"unix:@NAME\", \"tcp:HOST:PORT\" or \"udp:HOST:PORT\" strings (HOST: an IP address, IPv6 in brackets, or a name)".into(),
         "rpcbind-socket" | "control" => "an absolute path in quotes, e.g. \"/run/rpcbind.sock\"".into(),
         "rpcbind-port" => "a port number from 1 to 65535, e.g. 111".into(),
         "upstream-timeout" | "refresh" | "idle-timeout" | "record-timeout" => {
