@@ -181,3 +181,143 @@ fn a_host_name_listens_on_every_address_it_resolves_to() {
         },
     );
 }
+
+/// `serve` started in the sandbox's namespaces with `args`, its standard
+/// error read line by line until a line holds `until` (returned, with every
+/// line before it) or the daemon exits (None, with its lines and status).
+async fn serve_until(
+    sb: &Sandbox,
+    pre: &[&str],
+    args: &[&str],
+    until: &str,
+) -> (tokio::process::Child, Vec<String>, Option<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("nsenter")
+        .args(["-t", &sb.anchor_pid().to_string(), "-m", "--"])
+        .args(pre)
+        .args([PROXY_BIN, "serve", "--rpcbind-socket", RPCBIND_SOCK])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                let found = line.contains(until);
+                seen.push(line.clone());
+                if found {
+                    return (child, seen, Some(line));
+                }
+            }
+            Ok(_) => return (child, seen, None),
+            Err(_) => panic!("no line with {until:?} within 15 s: {seen:#?}"),
+        }
+    }
+}
+
+/// A host without 127.0.0.1 starts on the defaults as one without ::1
+/// does: the listeners on the missing address are skipped with a warning.
+/// A listener asked for on it still fails the start.
+#[test]
+fn a_missing_default_address_is_skipped_but_one_asked_for_fails() {
+    run_without_proxy(|sb| async move {
+        let out = sb
+            .run_in_ns(&["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"])
+            .await;
+        assert!(out.status.success(), "{out:?}");
+        let (mut child, lines, ready) = serve_until(&sb, &[], &[], "ready").await;
+        assert!(ready.is_some(), "it starts on the defaults: {lines:#?}");
+        let warned: Vec<&String> = lines
+            .iter()
+            .filter(|l| {
+                l.contains("this host has no 127.0.0.1; skipping the default listeners on it")
+            })
+            .collect();
+        assert_eq!(warned.len(), 1, "one warning for the address: {lines:#?}");
+        assert!(warned[0].contains("WARN"), "{}", warned[0]);
+        let listeners = sb.status().await["listeners"].clone();
+        let want = serde_json::json!([
+            "unix:/run/rpcbind-proxy/rpcbind.sock",
+            "tcp:[::1]:1111",
+            "udp:[::1]:1111"
+        ]);
+        assert_eq!(listeners, want);
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let (mut child, lines, ready) = serve_until(
+            &sb,
+            &[],
+            &[
+                "--listen",
+                "tcp:127.0.0.1:1111",
+                "--listen",
+                "unix:/run/x.sock",
+            ],
+            "ready",
+        )
+        .await;
+        assert!(
+            ready.is_none(),
+            "a listener asked for must bind: {lines:#?}"
+        );
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(1), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("cannot listen on tcp:127.0.0.1:1111")),
+            "{lines:#?}"
+        );
+    });
+}
+
+/// Under socket activation the start-up line names the sockets taken, and
+/// says the listen setting is ignored only when one was given.
+#[test]
+fn the_sockets_systemd_passed_are_named_and_listen_ignored_only_when_set() {
+    run_without_proxy(|sb| async move {
+        std::fs::create_dir_all(sb.path("/run/act")).unwrap();
+        let activate = [
+            "systemd-socket-activate",
+            "-l",
+            "/run/act/rpcbind.sock",
+            "-l",
+            "127.0.0.1:1112",
+        ];
+        for (listen, ignored) in [
+            (&[][..], false),
+            (&["--listen", "tcp:127.0.0.1:1113"][..], true),
+        ] {
+            let mut args = vec!["--control", "/run/act/control.sock"];
+            args.extend_from_slice(listen);
+            let start = serve_until(&sb, &activate, &args, "using the sockets systemd passed");
+            // systemd-socket-activate starts the daemon on the first client.
+            let ep = Endpoint::Unix(sb.path("/run/act/rpcbind.sock"));
+            let client = async {
+                for _ in 0..500 {
+                    if let Ok(c) = Conn::connect(&ep).await {
+                        return c;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!("systemd-socket-activate never listened");
+            };
+            let ((mut child, lines, line), _conn) = tokio::join!(start, client);
+            let line = line.unwrap_or_else(|| panic!("{lines:#?}"));
+            assert!(
+                line.contains("using the sockets systemd passed: unix:/run/act/rpcbind.sock tcp:127.0.0.1:1112"),
+                "{line}"
+            );
+            assert_eq!(line.contains("--listen"), ignored, "{line}");
+            assert_eq!(line.contains("is ignored"), ignored, "{line}");
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    });
+}

@@ -25,6 +25,11 @@ pub use settings::*;
 pub struct Config {
     #[serde(serialize_with = "as_text")]
     pub listen: Vec<ListenSpec>,
+    /// Whether `listen` was set (a flag or the config file) rather than the
+    /// defaults: a default listener whose address this host lacks is
+    /// skipped, a listener asked for is not.
+    #[serde(skip)]
+    pub listen_set: bool,
     pub rpcbind_socket: PathBuf,
     pub rpcbind_port: u16,
     pub control: PathBuf,
@@ -272,7 +277,9 @@ impl Config {
         let secs_or_zero = |key, value: Option<f64>, default| {
             value.map_or(Ok(default), |v| seconds_or_zero(key, v))
         };
+        let listen_set = flags.listen.is_some() || file.listen.is_some();
         Ok(Config {
+            listen_set,
             listen: match layered!(listen) {
                 // Nothing to serve on: refused rather than a daemon that says
                 // ready and answers no one.

@@ -16,8 +16,9 @@ use crate::proxy::limits::LimitsConfig;
 use crate::proxy::listen::ListenSpec;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
-/// The default listeners. The IPv6 loopback ones are skipped, with one
-/// warning, on a host without `::1`.
+/// The default listeners. Those on an address the host does not have (no
+/// `::1`, no `127.0.0.1`) are skipped, with one warning per address, as long
+/// as another is bound; listeners that were asked for must bind.
 pub const DEFAULT_LISTEN: [&str; 5] = [
     "unix:/run/rpcbind-proxy/rpcbind.sock",
     "tcp:127.0.0.1:1111",

@@ -207,15 +207,8 @@ impl fmt::Display for ListenSpec {
     }
 }
 
-impl ListenSpec {
-    /// A TCP or UDP listener on [::1].
-    pub fn is_ipv6_loopback(&self) -> bool {
-        matches!(self, ListenSpec::Tcp(a) | ListenSpec::Udp(a) if a.ip() == std::net::Ipv6Addr::LOCALHOST)
-    }
-}
-
 /// Whether binding failed because the address does not exist on this host
-/// (no IPv6 loopback: EADDRNOTAVAIL; IPv6 off: EAFNOSUPPORT).
+/// (no such address: EADDRNOTAVAIL; IPv6 off: EAFNOSUPPORT).
 pub fn no_such_address(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
