@@ -321,3 +321,21 @@ fn the_sockets_systemd_passed_are_named_and_listen_ignored_only_when_set() {
         }
     });
 }
+
+/// A daemon that has served no one yet: `status --json` has no negative
+/// zero rate, and the text's requests row ends at its count.
+#[test]
+fn a_fresh_daemons_status_renders_cleanly() {
+    run(|sb| async move {
+        let json = cli(&sb, &["status", "--json", "--control", CONTROL_SOCK]).await;
+        let json = String::from_utf8_lossy(&json.stdout);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["requests"]["total"], 0, "fresh: {json}");
+        assert!(!json.contains("-0.0"), "{json}");
+        assert!(json.contains("\"per_second_10s\":0.0"), "{json}");
+        let text = cli(&sb, &["status", "--control", CONTROL_SOCK]).await;
+        let text = String::from_utf8_lossy(&text.stdout);
+        let line = text.lines().find(|l| l.starts_with("requests")).unwrap();
+        assert_eq!(line, "requests     0 total", "{text}");
+    });
+}
