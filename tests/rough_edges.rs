@@ -339,3 +339,76 @@ fn a_fresh_daemons_status_renders_cleanly() {
         assert_eq!(line, "requests     0 total", "{text}");
     });
 }
+
+/// The README's Usage block names every option of every command (clap's
+/// definition is the reference), and its account of the socket unit lists
+/// the addresses the shipped unit holds, no more.
+#[test]
+fn the_readme_agrees_with_the_command_line_and_the_socket_unit() {
+    use clap::CommandFactory;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let usage = readme
+        .split("## Usage\n\n```\n")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("a Usage block");
+    let mut missing = Vec::new();
+    for sub in rpcbind_proxy::cli::Cli::command().get_subcommands() {
+        if sub.is_hide_set() {
+            continue;
+        }
+        let name = sub.get_name();
+        // A command's lines: its own, and the indented ones that follow.
+        let mut lines = String::new();
+        let mut inside = false;
+        for line in usage.lines() {
+            if line.starts_with("rpcbind-proxy ") {
+                inside = line.split_whitespace().nth(1) == Some(name);
+            }
+            if inside {
+                lines.push_str(line);
+                lines.push('\n');
+            }
+        }
+        assert!(!lines.is_empty(), "Usage has no line for {name}");
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            // Either spelling: `top [-n N] [-d SECONDS]`.
+            let short = arg
+                .get_short()
+                .is_some_and(|c| lines.contains(&format!("[-{c} ")));
+            if let Some(long) = arg.get_long() {
+                if long != "help" && !short && !lines.contains(&format!("--{long}")) {
+                    missing.push(format!("{name} --{long}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README's Usage omits {missing:?}");
+
+    let unit = std::fs::read_to_string(format!("{root}/systemd/rpcbind-proxy.socket")).unwrap();
+    let held: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ListenStream=")
+                .or_else(|| l.strip_prefix("ListenDatagram="))
+        })
+        .collect();
+    let under_systemd = readme
+        .split("### Under systemd\n")
+        .nth(1)
+        .and_then(|r| r.split("first client").next())
+        .expect("the Under systemd section");
+    for addr in &held {
+        assert!(
+            under_systemd.contains(&format!("`{addr}`")),
+            "{addr}: {under_systemd}"
+        );
+    }
+    if !held.iter().any(|a| a.contains("[::1]")) {
+        assert!(
+            under_systemd.contains("not `[::1]:1111`"),
+            "the unit holds no [::1]; the README must not say it does: {under_systemd}"
+        );
+    }
+}
