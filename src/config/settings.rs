@@ -129,7 +129,7 @@ pub struct Settings {
                           at most {MAX_AUTO_THREADS}) [default: {DEFAULT_THREADS}]. UDP clients \
                           and calls past the cache have one more thread. Read at start only"))]
     pub threads: Option<usize>,
-    #[arg(long, value_name = "LEVEL",
+    #[arg(long, value_name = "LEVEL", value_parser = LogLevelArg, hide_possible_values = true,
           help = with_default("Log level (error, warn, info, debug, trace) or a tracing filter",
                               DEFAULT_LOG_LEVEL))]
     pub log_level: Option<String>,
@@ -157,6 +157,36 @@ pub struct Settings {
                          "records who opens each client socket (which needs CAP_BPF and ",
                          "CAP_NET_ADMIN, Linux >= 5.7)"))]
     pub attribution_ebpf: Option<bool>,
+}
+
+/// `--log-level`: any text (a tracing filter such as `rpcbind_proxy=debug`
+/// is checked with the file's value), but the levels are its possible
+/// values, so that every shell's completion offers them instead of file
+/// names.
+#[derive(Debug, Clone, Copy)]
+struct LogLevelArg;
+
+impl clap::builder::TypedValueParser for LogLevelArg {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["error", "warn", "info", "debug", "trace", "off"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
 }
 
 /// The file's `listen`: each spec, a host name resolved to every address it
