@@ -412,3 +412,41 @@ fn the_readme_agrees_with_the_command_line_and_the_socket_unit() {
         );
     }
 }
+
+/// debian/postrm, run as dpkg runs it (its DEBHELPER token is a comment
+/// line to sh) on a private /run without systemd: a purge removes
+/// /run/rpcbind-proxy and what is in it; a removal removes it when empty
+/// and keeps it otherwise.
+#[test]
+fn the_package_leaves_no_runtime_directory_behind() {
+    let postrm = format!("{}/debian/postrm", env!("CARGO_MANIFEST_DIR"));
+    let script = r#"
+        set -e
+        mount -t tmpfs tmpfs /run
+        d=/run/rpcbind-proxy
+        mkdir $d; touch $d/control.sock
+        sh "$0" purge; [ ! -e $d ] || { echo "purge left $d"; exit 1; }
+        mkdir $d
+        sh "$0" remove; [ ! -e $d ] || { echo "remove left an empty $d"; exit 1; }
+        mkdir $d; touch $d/other
+        sh "$0" remove; [ -e $d/other ] || { echo "remove took a non-empty $d"; exit 1; }
+        sh "$0" upgrade; [ -e $d/other ] || { echo "upgrade took $d"; exit 1; }
+        echo ok
+    "#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            &postrm,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{out:?}"
+    );
+}
