@@ -25,9 +25,10 @@ pub use settings::*;
 pub struct Config {
     #[serde(serialize_with = "as_text")]
     pub listen: Vec<ListenSpec>,
-    /// Whether `listen` was set (a flag or the config file) rather than the
-    /// defaults: a default listener whose address this host lacks is
-    /// skipped, a listener asked for is not.
+    /// Whether `listen` was set (a flag or the config file) to other than
+    /// the defaults: a default listener whose address this host lacks is
+    /// skipped, a listener asked for is not. The defaults written out are
+    /// still the defaults (uncommenting the example changes nothing).
     #[serde(skip)]
     pub listen_set: bool,
     pub rpcbind_socket: PathBuf,
@@ -277,19 +278,20 @@ impl Config {
         let secs_or_zero = |key, value: Option<f64>, default| {
             value.map_or(Ok(default), |v| seconds_or_zero(key, v))
         };
-        let listen_set = flags.listen.is_some() || file.listen.is_some();
+        let defaults: Vec<ListenSpec> = DEFAULT_LISTEN
+            .iter()
+            .map(|s| s.parse().expect("default spec"))
+            .collect();
+        let listen = match layered!(listen) {
+            // Nothing to serve on: refused rather than a daemon that says
+            // ready and answers no one.
+            Some(l) if l.is_empty() => return Err(bad("listen", "[]")),
+            Some(l) => l,
+            None => defaults.clone(),
+        };
         Ok(Config {
-            listen_set,
-            listen: match layered!(listen) {
-                // Nothing to serve on: refused rather than a daemon that says
-                // ready and answers no one.
-                Some(l) if l.is_empty() => return Err(bad("listen", "[]")),
-                Some(l) => l,
-                None => DEFAULT_LISTEN
-                    .iter()
-                    .map(|s| s.parse().expect("default spec"))
-                    .collect(),
-            },
+            listen_set: listen != defaults,
+            listen,
             rpcbind_socket: layered!(rpcbind_socket)
                 .unwrap_or_else(|| DEFAULT_RPCBIND_SOCKET.into()),
             rpcbind_port: match layered!(rpcbind_port) {

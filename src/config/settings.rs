@@ -18,7 +18,8 @@ use crate::proxy::listen::ListenSpec;
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
 /// The default listeners. Those on an address the host does not have (no
 /// `::1`, no `127.0.0.1`) are skipped, with one warning per address, as long
-/// as another is bound; listeners that were asked for must bind.
+/// as another is bound; any other list (a flag, the config file) must bind
+/// every listener.
 pub const DEFAULT_LISTEN: [&str; 5] = [
     "unix:/run/rpcbind-proxy/rpcbind.sock",
     "tcp:127.0.0.1:1111",

@@ -315,7 +315,7 @@ impl Background {
 /// Binds `config.listen`, or adopts the `inherited` sockets systemd passed
 /// instead. A default listener whose address this host does not have (no
 /// 127.0.0.1, no ::1) is skipped with a warning while another listener is
-/// bound; a listener that was asked for (a flag, the config file) must bind.
+/// bound; any other list of listeners (a flag, the config file) must all bind.
 async fn bind(
     config: &Config,
     inherited: Vec<Inherited>,
