@@ -7,6 +7,16 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{count_arg, Settings, DEFAULT_CONFIG, DEFAULT_LISTEN};
 use crate::proxy::listen::{ListenSpec, SpecError};
 
+/// The exit status of a usage or configuration error: a bad flag, a bad
+/// value (on the command line or in the config file), an unreadable config
+/// file. clap exits with it for what it refuses itself, and every command
+/// exits with it for what is refused after clap, so that a script tells
+/// "fix the command or the file" (2) from "it failed" (1).
+pub const EXIT_USAGE: u8 = 2;
+/// The exit status of a failure at run time: a port in use, a daemon that
+/// cannot be reached, a host that refused a change.
+pub const EXIT_FAILURE: u8 = 1;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rpcbind-proxy",
@@ -52,12 +62,15 @@ pub struct ServeArgs {
     // Parsed after clap so that a bad spec is one line naming it, like every
     // other start-up error.
     #[arg(long, value_name = "SPEC",
-          help = format!("Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT. Repeatable; any \
-                          --listen replaces all the defaults ({})", DEFAULT_LISTEN.join(", ")))]
+          help = format!("Listener: unix:PATH, tcp:HOST:PORT or udp:HOST:PORT (HOST: an IP address, \
+                          IPv6 in brackets, or a name, resolved at start-up to every address it \
+                          has). Repeatable; any --listen replaces all the defaults ({})",
+                          DEFAULT_LISTEN.join(", ")))]
     pub listen: Vec<String>,
     /// Check the configuration (the file and these flags) and exit: 0 and
-    /// one line when it is good, else the error start-up would give and 1.
-    /// Binds nothing and needs no privilege beyond reading the file.
+    /// one line when it is good, else the error and the exit status (2)
+    /// start-up would give. Binds nothing and needs no privilege beyond
+    /// reading the file.
     #[arg(long)]
     pub check_config: bool,
     /// Every other setting, each a flag and a config key.
@@ -76,11 +89,10 @@ impl ServeArgs {
 
     /// The flags as a config layer.
     pub fn as_layer(&self) -> Result<Settings, SpecError> {
-        let listen = self
-            .listen
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<Vec<ListenSpec>, _>>()?;
+        let mut listen: Vec<ListenSpec> = Vec::new();
+        for spec in &self.listen {
+            listen.extend(ListenSpec::resolve(spec)?);
+        }
         Ok(Settings {
             listen: (!listen.is_empty()).then_some(listen),
             ..self.settings.clone()
@@ -187,7 +199,8 @@ pub struct QueryArgs {
 pub enum QueryLookup {
     /// The port of PROG VERS on tcp or udp (portmapper GETPORT).
     Getport {
-        /// Program number, e.g. 100003 (nfs).
+        /// Program number or name from /etc/rpc, e.g. 100003 or nfs.
+        #[arg(value_parser = crate::ops::query::program_arg)]
         prog: u32,
         /// Version number.
         vers: u32,
@@ -197,7 +210,8 @@ pub enum QueryLookup {
     },
     /// The universal address of PROG VERS on NETID (rpcbind GETADDR).
     Getaddr {
-        /// Program number, e.g. 100003 (nfs).
+        /// Program number or name from /etc/rpc, e.g. 100003 or nfs.
+        #[arg(value_parser = crate::ops::query::program_arg)]
         prog: u32,
         /// Version number.
         vers: u32,

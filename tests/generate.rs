@@ -329,3 +329,70 @@ fn an_unwritable_directory_is_one_line_naming_it() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
     assert!(err.contains(file.to_str().unwrap()), "{err:?}");
 }
+
+/// `serve --log-level <TAB>` offers the levels in every shell, not the
+/// file names of the current directory.
+fn completes_log_levels(shell: &str) {
+    let d = Dir::new(&format!("level-{shell}"));
+    generate("completions", &d.0);
+    let words = ["serve".to_owned(), "--log-level".to_owned()];
+    let got = offered(shell, &d.0, &words, "");
+    for level in ["error", "warn", "info", "debug", "trace"] {
+        assert!(
+            got.iter().any(|o| o == level),
+            "{shell}: serve --log-level <TAB> offers {level}: {got:?}"
+        );
+    }
+    let got = offered(shell, &d.0, &words, "de");
+    assert_eq!(got, ["debug"], "{shell}: serve --log-level de<TAB>");
+}
+
+#[test]
+fn bash_completes_log_levels() {
+    completes_log_levels("bash");
+}
+
+#[test]
+fn zsh_completes_log_levels() {
+    completes_log_levels("zsh");
+}
+
+#[test]
+fn fish_completes_log_levels() {
+    completes_log_levels("fish");
+}
+
+/// rpcbind-proxy(8) points at every command's page; the intercept page says
+/// what a failure leaves and how to recover.
+#[test]
+fn every_page_is_in_see_also_and_intercept_says_how_to_recover() {
+    let d = Dir::new("seealso");
+    generate("man", &d.0);
+    let main = read(d.0.join("rpcbind-proxy.8"));
+    let see_also = main.split(".SH \"SEE ALSO\"").nth(1).unwrap();
+    let mut cmd = rpcbind_proxy::cli::Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let page = format!(".BR rpcbind\\-proxy\\-{} (8)", sub.get_name());
+        assert!(
+            see_also.contains(&page),
+            "SEE ALSO lacks {page}: {see_also}"
+        );
+    }
+    let intercept = read(d.0.join("rpcbind-proxy-intercept.8"));
+    let section = intercept
+        .split(".SH \"FAILURES AND RECOVERY\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no FAILURES AND RECOVERY: {intercept}"));
+    for what in [
+        "enable fails midway",
+        "undoes every change it made",
+        "the kernel\nremoves it",
+        "rpcbind\\-proxy intercept status",
+        "rpcbind\\-proxy intercept disable",
+    ] {
+        assert!(section.contains(what), "{what}: {section}");
+    }
+    // Before SEE ALSO, as man-pages(7) orders them.
+    assert!(section.contains(".SH \"SEE ALSO\""), "{section}");
+}

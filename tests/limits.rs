@@ -471,3 +471,53 @@ fn udp_misses_are_bounded_and_the_excess_dropped() {
         assert!(dropped <= n as u64 - 256);
     });
 }
+
+/// Evictions at the connection limit are logged as refusals are: the first
+/// at once, naming the uid whose connection went; those after it counted
+/// into one line per window, with whose they were.
+#[test]
+fn evictions_are_logged_with_whose_connection_went() {
+    run_with(with_args(&["--max-connections", "2"]), |sb| async move {
+        let proxy = sb.endpoint(Target::Proxy, Transport::Unix);
+        let mut nobody = Vec::new();
+        for _ in 0..2 {
+            let mut c = sb
+                .connect_unix_as(&sb.proxy_unix(), 65534, 65534)
+                .await
+                .unwrap();
+            assert!(c.call(&getport_call(100000).fresh()).await.is_success());
+            nobody.push(c);
+        }
+        // Root's first evicts one of nobody's (the user holding the most).
+        let mut first = Conn::connect(&proxy).await.unwrap();
+        assert!(first.call(&getport_call(100000).fresh()).await.is_success());
+        let said = |want: &'static str| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let log = sb.proxy_log();
+                if let Some(line) = log.lines().find(|l| l.contains(want)) {
+                    return line.to_owned();
+                }
+                assert!(Instant::now() < deadline, "no {want:?} in:\n{log}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let line = said("evicted the longest-idle connection of");
+        assert!(
+            line.contains("WARN")
+                && line.contains("max-connections 2 reached: evicted the longest-idle connection of uid 65534 to admit a new client"),
+            "{line}"
+        );
+        // Root's second, within the window: root holds its share (1 of 2),
+        // so its own first goes; counted, and said when the window ends.
+        let mut second = Conn::connect(&proxy).await.unwrap();
+        assert!(second
+            .call(&getport_call(100000).fresh())
+            .await
+            .is_success());
+        let line = said("evicted 1 idle connections in the last");
+        assert!(line.contains("theirs: uid 0"), "{line}");
+        let v = sb.status().await;
+        assert_eq!(v["limits"]["max_connections"]["evicted"], 2);
+    });
+}

@@ -249,7 +249,7 @@ fn nonsense_values_are_refused_naming_the_value_and_the_range() {
         let out = run(&full);
         assert_one_line_error(&out, needle);
         assert_one_line_error(&out, range);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
     let d = Dir::new("empty");
     let conf = d.0.join("c.toml");
@@ -447,11 +447,12 @@ fn check_config_says_ok_in_one_line_or_fails_as_start_up_would() {
     ]);
     assert!(out.status.success(), "{out:?}");
 
-    // A broken file: exit 1 and exactly the line a start prints.
+    // A broken file: exactly the line and the exit status (2, a config
+    // error) a start gives.
     let bad = d.0.join("bad.toml");
     std::fs::write(&bad, "ttl = \"soon\"\n").unwrap();
     let checked = run(&["serve", "--check-config", "--config", bad.to_str().unwrap()]);
-    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert_eq!(checked.status.code(), Some(2), "{checked:?}");
     assert_one_line_error(&checked, "ttl");
     let started = run(&["serve", "--config", bad.to_str().unwrap()]);
     assert_eq!(checked.stderr, started.stderr);

@@ -25,6 +25,12 @@ pub use settings::*;
 pub struct Config {
     #[serde(serialize_with = "as_text")]
     pub listen: Vec<ListenSpec>,
+    /// Whether `listen` was set (a flag or the config file) to other than
+    /// the defaults: a default listener whose address this host lacks is
+    /// skipped, a listener asked for is not. The defaults written out are
+    /// still the defaults (uncommenting the example changes nothing).
+    #[serde(skip)]
+    pub listen_set: bool,
     pub rpcbind_socket: PathBuf,
     pub rpcbind_port: u16,
     pub control: PathBuf,
@@ -287,17 +293,20 @@ impl Config {
         let secs_or_zero = |key, value: Option<f64>, default| {
             value.map_or(Ok(default), |v| seconds_or_zero(key, v))
         };
+        let defaults: Vec<ListenSpec> = DEFAULT_LISTEN
+            .iter()
+            .map(|s| s.parse().expect("default spec"))
+            .collect();
+        let listen = match layered!(listen) {
+            // Nothing to serve on: refused rather than a daemon that says
+            // ready and answers no one.
+            Some(l) if l.is_empty() => return Err(bad("listen", "[]")),
+            Some(l) => l,
+            None => defaults.clone(),
+        };
         Ok(Config {
-            listen: match layered!(listen) {
-                // Nothing to serve on: refused rather than a daemon that says
-                // ready and answers no one.
-                Some(l) if l.is_empty() => return Err(bad("listen", "[]")),
-                Some(l) => l,
-                None => DEFAULT_LISTEN
-                    .iter()
-                    .map(|s| s.parse().expect("default spec"))
-                    .collect(),
-            },
+            listen_set: listen != defaults,
+            listen,
             rpcbind_socket: layered!(rpcbind_socket)
                 .unwrap_or_else(|| DEFAULT_RPCBIND_SOCKET.into()),
             rpcbind_port: match layered!(rpcbind_port) {

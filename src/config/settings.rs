@@ -16,8 +16,10 @@ use crate::proxy::limits::LimitsConfig;
 use crate::proxy::listen::ListenSpec;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rpcbind-proxy/config.toml";
-/// The default listeners. The IPv6 loopback ones are skipped, with one
-/// warning, on a host without `::1`.
+/// The default listeners. Those on an address the host does not have (no
+/// `::1`, no `127.0.0.1`) are skipped, with one warning per address, as long
+/// as another is bound; any other list (a flag, the config file) must bind
+/// every listener.
 pub const DEFAULT_LISTEN: [&str; 5] = [
     "unix:/run/rpcbind-proxy/rpcbind.sock",
     "tcp:127.0.0.1:1111",
@@ -63,6 +65,7 @@ pub struct Settings {
     // On the command line --listen is parsed after clap (see `ServeArgs`),
     // so that a bad spec is one start-up error like the others.
     #[arg(skip)]
+    #[serde(default, deserialize_with = "listen_specs")]
     pub listen: Option<Vec<ListenSpec>>,
     #[arg(long, value_name = "PATH",
           help = with_default("rpcbind's unix socket", DEFAULT_RPCBIND_SOCKET))]
@@ -127,7 +130,7 @@ pub struct Settings {
                           at most {MAX_AUTO_THREADS}) [default: {DEFAULT_THREADS}]. UDP clients \
                           and calls past the cache have one more thread. Read at start only"))]
     pub threads: Option<usize>,
-    #[arg(long, value_name = "LEVEL",
+    #[arg(long, value_name = "LEVEL", value_parser = LogLevelArg, hide_possible_values = true,
           help = with_default("Log level (error, warn, info, debug, trace) or a tracing filter",
                               DEFAULT_LOG_LEVEL))]
     pub log_level: Option<String>,
@@ -191,6 +194,48 @@ impl TryFrom<String> for MetricsAddr {
     fn try_from(s: String) -> Result<MetricsAddr, String> {
         s.parse()
     }
+}
+
+/// `--log-level`: any text (a tracing filter such as `rpcbind_proxy=debug`
+/// is checked with the file's value), but the levels are its possible
+/// values, so that every shell's completion offers them instead of file
+/// names.
+#[derive(Debug, Clone, Copy)]
+struct LogLevelArg;
+
+impl clap::builder::TypedValueParser for LogLevelArg {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["error", "warn", "info", "debug", "trace", "off"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
+/// The file's `listen`: each spec, a host name resolved to every address it
+/// has (as on the command line).
+fn listen_specs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<ListenSpec>>, D::Error> {
+    let mut specs = Vec::new();
+    for s in Vec::<String>::deserialize(d)? {
+        specs.extend(ListenSpec::resolve(&s).map_err(serde::de::Error::custom)?);
+    }
+    Ok(Some(specs))
 }
 
 /// A flag's help with its default, as clap would print it.
@@ -277,7 +322,7 @@ pub const LOG_LEVELS: &str = "a level (error, warn, info, debug, trace, off) or 
 pub fn expected(key: &str) -> Option<String> {
     let (entries, threads, udp) = (ENTRIES_RANGE, THREADS_RANGE, UDP_REPLY_RANGE);
     Some(match key {
-        "listen" => "a non-empty list of \"unix:PATH\", \"unix:@NAME\", \"tcp:HOST:PORT\" or \"udp:HOST:PORT\" strings".into(),
+        "listen" => "a non-empty list of \"unix:PATH\", \"unix:@NAME\", \"tcp:HOST:PORT\" or \"udp:HOST:PORT\" strings (HOST: an IP address, IPv6 in brackets, or a name)".into(),
         "rpcbind-socket" | "control" => "an absolute path in quotes, e.g. \"/run/rpcbind.sock\"".into(),
         "rpcbind-port" => "a port number from 1 to 65535, e.g. 111".into(),
         "upstream-timeout" | "refresh" | "idle-timeout" | "record-timeout" => {

@@ -44,3 +44,19 @@ pub enum StartError {
     #[error("rpcbind-socket {0} is also one of the proxy's listeners: the proxy would forward to itself (in transparent mode rpcbind listens elsewhere, e.g. /run/rpcbind/upstream.sock)")]
     SelfLoop(std::path::PathBuf),
 }
+
+impl StartError {
+    /// The exit status it ends the process with: 2 when what was asked for
+    /// is wrong (a flag, a value, the config file: fixed by editing them,
+    /// as clap's own refusals are), 1 when the host refused what was asked
+    /// (a port in use, a socket that cannot be made).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_)
+            | StartError::Spec(_)
+            | StartError::InterceptListeners
+            | StartError::SelfLoop(_) => crate::cli::EXIT_USAGE,
+            _ => crate::cli::EXIT_FAILURE,
+        }
+    }
+}

@@ -347,33 +347,44 @@ fn metrics_listener(
 }
 
 /// Binds `config.listen`, or adopts the `inherited` sockets systemd passed
-/// instead.
+/// instead. A default listener whose address this host does not have (no
+/// 127.0.0.1, no ::1) is skipped with a warning while another listener is
+/// bound; any other list of listeners (a flag, the config file) must all bind.
 async fn bind(
     config: &Config,
     inherited: Vec<Inherited>,
 ) -> Result<Vec<(ListenSpec, Bound)>, StartError> {
     let mut bound = Vec::new();
     if !inherited.is_empty() {
-        info!(
-            count = inherited.len(),
-            "using the sockets systemd passed; --listen is ignored"
-        );
         for socket in inherited {
             bound.push(listen::adopt(socket).map_err(StartError::Inherited)?);
         }
+        let count = bound.len();
+        let sockets = bound
+            .iter()
+            .map(|(s, _)| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if config.listen_set {
+            info!(
+                count,
+                "using the sockets systemd passed: {sockets}; the listen setting (--listen or the config file) is ignored"
+            );
+        } else {
+            info!(count, "using the sockets systemd passed: {sockets}");
+        }
         return Ok(bound);
     }
-    let mut no_ipv6 = false;
+    let mut skipped: Vec<(ListenSpec, std::io::Error)> = Vec::new();
     for spec in &config.listen {
         match listen::bind(spec).await {
             Ok(b) => bound.push((spec.clone(), b)),
-            // A host without an IPv6 loopback: that family is skipped
-            // (said once), the rest serves.
-            Err(e) if spec.is_ipv6_loopback() && listen::no_such_address(&e) => {
-                if !no_ipv6 {
-                    warn!(%spec, error = %e, "no IPv6 loopback on this host; skipping the [::1] listeners");
-                    no_ipv6 = true;
+            Err(e) if !config.listen_set && listen::no_such_address(&e) => {
+                let ip = spec_ip(spec);
+                if !skipped.iter().any(|(s, _)| spec_ip(s) == ip) {
+                    warn!(%spec, error = %e, "this host has no {ip}; skipping the default listeners on it");
                 }
+                skipped.push((spec.clone(), e));
             }
             Err(source) => {
                 return Err(StartError::Listen {
@@ -383,7 +394,18 @@ async fn bind(
             }
         }
     }
-    Ok(bound)
+    match skipped.into_iter().next() {
+        Some((spec, source)) if bound.is_empty() => Err(StartError::Listen { spec, source }),
+        _ => Ok(bound),
+    }
+}
+
+/// The IP address of a TCP or UDP listener, as the warning names it.
+fn spec_ip(spec: &ListenSpec) -> String {
+    match spec {
+        ListenSpec::Tcp(a) | ListenSpec::Udp(a) => a.ip().to_string(),
+        ListenSpec::Unix(p) => p.display().to_string(),
+    }
 }
 
 /// The proxy as `config` sets it up; `public_socket` is the unix path it

@@ -123,6 +123,9 @@ fn page(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> Result<()
     let path = dir.join(man.get_filename());
     let roff = render(&path, |w| {
         man.render(w)?;
+        if cmd.get_name() == "intercept" {
+            w.write_all(INTERCEPT_FAILURES.as_bytes())?;
+        }
         w.write_all(SUB_SEE_ALSO.as_bytes())
     })?;
     written.push(write(path, &roff)?);
@@ -228,13 +231,29 @@ Stop accepting, answer the calls in flight (at most 2 s), remove the sockets
 stopped on a signal; the other commands succeeded.
 .TP
 .B 1
-A start\-up error (a bad option value, an unreadable configuration file, a
-port in use), reported as one line on standard error naming the value; or
-the daemon could not be reached.
+A failure at run time: a port in use, a socket that cannot be created, the
+daemon or rpcbind could not be reached, the host refused a change.
+.TP
+.B 2
+A usage or configuration error: an unknown option, a bad option value (of
+the wrong kind, such as
+.BR "\-\-ttl abc" ,
+or out of range, such as
+.BR "\-\-ttl \-5" ),
+a bad listener, an unreadable or wrong configuration file, options that
+make no sense together. Fixed by changing the command line or the file.
+.PP
+Every error is one line on standard error naming the bad value and the
+valid form.
 .TP
 .BR 0 ", " 1 ", " 2 ", " 3
 .B check
-only: OK, WARNING, CRITICAL, UNKNOWN, as monitoring plugins do.
+only: OK, WARNING, CRITICAL, UNKNOWN, as monitoring plugins do (a usage
+error is UNKNOWN).
+.TP
+.BR 0 ", " 1 ", " 3
+.B intercept status
+only: transparent mode on, partly on, off.
 .SH ENVIRONMENT
 .TP
 .BR NOTIFY_SOCKET ", " WATCHDOG_USEC
@@ -297,7 +316,47 @@ journalctl \-u rpcbind\-proxy
 .BR rpcbind\-proxy\-flush (8),
 .BR rpcbind\-proxy\-check (8),
 .BR rpcbind\-proxy\-query (8),
+.BR rpcbind\-proxy\-top (8),
+.BR rpcbind\-proxy\-intercept (8),
 .BR systemd.socket (5)
+"#;
+
+/// rpcbind-proxy-intercept(8): what is left after a failure, and how to get
+/// back to a known state.
+const INTERCEPT_FAILURES: &str = r#".SH "FAILURES AND RECOVERY"
+.TP
+.B enable fails midway
+It undoes every change it made, newest first, and exits 1 with one line
+naming the step that failed and saying it was rolled back:
+.I /run/rpcbind.sock
+is rpcbind's live socket again, the drop\-ins are as they were, systemd
+reloads them and the proxy's units are back in the state they were in.
+A change that cannot be undone is one line naming what is left and how to
+finish by hand, usually
+.BR "rpcbind\-proxy intercept disable" .
+.TP
+.B the daemon dies
+The redirect table is owned by the daemon's netlink socket: the kernel
+removes it the moment the daemon exits, however it exits (SIGTERM, crash,
+SIGKILL, OOM kill), and clients of port 111 reach rpcbind directly again.
+After every stop that was not clean, the service runs
+.BR "intercept fail\-open" ,
+which makes
+.I /run/rpcbind.sock
+rpcbind's live socket again, so unix clients reach rpcbind too; systemd
+restarts the daemon, which runs
+.B intercept reclaim
+once it is ready.
+.TP
+.B to recover
+.B rpcbind\-proxy intercept status
+says which parts of transparent mode are in place (exit 0 on, 3 off, 1
+partly on).
+.B rpcbind\-proxy intercept disable
+undoes every part that is in place, each step even when one before it
+failed, and is safe to run again;
+.B rpcbind\-proxy intercept enable
+then sets it all up afresh.
 "#;
 
 /// Every subcommand's page points back at the main one.

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::client::{fail, IO_TIMEOUT};
+use super::client::{fail, usage, IO_TIMEOUT};
 use crate::cli::{QueryArgs, QueryLookup};
 use crate::protocol::rpc::{self, AcceptStat, MAX_UPSTREAM_RECORD};
 use crate::protocol::rpcb::{self, Mapping, Rpcb};
+
+/// The proxy's unix socket that `query` asks by default.
+const DEFAULT_SOCKET: &str = "/run/rpcbind-proxy/rpcbind.sock";
 
 /// Where a query goes.
 enum Via<'a> {
@@ -46,15 +49,15 @@ fn rpc_call(via: &Via<'_>, vers: u32, procedure: u32, args: &[u8]) -> Result<Vec
     let call = rpc::encode_call(xid, rpcb::PROGRAM, vers, procedure, args);
     let reply = match via {
         Via::Unix(path) => {
-            let tried =
-                |e: std::io::Error| format!("cannot query the proxy at {}: {e}", path.display());
-            let s = UnixStream::connect(path).map_err(tried)?;
-            stream_exchange(s, &call).map_err(tried)?
+            let at = format!("unix:{}", path.display());
+            let s = UnixStream::connect(path).map_err(|e| unreachable_proxy(&at, &e))?;
+            stream_exchange(s, &call).map_err(|e| not_rpc(&at, &e))?
         }
         Via::Tcp(addr) => {
-            let tried = |e: std::io::Error| format!("cannot query the proxy at tcp:{addr}: {e}");
-            let s = TcpStream::connect_timeout(addr, IO_TIMEOUT).map_err(tried)?;
-            stream_exchange(s, &call).map_err(tried)?
+            let at = format!("tcp:{addr}");
+            let s = TcpStream::connect_timeout(addr, IO_TIMEOUT)
+                .map_err(|e| unreachable_proxy(&at, &e))?;
+            stream_exchange(s, &call).map_err(|e| not_rpc(&at, &e))?
         }
         Via::Udp(addr) => {
             let tried = |e: std::io::Error| format!("cannot query the proxy at udp:{addr}: {e}");
@@ -78,10 +81,61 @@ fn rpc_call(via: &Via<'_>, vers: u32, procedure: u32, args: &[u8]) -> Result<Vec
     let r = rpc::parse_reply(&reply).map_err(|e| format!("undecodable reply: {e}"))?;
     match r.accept {
         Some(AcceptStat::Success) => Ok(r.body.to_vec()),
-        Some(other) => Err(format!("RPC: {other:?}")),
-        None => Err("RPC: call denied".into()),
+        // What the proxy answers when rpcbind did not (not running, or not
+        // within --upstream-timeout); rpcbind itself answers it to no lookup.
+        Some(AcceptStat::SystemErr) => Err(format!(
+            "the proxy at {} answered SYSTEM_ERR: it could not get an answer from rpcbind \
+             (not running, or not answering in time); `rpcbind-proxy status` shows the upstream, \
+             `rpcinfo -p` asks rpcbind directly",
+            via.name()
+        )),
+        Some(other) => Err(format!("the proxy at {} answered {other:?}", via.name())),
+        None => Err(format!("the proxy at {} denied the call", via.name())),
     }
 }
+
+impl Via<'_> {
+    fn name(&self) -> String {
+        match self {
+            Via::Unix(p) => format!("unix:{}", p.display()),
+            Via::Tcp(a) => format!("tcp:{a}"),
+            Via::Udp(a) => format!("udp:{a}"),
+        }
+    }
+}
+
+/// Why nothing took the call at `at`: no socket, or nothing listening.
+fn unreachable_proxy(at: &str, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::NotFound => "no socket there",
+        std::io::ErrorKind::ConnectionRefused => "connection refused",
+        _ => return format!("cannot query the proxy at {at}: {e}"),
+    };
+    format!(
+        "cannot query the proxy at {at}: {why}; is rpcbind-proxy running \
+         (`systemctl status rpcbind-proxy.socket`), and listening there (--socket, --inet)?"
+    )
+}
+
+/// A stream that took the call but sent no RPC reply back: most likely not
+/// an RPC socket at all (the control socket, another service's port).
+fn not_rpc(at: &str, e: &std::io::Error) -> String {
+    let what = match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "closed the connection without an RPC reply",
+        std::io::ErrorKind::ConnectionReset => "reset the connection without an RPC reply",
+        _ if e.to_string() == REPLY_TOO_LARGE => "answered with something that is not an RPC reply",
+        _ => return format!("cannot query the proxy at {at}: {e}"),
+    };
+    format!(
+        "{at} {what}: it is not an RPC socket (is it rpcbind-proxy's control socket? \
+         `rpcbind-proxy status` reads that one); query asks the proxy's RPC socket, by default \
+         unix:{DEFAULT_SOCKET} (--socket) and tcp:127.0.0.1:1111 (--inet)"
+    )
+}
+
+/// What `stream_exchange` says of a record mark beyond any reply's size
+/// (text, not RPC, on the socket).
+const REPLY_TOO_LARGE: &str = "reply too large";
 
 /// Writes one record and reads one (reassembling fragments, bounded).
 pub(crate) fn stream_exchange<S: Read + Write>(mut s: S, call: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -95,7 +149,7 @@ pub(crate) fn stream_exchange<S: Read + Write>(mut s: S, call: &[u8]) -> std::io
         let mark = u32::from_be_bytes(mark);
         let len = (mark & 0x7fff_ffff) as usize;
         if out.len() + len > MAX_UPSTREAM_RECORD {
-            return Err(std::io::Error::other("reply too large"));
+            return Err(std::io::Error::other(REPLY_TOO_LARGE));
         }
         let start = out.len();
         out.resize(start + len, 0);
@@ -106,20 +160,60 @@ pub(crate) fn stream_exchange<S: Read + Write>(mut s: S, call: &[u8]) -> std::io
     }
 }
 
-/// Program names from /etc/rpc, as rpcinfo prints them.
-fn rpc_names() -> BTreeMap<u32, String> {
-    let text = std::fs::read_to_string("/etc/rpc").unwrap_or_default();
-    let mut names = BTreeMap::new();
-    for line in text.lines() {
+/// The RPC program database, as rpcinfo reads it (getrpcbyname).
+const ETC_RPC: &str = "/etc/rpc";
+/// The most of it read: the real one is a few kilobytes.
+const ETC_RPC_MAX: u64 = 1 << 20;
+
+/// The text of /etc/rpc (empty if it cannot be read), at most
+/// [`ETC_RPC_MAX`] bytes.
+fn etc_rpc() -> String {
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(ETC_RPC) {
+        let _ = f.take(ETC_RPC_MAX).read_to_string(&mut text);
+    }
+    text
+}
+
+/// Each line of /etc/rpc: the program number with its name and aliases.
+fn rpc_entries(text: &str) -> impl Iterator<Item = (u32, Vec<&str>)> {
+    text.lines().filter_map(|line| {
         let line = line.split('#').next().unwrap_or("");
         let mut w = line.split_whitespace();
-        if let (Some(name), Some(num)) = (w.next(), w.next()) {
-            if let Ok(n) = num.parse() {
-                names.entry(n).or_insert_with(|| name.to_string());
-            }
-        }
+        let name = w.next()?;
+        let num = w.next()?.parse().ok()?;
+        Some((num, std::iter::once(name).chain(w).collect()))
+    })
+}
+
+/// Program names from /etc/rpc, as rpcinfo prints them.
+fn rpc_names() -> BTreeMap<u32, String> {
+    let text = etc_rpc();
+    let mut names = BTreeMap::new();
+    for (n, words) in rpc_entries(&text) {
+        names.entry(n).or_insert_with(|| words[0].to_string());
     }
     names
+}
+
+/// A program on the command line: a number, or a name (or alias) from
+/// /etc/rpc as rpcinfo takes it (`nfs`, `mountd`).
+pub fn program_arg(s: &str) -> Result<u32, String> {
+    program_in(s, &etc_rpc())
+}
+
+fn program_in(s: &str, etc_rpc: &str) -> Result<u32, String> {
+    if let Ok(n) = s.trim().parse() {
+        return Ok(n);
+    }
+    rpc_entries(etc_rpc)
+        .find(|(_, words)| words.contains(&s))
+        .map(|(n, _)| n)
+        .ok_or_else(|| {
+            format!(
+                "expected a program number (e.g. 100003) or a program name from {ETC_RPC} (e.g. nfs)"
+            )
+        })
 }
 
 /// `rpcinfo -p`'s table for a v2 DUMP.
@@ -198,7 +292,7 @@ pub fn query(args: QueryArgs) -> ExitCode {
     let unix = Via::Unix(&args.socket);
     let result = match (&args.lookup, args.portmap, args.short) {
         (Some(_), true, _) | (Some(_), _, true) => {
-            Err("-p and -s list everything; give them without getport or getaddr".into())
+            return usage("-p and -s list everything; give them without getport or getaddr")
         }
         (None, true, _) => rpc_call(&unix, 2, 4, &[])
             .and_then(|b| rpcb::decode_pmaplist(&b).map_err(|e| e.to_string()))
@@ -258,7 +352,7 @@ pub fn query(args: QueryArgs) -> ExitCode {
                 Err(e) => Err(e.to_string()),
             })
         }
-        (None, false, false) => Err("say what to query: -p, -s, getport or getaddr".into()),
+        (None, false, false) => return usage("say what to query: -p, -s, getport or getaddr"),
     };
     match result {
         Ok(text) => {
@@ -272,6 +366,16 @@ pub fn query(args: QueryArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_numbers_or_names_and_aliases_from_etc_rpc() {
+        let etc = "# comment\nportmapper\t100000\tportmap sunrpc rpcbind\nnfs 100003 nfsprog # x\n";
+        assert_eq!(program_in("100003", etc), Ok(100003));
+        assert_eq!(program_in("nfs", etc), Ok(100003));
+        assert_eq!(program_in("rpcbind", etc), Ok(100000));
+        let e = program_in("nsf", etc).unwrap_err();
+        assert!(e.contains("/etc/rpc") && e.contains("100003"), "{e}");
+    }
 
     #[test]
     fn rpcinfo_formats() {

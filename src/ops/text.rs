@@ -73,11 +73,13 @@ pub fn human(s: &Status) -> String {
         .map(|p| format!("{} v{} {}", p.procedure, p.version, p.count))
         .collect::<Vec<_>>()
         .join(", ");
-    row(
-        &mut o,
-        "requests",
-        format!("{} total; {procs}", s.requests.total),
-    );
+    // A daemon that has had no call yet has no procedure to list.
+    let requests = if procs.is_empty() {
+        format!("{} total", s.requests.total)
+    } else {
+        format!("{} total; {procs}", s.requests.total)
+    };
+    row(&mut o, "requests", requests);
     row(
         &mut o,
         "clients",
@@ -279,4 +281,22 @@ pub fn clients_table(s: &Status) -> String {
         let _ = writeln!(o, "  ... {} more, {} lookups", rest.rows, rest.requests);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh daemon's status: no call yet, no client.
+    #[test]
+    fn a_fresh_daemon_has_no_dangling_separator_and_no_negative_zero() {
+        let mut s = Status::default();
+        s.clients.rest.per_second_10s = -0.0;
+        let text = human(&s);
+        let line = text.lines().find(|l| l.starts_with("requests")).unwrap();
+        assert_eq!(line, "requests     0 total");
+        assert!(!text.contains("-0"), "{text}");
+        let top = super::super::top::frame(&s);
+        assert!(!top.contains("-0"), "{top}");
+    }
 }

@@ -83,6 +83,56 @@ pub struct Limits {
     /// Says refused connections: the first at once, then one line per
     /// window with how many.
     refused_log: Arc<Throttle>,
+    /// Says evicted connections the same way, with whose they were.
+    evicted_log: Arc<Throttle>,
+    /// Whose connections were evicted since the last line said so.
+    evicted_owners: Arc<Mutex<EvictedOwners>>,
+}
+
+/// The owners whose connections were evicted in one log window, with how
+/// many each; at most [`EvictedOwners::MAX`] named, the rest summed.
+#[derive(Debug, Default)]
+struct EvictedOwners {
+    named: Vec<(String, u64)>,
+    others: u64,
+}
+
+impl EvictedOwners {
+    const MAX: usize = 8;
+
+    fn add(&mut self, owner: Owner) {
+        let who = owner.to_string();
+        if let Some((_, n)) = self.named.iter_mut().find(|(w, _)| *w == who) {
+            *n += 1;
+        } else if self.named.len() < Self::MAX {
+            self.named.push((who, 1));
+        } else {
+            self.others += 1;
+        }
+    }
+
+    /// `uid 1000` for one; `uid 1000 (5), uid 0 (2), others (3)` for more.
+    fn take(&mut self) -> String {
+        let EvictedOwners { named, others } = std::mem::take(self);
+        if let ([(who, 1)], 0) = (named.as_slice(), others) {
+            return who.clone();
+        }
+        let mut parts: Vec<String> = named.iter().map(|(w, n)| format!("{w} ({n})")).collect();
+        if others > 0 {
+            parts.push(format!("others ({others})"));
+        }
+        parts.join(", ")
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Uid(uid) => write!(f, "uid {uid}"),
+            Owner::LocalTcp { client, .. } => write!(f, "the local TCP client {client}"),
+            Owner::OtherIp => f.write_str("a TCP client of another host"),
+        }
+    }
 }
 
 /// Refused connections are logged at most once per this window.
@@ -103,7 +153,24 @@ impl Limits {
                 );
             }
         }));
+        let limit = max_connections.clone();
+        let evicted_owners = Arc::new(Mutex::new(EvictedOwners::default()));
+        let owners = evicted_owners.clone();
+        let evicted_log = Arc::new(Throttle::new(REFUSED_LOG_WINDOW, move |n, over| {
+            let limit = limit.load(Ordering::Relaxed);
+            let whose = owners.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if over.is_zero() {
+                warn!("max-connections {limit} reached: evicted the longest-idle connection of {whose} to admit a new client (further evictions are counted and logged at most every {})", human(REFUSED_LOG_WINDOW));
+            } else {
+                warn!(
+                    "max-connections {limit} reached: evicted {n} idle connections in the last {} to admit new clients; theirs: {whose}",
+                    human(over)
+                );
+            }
+        }));
         let l = Limits {
+            evicted_log,
+            evicted_owners,
             max_connections,
             max_in_flight: AtomicUsize::new(0),
             idle_timeout_ms: AtomicU64::new(0),
@@ -190,6 +257,8 @@ impl Limits {
         let max = self.max_connections.load(Ordering::Relaxed);
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         let mut owner = owner;
+        // Whose connections were evicted (one, unless the limit was lowered).
+        let mut evicted: Vec<Owner> = Vec::new();
         while conns.live >= max {
             if max == 0 {
                 break;
@@ -199,8 +268,20 @@ impl Limits {
             let Some(victim) = conns.victim(owner.key(), max) else {
                 break;
             };
-            conns.evict(victim);
+            evicted.extend(conns.evict(victim));
             self.connections_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        if !evicted.is_empty() {
+            let mut owners = self
+                .evicted_owners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for o in &evicted {
+                owners.add(*o);
+            }
+        }
+        for _ in &evicted {
+            self.evicted_log.event();
         }
         if conns.live >= max {
             self.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -478,19 +559,36 @@ impl Conns {
             .map(|(i, _)| i)
     }
 
-    fn evict(&mut self, index: usize) {
-        if let Some(e) = &self.entries[index] {
+    /// Closes the connection at `index`; returns whose it was.
+    fn evict(&mut self, index: usize) -> Option<Owner> {
+        let owner = self.entries[index].as_ref().map(|e| {
             e.slot.evicted.store(true, Ordering::Release);
             e.slot.waker.wake();
-            debug!(owner = ?e.owner, "evicted the longest-idle connection at the connection limit");
-        }
+            e.owner
+        });
         self.remove(index);
+        owner
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evicted_owners_are_named_and_bounded() {
+        let mut o = EvictedOwners::default();
+        o.add(Owner::Uid(1000));
+        assert_eq!(o.take(), "uid 1000");
+        assert_eq!(o.take(), "");
+        for uid in 0..20 {
+            o.add(Owner::Uid(uid % 10));
+        }
+        o.add(Owner::OtherIp);
+        let s = o.take();
+        assert!(s.starts_with("uid 0 (2), uid 1 (2)"), "{s}");
+        assert!(s.ends_with("uid 7 (2), others (5)"), "{s}");
+    }
 
     fn limits(max: usize) -> Limits {
         Limits::new(LimitsConfig {

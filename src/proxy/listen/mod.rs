@@ -52,23 +52,126 @@ pub enum ListenSpec {
 #[error("bad listen spec {spec:?}: {why} (expected unix:PATH, unix:@NAME, tcp:HOST:PORT or udp:HOST:PORT)")]
 pub struct SpecError {
     pub spec: String,
-    pub why: &'static str,
+    pub why: String,
+}
+
+/// The most addresses one host name may stand for in a listen spec: a name
+/// that resolves to more is most likely not the host's own.
+const MAX_ADDRESSES_PER_NAME: usize = 16;
+
+impl ListenSpec {
+    /// The listeners a spec stands for. A literal address is one; a host
+    /// name (`tcp:localhost:1112`) is resolved now, at start-up, and stands
+    /// for every address it resolves to, as nginx's and sshd's listen
+    /// addresses do: `localhost` is both 127.0.0.1 and ::1 on most hosts.
+    /// An address of the name that this host does not have is left out
+    /// while another is here.
+    pub fn resolve(s: &str) -> Result<Vec<ListenSpec>, SpecError> {
+        let err = |why: String| SpecError {
+            spec: s.to_string(),
+            why,
+        };
+        let Some(("tcp" | "udp", rest)) = s.split_once(':') else {
+            return s.parse().map(|one| vec![one]);
+        };
+        let (host, port) = host_and_port(rest).map_err(err)?;
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(vec![ListenSpec::of(s, SocketAddr::new(ip, port))]);
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let found = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| err(format!("cannot resolve host {host:?}: {e}")))?;
+        for a in found.take(MAX_ADDRESSES_PER_NAME) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        // /etc/hosts names ::1 localhost on hosts that have no ::1: of
+        // several addresses, those this host does not have are left out
+        // (all of them kept if none is here, so that binding says why).
+        let here: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| {
+                !matches!(std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 0)),
+                          Err(e) if no_such_address(&e))
+            })
+            .collect();
+        if !here.is_empty() {
+            addrs = here;
+        }
+        if addrs.is_empty() {
+            return Err(err(format!("host {host:?} resolves to no address")));
+        }
+        Ok(addrs.into_iter().map(|a| ListenSpec::of(s, a)).collect())
+    }
+
+    /// A TCP or UDP listener on `addr`, by the transport `spec` names.
+    fn of(spec: &str, addr: SocketAddr) -> ListenSpec {
+        if spec.starts_with("udp:") {
+            ListenSpec::Udp(addr)
+        } else {
+            ListenSpec::Tcp(addr)
+        }
+    }
+}
+
+/// `HOST:PORT` (an IPv6 address in brackets) split, the port checked.
+fn host_and_port(rest: &str) -> Result<(&str, u16), String> {
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 address needs its closing bracket, e.g. [::1]:1111")?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or("no port after the address, e.g. [::1]:1111")?;
+            (host, port)
+        }
+        None => {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or("no port: write HOST:PORT, e.g. 127.0.0.1:1111 or localhost:1111")?;
+            if host.contains(':') {
+                return Err("write an IPv6 address in brackets, e.g. [::1]:1111".into());
+            }
+            (host, port)
+        }
+    };
+    if host.is_empty() {
+        return Err("no host before the port, e.g. 127.0.0.1:1111".into());
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {port:?} is not a number from 0 to 65535"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("port {port} out of range (0 to 65535)"))?;
+    Ok((host, port))
 }
 
 impl FromStr for ListenSpec {
     type Err = SpecError;
 
+    /// One listener, its address written as an IP address (a host name may
+    /// stand for several: see [`ListenSpec::resolve`]).
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        let err = |why| SpecError {
+        let err = |why: &str| SpecError {
             spec: s.to_string(),
-            why,
+            why: why.to_string(),
         };
         let (kind, rest) = s
             .split_once(':')
             .ok_or_else(|| err("no transport prefix"))?;
         let addr = || -> Result<SocketAddr, SpecError> {
-            rest.parse::<SocketAddr>()
-                .map_err(|_| err("not an IP address and port (write IPv6 as [::1]:1111)"))
+            let (host, port) = host_and_port(rest).map_err(|why| SpecError {
+                spec: s.to_string(),
+                why,
+            })?;
+            let ip = host
+                .parse()
+                .map_err(|_| err("not an IP address (write IPv6 as [::1]:1111)"))?;
+            Ok(SocketAddr::new(ip, port))
         };
         match kind {
             "unix" if rest.starts_with('/') => Ok(ListenSpec::Unix(PathBuf::from(rest))),
@@ -104,15 +207,8 @@ impl fmt::Display for ListenSpec {
     }
 }
 
-impl ListenSpec {
-    /// A TCP or UDP listener on [::1].
-    pub fn is_ipv6_loopback(&self) -> bool {
-        matches!(self, ListenSpec::Tcp(a) | ListenSpec::Udp(a) if a.ip() == std::net::Ipv6Addr::LOCALHOST)
-    }
-}
-
 /// Whether binding failed because the address does not exist on this host
-/// (no IPv6 loopback: EADDRNOTAVAIL; IPv6 off: EAFNOSUPPORT).
+/// (no such address: EADDRNOTAVAIL; IPv6 off: EAFNOSUPPORT).
 pub fn no_such_address(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -307,6 +403,64 @@ mod tests {
         ] {
             let e = bad.parse::<ListenSpec>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
+            let e = ListenSpec::resolve(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn a_port_out_of_range_is_said_so() {
+        for spec in [
+            "tcp:127.0.0.1:99999",
+            "udp:[::1]:65536",
+            "tcp:localhost:70000",
+        ] {
+            let e = ListenSpec::resolve(spec).unwrap_err().to_string();
+            assert!(
+                e.contains(spec)
+                    && e.contains("out of range (0 to 65535)")
+                    && e.contains("tcp:HOST:PORT"),
+                "{e}"
+            );
+        }
+        let e = ListenSpec::resolve("tcp:127.0.0.1:x1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"x1\" is not a number"), "{e}");
+        let e = ListenSpec::resolve("tcp:::1:1111").unwrap_err().to_string();
+        assert!(e.contains("[::1]:1111"), "{e}");
+    }
+
+    /// A host name stands for every address it resolves to (localhost: the
+    /// loopback addresses /etc/hosts gives it).
+    #[test]
+    fn a_host_name_is_every_address_it_resolves_to() {
+        let specs = ListenSpec::resolve("tcp:localhost:1112").unwrap();
+        assert!(
+            specs.contains(&ListenSpec::Tcp("127.0.0.1:1112".parse().unwrap())),
+            "{specs:?}"
+        );
+        assert!(
+            specs.iter().all(
+                |s| matches!(s, ListenSpec::Tcp(a) if a.ip().is_loopback() && a.port() == 1112)
+            ),
+            "{specs:?}"
+        );
+        let udp = ListenSpec::resolve("udp:localhost:1112").unwrap();
+        assert!(
+            udp.iter().all(|s| matches!(s, ListenSpec::Udp(_))),
+            "{udp:?}"
+        );
+        assert_eq!(
+            ListenSpec::resolve("tcp:[::1]:5").unwrap(),
+            vec![ListenSpec::Tcp("[::1]:5".parse().unwrap())]
+        );
+        let e = ListenSpec::resolve("tcp:no-such-host.invalid:1111")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot resolve host \"no-such-host.invalid\""),
+            "{e}"
+        );
     }
 }
