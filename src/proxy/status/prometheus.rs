@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::proxy::status::{LimitsStatus, Status};
+use crate::proxy::status::{LimitsStatus, ProcedureCount, Status};
 
 /// A metric's samples: labels (`{k="v",...}` or empty) and value.
 type Samples = Vec<(String, f64)>;
@@ -116,9 +116,12 @@ impl Sample for bool {
 }
 
 fn by_procedure(s: &Status) -> Samples {
-    s.requests
-        .by_procedure
-        .iter()
+    procedure_counts(&s.requests.by_procedure)
+}
+
+/// Counts by version and procedure, the proxy's or rpcbind's.
+fn procedure_counts(rows: &[ProcedureCount]) -> Samples {
+    rows.iter()
         .map(|p| {
             let labels = format!(
                 "{{version=\"{}\",procedure=\"{}\"}}",
@@ -280,19 +283,10 @@ fn intercepted_flows(s: &Status) -> Samples {
 /// rpcbind's counters, none when it could not be read (rpcbind down): a
 /// scrape then has no sample rather than a false 0.
 fn rpcbind_calls(s: &Status) -> Samples {
-    let Some(c) = &s.rpcbind.counters else {
-        return Vec::new();
-    };
-    c.calls
-        .iter()
-        .map(|p| {
-            let labels = format!(
-                "{{version=\"{}\",procedure=\"{}\"}}",
-                p.version, p.procedure
-            );
-            (labels, p.count.value())
-        })
-        .collect()
+    s.rpcbind
+        .counters
+        .as_ref()
+        .map_or_else(Vec::new, |c| procedure_counts(&c.calls))
 }
 
 fn rpcbind_registrations(s: &Status) -> Samples {
