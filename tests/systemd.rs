@@ -95,6 +95,49 @@ fn sigterm_answers_calls_in_flight_removes_its_sockets_and_exits_0() {
     });
 }
 
+/// A client accepted before SIGTERM whose first call comes only after it
+/// (the daemon has stopped accepting and is draining) is still answered:
+/// closed unread, its call would be lost, where the next daemon, taking
+/// over the listeners, would have answered it (a package upgrade lost one
+/// lookup of a loop that way). Over unix and TCP, cached and not.
+#[test]
+fn a_client_connected_before_sigterm_gets_its_first_call_answered() {
+    run(|mut sb| async move {
+        // Cached: the hit is answered in the loop's own turn.
+        sb.call(Target::Proxy, Transport::Tcp, &getport_call(100000))
+            .await;
+        let mut conns = Vec::new();
+        for t in [Transport::Unix, Transport::Tcp, Transport::Unix] {
+            conns.push(Conn::connect(&sb.endpoint(Target::Proxy, t)).await.unwrap());
+        }
+        let mut waited = 0;
+        while sb.status().await["clients"]["connected"] != 3 {
+            waited += 1;
+            assert!(waited < 400, "the three clients were never accepted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sb.signal_proxy(Signal::SIGTERM);
+        // Sent once the daemon stopped accepting and drains.
+        sb.next_notify("STOPPING=1", Duration::from_secs(5))
+            .await
+            .unwrap();
+        for (i, mut c) in conns.into_iter().enumerate() {
+            // The last asks what is not cached: answered by rpcbind.
+            let call = getport_call(if i == 2 { 700_002 } else { 100000 });
+            c.send(&call.encode()).await.unwrap();
+            let out = c.recv(call.xid).await;
+            let want = if i == 2 { 0 } else { 111 };
+            assert_eq!(
+                decode_u32(&out.expect_results("the first call after SIGTERM")).unwrap(),
+                want,
+                "client {i}"
+            );
+        }
+        let exit = sb.stop_proxy().await.unwrap();
+        assert_eq!(exit, "exit code 0", "{}", sb.proxy_log());
+    });
+}
+
 /// The same over UDP: a datagram past the cache, in flight when SIGTERM
 /// comes, is answered before the daemon exits (the UDP threads stop last,
 /// and their miss task is waited for).

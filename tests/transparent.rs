@@ -685,7 +685,8 @@ fn intercept_refuses_to_start_when_it_cannot_own_the_table() {
             ])
             .await;
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        // A configuration mistake: 2, as the man page's EXIT STATUS says.
+        assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
             err.contains("needs a tcp and a udp listener on 127.0.0.1"),
             "{err}"
@@ -704,7 +705,7 @@ fn intercept_refuses_to_start_when_it_cannot_own_the_table() {
             ])
             .await;
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("would forward to itself"), "{err}");
         // The first instance is untouched.
         assert!(sb.intercept_table_exists());

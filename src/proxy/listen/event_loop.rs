@@ -468,7 +468,7 @@ impl Loop {
                     // Handed over as the daemon stopped: its calls in
                     // flight answered, then closed, as the others.
                     if let Some(Some(c)) = self.conns.get_mut(slot) {
-                        c.eof = true;
+                        c.stop(self.now);
                     }
                     self.serve(slot);
                 }
@@ -480,7 +480,9 @@ impl Loop {
     }
 
     /// Shutdown: the listeners close (their files go), and every client
-    /// stops being read and is closed once its calls in flight are answered.
+    /// stops being read and is closed once its calls in flight are answered
+    /// (one that has sent no call yet is read for its first, for at most
+    /// `FIRST_CALL_GRACE`).
     fn stop(&mut self) {
         self.stopped = true;
         for l in &mut self.listeners {
@@ -493,7 +495,7 @@ impl Loop {
         }
         for slot in 0..self.conns.len() {
             if let Some(Some(c)) = self.conns.get_mut(slot) {
-                c.eof = true;
+                c.stop(self.now);
                 self.serve(slot);
             }
         }
@@ -519,6 +521,8 @@ impl Loop {
         for (slot, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
             match c.deadline(limits) {
+                // Shutdown's grace for a first call ran out: not a limit.
+                Some((due, _)) if due <= now && c.waiting_first_call() => expired.push(slot),
                 Some((due, record)) if due <= now => {
                     let counter = if record {
                         &limits.record_timeouts

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
@@ -29,6 +29,11 @@ use crate::proxy::service::{Outcome, Proxy};
 /// Reads at most this many times per wake-up before letting the other
 /// clients have their turn (the client stays on the loop's ready list).
 const READS_PER_TURN: usize = 16;
+/// At shutdown, how long a client that connected but has not sent its
+/// first call yet is still read: it was accepted (often just before the
+/// stop) and is about to write; closed unread, its call would be lost
+/// where the next daemon, taking over the listeners, would have answered.
+pub(super) const FIRST_CALL_GRACE: Duration = Duration::from_millis(500);
 
 /// A client's socket, shared with the task answering its call past the
 /// cache when that task may write the reply itself (see
@@ -156,6 +161,11 @@ pub(super) struct Stream {
     /// The socket is watched for writable too (only while `out` waits).
     pub watching_writable: bool,
     last_activity: Instant,
+    /// A call was taken from this client (answered or not).
+    called: bool,
+    /// Shutdown came before the client's first call: it is read until
+    /// then, for its first call only.
+    first_call_by: Option<Instant>,
     /// Since when a record has been part-received (not counting whole
     /// records the in-flight limit holds back: that wait is the proxy's).
     partial_since: Option<Instant>,
@@ -189,8 +199,27 @@ impl Stream {
             eof: false,
             watching_writable: false,
             last_activity: now,
+            called: false,
+            first_call_by: None,
             partial_since: None,
         }
+    }
+
+    /// Shutdown: no more reads (the calls in flight are answered, then the
+    /// client is closed), except for a client that has not sent its first
+    /// call yet, which has [`FIRST_CALL_GRACE`] to send it.
+    pub(super) fn stop(&mut self, now: Instant) {
+        if self.called || !self.inbuf.is_empty() {
+            self.eof = true;
+        } else {
+            self.first_call_by = Some(now + FIRST_CALL_GRACE);
+        }
+    }
+
+    /// Waiting, at shutdown, for the first call of a client that has sent
+    /// none: closing it then is not an idle timeout.
+    pub(super) fn waiting_first_call(&self) -> bool {
+        self.first_call_by.is_some() && !self.eof
     }
 
     /// The answer to call `seq` came back from the runtime.
@@ -206,6 +235,9 @@ impl Stream {
     /// for rpcbind, which the upstream timeout bounds), and whether that is
     /// the record timeout.
     pub(super) fn deadline(&self, limits: &Limits) -> Option<(Instant, bool)> {
+        if let Some(t) = self.first_call_by {
+            return Some((t, false));
+        }
         if let Some(t) = self.partial_since {
             return Some((t + limits.record_timeout(), true));
         }
@@ -249,6 +281,10 @@ impl Stream {
             if !self.out.is_empty() {
                 // Wait for the client to read (a writable event).
                 break;
+            }
+            if self.called && self.first_call_by.is_some() {
+                // Shutdown: its first call is in; nothing more is read.
+                self.eof = true;
             }
             if self.eof {
                 if self.pending.is_empty() {
@@ -394,6 +430,7 @@ impl Stream {
     /// at once; anything else queues behind, as a task on the runtime (so
     /// that replies go out in order).
     fn take_record(&mut self, record: &[u8], wbuf: &mut BytesMut, t: &Turn<'_>) {
+        self.called = true;
         self.tally.count(t.second);
         if self.pending.is_empty() {
             if let Some(outcome) = t.proxy.answer_now(record, self.peer) {

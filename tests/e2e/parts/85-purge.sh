@@ -14,11 +14,11 @@ else
 	# so a client asking meanwhile waits in the backlog and is answered.
 	pid_before=$(main_pid)
 	socket_since=$(systemctl show -p ActiveEnterTimestampMonotonic --value rpcbind-proxy.socket)
-	rm -f /tmp/upgrade.done /tmp/upgrade.failed
+	rm -f /tmp/upgrade.done /tmp/upgrade.failed /tmp/upgrade.err
 	(
 		i=0
 		while [ ! -e /tmp/upgrade.done ] && [ $i -lt 600 ]; do
-			$B query getport 100000 2 tcp >/dev/null 2>&1 || echo x >>/tmp/upgrade.failed
+			$B query getport 100000 2 tcp >/dev/null 2>>/tmp/upgrade.err || echo x >>/tmp/upgrade.failed
 			i=$((i + 1))
 		done
 	) &
@@ -31,6 +31,7 @@ else
 	wait "$asker"
 	check "the socket unit was not restarted by the upgrade (it kept listening)" [ "$(systemctl show -p ActiveEnterTimestampMonotonic --value rpcbind-proxy.socket)" = "$socket_since" ]
 	check "no lookup through the proxy failed across the upgrade ($(cat /tmp/upgrade.failed 2>/dev/null | wc -l) failed)" [ ! -e /tmp/upgrade.failed ]
+	[ -s /tmp/upgrade.err ] && sed 's/^/   /' /tmp/upgrade.err | head -5
 	check "before: /run/rpcbind-proxy exists while the daemon runs" [ -d /run/rpcbind-proxy ]
 	dpkg --remove rpcbind-proxy >/tmp/dpkg-remove.txt 2>&1; rc=$?
 	check "dpkg --remove exits 0" [ "$rc" = 0 ]
