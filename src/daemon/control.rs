@@ -77,15 +77,7 @@ async fn handle(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
         Ok(r) => r?,
         Err(_) => return Ok(()),
     };
-    let request = line.trim();
-    let answer = if request == "status" {
-        // Through a Value, whose keys are sorted: the bytes the operator
-        // commands and scripts have always read.
-        serde_json::to_value(full_status(ctx).await)
-            .unwrap_or_else(|e| json!({"error": format!("cannot write the status: {e}")}))
-    } else {
-        answer(request, uid, ctx)
-    };
+    let answer = answer(line.trim(), uid, ctx).await;
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
     out.push(b'\n');
     wr.write_all(&out).await?;
@@ -93,12 +85,12 @@ async fn handle(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
 }
 
 /// The answer to one request line from a client with `uid`.
-pub(crate) fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
+async fn answer(request: &str, uid: u32, ctx: &Context) -> Value {
     let mut words = request.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         // Through a Value, whose keys are sorted: the bytes the operator
         // commands and scripts have always read.
-        (Some("status"), None, None) => serde_json::to_value(status(ctx))
+        (Some("status"), None, None) => serde_json::to_value(full_status(ctx).await)
             .unwrap_or_else(|e| json!({"error": format!("cannot write the status: {e}")})),
         (Some("flush"), program, None) => {
             if uid != 0 {
@@ -140,7 +132,7 @@ pub(crate) async fn full_status(ctx: &Context) -> Status {
 
 /// The whole status but rpcbind's counters: the proxy's snapshot and the
 /// daemon's own parts.
-pub(crate) fn status(ctx: &Context) -> Status {
+fn status(ctx: &Context) -> Status {
     let mut status = ctx.proxy.snapshot();
     status.listeners.clone_from(&ctx.listeners);
     status.time_wait = time_wait(ctx);
