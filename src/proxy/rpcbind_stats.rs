@@ -133,8 +133,11 @@ pub fn counters(stats: &rpcb_stat::RpcbStats) -> RpcbindCounters {
     let mut lookups = Vec::new();
     for (version, v) in VERSIONS.into_iter().zip(stats) {
         out.calls.extend(calls(version, v));
-        for (procedure, succeeded) in [(Procedure::Set, v.sets), (Procedure::Unset, v.unsets)] {
-            let calls = v.calls[procedure_number(procedure)];
+        // SET and UNSET are procedures 1 and 2 in every version.
+        for (procedure, number, succeeded) in
+            [(Procedure::Set, 1, v.sets), (Procedure::Unset, 2, v.unsets)]
+        {
+            let calls = v.calls[number];
             out.registrations.push(Registrations {
                 version,
                 procedure: procedure.name().into(),
@@ -180,14 +183,6 @@ fn calls(version: u32, v: &VersionStats) -> impl Iterator<Item = ProcedureCount>
             count: v.calls[n as usize].into(),
         })
     })
-}
-
-fn procedure_number(p: Procedure) -> usize {
-    match p {
-        Procedure::Set => 1,
-        Procedure::Unset => 2,
-        _ => 0,
-    }
 }
 
 fn lookup(version: u32, a: &AddrStat) -> LookupCount {
