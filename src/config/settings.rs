@@ -158,7 +158,7 @@ pub struct Settings {
                          "records who opens each client socket (which needs CAP_BPF and ",
                          "CAP_NET_ADMIN, Linux >= 5.7)"))]
     pub attribution_ebpf: Option<bool>,
-    #[arg(long, value_name = "tcp:HOST:PORT",
+    #[arg(long, value_name = "tcp:IP:PORT",
           help = concat!("Serve Prometheus metrics over HTTP at /metrics on this address, e.g. ",
                          "tcp:127.0.0.1:9111 (off unless set). Read at start only"))]
     pub metrics: Option<MetricsAddr>,
@@ -178,13 +178,13 @@ impl std::str::FromStr for MetricsAddr {
                 "bad metrics address {s:?}: {why} (expected tcp:IP:PORT, e.g. tcp:127.0.0.1:9111)"
             )
         };
-        let Some(rest) = s.strip_prefix("tcp:") else {
-            return Err(bad("HTTP is served over TCP only"));
-        };
-        match rest.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.port() == 0 => Err(bad("port 0")),
-            Ok(a) => Ok(MetricsAddr(a)),
-            Err(_) => Err(bad("not an IP address and port (write IPv6 as [::1]:9111)")),
+        // The listener syntax, read by its own parser (its reasons: no
+        // prefix, a port out of range, IPv6 without brackets, ...).
+        match s.parse::<ListenSpec>() {
+            Ok(ListenSpec::Tcp(a)) if a.port() == 0 => Err(bad("port 0")),
+            Ok(ListenSpec::Tcp(a)) => Ok(MetricsAddr(a)),
+            Ok(_) => Err(bad("HTTP is served over TCP only")),
+            Err(e) => Err(bad(&e.why)),
         }
     }
 }

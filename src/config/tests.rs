@@ -254,3 +254,24 @@ fn bad_values_are_named() {
     assert_eq!(c.cache.ttl, Duration::from_secs(300));
     assert_eq!(c.cache.negative_ttl, Duration::from_secs(10));
 }
+
+#[test]
+fn a_metrics_address_is_read_by_the_listener_parser() {
+    assert_eq!(
+        "tcp:127.0.0.1:9111".parse::<MetricsAddr>(),
+        Ok(MetricsAddr(([127, 0, 0, 1], 9111).into()))
+    );
+    for (bad, why) in [
+        ("udp:127.0.0.1:9111", "HTTP is served over TCP only"),
+        ("tcp:127.0.0.1:99999", "port 99999 out of range"),
+        ("tcp:127.0.0.1:0", "port 0"),
+        ("tcp:localhost:9111", "not an IP address"),
+        ("9111", "no transport prefix"),
+    ] {
+        let e = bad.parse::<MetricsAddr>().unwrap_err();
+        assert!(
+            e.contains(bad) && e.contains(why) && e.contains("tcp:IP:PORT"),
+            "{e}"
+        );
+    }
+}
