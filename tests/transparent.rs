@@ -57,16 +57,6 @@ fn tirpc() -> &'static str {
     tirpc_client().to_str().expect("a UTF-8 path")
 }
 
-/// stdout, stderr and exit status of one command, as one comparable text.
-fn transcript(out: &std::process::Output) -> String {
-    format!(
-        "{}{}[{}]",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status
-    )
-}
-
 /// Runs `args` as `uid` and insists that it succeeded; returns stdout.
 async fn ok_as(sb: &Sandbox, uid: u32, args: &[&str]) -> String {
     let out = sb.run_in_ns_as(uid, args).await;

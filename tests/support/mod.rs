@@ -27,6 +27,7 @@ pub mod http;
 pub mod namespaces;
 pub mod rpc;
 pub mod tirpc;
+pub mod topology;
 pub mod units;
 pub use nix::sys::signal::Signal;
 pub use rpc::*;
@@ -940,38 +941,13 @@ impl Sandbox {
 
     /// Every TCP socket (v4 and v6) of the sandbox's network namespace.
     pub fn tcp_sockets(&self) -> Vec<TcpSocketInfo> {
-        let mut out = Vec::new();
-        for file in ["tcp", "tcp6"] {
-            let path = format!("/proc/{}/net/{file}", self.anchor.pid);
-            let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-            for line in text.lines().skip(1) {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() < 4 {
-                    continue;
-                }
-                let port = |addr: &str| {
-                    addr.rsplit(':')
-                        .next()
-                        .and_then(|p| u16::from_str_radix(p, 16).ok())
-                        .unwrap_or(0)
-                };
-                out.push(TcpSocketInfo {
-                    local_port: port(f[1]),
-                    remote_port: port(f[2]),
-                    state: u8::from_str_radix(f[3], 16).unwrap_or(0),
-                });
-            }
-        }
-        out
+        tcp_sockets_of(self.anchor.pid())
     }
 
     /// Number of TIME_WAIT sockets in the namespace, optionally only those
     /// with `port` as local or remote port.
     pub fn time_wait_count(&self, port: Option<u16>) -> usize {
-        self.tcp_sockets()
-            .iter()
-            .filter(|s| s.state == TCP_TIME_WAIT && s.matches(port))
-            .count()
+        time_wait_count_of(self.anchor.pid(), port)
     }
 
     /// Waits (polling /proc, at most `timeout`) until no TCP socket of the
@@ -983,27 +959,7 @@ impl Sandbox {
         port: Option<u16>,
         timeout: Duration,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let closing: Vec<TcpSocketInfo> = self
-                .tcp_sockets()
-                .into_iter()
-                .filter(|s| s.is_closing() && s.matches(port))
-                .collect();
-            if closing.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} TCP sockets still closing after {timeout:?}: {:?}",
-                    closing.len(),
-                    &closing[..closing.len().min(20)]
-                ));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
-        }
+        wait_tcp_settled_of(self.anchor.pid(), port, timeout).await
     }
 
     // --- commands in the sandbox -----------------------------------------------------
@@ -1061,6 +1017,80 @@ impl Sandbox {
     }
 }
 
+/// Every TCP socket (v4 and v6) of the network namespace process `pid` is in.
+pub fn tcp_sockets_of(pid: u32) -> Vec<TcpSocketInfo> {
+    let mut out = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let path = format!("/proc/{pid}/net/{file}");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let port = |addr: &str| {
+                addr.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    .unwrap_or(0)
+            };
+            out.push(TcpSocketInfo {
+                local_port: port(f[1]),
+                remote_port: port(f[2]),
+                state: u8::from_str_radix(f[3], 16).unwrap_or(0),
+            });
+        }
+    }
+    out
+}
+
+/// TIME_WAIT sockets in the network namespace of `pid`, optionally only
+/// those with `port` as local or remote port.
+pub fn time_wait_count_of(pid: u32, port: Option<u16>) -> usize {
+    tcp_sockets_of(pid)
+        .iter()
+        .filter(|s| s.state == TCP_TIME_WAIT && s.matches(port))
+        .count()
+}
+
+/// [`Sandbox::wait_tcp_settled`] for the network namespace of `pid`.
+pub async fn wait_tcp_settled_of(
+    pid: u32,
+    port: Option<u16>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let closing: Vec<TcpSocketInfo> = tcp_sockets_of(pid)
+            .into_iter()
+            .filter(|s| s.is_closing() && s.matches(port))
+            .collect();
+        if closing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} TCP sockets still closing after {timeout:?}: {:?}",
+                closing.len(),
+                &closing[..closing.len().min(20)]
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// stdout, stderr and exit status of one command, as one comparable text.
+pub fn transcript(out: &Output) -> String {
+    format!(
+        "{}{}[{}]",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status
+    )
+}
+
 async fn run_command(mut cmd: tokio::process::Command, what: &[&str]) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1079,19 +1109,28 @@ async fn run_command(mut cmd: tokio::process::Command, what: &[&str]) -> Output 
 /// Starts the process that holds the sandbox's mount namespace (a tmpfs on
 /// /run) and opens its root directory.
 async fn start_anchor() -> Result<(Proc, File), String> {
+    spawn_anchor("anchor", &[]).await
+}
+
+/// Starts a process (`name`) in a new mount namespace with a tmpfs on /run
+/// and whatever other new namespaces `unshare_flags` ask for (`-n`: its own
+/// network namespace), waits until it is set up, and opens its root
+/// directory.
+async fn spawn_anchor(name: &'static str, unshare_flags: &[&str]) -> Result<(Proc, File), String> {
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o mode=0755 tmpfs /run && echo ready && exec sleep infinity",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped());
+    cmd.args(unshare_flags)
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o mode=0755 tmpfs /run && echo ready && exec sleep infinity",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     let (anchor, mut child) =
-        Proc::spawn("anchor", &mut cmd).map_err(|e| format!("spawning the anchor: {e}"))?;
+        Proc::spawn(name, &mut cmd).map_err(|e| format!("spawning the {name}: {e}"))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout.into())
         .map_err(|e| format!("anchor stdout: {e}"))?;
@@ -1102,7 +1141,7 @@ async fn start_anchor() -> Result<(Proc, File), String> {
         other => {
             anchor.kill_blocking();
             return Err(format!(
-                "the mount namespace anchor did not start ({other:?}, status {:?})",
+                "the {name} did not start ({other:?}, status {:?})",
                 anchor.exit_status()
             ));
         }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -734,12 +734,7 @@ impl Conn {
             Endpoint::Unix(p) => Conn::Stream(Box::new(UnixStream::connect(p).await?)),
             Endpoint::Tcp(a) => Conn::Stream(Box::new(TcpStream::connect(a).await?)),
             Endpoint::Udp(a) => {
-                let local: SocketAddr = if a.is_ipv4() {
-                    "127.0.0.1:0".parse().unwrap()
-                } else {
-                    "[::1]:0".parse().unwrap()
-                };
-                let s = UdpSocket::bind(local).await?;
+                let s = UdpSocket::bind(SocketAddr::new(local_ip_for(a), 0)).await?;
                 s.connect(a).await?;
                 Conn::Dgram(s)
             }
@@ -835,16 +830,33 @@ impl Conn {
     }
 }
 
+/// The address a client socket binds before it calls `target`: loopback
+/// for a loopback target (the tests' usual caller), otherwise the
+/// unspecified address of its family (the kernel picks the source that
+/// routes there, as for a client on another host).
+pub fn local_ip_for(target: &SocketAddr) -> IpAddr {
+    match (target.ip().is_loopback(), target.is_ipv4()) {
+        (true, true) => Ipv4Addr::LOCALHOST.into(),
+        (true, false) => Ipv6Addr::LOCALHOST.into(),
+        (false, true) => Ipv4Addr::UNSPECIFIED.into(),
+        (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// Connects to a TCP or UDP endpoint from a reserved source port (< 1024),
 /// as a root libtirpc client does (bindresvport: 600-1023, then 512-599).
 pub async fn connect_from_reserved_port(ep: &Endpoint) -> io::Result<Conn> {
     let mut last = io::Error::other("no reserved port available");
     for port in (600..1024).chain(512..600) {
-        let local = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
         let attempt: io::Result<Conn> = match ep {
             Endpoint::Tcp(addr) => {
                 async {
-                    let sock = tokio::net::TcpSocket::new_v4()?;
+                    let local = SocketAddr::new(local_ip_for(addr), port);
+                    let sock = if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
                     sock.set_reuseaddr(true)?;
                     sock.bind(local)?;
                     Ok(Conn::stream(sock.connect(*addr).await?))
@@ -853,7 +865,7 @@ pub async fn connect_from_reserved_port(ep: &Endpoint) -> io::Result<Conn> {
             }
             Endpoint::Udp(addr) => {
                 async {
-                    let sock = UdpSocket::bind(local).await?;
+                    let sock = UdpSocket::bind(SocketAddr::new(local_ip_for(addr), port)).await?;
                     sock.connect(addr).await?;
                     Ok(Conn::Dgram(sock))
                 }

@@ -1,0 +1,903 @@
+//! Server mode (`--intercept-remote`): the proxy serves port 111 of the
+//! NFS server for the network, and a client on another host sees exactly
+//! what rpcbind would have told it.
+//!
+//! The sandbox is the server; client hosts are network namespaces of their
+//! own, each joined to it by a veth pair (`support::topology`): client 1 on
+//! the server's interface s1 (169.254.1.1, fd51:1::1), client 2 on s2
+//! (169.254.2.1, fd51:2::1), client 3 on s3, which the proxy is not told
+//! about. Every comparison is of the same call from the same client to the
+//! same server address, made once with no proxy (rpcbind answers) and once
+//! with the proxy in server mode (`--intercept-remote --remote-interface s1
+//! --remote-interface s2`), and every check that the proxy answered reads
+//! its own request counter: a comparison of two answers both given by
+//! rpcbind would prove nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::topology::{call_and_source, call_from, server_addrs, server_interface, Client};
+use support::*;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Bound on every wait for an event (a socket settling, a batch of calls).
+const WAIT: Duration = Duration::from_secs(60);
+/// Calls in flight at once from one client.
+const CONCURRENCY: usize = 32;
+/// The links whose interfaces the proxy is told to serve.
+const SERVED_LINKS: [u8; 2] = [1, 2];
+/// A link the proxy is not told about.
+const UNSERVED_LINK: u8 = 3;
+/// auth_stat of an AUTH_ERROR reply: the credential is too weak.
+const AUTH_TOOWEAK: u32 = 5;
+/// One-shot lookups of the TIME_WAIT check.
+const ONE_SHOT: usize = 300;
+
+/// rpcbind's registrations for the comparisons: wildcard ones on every
+/// inet netid (answered with an address chosen per caller), specific ones,
+/// a local one.
+const REGISTRATIONS: &[(u32, u32, &str, &str)] = &[
+    (300_001, 1, "tcp", "0.0.0.0.8.1"),
+    (300_001, 1, "udp", "0.0.0.0.8.2"),
+    (300_001, 1, "tcp6", "::.8.1"),
+    (300_001, 1, "udp6", "::.8.2"),
+    (300_001, 1, "local", "/run/p1.sock"),
+    (300_001, 3, "tcp", "0.0.0.0.8.5"),
+    (300_002, 1, "tcp", "169.254.1.1.8.3"),
+    (300_002, 1, "tcp6", "fd51:1::1.8.3"),
+    (300_003, 2, "udp", "127.0.0.1.8.4"),
+    (300_004, 1, "tcp6", "::.8.6"),
+];
+
+/// The proxy's arguments for server mode on the served links.
+fn server_mode_args() -> Vec<String> {
+    let mut args = vec!["--intercept-remote".to_string()];
+    for n in SERVED_LINKS {
+        args.push("--remote-interface".into());
+        args.push(server_interface(n));
+    }
+    args
+}
+
+/// Starts the proxy in server mode (see [`server_mode_args`]).
+async fn start_server_mode(sb: &mut Sandbox) {
+    let args = server_mode_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(e) = sb.start_proxy(&args).await {
+        panic!("starting the proxy in server mode: {e}");
+    }
+}
+
+/// Stops the proxy (SIGTERM: it removes its table, and clients reach
+/// rpcbind again).
+async fn stop_server_mode(sb: &mut Sandbox) {
+    let how = sb.stop_proxy().await;
+    assert_eq!(how.as_deref(), Some("exit code 0"), "the proxy's stop");
+}
+
+/// Registers [`REGISTRATIONS`] directly at rpcbind.
+async fn register(sb: &Sandbox) {
+    for &(prog, vers, netid, addr) in REGISTRATIONS {
+        assert!(
+            sb.rpcbind_set(prog, vers, netid, addr).await,
+            "SET {prog} {vers} {netid} {addr}"
+        );
+    }
+}
+
+/// The clients of `links`, attached to the sandbox.
+async fn attach(sb: &Sandbox, links: &[u8]) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for &n in links {
+        clients.push(Client::attach(sb, n).await);
+    }
+    clients
+}
+
+/// Calls the proxy counted (every call that reached it, whatever came of it).
+async fn proxy_requests(sb: &Sandbox) -> u64 {
+    sb.status()
+        .await
+        .pointer("/requests/total")
+        .and_then(serde_json::Value::as_u64)
+        .expect("status --json has requests.total")
+}
+
+/// Every address of the served links' server side.
+fn served_addrs() -> Vec<IpAddr> {
+    SERVED_LINKS.iter().flat_map(|&n| server_addrs(n)).collect()
+}
+
+fn port_111(ip: IpAddr) -> SocketAddr {
+    SocketAddr::new(ip, RPCBIND_PORT)
+}
+
+/// The universal address of `ip` port 111 (`169.254.1.1.0.111`).
+fn uaddr_111(ip: IpAddr) -> String {
+    format!("{ip}.0.111")
+}
+
+// ---------------------------------------------------------------------------
+// The call table
+// ---------------------------------------------------------------------------
+
+/// How the direct and proxied outcomes of a case are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Identical outcomes: the reply bytes after the XID.
+    Bytes,
+    /// GETTIME: both a 4-byte SUCCESS within a minute of the test's clock.
+    Clock,
+    /// GETSTAT: both SUCCESS (rpcbind's counters move between the runs).
+    Success,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    name: String,
+    call: Call,
+    compare: Compare,
+}
+
+fn case(name: impl Into<String>, call: Call) -> Case {
+    Case {
+        name: name.into(),
+        call,
+        compare: Compare::Bytes,
+    }
+}
+
+/// A netbuf holding a sockaddr_in / sockaddr_in6 of `ip` port 111 (family
+/// in host order, as libtirpc sends it), for TADDR2UADDR.
+fn netbuf_111(ip: IpAddr) -> Vec<u8> {
+    let mut sa = Vec::new();
+    match ip {
+        IpAddr::V4(v4) => {
+            sa.extend_from_slice(&2u16.to_ne_bytes());
+            sa.extend_from_slice(&111u16.to_be_bytes());
+            sa.extend_from_slice(&v4.octets());
+            sa.extend_from_slice(&[0; 8]);
+        }
+        IpAddr::V6(v6) => {
+            sa.extend_from_slice(&10u16.to_ne_bytes());
+            sa.extend_from_slice(&111u16.to_be_bytes());
+            sa.extend_from_slice(&[0; 4]);
+            sa.extend_from_slice(&v6.octets());
+            sa.extend_from_slice(&[0; 4]);
+        }
+    }
+    let len = u32::try_from(sa.len()).unwrap();
+    Xdr::new().u32(len).opaque(&sa).into_bytes()
+}
+
+/// Every procedure of portmapper v2 and rpcbind v3/v4 but SET and UNSET
+/// (see [`set_unset_calls`]), with the arguments whose answers depend on
+/// the caller: wildcard registrations, hints naming each client's network,
+/// one no interface is on, loopback, garbage.
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for vers in [2, 3, 4] {
+        v.push(case(format!("NULL v{vers}"), Call::rpcb(vers, 0, vec![])));
+        v.push(case(
+            format!("DUMP v{vers}"),
+            Call::rpcb(vers, RPCBPROC_DUMP, vec![]),
+        ));
+    }
+    for (prog, vers, prot) in [
+        (300_001, 1, IPPROTO_TCP),
+        (300_001, 1, IPPROTO_UDP),
+        (300_001, 2, IPPROTO_TCP),
+        (300_002, 1, IPPROTO_TCP),
+        (300_003, 2, IPPROTO_UDP),
+        (300_004, 1, IPPROTO_TCP),
+        (399_999, 1, IPPROTO_TCP),
+        (PMAP_PROG, 2, IPPROTO_UDP),
+    ] {
+        v.push(case(
+            format!("GETPORT {prog} {vers} {prot}"),
+            Call::rpcb(2, PMAPPROC_GETPORT, pmap_args(prog, vers, prot, 0)),
+        ));
+    }
+    let hints = [
+        "",
+        "169.254.1.2.0.1",
+        "169.254.2.2.0.1",
+        "169.254.3.2.0.1",
+        "169.254.9.9.0.1",
+        "169.254.1.1.0.111",
+        "169.254.2.1.0.111",
+        "fd51:1::1.0.111",
+        "fd51:2::1.0.111",
+        "fd51:1::2.0.1",
+        "fd51:2::2.0.1",
+        "127.0.0.1.0.1",
+        "::1.0.1",
+        "bogus",
+    ];
+    let lookups = [
+        (300_001, 1, "tcp"),
+        (300_001, 1, "udp"),
+        (300_001, 1, "tcp6"),
+        (300_001, 3, "tcp"),
+        (300_001, 2, "tcp"),
+        (300_002, 1, "tcp"),
+        (300_003, 2, "udp"),
+        (300_004, 1, "tcp6"),
+        (399_999, 1, "tcp"),
+        (PMAP_PROG, 4, "tcp"),
+    ];
+    for (proc_, pname, versions) in [
+        (RPCBPROC_GETADDR, "GETADDR", &[3, 4][..]),
+        (RPCBPROC_GETVERSADDR, "GETVERSADDR", &[4]),
+        (RPCBPROC_GETADDRLIST, "GETADDRLIST", &[4]),
+    ] {
+        for &vers in versions {
+            for (prog, pvers, netid) in lookups {
+                for hint in hints {
+                    v.push(case(
+                        format!("{pname} v{vers} {prog} {pvers} {netid} hint {hint:?}"),
+                        Call::rpcb(vers, proc_, rpcb_args(prog, pvers, netid, hint, "")),
+                    ));
+                }
+            }
+        }
+    }
+    for vers in [3, 4] {
+        for uaddr in [
+            "169.254.1.1.0.111",
+            "fd51:1::1.0.111",
+            "127.0.0.1.0.111",
+            "garbage",
+        ] {
+            v.push(case(
+                format!("UADDR2TADDR v{vers} {uaddr:?}"),
+                Call::rpcb(
+                    vers,
+                    RPCBPROC_UADDR2TADDR,
+                    Xdr::new().string(uaddr).into_bytes(),
+                ),
+            ));
+        }
+        for ip in server_addrs(1) {
+            v.push(case(
+                format!("TADDR2UADDR v{vers} {ip}"),
+                Call::rpcb(vers, RPCBPROC_TADDR2UADDR, netbuf_111(ip)),
+            ));
+        }
+        v.push(Case {
+            compare: Compare::Clock,
+            ..case(
+                format!("GETTIME v{vers}"),
+                Call::rpcb(vers, RPCBPROC_GETTIME, vec![]),
+            )
+        });
+    }
+    v.push(Case {
+        compare: Compare::Success,
+        ..case("GETSTAT v4", Call::rpcb(4, RPCBPROC_GETSTAT, vec![]))
+    });
+    let null_of_300001 = callit_args(300_001, 1, 0, &[]);
+    for (vers, proc_, name) in [
+        (2, PMAPPROC_CALLIT, "CALLIT"),
+        (3, RPCBPROC_CALLIT, "CALLIT"),
+        (4, RPCBPROC_BCAST, "BCAST"),
+        (4, RPCBPROC_INDIRECT, "INDIRECT"),
+    ] {
+        v.push(case(
+            format!("{name} v{vers}"),
+            Call::rpcb(vers, proc_, null_of_300001.clone()),
+        ));
+    }
+    v
+}
+
+/// SET and UNSET of every version, for a new program and for one rpcbind
+/// holds (which an accepted UNSET would remove).
+fn set_unset_calls() -> Vec<Case> {
+    let mut v = vec![
+        case(
+            "PMAP SET new",
+            Call::rpcb(2, PMAPPROC_SET, pmap_args(400_001, 1, IPPROTO_TCP, 999)),
+        ),
+        case(
+            "PMAP UNSET held",
+            Call::rpcb(2, PMAPPROC_UNSET, pmap_args(300_001, 1, 0, 0)),
+        ),
+    ];
+    for vers in [3, 4] {
+        v.push(case(
+            format!("SET v{vers} new"),
+            Call::rpcb(
+                vers,
+                RPCBPROC_SET,
+                rpcb_args(400_001, 1, "tcp", "0.0.0.0.3.231", "superuser"),
+            ),
+        ));
+        v.push(case(
+            format!("SET v{vers} held"),
+            Call::rpcb(
+                vers,
+                RPCBPROC_SET,
+                rpcb_args(300_001, 1, "udp", "0.0.0.0.3.232", "superuser"),
+            ),
+        ));
+        v.push(case(
+            format!("UNSET v{vers} held"),
+            Call::rpcb(
+                vers,
+                RPCBPROC_UNSET,
+                rpcb_args(300_001, 1, "tcp", "", "superuser"),
+            ),
+        ));
+        v.push(case(
+            format!("UNSET v{vers} portmapper"),
+            Call::rpcb(vers, RPCBPROC_UNSET, rpcb_args(PMAP_PROG, 4, "", "", "")),
+        ));
+    }
+    v
+}
+
+/// Where one call of a pass went: server address, transport, reserved
+/// source port, case.
+type Key = (IpAddr, Transport, bool, usize);
+
+/// What came back for one call: the outcome, and over UDP the address the
+/// reply came from (a client whose socket is connected to the address it
+/// called drops a reply from any other).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    out: Outcome,
+    from: Option<SocketAddr>,
+}
+
+/// Sends every case from `client` to each of `servers` over TCP and UDP
+/// (from ephemeral ports, and with `reserved` also from reserved ones),
+/// each on a fresh socket, at most [`CONCURRENCY`] at once.
+async fn pass(
+    client: &Client,
+    servers: &[IpAddr],
+    cases: &[Case],
+    reserved: bool,
+) -> BTreeMap<Key, Answer> {
+    let servers = servers.to_vec();
+    let cases = cases.to_vec();
+    let run = client.within(move || async move {
+        let sem = Arc::new(Semaphore::new(CONCURRENCY));
+        let mut set = JoinSet::new();
+        let ports: &[bool] = if reserved { &[false, true] } else { &[false] };
+        for &server in &servers {
+            for t in [Transport::Tcp, Transport::Udp] {
+                for &from_reserved in ports {
+                    for (i, c) in cases.iter().enumerate() {
+                        let call = c.call.fresh();
+                        let sem = Arc::clone(&sem);
+                        set.spawn(async move {
+                            let _permit = sem.acquire().await.unwrap();
+                            let (out, from) =
+                                call_and_source(port_111(server), t, from_reserved, &call).await;
+                            ((server, t, from_reserved, i), Answer { out, from })
+                        });
+                    }
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        while let Some(r) = set.join_next().await {
+            let (k, o) = r.expect("a call's task panicked");
+            out.insert(k, o);
+        }
+        out
+    });
+    tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("client {}: a pass took over {WAIT:?}", client.link()))
+}
+
+/// Whether a GETTIME outcome is a time within a minute of this clock.
+fn plausible_time(out: &Outcome) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    out.results()
+        .and_then(|r| decode_u32(&r).ok())
+        .is_some_and(|t| u64::from(t).abs_diff(now) < 60)
+}
+
+/// The two outcomes of one case, with the bytes around the first difference.
+fn difference(direct: &Outcome, proxy: &Outcome) -> String {
+    match (direct, proxy) {
+        (Outcome::Reply(d), Outcome::Reply(p)) => {
+            format!("      direct: {}\n      proxy:  {}", hex(d), hex(p))
+        }
+        _ => format!("      direct: {direct}\n      proxy:  {proxy}"),
+    }
+}
+
+/// Every case whose proxied outcome differs from the direct one.
+fn differences(
+    client: &Client,
+    cases: &[Case],
+    direct: &BTreeMap<Key, Answer>,
+    proxy: &BTreeMap<Key, Answer>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (key, d) in direct {
+        let (server, t, reserved, i) = *key;
+        let c = &cases[i];
+        let p = &proxy[key];
+        let same = match c.compare {
+            Compare::Bytes => d.out == p.out,
+            Compare::Clock => plausible_time(&d.out) && plausible_time(&p.out),
+            Compare::Success => d.out.is_success() && p.out.is_success(),
+        };
+        if d.from != p.from {
+            problems.push(format!(
+                "client {} -> {server} {t:?}: {}: the reply came from {:?} directly, from {:?} through the proxy",
+                client.link(),
+                c.name,
+                d.from,
+                p.from
+            ));
+        }
+        if !same {
+            let from = if reserved { ", reserved port" } else { "" };
+            problems.push(format!(
+                "client {} -> {server} {t:?}{from}: {} ({:?} compare)\n{}",
+                client.link(),
+                c.name,
+                c.compare,
+                difference(&d.out, &p.out)
+            ));
+        }
+    }
+    problems
+}
+
+/// Differences shown in a failure's message (all of them are counted).
+const SHOWN: usize = 40;
+
+fn assert_no_differences(what: &str, problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{what}: {} differences between rpcbind and the proxy (the first {SHOWN} shown):\n{}",
+        problems.len(),
+        problems[..problems.len().min(SHOWN)].join("\n")
+    );
+}
+
+/// The decoded string of a GETADDR-like outcome, for the checks on
+/// rpcbind's own answers.
+fn addr_of(out: &Outcome) -> String {
+    out.results()
+        .and_then(|r| decode_string(&r).ok())
+        .unwrap_or_else(|| format!("<{out}>"))
+}
+
+// ---------------------------------------------------------------------------
+// rpcinfo on the client
+// ---------------------------------------------------------------------------
+
+/// The rpcinfo commands a client runs against the server's addresses.
+fn rpcinfo_commands() -> Vec<Vec<String>> {
+    let mut v = Vec::new();
+    for n in SERVED_LINKS {
+        let [ip4, ip6] = server_addrs(n).map(|a| a.to_string());
+        let [u4, u6] = server_addrs(n).map(uaddr_111);
+        for args in [
+            vec!["-p", &ip4],
+            vec![&ip4],
+            vec!["-s", &ip4],
+            vec!["-T", "tcp", &ip4, "100000"],
+            vec!["-T", "udp", &ip4, "100000"],
+            vec!["-T", "tcp", &ip4, "300001", "1"],
+            vec!["-l", &ip4, "300001", "1"],
+            vec!["-l", "-T", "udp", &ip4, "300001", "1"],
+            vec!["-a", &u4, "-T", "tcp", "100000", "4"],
+            vec!["-a", &u4, "-T", "udp", "100000", "2"],
+            vec!["-T", "tcp6", &ip6, "100000"],
+            vec!["-T", "udp6", &ip6, "100000"],
+            vec!["-s", &ip6],
+            vec!["-l", "-T", "tcp6", &ip6, "300001", "1"],
+            vec!["-a", &u6, "-T", "tcp6", "100000", "3"],
+        ] {
+            let mut full = vec!["rpcinfo".to_string()];
+            full.extend(args.iter().map(|s| s.to_string()));
+            v.push(full);
+        }
+    }
+    v
+}
+
+/// Each rpcinfo command run from `client`, with what it printed.
+async fn rpcinfo_transcripts(client: &Client) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for cmd in rpcinfo_commands() {
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let o = client.run(&args).await;
+        out.push((cmd.join(" "), transcript(&o)));
+    }
+    out
+}
+
+fn transcript_differences(
+    client: &Client,
+    direct: &[(String, String)],
+    proxy: &[(String, String)],
+) -> Vec<String> {
+    direct
+        .iter()
+        .zip(proxy)
+        .filter(|(d, p)| d != p)
+        .map(|((cmd, d), (_, p))| {
+            format!(
+                "client {}: {cmd}\n--- rpcbind:\n{d}\n--- through the proxy:\n{p}",
+                client.link()
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// What one client saw of one run (direct or through the proxy).
+struct Seen {
+    calls: BTreeMap<Key, Answer>,
+    rpcinfo: Vec<(String, String)>,
+}
+
+async fn look(clients: &[Client], table: &[Case]) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.push(Seen {
+            calls: pass(c, &served_addrs(), table, false).await,
+            rpcinfo: rpcinfo_transcripts(c).await,
+        });
+    }
+    seen
+}
+
+/// The direct half on its own says what a remote client is owed: for a
+/// wildcard registration, an address of the server's (not 0.0.0.0), of
+/// the entry of the arrival transport's netid, and where the hint names an
+/// address of the server (as libtirpc's clients send the address they
+/// called), that address: bytes that differ per hint and transport, which
+/// a proxy answering over its own loopback connection would get wrong.
+fn check_rpcbinds_own_answers(clients: &[Client], table: &[Case], direct: &[Seen]) {
+    let named = |name: &str| {
+        table
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap_or_else(|| panic!("the table has {name}"))
+    };
+    let plain = named("GETADDR v3 300001 1 tcp hint \"\"");
+    let hinted = named("GETADDR v4 300001 1 tcp hint \"169.254.2.1.0.111\"");
+    let ours: Vec<String> = (1..=UNSERVED_LINK)
+        .flat_map(server_addrs)
+        .map(|a| a.to_string())
+        .collect();
+    for (client, seen) in clients.iter().zip(direct) {
+        for server in served_addrs().into_iter().filter(IpAddr::is_ipv4) {
+            for t in [Transport::Tcp, Transport::Udp] {
+                // The entry of the arrival transport's netid.
+                let port = if t == Transport::Tcp { "8.1" } else { "8.2" };
+                let got = addr_of(&seen.calls[&(server, t, false, plain)].out);
+                let (ip, p) = got
+                    .rsplit_once('.')
+                    .and_then(|(a, lo)| {
+                        a.rsplit_once('.')
+                            .map(|(ip, hi)| (ip.to_string(), format!("{hi}.{lo}")))
+                    })
+                    .unwrap_or_default();
+                assert!(
+                    ours.contains(&ip) && p == port,
+                    "rpcbind answered {got:?} to client {} calling {server} over {t:?} ({})",
+                    client.link(),
+                    table[plain].name
+                );
+                let got = addr_of(&seen.calls[&(server, t, false, hinted)].out);
+                assert_eq!(
+                    got,
+                    format!("169.254.2.1.{port}"),
+                    "rpcbind's answer to client {} calling {server} over {t:?} ({})",
+                    client.link(),
+                    table[hinted].name
+                );
+            }
+        }
+    }
+    let per_client = direct[0]
+        .calls
+        .iter()
+        .filter(|(k, d)| direct[1].calls[*k] != **d && table[k.3].compare == Compare::Bytes)
+        .count();
+    println!("rpcbind answered {per_client} calls differently to the two clients");
+    let listing = &direct[0].rpcinfo[0].1;
+    assert!(
+        listing.contains("portmapper") && listing.contains("300001"),
+        "rpcinfo -p from client 1: {listing}"
+    );
+}
+
+#[test]
+fn remote_clients_get_byte_identical_answers() {
+    run_without_proxy(|mut sb| async move {
+        register(&sb).await;
+        let clients = attach(&sb, &SERVED_LINKS).await;
+        let table = cases();
+        let direct = look(&clients, &table).await;
+        check_rpcbinds_own_answers(&clients, &table, &direct);
+
+        start_server_mode(&mut sb).await;
+        let before = proxy_requests(&sb).await;
+        let proxied = look(&clients, &table).await;
+        let counted = proxy_requests(&sb).await - before;
+
+        let mut problems = Vec::new();
+        let mut transcripts = Vec::new();
+        for ((client, d), p) in clients.iter().zip(&direct).zip(&proxied) {
+            problems.extend(differences(client, &table, &d.calls, &p.calls));
+            transcripts.extend(transcript_differences(client, &d.rpcinfo, &p.rpcinfo));
+        }
+        let sent: usize = proxied.iter().map(|s| s.calls.len()).sum();
+        println!(
+            "{sent} calls and {} rpcinfo commands from {} clients; the proxy counted {counted} requests",
+            rpcinfo_commands().len() * clients.len(),
+            clients.len()
+        );
+        assert_no_differences("raw calls", &problems);
+        assert!(
+            transcripts.is_empty(),
+            "{} rpcinfo commands print differently:\n{}",
+            transcripts.len(),
+            transcripts.join("\n")
+        );
+        // The comparison proves nothing unless the proxy answered.
+        assert!(
+            counted >= sent as u64,
+            "the proxy counted {counted} requests for the {sent} calls sent to port 111"
+        );
+    });
+}
+
+#[test]
+fn remote_set_and_unset_are_refused_as_rpcbind_refuses_them() {
+    run_without_proxy(|mut sb| async move {
+        register(&sb).await;
+        let clients = attach(&sb, &[1]).await;
+        let client = &clients[0];
+        let table = set_unset_calls();
+        let servers = server_addrs(1);
+        let registrations = sb.rpcbind_dump().await;
+
+        let direct = pass(client, &servers, &table, true).await;
+        assert_eq!(
+            sb.rpcbind_dump().await,
+            registrations,
+            "rpcbind took a remote registration"
+        );
+        // rpcbind refuses a remote caller's SET/UNSET with AUTH_ERROR
+        // (AUTH_TOOWEAK), from a reserved port too.
+        for (key, Answer { out, .. }) in &direct {
+            assert_eq!(
+                out.reply(),
+                Some(Ok(Reply::AuthError(AUTH_TOOWEAK))),
+                "rpcbind's answer to {} from client 1 to {} over {:?}: {out}",
+                table[key.3].name,
+                key.0,
+                key.1
+            );
+        }
+
+        start_server_mode(&mut sb).await;
+        let before = proxy_requests(&sb).await;
+        let proxied = pass(client, &servers, &table, true).await;
+        let counted = proxy_requests(&sb).await - before;
+        assert_no_differences("SET/UNSET", &differences(client, &table, &direct, &proxied));
+        assert_eq!(
+            sb.rpcbind_dump().await,
+            registrations,
+            "a remote SET/UNSET through the proxy changed rpcbind's registrations"
+        );
+        assert!(
+            counted >= proxied.len() as u64,
+            "the proxy counted {counted} requests for {} SET/UNSET calls",
+            proxied.len()
+        );
+        println!(
+            "{} remote SET/UNSET calls refused as rpcbind refuses them",
+            proxied.len()
+        );
+    });
+}
+
+/// Whether the server's namespace has the proxy's table, from `nft list
+/// tables`.
+async fn nft_has_table(sb: &Sandbox) -> bool {
+    let out = sb.run_in_ns(&["nft", "list", "tables"]).await;
+    assert!(
+        out.status.success(),
+        "nft list tables: {}",
+        transcript(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == format!("table inet {INTERCEPT_TABLE}"))
+}
+
+#[test]
+fn a_killed_proxy_hands_remote_clients_back_to_rpcbind() {
+    run_without_proxy(|mut sb| async move {
+        register(&sb).await;
+        let clients = attach(&sb, &[1]).await;
+        let client = &clients[0];
+        let server = server_addrs(1)[0].to_string();
+        let listing = ["rpcinfo", "-p", server.as_str()];
+        let udp = ["rpcinfo", "-T", "udp", server.as_str(), "100000"];
+        let direct = transcript(&client.run(&listing).await);
+        assert!(direct.contains("portmapper"), "rpcinfo -p: {direct}");
+        assert!(!nft_has_table(&sb).await, "a table before the proxy ran");
+
+        start_server_mode(&mut sb).await;
+        assert!(nft_has_table(&sb).await, "no table while the proxy runs");
+        let before = proxy_requests(&sb).await;
+        assert_eq!(transcript(&client.run(&listing).await), direct);
+        assert!(
+            proxy_requests(&sb).await > before,
+            "rpcinfo -p {server} did not reach the proxy"
+        );
+
+        sb.kill_proxy().await;
+        assert!(
+            !nft_has_table(&sb).await,
+            "the table outlived the SIGKILLed proxy"
+        );
+        let after = client.run(&listing).await;
+        assert_eq!(
+            transcript(&after),
+            direct,
+            "rpcinfo -p {server} straight after the SIGKILL"
+        );
+        let after = client.run(&udp).await;
+        assert!(
+            after.status.success(),
+            "rpcinfo -T udp straight after the SIGKILL: {}",
+            transcript(&after)
+        );
+    });
+}
+
+/// [`ONE_SHOT`] GETPORT calls from `client` to `server`:111 over TCP, each
+/// on a connection of its own; every answer must be portmapper's port.
+async fn one_shot_lookups(client: &Client, server: IpAddr) {
+    let run = client.within(move || async move {
+        let sem = Arc::new(Semaphore::new(8));
+        let mut set = JoinSet::new();
+        for _ in 0..ONE_SHOT {
+            let sem = Arc::clone(&sem);
+            set.spawn(async move {
+                let _permit = sem.acquire().await.unwrap();
+                let call = Call::rpcb(2, PMAPPROC_GETPORT, pmap_args(PMAP_PROG, 2, IPPROTO_TCP, 0));
+                call_from(port_111(server), Transport::Tcp, false, &call).await
+            });
+        }
+        let mut wrong = Vec::new();
+        while let Some(r) = set.join_next().await {
+            let out = r.expect("a lookup's task panicked");
+            if out.results().and_then(|r| decode_u32(&r).ok()) != Some(111) {
+                wrong.push(out.to_string());
+            }
+        }
+        wrong
+    });
+    let wrong = tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("{ONE_SHOT} lookups took over {WAIT:?}"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {ONE_SHOT} lookups went wrong, e.g. {}",
+        wrong.len(),
+        wrong[0]
+    );
+}
+
+#[test]
+fn one_shot_remote_lookups_leave_no_time_wait_on_the_client() {
+    run_without_proxy(|mut sb| async move {
+        let clients = attach(&sb, &[1]).await;
+        let client = &clients[0];
+        let server = server_addrs(1)[0];
+
+        start_server_mode(&mut sb).await;
+        let before = proxy_requests(&sb).await;
+        one_shot_lookups(client, server).await;
+        let counted = proxy_requests(&sb).await - before;
+        let through = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await;
+        sb.wait_tcp_settled(None, WAIT).await.unwrap();
+        let server_side = sb.time_wait_count(None);
+        stop_server_mode(&mut sb).await;
+
+        one_shot_lookups(client, server).await;
+        let direct = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await;
+        println!(
+            "{ONE_SHOT} one-shot lookups from client 1: {through} TIME_WAIT through the proxy \
+             ({counted} requests counted, {server_side} TIME_WAIT on the server), {direct} directly"
+        );
+        assert!(
+            counted >= ONE_SHOT as u64,
+            "the proxy counted {counted} of {ONE_SHOT} lookups"
+        );
+        assert_eq!(
+            through, 0,
+            "TIME_WAIT sockets on the client through the proxy"
+        );
+        assert_eq!(
+            server_side, 0,
+            "TIME_WAIT sockets on the server through the proxy"
+        );
+        // The check can fail: rpcbind itself leaves one per lookup.
+        assert!(
+            direct >= ONE_SHOT * 9 / 10,
+            "only {direct} TIME_WAIT after {ONE_SHOT} direct lookups: the check cannot tell"
+        );
+    });
+}
+
+#[test]
+fn clients_on_interfaces_not_named_reach_rpcbind_itself() {
+    run_without_proxy(|mut sb| async move {
+        register(&sb).await;
+        let clients = attach(&sb, &[1, UNSERVED_LINK]).await;
+        let (served, unserved) = (&clients[0], &clients[1]);
+        let table: Vec<Case> = cases()
+            .into_iter()
+            .filter(|c| c.name.starts_with("GETADDR v4") || c.name.starts_with("NULL"))
+            .collect();
+        // From the unserved link, to its own server address and to one of
+        // a served link (which it reaches through its own interface).
+        let targets = [
+            server_addrs(UNSERVED_LINK)[0],
+            server_addrs(1)[0],
+            server_addrs(1)[1],
+        ];
+        let direct = pass(unserved, &targets, &table, false).await;
+
+        start_server_mode(&mut sb).await;
+        let before = proxy_requests(&sb).await;
+        let proxied = pass(unserved, &targets, &table, false).await;
+        let listing = unserved
+            .run(&["rpcinfo", "-p", &server_addrs(UNSERVED_LINK)[0].to_string()])
+            .await;
+        let counted = proxy_requests(&sb).await - before;
+        assert!(
+            listing.status.success(),
+            "rpcinfo -p from the unserved link: {}",
+            transcript(&listing)
+        );
+        assert_eq!(
+            counted, 0,
+            "the proxy answered {counted} calls from an interface it was not given"
+        );
+        assert_no_differences(
+            "unserved link",
+            &differences(unserved, &table, &direct, &proxied),
+        );
+        // The counter does move for a served link's client.
+        let call = Call::rpcb(4, RPCBPROC_GETADDR, rpcb_args(300_001, 1, "tcp", "", ""));
+        let out = served
+            .call(port_111(server_addrs(1)[0]), Transport::Tcp, false, &call)
+            .await;
+        assert!(out.is_success(), "client 1 through the proxy: {out}");
+        assert!(
+            proxy_requests(&sb).await > before,
+            "a served client's call did not reach the proxy either"
+        );
+    });
+}
