@@ -146,6 +146,17 @@ pub struct Settings {
                                       "which the redirect lets through"),
                               Mark(DEFAULT_INTERCEPT_MARK)))]
     pub intercept_mark: Option<Mark>,
+    // Set by the flag alone (`--intercept-remote`) or `intercept-remote = true`.
+    #[arg(long, num_args = 0, default_missing_value = "true",
+          help = concat!("Server mode: catch other hosts' traffic to this host's port 111 arriving on ",
+                         "the --remote-interface interfaces, in the same kernel-removed nftables ",
+                         "table; the proxy answers them as rpcbind would and refuses their ",
+                         "registrations. Read at start only"))]
+    pub intercept_remote: Option<bool>,
+    #[arg(long, value_name = "IF", value_parser = interface_arg,
+          help = concat!("An interface whose port-111 traffic server mode catches (repeatable; ",
+                         "none unless given: --intercept-remote needs at least one)"))]
+    pub remote_interface: Option<Vec<String>>,
     // On by default; off with `--no-attribution` or `attribution = false`.
     #[arg(long = "no-attribution", num_args = 0, default_missing_value = "false",
           help = concat!("Do not name the process, user and systemd unit behind each client ",
@@ -264,6 +275,27 @@ pub(crate) fn count_arg(s: &str) -> Result<usize, String> {
     parsed(s, "expected a whole number, 0 or more, e.g. 4096")
 }
 
+/// A network interface name as Linux takes one (`dev_valid_name`): 1 to 15
+/// bytes, not `.` or `..`, without `/`, `:` or white space.
+pub fn interface_arg(s: &str) -> Result<String, String> {
+    let valid = (1..IFNAMSIZ).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "bad interface name {s:?}: expected a network interface's name, 1 to 15 characters without '/', ':' or spaces, e.g. eth0"
+        ))
+    }
+}
+
+/// Linux's interface name size, terminating NUL included.
+pub const IFNAMSIZ: usize = 16;
+
 /// A port on the command line (0 is refused with the file's value).
 fn port_arg(s: &str) -> Result<u16, String> {
     parsed(s, "expected a port number from 1 to 65535")
@@ -345,7 +377,8 @@ pub fn expected(key: &str) -> Option<String> {
             threads.end()
         ),
         "log-level" => LOG_LEVELS.into(),
-        "intercept" | "attribution" | "attribution-ebpf" => "true or false".into(),
+        "intercept" | "intercept-remote" | "attribution" | "attribution-ebpf" => "true or false".into(),
+        "remote-interface" => "a list of interface names in quotes, each 1 to 15 characters without '/', ':' or spaces, e.g. [\"eth0\"]".into(),
         "metrics" => "a \"tcp:IP:PORT\" string, e.g. \"tcp:127.0.0.1:9111\"".into(),
         "intercept-mark" => "a non-zero 32-bit number, decimal or a \"0x...\" hex string".into(),
         _ => return None,

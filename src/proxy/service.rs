@@ -367,7 +367,9 @@ impl Proxy {
         let reply = |stat, body: &[u8]| Outcome::Reply(request.reply(stat, body));
         match (answer, request.args) {
             (LocalAnswer::NoReply, _) => Outcome::NoReply,
-            (LocalAnswer::False, _) => reply(AcceptStat::Success, &[0, 0, 0, 0]),
+            (LocalAnswer::Declined, _) => {
+                Outcome::Reply(rpc::auth_error_reply(request.call.xid, AuthStat::TooWeak))
+            }
             (LocalAnswer::RemoteCallUdp, Args::RemoteCall(rc))
                 if !callit_allowed(rc.prog, rc.procedure) =>
             {
