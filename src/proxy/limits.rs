@@ -130,7 +130,8 @@ impl std::fmt::Display for Owner {
         match self {
             Owner::Uid(uid) => write!(f, "uid {uid}"),
             Owner::LocalTcp { client, .. } => write!(f, "the local TCP client {client}"),
-            Owner::OtherIp => f.write_str("a TCP client of another host"),
+            Owner::Remote(ip) => write!(f, "host {ip}"),
+            Owner::OtherIp => f.write_str("an unidentified local TCP client"),
         }
     }
 }
@@ -319,35 +320,55 @@ pub enum Owner {
         client: SocketAddr,
         server: SocketAddr,
     },
-    /// TCP clients of other hosts, and local ones whose socket could not be
-    /// found: one class, as if one user.
+    /// A client of another host (server mode), by its address: each host
+    /// has its share, as each user has, so one host's connections cannot
+    /// lock the others out.
+    Remote(std::net::IpAddr),
+    /// Local TCP clients whose socket could not be found: one class, as if
+    /// one user.
     OtherIp,
 }
 
+/// What the connection limit's share is counted by: a user, another host,
+/// or the one class of unknown local clients. Ordered, so that among
+/// owners holding as many the choice does not depend on a map's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ShareKey {
+    Uid(u32),
+    Remote(std::net::IpAddr),
+    Other,
+}
+
 impl Owner {
-    /// The owner of a unix client (its uid); for an IP peer, [`Owner::OtherIp`]
-    /// (TCP clients are classed by [`Owner::tcp`]).
+    /// The owner of a unix client (its uid); for a loopback IP peer,
+    /// [`Owner::OtherIp`], for another host's, [`Owner::Remote`] (TCP
+    /// clients are classed by [`Owner::tcp`]).
     pub fn of(peer: &Peer) -> Owner {
         match *peer {
             Peer::Unix { uid, .. } => Owner::Uid(uid),
-            Peer::Tcp(_) | Peer::Udp(_) => Owner::OtherIp,
+            Peer::Tcp(_) | Peer::Udp(_) => match peer.ip() {
+                Some(ip) if !ip.is_loopback() => Owner::Remote(ip),
+                _ => Owner::OtherIp,
+            },
         }
     }
 
     /// The owner of a TCP connection from `client` to `server`.
     pub fn tcp(client: SocketAddr, server: SocketAddr) -> Owner {
-        if client.ip().to_canonical().is_loopback() {
+        let ip = client.ip().to_canonical();
+        if ip.is_loopback() {
             Owner::LocalTcp { client, server }
         } else {
-            Owner::OtherIp
+            Owner::Remote(ip)
         }
     }
 
-    /// The share is counted per key: None for [`Owner::OtherIp`].
-    fn key(self) -> Option<u32> {
+    /// What the share is counted by.
+    fn key(self) -> ShareKey {
         match self {
-            Owner::Uid(uid) => Some(uid),
-            _ => None,
+            Owner::Uid(uid) => ShareKey::Uid(uid),
+            Owner::Remote(ip) => ShareKey::Remote(ip),
+            Owner::LocalTcp { .. } | Owner::OtherIp => ShareKey::Other,
         }
     }
 }
@@ -429,7 +450,7 @@ struct Conns {
     free: Vec<usize>,
     live: usize,
     /// Connections per owner key (resolved owners only).
-    counts: HashMap<Option<u32>, usize>,
+    counts: HashMap<ShareKey, usize>,
     /// Entries whose owner is an unresolved [`Owner::LocalTcp`].
     pending: usize,
     /// Opened the first time a local TCP owner is looked up; None after
@@ -535,7 +556,7 @@ impl Conns {
     /// The connection to close to admit a client of `key` (see
     /// [`Limits::admit`]): the longest-idle one, without calls in flight,
     /// of the owner the share points at.
-    fn victim(&self, key: Option<u32>, max: usize) -> Option<usize> {
+    fn victim(&self, key: ShareKey, max: usize) -> Option<usize> {
         let own = self.counts.get(&key).copied().unwrap_or(0);
         let owners = self.counts.len() + usize::from(own == 0);
         let share = (max / owners).max(1);
@@ -639,6 +660,38 @@ mod tests {
         assert!(!new.is_evicted());
         assert_eq!(l.connections_evicted.load(Ordering::Relaxed), 1);
         assert_eq!(l.connections_refused.load(Ordering::Relaxed), 0);
+    }
+
+    /// Server mode: each other host has its share, as each user has. A
+    /// host flooding the limit with idle connections evicts only its own
+    /// once it holds its share, and a newcomer from another host takes
+    /// the flooder's idlest, never a third host's.
+    #[test]
+    fn each_remote_host_has_its_share() {
+        let l = limits(4);
+        let host = |n: u8| {
+            Owner::tcp(
+                ([169, 254, 1, n], 700).into(),
+                ([169, 254, 1, 1], 1112).into(),
+            )
+        };
+        let at = |a: Admitted, ms| {
+            a.touch(a.epoch + Duration::from_millis(ms));
+            a
+        };
+        let quiet = at(l.admit(host(2)).unwrap(), 0);
+        let mut flood: Vec<Admitted> = (1..4).map(|ms| at(l.admit(host(9)).unwrap(), ms)).collect();
+        for ms in 10..20 {
+            flood.push(at(l.admit(host(9)).unwrap(), ms));
+        }
+        assert!(
+            !quiet.is_evicted(),
+            "the flooder took another host's connection"
+        );
+        let newcomer = at(l.admit(host(3)).unwrap(), 30);
+        assert!(!quiet.is_evicted() && !newcomer.is_evicted());
+        assert_eq!(l.connected(), 4);
+        assert_eq!(host(9).to_string(), "host 169.254.1.9");
     }
 
     #[test]
