@@ -220,7 +220,7 @@ impl Config {
         let l = &self.limits;
         let c = &self.cache;
         format!(
-            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, log-level {}",
+            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, remote-udp-amplification {}, log-level {}",
             human(c.ttl),
             human(c.negative_ttl),
             human(c.serve_stale),
@@ -232,6 +232,7 @@ impl Config {
             human(l.idle_timeout),
             human(l.record_timeout),
             l.max_udp_reply,
+            l.remote_udp_amplification,
             self.log_level,
         )
     }
@@ -383,6 +384,10 @@ impl Config {
                 max_udp_reply: layered!(max_udp_reply).map_or(Ok(limits.max_udp_reply), |n| {
                     count("max-udp-reply", n, UDP_REPLY_RANGE)
                 })?,
+                remote_udp_amplification: layered!(remote_udp_amplification)
+                    .map_or(Ok(limits.remote_udp_amplification), |n| {
+                        count("remote-udp-amplification", n, AMPLIFICATION_RANGE)
+                    })?,
             },
         })
     }

@@ -51,6 +51,8 @@ pub const MAX_AUTO_THREADS: usize = 4;
 /// Bounds on counts that size things: a typo's extra zeros are refused.
 pub const ENTRIES_RANGE: RangeInclusive<usize> = 1..=1 << 24;
 pub const THREADS_RANGE: RangeInclusive<usize> = 0..=1024;
+/// How many times a call's size a reply to another host's UDP call may be.
+pub const AMPLIFICATION_RANGE: RangeInclusive<usize> = 1..=1000;
 /// Below 512 a datagram could not hold a DUMP header; above 65507 it is no
 /// longer one UDP/IPv4 datagram.
 pub const UDP_REPLY_RANGE: RangeInclusive<usize> = 512..=65507;
@@ -125,6 +127,13 @@ pub struct Settings {
                                       "what rpcbind sends then"),
                               format!("{}, rpcbind's own", LimitsConfig::DEFAULT.max_udp_reply)))]
     pub max_udp_reply: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
+          help = with_default(concat!("Server mode: a reply to another host's UDP call is at most N ",
+                                      "times the call's size (a DUMP is the classic reflection); a ",
+                                      "bigger one gets what a reply too large for UDP gets, and the ",
+                                      "client asks again over TCP"),
+                              LimitsConfig::DEFAULT.remote_udp_amplification))]
+    pub remote_udp_amplification: Option<usize>,
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
           help = format!("Threads serving unix and TCP clients, the stream loops (0: one per CPU, \
                           at most {MAX_AUTO_THREADS}) [default: {DEFAULT_THREADS}]. UDP clients \
@@ -371,6 +380,11 @@ pub fn expected(key: &str) -> Option<String> {
         ),
         "max-connections" | "max-in-flight" => "a whole number, 1 or more".into(),
         "max-udp-reply" => format!("a number of bytes from {} to {}", udp.start(), udp.end()),
+        "remote-udp-amplification" => format!(
+            "a whole number from {} to {} (times the call's size)",
+            AMPLIFICATION_RANGE.start(),
+            AMPLIFICATION_RANGE.end()
+        ),
         "threads" => format!(
             "a whole number from {} (one per CPU, at most {MAX_AUTO_THREADS}) to {}",
             threads.start(),

@@ -39,6 +39,12 @@ pub struct LimitsConfig {
     /// rpcbind sends then (v2: nothing, v3/v4: SYSTEM_ERR). rpcbind's own
     /// limit is 9000 bytes (RPC_MAXDATASIZE), the default.
     pub max_udp_reply: usize,
+    /// Server mode's amplification bound: a reply to another host's UDP
+    /// call is at most this many times the call's size; a bigger one gets
+    /// what a reply too large for a datagram gets (`max_udp_reply`). The
+    /// classic portmapper reflection is a small DUMP answered with a list
+    /// many times its size.
+    pub remote_udp_amplification: usize,
 }
 
 impl LimitsConfig {
@@ -49,6 +55,7 @@ impl LimitsConfig {
         idle_timeout: Duration::from_secs(120),
         record_timeout: Duration::from_secs(10),
         max_udp_reply: 9000,
+        remote_udp_amplification: 1,
     };
 }
 
@@ -66,6 +73,7 @@ pub struct Limits {
     idle_timeout_ms: AtomicU64,
     record_timeout_ms: AtomicU64,
     max_udp_reply: AtomicUsize,
+    remote_udp_amplification: AtomicUsize,
     /// Clients turned away at the connection limit: nothing could be
     /// evicted for them (a limit of 0, or every connection they could take
     /// has calls in flight).
@@ -79,6 +87,9 @@ pub struct Limits {
     pub idle_closed: AtomicU64,
     pub record_timeouts: AtomicU64,
     pub udp_too_large: AtomicU64,
+    /// Replies to other hosts' UDP calls held back by the amplification
+    /// bound.
+    pub amplification_refused: AtomicU64,
     conns: Arc<Mutex<Conns>>,
     /// Says refused connections: the first at once, then one line per
     /// window with how many.
@@ -177,6 +188,7 @@ impl Limits {
             idle_timeout_ms: AtomicU64::new(0),
             record_timeout_ms: AtomicU64::new(0),
             max_udp_reply: AtomicUsize::new(0),
+            remote_udp_amplification: AtomicUsize::new(1),
             connections_refused: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             udp_dropped: AtomicU64::new(0),
@@ -184,6 +196,7 @@ impl Limits {
             idle_closed: AtomicU64::new(0),
             record_timeouts: AtomicU64::new(0),
             udp_too_large: AtomicU64::new(0),
+            amplification_refused: AtomicU64::new(0),
             conns: Arc::new(Mutex::new(Conns::new())),
             refused_log,
         };
@@ -201,6 +214,8 @@ impl Limits {
         self.record_timeout_ms
             .store(c.record_timeout.as_millis() as u64, Ordering::Relaxed);
         self.max_udp_reply.store(c.max_udp_reply, Ordering::Relaxed);
+        self.remote_udp_amplification
+            .store(c.remote_udp_amplification.max(1), Ordering::Relaxed);
     }
 
     pub fn get(&self) -> LimitsConfig {
@@ -210,6 +225,24 @@ impl Limits {
             idle_timeout: self.idle_timeout(),
             record_timeout: self.record_timeout(),
             max_udp_reply: self.max_udp_reply(),
+            remote_udp_amplification: self.remote_udp_amplification.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a reply of `reply` bytes to a UDP call of `call` bytes from
+    /// `peer` may be sent as a datagram: at most `max_udp_reply`, and to
+    /// another host at most `remote_udp_amplification` times the call.
+    #[inline]
+    pub fn udp_reply_fits(&self, peer: &Peer, call: usize, reply: usize) -> bool {
+        if reply > self.max_udp_reply() {
+            return false;
+        }
+        match peer.ip() {
+            Some(ip) if !ip.is_loopback() => {
+                let factor = self.remote_udp_amplification.load(Ordering::Relaxed);
+                reply <= call.saturating_mul(factor)
+            }
+            _ => true,
         }
     }
 
@@ -660,6 +693,28 @@ mod tests {
         assert!(!new.is_evicted());
         assert_eq!(l.connections_evicted.load(Ordering::Relaxed), 1);
         assert_eq!(l.connections_refused.load(Ordering::Relaxed), 0);
+    }
+
+    /// A reply to another host's UDP call is bounded by the amplification
+    /// factor; loopback and unix callers only by `max_udp_reply`.
+    #[test]
+    fn udp_replies_to_other_hosts_are_bounded_by_the_call() {
+        let l = limits(8);
+        let remote = Peer::Udp(([169, 254, 1, 2], 800).into());
+        let mapped = Peer::Udp("[::ffff:169.254.1.2]:800".parse().unwrap());
+        let local = Peer::Udp(([127, 0, 0, 1], 800).into());
+        assert!(l.udp_reply_fits(&remote, 56, 56));
+        assert!(!l.udp_reply_fits(&remote, 56, 57));
+        assert!(!l.udp_reply_fits(&mapped, 56, 400));
+        assert!(l.udp_reply_fits(&local, 56, 4000));
+        assert!(!l.udp_reply_fits(&local, 56, 9001));
+        l.set(LimitsConfig {
+            remote_udp_amplification: 10,
+            ..LimitsConfig::default()
+        });
+        assert!(l.udp_reply_fits(&remote, 56, 560));
+        assert!(!l.udp_reply_fits(&remote, 56, 561));
+        assert!(!l.udp_reply_fits(&remote, 1000, 9001));
     }
 
     /// Server mode: each other host has its share, as each user has. A
