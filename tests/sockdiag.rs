@@ -242,6 +242,7 @@ fn intercept() -> InterceptTable {
             mark: 0x5250,
             ipv4: Some(r),
             ipv6: ipv6_loopback().then_some(r),
+            remote: None,
         },
         0,
     )

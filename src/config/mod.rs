@@ -50,6 +50,11 @@ pub struct Config {
     pub intercept: bool,
     /// The mark of the daemon's own upstream sockets in transparent mode.
     pub intercept_mark: u32,
+    /// Server mode: catch other hosts' traffic to port 111 on
+    /// `remote_interface`.
+    pub intercept_remote: bool,
+    /// The interfaces server mode catches traffic on (none by default).
+    pub remote_interface: Vec<String>,
     /// Name the process, user and unit behind each client (reloadable).
     pub attribution: bool,
     /// Load the eBPF recorder for attribution (at start).
@@ -169,7 +174,7 @@ pub enum Takes {
 /// The settings a reload cannot change: they shaped what the daemon bound,
 /// spawned or installed when it started. Every other setting is applied at
 /// a reload.
-pub const RESTART_ONLY: [&str; 9] = [
+pub const RESTART_ONLY: [&str; 11] = [
     "listen",
     "rpcbind-socket",
     "rpcbind-port",
@@ -177,6 +182,8 @@ pub const RESTART_ONLY: [&str; 9] = [
     "threads",
     "intercept",
     "intercept-mark",
+    "intercept-remote",
+    "remote-interface",
     "attribution-ebpf",
     "metrics",
 ];
@@ -213,7 +220,7 @@ impl Config {
         let l = &self.limits;
         let c = &self.cache;
         format!(
-            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, log-level {}",
+            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, remote-udp-amplification {}, log-level {}",
             human(c.ttl),
             human(c.negative_ttl),
             human(c.serve_stale),
@@ -225,6 +232,7 @@ impl Config {
             human(l.idle_timeout),
             human(l.record_timeout),
             l.max_udp_reply,
+            l.remote_udp_amplification,
             self.log_level,
         )
     }
@@ -304,6 +312,18 @@ impl Config {
             Some(l) => l,
             None => defaults.clone(),
         };
+        let remote_interface = layered!(remote_interface).unwrap_or_default();
+        for name in &remote_interface {
+            interface_arg(name).map_err(|_| bad("remote-interface", format!("{name:?}")))?;
+        }
+        let intercept_remote = layered!(intercept_remote).unwrap_or(false);
+        if intercept_remote && remote_interface.is_empty() {
+            return Err(ConfigError::Value {
+                key: "intercept-remote",
+                value: "true".into(),
+                why: "at least one remote-interface with it (server mode catches nothing unless told where)".into(),
+            });
+        }
         Ok(Config {
             listen_set: listen != defaults,
             listen,
@@ -341,6 +361,8 @@ impl Config {
                 .map_or(Ok(DEFAULT_THREADS), |n| count("threads", n, THREADS_RANGE))?,
             intercept: layered!(intercept).unwrap_or(false),
             intercept_mark: layered!(intercept_mark).map_or(DEFAULT_INTERCEPT_MARK, |m| m.0),
+            intercept_remote,
+            remote_interface,
             attribution: layered!(attribution).unwrap_or(true),
             attribution_ebpf: layered!(attribution_ebpf).unwrap_or(true),
             metrics: layered!(metrics).map(|m| m.0),
@@ -362,6 +384,10 @@ impl Config {
                 max_udp_reply: layered!(max_udp_reply).map_or(Ok(limits.max_udp_reply), |n| {
                     count("max-udp-reply", n, UDP_REPLY_RANGE)
                 })?,
+                remote_udp_amplification: layered!(remote_udp_amplification)
+                    .map_or(Ok(limits.remote_udp_amplification), |n| {
+                        count("remote-udp-amplification", n, AMPLIFICATION_RANGE)
+                    })?,
             },
         })
     }

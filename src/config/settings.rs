@@ -51,6 +51,8 @@ pub const MAX_AUTO_THREADS: usize = 4;
 /// Bounds on counts that size things: a typo's extra zeros are refused.
 pub const ENTRIES_RANGE: RangeInclusive<usize> = 1..=1 << 24;
 pub const THREADS_RANGE: RangeInclusive<usize> = 0..=1024;
+/// How many times a call's size a reply to another host's UDP call may be.
+pub const AMPLIFICATION_RANGE: RangeInclusive<usize> = 1..=1000;
 /// Below 512 a datagram could not hold a DUMP header; above 65507 it is no
 /// longer one UDP/IPv4 datagram.
 pub const UDP_REPLY_RANGE: RangeInclusive<usize> = 512..=65507;
@@ -126,6 +128,13 @@ pub struct Settings {
                               format!("{}, rpcbind's own", LimitsConfig::DEFAULT.max_udp_reply)))]
     pub max_udp_reply: Option<usize>,
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
+          help = with_default(concat!("Server mode: a reply to another host's UDP call is at most N ",
+                                      "times the call's size (a DUMP is the classic reflection); a ",
+                                      "bigger one gets what a reply too large for UDP gets, and the ",
+                                      "client asks again over TCP"),
+                              LimitsConfig::DEFAULT.remote_udp_amplification))]
+    pub remote_udp_amplification: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
           help = format!("Threads serving unix and TCP clients, the stream loops (0: one per CPU, \
                           at most {MAX_AUTO_THREADS}) [default: {DEFAULT_THREADS}]. UDP clients \
                           and calls past the cache have one more thread. Read at start only"))]
@@ -146,6 +155,17 @@ pub struct Settings {
                                       "which the redirect lets through"),
                               Mark(DEFAULT_INTERCEPT_MARK)))]
     pub intercept_mark: Option<Mark>,
+    // Set by the flag alone (`--intercept-remote`) or `intercept-remote = true`.
+    #[arg(long, num_args = 0, default_missing_value = "true",
+          help = concat!("Server mode: catch other hosts' traffic to this host's port 111 arriving on ",
+                         "the --remote-interface interfaces, in the same kernel-removed nftables ",
+                         "table; the proxy answers them as rpcbind would and refuses their ",
+                         "registrations. Read at start only"))]
+    pub intercept_remote: Option<bool>,
+    #[arg(long, value_name = "IF", value_parser = interface_arg,
+          help = concat!("An interface whose port-111 traffic server mode catches (repeatable; ",
+                         "none unless given: --intercept-remote needs at least one)"))]
+    pub remote_interface: Option<Vec<String>>,
     // On by default; off with `--no-attribution` or `attribution = false`.
     #[arg(long = "no-attribution", num_args = 0, default_missing_value = "false",
           help = concat!("Do not name the process, user and systemd unit behind each client ",
@@ -264,6 +284,27 @@ pub(crate) fn count_arg(s: &str) -> Result<usize, String> {
     parsed(s, "expected a whole number, 0 or more, e.g. 4096")
 }
 
+/// A network interface name as Linux takes one (`dev_valid_name`): 1 to 15
+/// bytes, not `.` or `..`, without `/`, `:` or white space.
+pub fn interface_arg(s: &str) -> Result<String, String> {
+    let valid = (1..IFNAMSIZ).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "bad interface name {s:?}: expected a network interface's name, 1 to 15 characters without '/', ':' or spaces, e.g. eth0"
+        ))
+    }
+}
+
+/// Linux's interface name size, terminating NUL included.
+pub const IFNAMSIZ: usize = 16;
+
 /// A port on the command line (0 is refused with the file's value).
 fn port_arg(s: &str) -> Result<u16, String> {
     parsed(s, "expected a port number from 1 to 65535")
@@ -339,13 +380,19 @@ pub fn expected(key: &str) -> Option<String> {
         ),
         "max-connections" | "max-in-flight" => "a whole number, 1 or more".into(),
         "max-udp-reply" => format!("a number of bytes from {} to {}", udp.start(), udp.end()),
+        "remote-udp-amplification" => format!(
+            "a whole number from {} to {} (times the call's size)",
+            AMPLIFICATION_RANGE.start(),
+            AMPLIFICATION_RANGE.end()
+        ),
         "threads" => format!(
             "a whole number from {} (one per CPU, at most {MAX_AUTO_THREADS}) to {}",
             threads.start(),
             threads.end()
         ),
         "log-level" => LOG_LEVELS.into(),
-        "intercept" | "attribution" | "attribution-ebpf" => "true or false".into(),
+        "intercept" | "intercept-remote" | "attribution" | "attribution-ebpf" => "true or false".into(),
+        "remote-interface" => "a list of interface names in quotes, each 1 to 15 characters without '/', ':' or spaces, e.g. [\"eth0\"]".into(),
         "metrics" => "a \"tcp:IP:PORT\" string, e.g. \"tcp:127.0.0.1:9111\"".into(),
         "intercept-mark" => "a non-zero 32-bit number, decimal or a \"0x...\" hex string".into(),
         _ => return None,

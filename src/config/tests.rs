@@ -275,3 +275,35 @@ fn a_metrics_address_is_read_by_the_listener_parser() {
         );
     }
 }
+
+#[test]
+fn server_mode_needs_an_interface_and_takes_only_valid_names() {
+    let c = Config::resolve(
+        file("intercept-remote = true\nremote-interface = [\"eth0\", \"bond0.12\"]\n"),
+        Settings::default(),
+    )
+    .unwrap();
+    assert!(c.intercept_remote);
+    assert_eq!(c.remote_interface, ["eth0", "bond0.12"]);
+    let c = Config::resolve(
+        Settings::default(),
+        flags(&[
+            "--intercept-remote",
+            "--remote-interface",
+            "eth1",
+            "--remote-interface",
+            "eth2",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.remote_interface, ["eth1", "eth2"]);
+    let e = file_error("intercept-remote = true\n");
+    assert!(e.to_string().contains("remote-interface"), "{e}");
+    let e = Config::resolve(Settings::default(), flags(&["--intercept-remote"])).unwrap_err();
+    assert!(e.to_string().contains("remote-interface"), "{e}");
+    for bad in ["", "a/b", "eth 0", "x:1", "sixteen-letters!"] {
+        let e = file_error(&format!("remote-interface = [{bad:?}]\n"));
+        assert!(e.to_string().contains("remote-interface"), "{bad:?}: {e}");
+        assert!(interface_arg(bad).unwrap_err().contains("eth0"));
+    }
+}

@@ -41,6 +41,8 @@ pub enum StartError {
     Intercept(NetfilterError),
     #[error("--intercept needs a tcp and a udp listener on 127.0.0.1 to redirect port 111 to (e.g. --listen tcp:127.0.0.1:1111 --listen udp:127.0.0.1:1111)")]
     InterceptListeners,
+    #[error("server mode (intercept-remote) has no tcp and udp listener pair on 0.0.0.0 or [::] to send the network's port-111 traffic to")]
+    RemoteListeners,
     #[error("rpcbind-socket {0} is also one of the proxy's listeners: the proxy would forward to itself (in transparent mode rpcbind listens elsewhere, e.g. /run/rpcbind/upstream.sock)")]
     SelfLoop(std::path::PathBuf),
 }
@@ -55,6 +57,7 @@ impl StartError {
             StartError::Config(_)
             | StartError::Spec(_)
             | StartError::InterceptListeners
+            | StartError::RemoteListeners
             | StartError::SelfLoop(_) => crate::cli::EXIT_USAGE,
             _ => crate::cli::EXIT_FAILURE,
         }

@@ -27,7 +27,9 @@ use super::control;
 use super::error::StartError;
 use super::reload::apply;
 use super::supervise::supervise;
-use super::transparent::{intercept_rules, keep_nat_hooks, stand_in_socket, INTERCEPT_TABLE};
+use super::transparent::{
+    intercept_rules, keep_nat_hooks, remote_redirect, stand_in_socket, INTERCEPT_TABLE, REMOTE_PORT,
+};
 
 /// How long a stopping daemon waits for calls in flight.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -108,7 +110,10 @@ impl Daemon {
         // NAT kept alive would send such a flow (a root client's UDP lookups
         // reuse their source ports) to a closed port: refused.
         let held_by_systemd = !inherited.listeners.is_empty();
-        let bound = bind(&config, inherited.listeners).await?;
+        let mut bound = bind(&config, inherited.listeners).await?;
+        if config.intercept_remote {
+            bound.extend(remote_listeners(&bound, &config)?);
+        }
         let metrics_listener = metrics_listener(&config, inherited.metrics)?;
         // Said once the listeners are bound, so that a listener that cannot be
         // had stays the only line of a failed start.
@@ -119,11 +124,7 @@ impl Daemon {
         info!("settings: {}", config.summary());
         let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
         let public_socket = stand_in_socket(&specs, &config)?;
-        let redirects = if config.intercept {
-            Some(intercept_rules(&specs, config.intercept_mark)?)
-        } else {
-            None
-        };
+        let redirects = intercept_rules(&specs, &config)?;
         let proxy = build_proxy(&config, public_socket);
         super::attribution::start(&config, &specs, &proxy);
         raise_fd_limit();
@@ -179,7 +180,7 @@ impl Daemon {
             }
             let table = redirect(rules, listeners_up_to)?;
             *intercept.lock().unwrap_or_else(PoisonError::into_inner) = Some(table);
-            proxy.set_redirected(true);
+            proxy.set_redirected(config.intercept);
         }
         let probe_at = specs.iter().find_map(|s| match s {
             ListenSpec::Udp(a) if a.ip().is_loopback() => Some(*a),
@@ -440,8 +441,7 @@ fn control_context(
             })
             .collect(),
         rpcbind_port: config.rpcbind_port,
-        intercept: config
-            .intercept
+        intercept: (config.intercept || config.intercept_remote)
             .then(|| (intercept.clone(), config.intercept_mark)),
     })
 }
@@ -485,14 +485,41 @@ fn start_threads(
 /// (see ARCHITECTURE.md, "The order of a death").
 fn redirect(rules: &InterceptRules, listeners_up_to: RawFd) -> Result<InterceptTable, StartError> {
     let table = InterceptTable::install(rules, listeners_up_to).map_err(StartError::Intercept)?;
-    info!(
-        table = %format!("inet {INTERCEPT_TABLE}"),
-        mark = %format!("{:#x}", rules.mark),
-        ipv4 = %redirected_to(rules.ipv4),
-        ipv6 = %redirected_to(rules.ipv6),
-        "transparent mode: local traffic to port 111 is redirected here"
-    );
+    if rules.ipv4.is_some() {
+        info!(
+            table = %format!("inet {INTERCEPT_TABLE}"),
+            mark = %format!("{:#x}", rules.mark),
+            ipv4 = %redirected_to(rules.ipv4),
+            ipv6 = %redirected_to(rules.ipv6),
+            "transparent mode: local traffic to port 111 is redirected here"
+        );
+    }
+    if let Some(remote) = &rules.remote {
+        info!(
+            table = %format!("inet {INTERCEPT_TABLE}"),
+            interfaces = %remote.interfaces.join(","),
+            ipv4 = %redirected_to(remote.ipv4),
+            ipv6 = %redirected_to(remote.ipv6),
+            "server mode: other hosts' traffic to port 111 on these interfaces is redirected here"
+        );
+    }
     Ok(table)
+}
+
+/// Server mode's listeners, when those bound do not serve the network: a
+/// TCP and UDP pair on `[::]` (both families) at [`REMOTE_PORT`].
+fn remote_listeners(
+    bound: &[(ListenSpec, Bound)],
+    config: &Config,
+) -> Result<Vec<(ListenSpec, Bound)>, StartError> {
+    let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
+    if remote_redirect(&specs, &config.remote_interface).is_some() {
+        return Ok(Vec::new());
+    }
+    listen::bind_remote(REMOTE_PORT).map_err(|source| StartError::Listen {
+        spec: ListenSpec::Tcp((std::net::Ipv6Addr::UNSPECIFIED, REMOTE_PORT).into()),
+        source,
+    })
 }
 
 /// Where one family's port-111 traffic goes, as the log says it:

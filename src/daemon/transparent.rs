@@ -4,7 +4,7 @@
 use tracing::warn;
 
 use crate::config::{Config, NAT_KEEPER_TABLE};
-use crate::host::netfilter::{self, InterceptRules, Redirect};
+use crate::host::netfilter::{self, InterceptRules, Redirect, RemoteRedirect};
 use crate::proxy::listen::ListenSpec;
 
 use super::error::StartError;
@@ -58,33 +58,83 @@ pub(super) fn stand_in_socket(
         .map(std::path::Path::to_path_buf))
 }
 
-/// The redirect rules for the listeners at hand: IPv4 needs a TCP and a UDP
-/// listener on 127.0.0.1; IPv6 is redirected when there are both on [::1].
+/// The port server mode's listeners take when the configured ones do not
+/// serve the network (`tcp:[::]:1112`, `udp:[::]:1112`, both families).
+pub(super) const REMOTE_PORT: u16 = 1112;
+
+/// The redirect table for the listeners at hand, when transparent mode or
+/// server mode is on. Transparent mode: IPv4 needs a TCP and a UDP listener
+/// on 127.0.0.1; IPv6 is redirected when there are both on [::1]. Server
+/// mode: see [`remote_redirect`].
 pub(super) fn intercept_rules(
     specs: &[ListenSpec],
-    mark: u32,
-) -> Result<InterceptRules, StartError> {
-    let port = |want: fn(&ListenSpec) -> Option<std::net::SocketAddr>, ip: std::net::IpAddr| {
-        specs
-            .iter()
-            .filter_map(want)
-            .find(|a| a.ip() == ip)
-            .map(|a| a.port())
+    config: &Config,
+) -> Result<Option<InterceptRules>, StartError> {
+    if !config.intercept && !config.intercept_remote {
+        return Ok(None);
+    }
+    let (ipv4, ipv6) = if config.intercept {
+        local_redirects(specs)?
+    } else {
+        (None, None)
     };
-    let tcp = |s: &ListenSpec| match s {
-        ListenSpec::Tcp(a) => Some(*a),
-        _ => None,
+    let remote = if config.intercept_remote {
+        let remote = remote_redirect(specs, &config.remote_interface);
+        if remote.is_none() {
+            return Err(StartError::RemoteListeners);
+        }
+        remote
+    } else {
+        None
     };
-    let udp = |s: &ListenSpec| match s {
-        ListenSpec::Udp(a) => Some(*a),
-        _ => None,
+    Ok(Some(InterceptRules {
+        table: INTERCEPT_TABLE.to_string(),
+        mark: config.intercept_mark,
+        ipv4,
+        ipv6,
+        remote,
+    }))
+}
+
+/// The port of a TCP and of a UDP listener on `ip`, when there are both.
+fn pair_on(specs: &[ListenSpec], ip: std::net::IpAddr) -> Option<Redirect> {
+    let port = |udp: bool| {
+        specs.iter().find_map(|s| match s {
+            ListenSpec::Tcp(a) if !udp && a.ip() == ip => Some(a.port()),
+            ListenSpec::Udp(a) if udp && a.ip() == ip => Some(a.port()),
+            _ => None,
+        })
     };
-    let family = |ip: std::net::IpAddr| match (port(tcp, ip), port(udp, ip)) {
-        (Some(tcp_port), Some(udp_port)) => Some(Redirect { tcp_port, udp_port }),
-        _ => None,
-    };
-    let ipv4 = family(std::net::Ipv4Addr::LOCALHOST.into());
-    let ipv6 = family(std::net::Ipv6Addr::LOCALHOST.into());
+    Some(Redirect {
+        tcp_port: port(false)?,
+        udp_port: port(true)?,
+    })
+}
+
+/// Server mode's redirect: to a TCP and UDP listener pair on `0.0.0.0`
+/// (IPv4) and on `[::]` (IPv6, and IPv4 where there is no `0.0.0.0` pair:
+/// a `[::]` socket takes IPv4 unless made IPv6-only). None: no such pair,
+/// nothing to send the network to.
+pub(super) fn remote_redirect(
+    specs: &[ListenSpec],
+    interfaces: &[String],
+) -> Option<RemoteRedirect> {
+    let v4 = pair_on(specs, std::net::Ipv4Addr::UNSPECIFIED.into());
+    let v6 = pair_on(specs, std::net::Ipv6Addr::UNSPECIFIED.into());
+    let ipv4 = v4.or(v6);
+    ipv4.map(|ipv4| RemoteRedirect {
+        interfaces: interfaces.to_vec(),
+        ipv4: Some(ipv4),
+        ipv6: v6,
+    })
+}
+
+/// Transparent mode's redirects for IPv4 and IPv6 loopback.
+fn local_redirects(
+    specs: &[ListenSpec],
+) -> Result<(Option<Redirect>, Option<Redirect>), StartError> {
+    let ipv4 = pair_on(specs, std::net::Ipv4Addr::LOCALHOST.into());
+    let ipv6 = pair_on(specs, std::net::Ipv6Addr::LOCALHOST.into());
     if ipv4.is_none() {
         return Err(StartError::InterceptListeners);
     }
@@ -100,10 +150,5 @@ pub(super) fn intercept_rules(
             crate::config::DEFAULT_RPCBIND_SOCKET
         );
     }
-    Ok(InterceptRules {
-        table: INTERCEPT_TABLE.to_string(),
-        mark,
-        ipv4,
-        ipv6,
-    })
+    Ok((ipv4, ipv6))
 }

@@ -262,6 +262,56 @@ pub fn coarse_monotonic() -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// A socket on `[::]:port` that takes IPv4 too (IPV6_V6ONLY off, whatever
+/// the host's `net.ipv6.bindv6only` says): TCP (listening, SO_REUSEADDR as
+/// tokio's own listeners) or UDP, non-blocking and close-on-exec. Server
+/// mode's listeners, one per protocol for both families.
+pub fn bind_dual_stack(stream: bool, port: u16) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let kind = if stream {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    // SAFETY: socket() takes no pointers; the result is checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket() and nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &0)?;
+    if stream {
+        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &1)?;
+    }
+    // SAFETY: sockaddr_in6 is plain data; all zeroes is the wildcard `::`.
+    let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    addr.sin6_port = port.to_be();
+    // SAFETY: `addr` is a live sockaddr_in6 and the length is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in6).cast(),
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen() on our own descriptor; no pointers.
+    if stream && unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

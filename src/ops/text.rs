@@ -179,7 +179,7 @@ fn rpcbind_line(s: &Status) -> String {
 fn limits_line(l: &LimitsStatus) -> String {
     let secs = |s: f64| duration(Duration::from_secs_f64(s.max(0.0)));
     format!(
-        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), udp misses in flight {} (dropped {})",
+        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), remote-udp-amplification {} (refused {}), udp misses in flight {} (dropped {})",
         l.max_connections.limit,
         l.max_connections.refused,
         l.max_connections.evicted,
@@ -191,6 +191,8 @@ fn limits_line(l: &LimitsStatus) -> String {
         l.record_timeout.closed,
         l.max_udp_reply.limit,
         l.max_udp_reply.too_large,
+        l.remote_udp_amplification.limit,
+        l.remote_udp_amplification.refused,
         l.udp_in_flight.limit,
         l.udp_in_flight.dropped,
     )

@@ -39,6 +39,12 @@ pub struct LimitsConfig {
     /// rpcbind sends then (v2: nothing, v3/v4: SYSTEM_ERR). rpcbind's own
     /// limit is 9000 bytes (RPC_MAXDATASIZE), the default.
     pub max_udp_reply: usize,
+    /// Server mode's amplification bound: a reply to another host's UDP
+    /// call is at most this many times the call's size; a bigger one gets
+    /// what a reply too large for a datagram gets (`max_udp_reply`). The
+    /// classic portmapper reflection is a small DUMP answered with a list
+    /// many times its size.
+    pub remote_udp_amplification: usize,
 }
 
 impl LimitsConfig {
@@ -49,6 +55,7 @@ impl LimitsConfig {
         idle_timeout: Duration::from_secs(120),
         record_timeout: Duration::from_secs(10),
         max_udp_reply: 9000,
+        remote_udp_amplification: 1,
     };
 }
 
@@ -66,6 +73,7 @@ pub struct Limits {
     idle_timeout_ms: AtomicU64,
     record_timeout_ms: AtomicU64,
     max_udp_reply: AtomicUsize,
+    remote_udp_amplification: AtomicUsize,
     /// Clients turned away at the connection limit: nothing could be
     /// evicted for them (a limit of 0, or every connection they could take
     /// has calls in flight).
@@ -79,6 +87,9 @@ pub struct Limits {
     pub idle_closed: AtomicU64,
     pub record_timeouts: AtomicU64,
     pub udp_too_large: AtomicU64,
+    /// Replies to other hosts' UDP calls held back by the amplification
+    /// bound.
+    pub amplification_refused: AtomicU64,
     conns: Arc<Mutex<Conns>>,
     /// Says refused connections: the first at once, then one line per
     /// window with how many.
@@ -130,7 +141,8 @@ impl std::fmt::Display for Owner {
         match self {
             Owner::Uid(uid) => write!(f, "uid {uid}"),
             Owner::LocalTcp { client, .. } => write!(f, "the local TCP client {client}"),
-            Owner::OtherIp => f.write_str("a TCP client of another host"),
+            Owner::Remote(ip) => write!(f, "host {ip}"),
+            Owner::OtherIp => f.write_str("an unidentified local TCP client"),
         }
     }
 }
@@ -176,6 +188,7 @@ impl Limits {
             idle_timeout_ms: AtomicU64::new(0),
             record_timeout_ms: AtomicU64::new(0),
             max_udp_reply: AtomicUsize::new(0),
+            remote_udp_amplification: AtomicUsize::new(1),
             connections_refused: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             udp_dropped: AtomicU64::new(0),
@@ -183,6 +196,7 @@ impl Limits {
             idle_closed: AtomicU64::new(0),
             record_timeouts: AtomicU64::new(0),
             udp_too_large: AtomicU64::new(0),
+            amplification_refused: AtomicU64::new(0),
             conns: Arc::new(Mutex::new(Conns::new())),
             refused_log,
         };
@@ -200,6 +214,8 @@ impl Limits {
         self.record_timeout_ms
             .store(c.record_timeout.as_millis() as u64, Ordering::Relaxed);
         self.max_udp_reply.store(c.max_udp_reply, Ordering::Relaxed);
+        self.remote_udp_amplification
+            .store(c.remote_udp_amplification.max(1), Ordering::Relaxed);
     }
 
     pub fn get(&self) -> LimitsConfig {
@@ -209,6 +225,24 @@ impl Limits {
             idle_timeout: self.idle_timeout(),
             record_timeout: self.record_timeout(),
             max_udp_reply: self.max_udp_reply(),
+            remote_udp_amplification: self.remote_udp_amplification.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a reply of `reply` bytes to a UDP call of `call` bytes from
+    /// `peer` may be sent as a datagram: at most `max_udp_reply`, and to
+    /// another host at most `remote_udp_amplification` times the call.
+    #[inline]
+    pub fn udp_reply_fits(&self, peer: &Peer, call: usize, reply: usize) -> bool {
+        if reply > self.max_udp_reply() {
+            return false;
+        }
+        match peer.ip() {
+            Some(ip) if !ip.is_loopback() => {
+                let factor = self.remote_udp_amplification.load(Ordering::Relaxed);
+                reply <= call.saturating_mul(factor)
+            }
+            _ => true,
         }
     }
 
@@ -319,35 +353,55 @@ pub enum Owner {
         client: SocketAddr,
         server: SocketAddr,
     },
-    /// TCP clients of other hosts, and local ones whose socket could not be
-    /// found: one class, as if one user.
+    /// A client of another host (server mode), by its address: each host
+    /// has its share, as each user has, so one host's connections cannot
+    /// lock the others out.
+    Remote(std::net::IpAddr),
+    /// Local TCP clients whose socket could not be found: one class, as if
+    /// one user.
     OtherIp,
 }
 
+/// What the connection limit's share is counted by: a user, another host,
+/// or the one class of unknown local clients. Ordered, so that among
+/// owners holding as many the choice does not depend on a map's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ShareKey {
+    Uid(u32),
+    Remote(std::net::IpAddr),
+    Other,
+}
+
 impl Owner {
-    /// The owner of a unix client (its uid); for an IP peer, [`Owner::OtherIp`]
-    /// (TCP clients are classed by [`Owner::tcp`]).
+    /// The owner of a unix client (its uid); for a loopback IP peer,
+    /// [`Owner::OtherIp`], for another host's, [`Owner::Remote`] (TCP
+    /// clients are classed by [`Owner::tcp`]).
     pub fn of(peer: &Peer) -> Owner {
         match *peer {
             Peer::Unix { uid, .. } => Owner::Uid(uid),
-            Peer::Tcp(_) | Peer::Udp(_) => Owner::OtherIp,
+            Peer::Tcp(_) | Peer::Udp(_) => match peer.ip() {
+                Some(ip) if !ip.is_loopback() => Owner::Remote(ip),
+                _ => Owner::OtherIp,
+            },
         }
     }
 
     /// The owner of a TCP connection from `client` to `server`.
     pub fn tcp(client: SocketAddr, server: SocketAddr) -> Owner {
-        if client.ip().to_canonical().is_loopback() {
+        let ip = client.ip().to_canonical();
+        if ip.is_loopback() {
             Owner::LocalTcp { client, server }
         } else {
-            Owner::OtherIp
+            Owner::Remote(ip)
         }
     }
 
-    /// The share is counted per key: None for [`Owner::OtherIp`].
-    fn key(self) -> Option<u32> {
+    /// What the share is counted by.
+    fn key(self) -> ShareKey {
         match self {
-            Owner::Uid(uid) => Some(uid),
-            _ => None,
+            Owner::Uid(uid) => ShareKey::Uid(uid),
+            Owner::Remote(ip) => ShareKey::Remote(ip),
+            Owner::LocalTcp { .. } | Owner::OtherIp => ShareKey::Other,
         }
     }
 }
@@ -429,7 +483,7 @@ struct Conns {
     free: Vec<usize>,
     live: usize,
     /// Connections per owner key (resolved owners only).
-    counts: HashMap<Option<u32>, usize>,
+    counts: HashMap<ShareKey, usize>,
     /// Entries whose owner is an unresolved [`Owner::LocalTcp`].
     pending: usize,
     /// Opened the first time a local TCP owner is looked up; None after
@@ -535,7 +589,7 @@ impl Conns {
     /// The connection to close to admit a client of `key` (see
     /// [`Limits::admit`]): the longest-idle one, without calls in flight,
     /// of the owner the share points at.
-    fn victim(&self, key: Option<u32>, max: usize) -> Option<usize> {
+    fn victim(&self, key: ShareKey, max: usize) -> Option<usize> {
         let own = self.counts.get(&key).copied().unwrap_or(0);
         let owners = self.counts.len() + usize::from(own == 0);
         let share = (max / owners).max(1);
@@ -639,6 +693,60 @@ mod tests {
         assert!(!new.is_evicted());
         assert_eq!(l.connections_evicted.load(Ordering::Relaxed), 1);
         assert_eq!(l.connections_refused.load(Ordering::Relaxed), 0);
+    }
+
+    /// A reply to another host's UDP call is bounded by the amplification
+    /// factor; loopback and unix callers only by `max_udp_reply`.
+    #[test]
+    fn udp_replies_to_other_hosts_are_bounded_by_the_call() {
+        let l = limits(8);
+        let remote = Peer::Udp(([169, 254, 1, 2], 800).into());
+        let mapped = Peer::Udp("[::ffff:169.254.1.2]:800".parse().unwrap());
+        let local = Peer::Udp(([127, 0, 0, 1], 800).into());
+        assert!(l.udp_reply_fits(&remote, 56, 56));
+        assert!(!l.udp_reply_fits(&remote, 56, 57));
+        assert!(!l.udp_reply_fits(&mapped, 56, 400));
+        assert!(l.udp_reply_fits(&local, 56, 4000));
+        assert!(!l.udp_reply_fits(&local, 56, 9001));
+        l.set(LimitsConfig {
+            remote_udp_amplification: 10,
+            ..LimitsConfig::default()
+        });
+        assert!(l.udp_reply_fits(&remote, 56, 560));
+        assert!(!l.udp_reply_fits(&remote, 56, 561));
+        assert!(!l.udp_reply_fits(&remote, 1000, 9001));
+    }
+
+    /// Server mode: each other host has its share, as each user has. A
+    /// host flooding the limit with idle connections evicts only its own
+    /// once it holds its share, and a newcomer from another host takes
+    /// the flooder's idlest, never a third host's.
+    #[test]
+    fn each_remote_host_has_its_share() {
+        let l = limits(4);
+        let host = |n: u8| {
+            Owner::tcp(
+                ([169, 254, 1, n], 700).into(),
+                ([169, 254, 1, 1], 1112).into(),
+            )
+        };
+        let at = |a: Admitted, ms| {
+            a.touch(a.epoch + Duration::from_millis(ms));
+            a
+        };
+        let quiet = at(l.admit(host(2)).unwrap(), 0);
+        let mut flood: Vec<Admitted> = (1..4).map(|ms| at(l.admit(host(9)).unwrap(), ms)).collect();
+        for ms in 10..20 {
+            flood.push(at(l.admit(host(9)).unwrap(), ms));
+        }
+        assert!(
+            !quiet.is_evicted(),
+            "the flooder took another host's connection"
+        );
+        let newcomer = at(l.admit(host(3)).unwrap(), 30);
+        assert!(!quiet.is_evicted() && !newcomer.is_evicted());
+        assert_eq!(l.connected(), 4);
+        assert_eq!(host(9).to_string(), "host 169.254.1.9");
     }
 
     #[test]

@@ -113,8 +113,11 @@ pub enum LocalAnswer {
     /// `check_callit` forbids with AUTH_TOOWEAK; otherwise CALLIT and BCAST
     /// get silence and INDIRECT the verdict of `indirect_verdict`.
     RemoteCallUdp,
-    /// A SUCCESS reply carrying boolean false: a refused SET or UNSET.
-    False,
+    /// AUTH_ERROR with AUTH_TOOWEAK: rpcbind's `check_access` declining a
+    /// SET or UNSET from a non-loopback sender (measured: Debian's rpcbind
+    /// answers a remote caller's SET/UNSET of every version, over TCP and
+    /// UDP, from any port, so).
+    Declined,
 }
 
 /// Decides where a call goes.
@@ -186,7 +189,7 @@ fn registration_route(peer: &Peer) -> Route {
         Peer::Tcp(a) | Peer::Udp(a) => {
             if !a.ip().to_canonical().is_loopback() {
                 // rpcbind refuses registrations from other hosts.
-                Route::Local(LocalAnswer::False)
+                Route::Local(LocalAnswer::Declined)
             } else if a.port() < 1024 {
                 // A loopback caller on a reserved port is `superuser` to
                 // rpcbind; so is the proxy on its unix socket.
@@ -259,7 +262,7 @@ mod tests {
         );
         assert_eq!(
             route(set, &tcp("10.1.2.3:700")),
-            Route::Local(LocalAnswer::False)
+            Route::Local(LocalAnswer::Declined)
         );
     }
 

@@ -261,7 +261,7 @@ impl Proxy {
         let args = rpcb::decode_args(procedure, call.vers, call.args).ok()?;
         let key = request::cache_key(call.vers, procedure, verf, &args, class, &peer)?;
         let reply = self.cache.hit(key)?;
-        if peer.is_datagram() && reply.len() > self.limits.max_udp_reply() {
+        if peer.is_datagram() && !self.limits.udp_reply_fits(&peer, record.len(), reply.len()) {
             return None;
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -313,10 +313,19 @@ impl Proxy {
         }
         match outcome {
             Outcome::Reply(ref r) | Outcome::Shared(ref r, _)
-                if peer.is_datagram() && r.len() > self.limits.max_udp_reply() =>
+                if peer.is_datagram()
+                    && !self.limits.udp_reply_fits(&peer, record.len(), r.len()) =>
             {
+                let counter = if r.len() <= self.limits.max_udp_reply() {
+                    &self.limits.amplification_refused
+                } else {
+                    &self.limits.udp_too_large
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 // rpcbind cannot send this as a datagram: PMAP v2 sends
-                // nothing, v3/v4 answer SYSTEM_ERR.
+                // nothing, v3/v4 answer SYSTEM_ERR. A reply to another
+                // host beyond the amplification bound is held back the
+                // same way.
                 if call.vers == 2 {
                     Outcome::NoReply
                 } else {
@@ -367,7 +376,9 @@ impl Proxy {
         let reply = |stat, body: &[u8]| Outcome::Reply(request.reply(stat, body));
         match (answer, request.args) {
             (LocalAnswer::NoReply, _) => Outcome::NoReply,
-            (LocalAnswer::False, _) => reply(AcceptStat::Success, &[0, 0, 0, 0]),
+            (LocalAnswer::Declined, _) => {
+                Outcome::Reply(rpc::auth_error_reply(request.call.xid, AuthStat::TooWeak))
+            }
             (LocalAnswer::RemoteCallUdp, Args::RemoteCall(rc))
                 if !callit_allowed(rc.prog, rc.procedure) =>
             {

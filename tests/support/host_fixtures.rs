@@ -266,5 +266,6 @@ pub fn redirect_rules(
         mark,
         ipv4: Some(r),
         ipv6: ipv6.then_some(r),
+        remote: None,
     }
 }

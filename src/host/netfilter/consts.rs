@@ -103,6 +103,26 @@ pub(super) const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
 
 pub(super) const NFT_REG_VERDICT: u32 = 0;
 pub(super) const NFT_REG_1: u32 = 1;
+pub(super) const NFT_REG_2: u32 = 2;
+
+pub(super) const NF_INET_PRE_ROUTING: u32 = 0;
+pub(super) const NFT_META_IIFNAME: u32 = 6;
+
+pub(super) const NFTA_FIB_DREG: u16 = 1;
+pub(super) const NFTA_FIB_RESULT: u16 = 2;
+pub(super) const NFTA_FIB_FLAGS: u16 = 3;
+pub(super) const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+pub(super) const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+/// The route type of an address of this host (`RTN_LOCAL`).
+pub(super) const RTN_LOCAL: u32 = 2;
+
+pub(super) const NFTA_NAT_TYPE: u16 = 1;
+pub(super) const NFTA_NAT_FAMILY: u16 = 2;
+pub(super) const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+pub(super) const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+pub(super) const NFTA_NAT_FLAGS: u16 = 7;
+pub(super) const NFT_NAT_DNAT: u32 = 1;
+pub(super) const NF_NAT_RANGE_MAP_IPS: u32 = 0x1;
 
 /// libnftnl's rule userdata TLV type for the comment (`NFTNL_UDATA_RULE_COMMENT`).
 pub(super) const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
@@ -116,6 +136,9 @@ pub(super) const COMMENT_MAX: usize = 200;
 pub(super) const CHAIN: &str = "output";
 /// `priority -100` (dstnat), as nft's `type nat hook output priority -100`.
 pub(super) const CHAIN_PRIORITY: i32 = -100;
+
+/// Server mode's chain: other hosts' traffic, at `prerouting` (dstnat).
+pub(super) const REMOTE_CHAIN: &str = "prerouting";
 
 /// The chain of the NAT keeper table, and its priority (after the
 /// redirect's, which it never needs to precede: it decides nothing).

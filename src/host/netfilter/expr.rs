@@ -66,7 +66,146 @@ pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg
             )?);
         }
     }
+    if let Some(remote) = &rules.remote {
+        out.extend(remote_rules(&rules.table, remote)?);
+    }
     Ok(out)
+}
+
+/// Server mode's part of the install batch: the `prerouting` nat chain and,
+/// per interface, family and protocol, one rule
+/// `iifname IF meta nfproto F meta l4proto P th dport 111 [tcp SYN]
+/// fib daddr type local counter dnat to <its own daddr>:PORT`. Only the
+/// port changes: the proxy sees the address the client asked, as rpcbind
+/// would, and answers from it.
+fn remote_rules(table: &str, remote: &RemoteRedirect) -> Result<Vec<BatchMsg>, NetfilterError> {
+    if remote.interfaces.is_empty() {
+        return Err(NetfilterError::Invalid(
+            "server mode without an interface".into(),
+        ));
+    }
+    let mut out = vec![nat_chain(
+        table,
+        REMOTE_CHAIN,
+        NF_INET_PRE_ROUTING,
+        CHAIN_PRIORITY,
+        NLM_F_CREATE | NLM_F_EXCL,
+    )];
+    let families = [
+        (remote.ipv4, "ipv4", NFPROTO_IPV4),
+        (remote.ipv6, "ipv6", NFPROTO_IPV6),
+    ];
+    for iface in &remote.interfaces {
+        for (redirect, family, nfproto) in families {
+            let Some(r) = redirect else { continue };
+            for (proto, port, pname) in [
+                (libc::IPPROTO_TCP, r.tcp_port, "tcp"),
+                (libc::IPPROTO_UDP, r.udp_port, "udp"),
+            ] {
+                if port == 0 {
+                    return Err(NetfilterError::Invalid("redirect port 0".into()));
+                }
+                let label = format!("{REMOTE_LABEL}{iface} {family} {pname}");
+                let exprs = remote_exprs(iface, nfproto, proto as u8, port)?;
+                out.push(rule_msg_in(
+                    table,
+                    REMOTE_CHAIN,
+                    &exprs,
+                    Some(&label),
+                    Op::NewRule(label.clone()),
+                )?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One server-mode rule: `iifname IF meta nfproto F meta l4proto P th
+/// dport 111 [tcp SYN] fib daddr type local counter dnat to <daddr>:PORT`.
+pub(super) fn remote_exprs(
+    iface: &str,
+    nfproto: u8,
+    l4proto: u8,
+    port: u16,
+) -> Result<Vec<Expr>, NetfilterError> {
+    let (daddr_offset, addr_len) = if nfproto == NFPROTO_IPV6 {
+        (24, 16)
+    } else {
+        (16, 4)
+    };
+    let mut exprs = vec![
+        Expr::Meta {
+            key: NFT_META_IIFNAME,
+        },
+        Expr::CmpEq(iifname(iface)?.to_vec()),
+    ];
+    exprs.extend(port_111_exprs(nfproto, l4proto));
+    exprs.extend([
+        Expr::FibDaddrType,
+        Expr::CmpEq(RTN_LOCAL.to_ne_bytes().to_vec()),
+        Expr::Counter,
+        Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset: daddr_offset,
+            len: addr_len,
+        },
+        Expr::ImmediateReg2(port.to_be_bytes().to_vec()),
+        Expr::DnatToReg { family: nfproto },
+    ]);
+    Ok(exprs)
+}
+
+/// An interface name as `meta iifname` compares it: NUL-padded to IFNAMSIZ.
+fn iifname(name: &str) -> Result<[u8; 16], NetfilterError> {
+    let mut out = [0u8; 16];
+    if name.is_empty() || name.len() >= out.len() || name.bytes().any(|b| b == 0) {
+        return Err(NetfilterError::Invalid(format!(
+            "interface name {name:?} must be 1-15 bytes without NUL"
+        )));
+    }
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(out)
+}
+
+/// `meta nfproto F meta l4proto P th dport 111`, and for TCP the SYN-only
+/// test (see `redirect_exprs`).
+fn port_111_exprs(nfproto: u8, l4proto: u8) -> Vec<Expr> {
+    let mut exprs = vec![
+        Expr::Meta {
+            key: NFT_META_NFPROTO,
+        },
+        Expr::CmpEq(vec![nfproto]),
+        Expr::Meta {
+            key: NFT_META_L4PROTO,
+        },
+        Expr::CmpEq(vec![l4proto]),
+        Expr::Payload {
+            base: NFT_PAYLOAD_TRANSPORT_HEADER,
+            offset: 2,
+            len: 2,
+        },
+        Expr::CmpEq(InterceptRules::RPCBIND_PORT.to_be_bytes().to_vec()),
+    ];
+    if l4proto == libc::IPPROTO_TCP as u8 {
+        exprs.extend(syn_only());
+    }
+    exprs
+}
+
+/// `tcp flags & (fin|syn|rst|ack) == syn`.
+fn syn_only() -> [Expr; 3] {
+    [
+        Expr::Payload {
+            base: NFT_PAYLOAD_TRANSPORT_HEADER,
+            offset: TCP_FLAGS_OFFSET,
+            len: 1,
+        },
+        Expr::Bitwise {
+            mask: vec![TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK],
+            xor: vec![0],
+        },
+        Expr::CmpEq(vec![TCP_SYN]),
+    ]
 }
 
 /// The NAT keeper: table `inet <table>` (no owner, created if missing), a
@@ -167,18 +306,7 @@ pub(super) fn redirect_exprs(
         Expr::CmpEq(InterceptRules::RPCBIND_PORT.to_be_bytes().to_vec()),
     ];
     if l4proto == libc::IPPROTO_TCP as u8 {
-        exprs.extend([
-            Expr::Payload {
-                base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                offset: TCP_FLAGS_OFFSET,
-                len: 1,
-            },
-            Expr::Bitwise {
-                mask: vec![TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK],
-                xor: vec![0],
-            },
-            Expr::CmpEq(vec![TCP_SYN]),
-        ]);
+        exprs.extend(syn_only());
     }
     exprs.extend([
         Expr::Counter,
@@ -188,7 +316,8 @@ pub(super) fn redirect_exprs(
     exprs
 }
 
-/// One nf_tables expression, always loading into / comparing NFT_REG_1.
+/// One nf_tables expression, loading into / comparing NFT_REG_1 unless it
+/// says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Expr {
     Meta {
@@ -210,8 +339,16 @@ pub(super) enum Expr {
     },
     Counter,
     ImmediateData(Vec<u8>),
+    /// The same, into NFT_REG_2 (the port beside an address in NFT_REG_1).
+    ImmediateReg2(Vec<u8>),
     Return,
     Redir,
+    /// `fib daddr type`: the route type of the destination address.
+    FibDaddrType,
+    /// `dnat to <NFT_REG_1>:<NFT_REG_2>` for `family`.
+    DnatToReg {
+        family: u8,
+    },
 }
 
 impl Expr {
@@ -224,8 +361,10 @@ impl Expr {
             Expr::CmpEq(_) | Expr::CmpNeq(_) => "cmp",
             Expr::Bitwise { .. } => "bitwise",
             Expr::Counter => "counter",
-            Expr::ImmediateData(_) | Expr::Return => "immediate",
+            Expr::ImmediateData(_) | Expr::ImmediateReg2(_) | Expr::Return => "immediate",
             Expr::Redir => "redir",
+            Expr::FibDaddrType => "fib",
+            Expr::DnatToReg { .. } => "nat",
         };
         a.put_str(NFTA_EXPR_NAME, name);
         let data = a.nest_start(NFTA_EXPR_DATA);
@@ -271,11 +410,30 @@ impl Expr {
                 a.put_u64_be(NFTA_COUNTER_BYTES, 0);
                 a.put_u64_be(NFTA_COUNTER_PACKETS, 0);
             }
-            Expr::ImmediateData(value) => {
-                a.put_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+            Expr::ImmediateData(value) | Expr::ImmediateReg2(value) => {
+                let reg = match self {
+                    Expr::ImmediateReg2(_) => NFT_REG_2,
+                    _ => NFT_REG_1,
+                };
+                a.put_u32_be(NFTA_IMMEDIATE_DREG, reg);
                 let d = a.nest_start(NFTA_IMMEDIATE_DATA);
                 a.put(NFTA_DATA_VALUE, value);
                 a.nest_end(d);
+            }
+            Expr::FibDaddrType => {
+                a.put_u32_be(NFTA_FIB_DREG, NFT_REG_1);
+                a.put_u32_be(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+                a.put_u32_be(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR);
+            }
+            Expr::DnatToReg { family } => {
+                a.put_u32_be(NFTA_NAT_TYPE, NFT_NAT_DNAT);
+                a.put_u32_be(NFTA_NAT_FAMILY, u32::from(*family));
+                a.put_u32_be(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
+                a.put_u32_be(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2);
+                a.put_u32_be(
+                    NFTA_NAT_FLAGS,
+                    NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+                );
             }
             Expr::Return => {
                 a.put_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
@@ -433,11 +591,16 @@ pub(super) fn parse_rule(payload: &[u8]) -> Result<DumpedRule, NetfilterError> {
 /// NEWCHAIN of a base chain `name` of type nat on the output hook at
 /// `priority`, policy accept: the redirect chain and the keeper's.
 fn nat_output_chain(table: &str, name: &str, priority: i32, flags: u16) -> BatchMsg {
+    nat_chain(table, name, NF_INET_LOCAL_OUT, priority, flags)
+}
+
+/// A base chain `type nat hook <hook> priority <priority>; policy accept`.
+fn nat_chain(table: &str, name: &str, hooknum: u32, priority: i32, flags: u16) -> BatchMsg {
     let mut a = AttrBuf::new();
     a.put_str(NFTA_CHAIN_TABLE, table);
     a.put_str(NFTA_CHAIN_NAME, name);
     let hook = a.nest_start(NFTA_CHAIN_HOOK);
-    a.put_u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_OUT);
+    a.put_u32_be(NFTA_HOOK_HOOKNUM, hooknum);
     a.put_u32_be(NFTA_HOOK_PRIORITY, priority as u32);
     a.nest_end(hook);
     a.put_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
@@ -446,6 +609,6 @@ fn nat_output_chain(table: &str, name: &str, priority: i32, flags: u16) -> Batch
         msg_type: NFT_MSG_NEWCHAIN,
         flags,
         attrs: a.into_bytes(),
-        op: Op::NewChain,
+        op: Op::NewChain(name.to_owned()),
     }
 }

@@ -61,7 +61,23 @@ pub struct InterceptRules {
     pub ipv4: Option<Redirect>,
     /// [::1]:111 redirects; `None`: no IPv6 rules.
     pub ipv6: Option<Redirect>,
+    /// Server mode: other hosts' traffic to port 111; `None`: not caught.
+    pub remote: Option<RemoteRedirect>,
 }
+
+/// Server mode's redirect: TCP and UDP to port 111 on one of this host's
+/// own addresses, arriving on `interfaces`, go to these ports at the same
+/// address (only the port changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRedirect {
+    pub interfaces: Vec<String>,
+    pub ipv4: Option<Redirect>,
+    pub ipv6: Option<Redirect>,
+}
+
+/// The label server mode's rules start with (the rest: interface, family,
+/// protocol).
+pub const REMOTE_LABEL: &str = "remote ";
 
 impl InterceptRules {
     /// The port whose traffic is intercepted (rpcbind's).
@@ -248,9 +264,14 @@ impl InterceptTable {
             .rules
             .iter()
             .map(|(label, handle)| {
+                let chain = if label.starts_with(REMOTE_LABEL) {
+                    REMOTE_CHAIN
+                } else {
+                    CHAIN
+                };
                 let mut a = AttrBuf::new();
                 a.put_str(NFTA_RULE_TABLE, &self.table);
-                a.put_str(NFTA_RULE_CHAIN, CHAIN);
+                a.put_str(NFTA_RULE_CHAIN, chain);
                 a.put_u64_be(NFTA_RULE_HANDLE, *handle);
                 BatchMsg {
                     msg_type: NFT_MSG_DELRULE,
@@ -286,10 +307,10 @@ impl InterceptTable {
         res
     }
 
+    /// Every rule of the table, both chains (handles are the table's).
     fn dump_rules(&self) -> Result<Vec<DumpedRule>, NetfilterError> {
         let mut a = AttrBuf::new();
         a.put_str(NFTA_RULE_TABLE, &self.table);
-        a.put_str(NFTA_RULE_CHAIN, CHAIN);
         let rules = self.sock.dump(
             NFT_MSG_GETRULE,
             NFPROTO_INET,
@@ -367,7 +388,7 @@ pub use super::sys::set_mark;
 enum Op {
     Begin,
     NewTable,
-    NewChain,
+    NewChain(String),
     NewMarkRule,
     NewRule(String),
     DelRule(String),
@@ -392,7 +413,7 @@ impl fmt::Display for Op {
         match self {
             Op::Begin => f.write_str("batch"),
             Op::NewTable => f.write_str("NEWTABLE"),
-            Op::NewChain => write!(f, "NEWCHAIN {CHAIN}"),
+            Op::NewChain(name) => write!(f, "NEWCHAIN {name}"),
             Op::NewMarkRule => f.write_str("NEWRULE (meta mark return)"),
             Op::NewRule(l) => write!(f, "NEWRULE ({l})"),
             Op::DelRule(l) => write!(f, "DELRULE ({l})"),

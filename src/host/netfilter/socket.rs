@@ -69,7 +69,7 @@ pub(super) fn map_batch_error(
         (Op::NewTable, libc::EOPNOTSUPP | libc::EINVAL) => {
             NetfilterError::OwnerUnsupported { errno }
         }
-        (Op::NewChain, libc::ENOENT | libc::EOPNOTSUPP) => NetfilterError::Unavailable {
+        (Op::NewChain(_), libc::ENOENT | libc::EOPNOTSUPP) => NetfilterError::Unavailable {
             detail: format!(
                 "chain type nat: {} (module nft_chain_nat missing?)",
                 errno_text(errno)

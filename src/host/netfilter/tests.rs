@@ -20,6 +20,7 @@ fn rules() -> InterceptRules {
             tcp_port: 1111,
             udp_port: 1111,
         }),
+        remote: None,
     }
 }
 
@@ -403,7 +404,7 @@ fn errno_mapping() {
         NetfilterError::OwnerUnsupported { .. }
     ));
     assert!(matches!(
-        map_batch_error(&Op::NewChain, libc::ENOENT, None, t),
+        map_batch_error(&Op::NewChain("output".into()), libc::ENOENT, None, t),
         NetfilterError::Unavailable { .. }
     ));
     let e = map_batch_error(&Op::DelTable, libc::EBUSY, Some("x".into()), t);
@@ -424,4 +425,61 @@ fn errno_mapping() {
         NetfilterError::PermissionDenied.to_string(),
         "not permitted to change nf_tables: needs CAP_NET_ADMIN in this network namespace"
     );
+}
+
+/// Server mode: a `prerouting` nat chain and, per interface, family and
+/// protocol, one rule that keeps the destination address and changes only
+/// the port (`dnat to <daddr>:PORT`), for the host's own addresses only.
+#[test]
+fn remote_rules_keep_the_address_and_match_the_interface() {
+    let mut r = rules();
+    r.remote = Some(RemoteRedirect {
+        interfaces: vec!["eth0".into(), "bond1".into()],
+        ipv4: Some(Redirect {
+            tcp_port: 1112,
+            udp_port: 1112,
+        }),
+        ipv6: None,
+    });
+    let b = build_install_batch(&r).unwrap();
+    let ops: Vec<String> = b.iter().map(|m| m.op.to_string()).collect();
+    assert_eq!(
+        ops[7..],
+        [
+            "NEWCHAIN prerouting",
+            "NEWRULE (remote eth0 ipv4 tcp)",
+            "NEWRULE (remote eth0 ipv4 udp)",
+            "NEWRULE (remote bond1 ipv4 tcp)",
+            "NEWRULE (remote bond1 ipv4 udp)",
+        ]
+    );
+    let exprs = remote_exprs("eth0", NFPROTO_IPV4, libc::IPPROTO_UDP as u8, 1112).unwrap();
+    assert_eq!(
+        exprs[..2],
+        [
+            Expr::Meta {
+                key: NFT_META_IIFNAME
+            },
+            Expr::CmpEq(b"eth0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec()),
+        ]
+    );
+    assert!(exprs.contains(&Expr::FibDaddrType));
+    assert_eq!(
+        exprs[exprs.len() - 3..],
+        [
+            Expr::Payload {
+                base: NFT_PAYLOAD_NETWORK_HEADER,
+                offset: 16,
+                len: 4
+            },
+            Expr::ImmediateReg2(1112u16.to_be_bytes().to_vec()),
+            Expr::DnatToReg {
+                family: NFPROTO_IPV4
+            },
+        ]
+    );
+    r.remote.as_mut().unwrap().interfaces = vec!["x".repeat(16)];
+    assert!(build_install_batch(&r).is_err());
+    r.remote.as_mut().unwrap().interfaces.clear();
+    assert!(build_install_batch(&r).is_err());
 }

@@ -264,6 +264,44 @@ pub async fn bind(spec: &ListenSpec) -> io::Result<Bound> {
     }
 }
 
+/// Server mode's listeners when the configured ones do not serve the
+/// network: TCP and UDP on `[::]:port` taking IPv4 as well, or on
+/// `0.0.0.0:port` where this host has no IPv6.
+pub fn bind_remote(port: u16) -> io::Result<Vec<(ListenSpec, Bound)>> {
+    use crate::host::sys::bind_dual_stack;
+    let dual = |stream| bind_dual_stack(stream, port);
+    match (dual(true), dual(false)) {
+        (Ok(tcp), Ok(udp)) => {
+            let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
+            Ok(vec![
+                (
+                    ListenSpec::Tcp(any),
+                    Bound::Tcp(TcpListener::from_std(std::net::TcpListener::from(tcp))?),
+                ),
+                (
+                    ListenSpec::Udp(any),
+                    Bound::Udp(UdpSocket::from_std(std::net::UdpSocket::from(udp))?),
+                ),
+            ])
+        }
+        (Err(e), _) | (_, Err(e)) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let any: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, port).into();
+            let tcp = std::net::TcpListener::bind(any)?;
+            let udp = std::net::UdpSocket::bind(any)?;
+            tcp.set_nonblocking(true)?;
+            udp.set_nonblocking(true)?;
+            Ok(vec![
+                (
+                    ListenSpec::Tcp(any),
+                    Bound::Tcp(TcpListener::from_std(tcp)?),
+                ),
+                (ListenSpec::Udp(any), Bound::Udp(UdpSocket::from_std(udp)?)),
+            ])
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
 /// The abstract name of a `unix:@NAME` spec (NAME without the `@`).
 fn abstract_name(path: &Path) -> Option<&[u8]> {
     use std::os::unix::ffi::OsStrExt;

@@ -202,7 +202,16 @@ pub struct LimitsStatus {
     pub idle_timeout: Timeout,
     pub record_timeout: Timeout,
     pub max_udp_reply: MaxUdpReply,
+    pub remote_udp_amplification: Amplification,
     pub udp_in_flight: UdpInFlight,
+}
+
+/// Server mode's bound on UDP replies to other hosts, and how many it held
+/// back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Amplification {
+    pub limit: u64,
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -562,6 +571,10 @@ impl Proxy {
             max_udp_reply: MaxUdpReply {
                 limit: c.max_udp_reply as u64,
                 too_large: load(&l.udp_too_large),
+            },
+            remote_udp_amplification: Amplification {
+                limit: c.remote_udp_amplification as u64,
+                refused: load(&l.amplification_refused),
             },
             udp_in_flight: UdpInFlight {
                 limit: UDP_MAX_IN_FLIGHT as u64,
