@@ -120,20 +120,19 @@ async fn status_number(sb: &Sandbox, pointer: &str) -> u64 {
 }
 
 /// Flows server mode's rules (the table's `remote` rules) sent to the
-/// proxy so far.
+/// proxy so far; 0 where it has none.
 async fn remote_flows(sb: &Sandbox) -> u64 {
     let status = sb.status().await;
     let rules = status
         .pointer("/intercept/rules")
         .and_then(serde_json::Value::as_array)
-        .expect("status --json has intercept.rules");
-    let remote: Vec<u64> = rules
+        .cloned()
+        .unwrap_or_default();
+    rules
         .iter()
         .filter(|r| r["rule"].as_str().is_some_and(|n| n.starts_with("remote")))
         .map(|r| r["flows"].as_u64().expect("a rule's flows"))
-        .collect();
-    assert!(!remote.is_empty(), "no remote rule in {rules:?}");
-    remote.iter().sum()
+        .sum()
 }
 
 /// UDP replies to other hosts held back by the amplification bound.
@@ -1076,7 +1075,8 @@ fn one_shot_remote_lookups_leave_no_time_wait_on_the_client() {
         stop_server_mode(&mut sb).await;
 
         one_shot_lookups(client, server).await;
-        let direct = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await;
+        // Those through the proxy's still there (60 s) are not counted.
+        let direct = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await - through;
         println!(
             "{ONE_SHOT} one-shot lookups from client 1: {through} TIME_WAIT through the proxy \
              ({counted} requests counted, {server_side} TIME_WAIT on the server), {direct} directly"
