@@ -233,6 +233,10 @@ impl UdpThread {
                 };
                 let arrival = recv.arrival(i);
                 self.sources.count(from, now, second, &self.proxy);
+                if !self.proxy.admits_call(&Peer::Udp(from)) {
+                    // Over its host's rate: dropped, as a lost datagram.
+                    continue;
+                }
                 // Cache hits are answered in this turn, with no copy of the
                 // request.
                 let answered = match self.proxy.answer_now(call, Peer::Udp(from)) {
