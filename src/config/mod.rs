@@ -220,7 +220,7 @@ impl Config {
         let l = &self.limits;
         let c = &self.cache;
         format!(
-            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, remote-udp-amplification {}, log-level {}",
+            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, remote-udp-amplification {}, remote-rate {}/s, log-level {}",
             human(c.ttl),
             human(c.negative_ttl),
             human(c.serve_stale),
@@ -233,6 +233,7 @@ impl Config {
             human(l.record_timeout),
             l.max_udp_reply,
             l.remote_udp_amplification,
+            l.remote_rate,
             self.log_level,
         )
     }
@@ -388,6 +389,9 @@ impl Config {
                     .map_or(Ok(limits.remote_udp_amplification), |n| {
                         count("remote-udp-amplification", n, AMPLIFICATION_RANGE)
                     })?,
+                remote_rate: layered!(remote_rate).map_or(Ok(limits.remote_rate), |n| {
+                    count("remote-rate", n, REMOTE_RATE_RANGE).map(|n| n as u32)
+                })?,
             },
         })
     }

@@ -51,6 +51,8 @@ pub const MAX_AUTO_THREADS: usize = 4;
 /// Bounds on counts that size things: a typo's extra zeros are refused.
 pub const ENTRIES_RANGE: RangeInclusive<usize> = 1..=1 << 24;
 pub const THREADS_RANGE: RangeInclusive<usize> = 0..=1024;
+/// Calls a second per other host (0: no limit).
+pub const REMOTE_RATE_RANGE: RangeInclusive<usize> = 0..=1_000_000;
 /// How many times a call's size a reply to another host's UDP call may be.
 pub const AMPLIFICATION_RANGE: RangeInclusive<usize> = 1..=1000;
 /// Below 512 a datagram could not hold a DUMP header; above 65507 it is no
@@ -134,6 +136,12 @@ pub struct Settings {
                                       "client asks again over TCP"),
                               LimitsConfig::DEFAULT.remote_udp_amplification))]
     pub remote_udp_amplification: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
+          help = with_default(concat!("Server mode: calls a second each other host may make, with a ",
+                                      "burst of twice that (0: no limit); beyond, a datagram is ",
+                                      "dropped and a TCP connection closed"),
+                              LimitsConfig::DEFAULT.remote_rate))]
+    pub remote_rate: Option<usize>,
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
           help = format!("Threads serving unix and TCP clients, the stream loops (0: one per CPU, \
                           at most {MAX_AUTO_THREADS}) [default: {DEFAULT_THREADS}]. UDP clients \
@@ -380,6 +388,11 @@ pub fn expected(key: &str) -> Option<String> {
         ),
         "max-connections" | "max-in-flight" => "a whole number, 1 or more".into(),
         "max-udp-reply" => format!("a number of bytes from {} to {}", udp.start(), udp.end()),
+        "remote-rate" => format!(
+            "a whole number of calls a second from {} (no limit) to {}",
+            REMOTE_RATE_RANGE.start(),
+            REMOTE_RATE_RANGE.end()
+        ),
         "remote-udp-amplification" => format!(
             "a whole number from {} to {} (times the call's size)",
             AMPLIFICATION_RANGE.start(),

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// The most datagrams one call takes or sends (the headers live on the
@@ -19,6 +19,37 @@ pub const MAX_BATCH: usize = 64;
 
 /// What a received address may take: a sockaddr_storage.
 const ADDR_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
+/// Control space per datagram, in u64 words (cmsghdr alignment): room for
+/// an IP_PKTINFO and an IPV6_PKTINFO message (an IPv6 socket's IPv4
+/// datagram gets both: 32 + 40 bytes), with room to spare.
+const CTRL_WORDS: usize = 16;
+const CTRL_LEN: usize = CTRL_WORDS * size_of::<u64>();
+
+/// Where a datagram arrived: the local address its reply must come from
+/// (IP_PKTINFO's `ipi_spec_dst`, IPV6_PKTINFO's address) and the interface.
+/// A socket bound to a wildcard address on a host with several addresses
+/// otherwise answers from whichever address the route to the client
+/// prefers, and a reply to a redirected datagram from another address
+/// than the one it was redirected at does not match its conntrack entry:
+/// it leaves untranslated and the client drops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub ip: IpAddr,
+    pub ifindex: u32,
+}
+
+/// Asks the kernel to say where each datagram on `fd` arrived (see
+/// [`RecvBatch::arrival`]): IP_PKTINFO for IPv4 (an IPv6 socket's IPv4
+/// datagrams included) and, on an IPv6 socket, IPV6_RECVPKTINFO.
+pub fn report_arrivals(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
+    use super::sys::setsockopt;
+    setsockopt(fd.as_raw_fd(), libc::SOL_IP, libc::IP_PKTINFO, &1)?;
+    if ipv6 {
+        setsockopt(fd.as_raw_fd(), libc::SOL_IPV6, libc::IPV6_RECVPKTINFO, &1)?;
+    }
+    Ok(())
+}
 
 /// Received datagrams: up to `slots` of up to `slot_len` bytes each.
 ///
@@ -29,6 +60,8 @@ pub struct RecvBatch {
     slot_len: usize,
     bufs: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
+    /// Each slot's control messages, [`CTRL_WORDS`] words each.
+    _ctrls: Box<[u64]>,
     /// One per slot, over its part of `bufs`; `msgs` points at them.
     _iovs: Box<[libc::iovec]>,
     msgs: Box<[libc::mmsghdr]>,
@@ -58,6 +91,7 @@ impl RecvBatch {
         // valid (AF_UNSPEC) value.
         let mut addrs: Box<[libc::sockaddr_storage]> =
             (0..slots).map(|_| unsafe { zeroed() }).collect();
+        let mut ctrls = vec![0u64; slots * CTRL_WORDS].into_boxed_slice();
         let mut iovs: Box<[libc::iovec]> = bufs
             .chunks_exact_mut(slot_len)
             .map(|buf| libc::iovec {
@@ -68,7 +102,8 @@ impl RecvBatch {
         let msgs = iovs
             .iter_mut()
             .zip(addrs.iter_mut())
-            .map(|(iov, addr)| {
+            .zip(ctrls.chunks_exact_mut(CTRL_WORDS))
+            .map(|((iov, addr), ctrl)| {
                 // SAFETY: mmsghdr is plain old data; all zeroes is valid
                 // (null pointers, zero lengths).
                 let mut m: libc::mmsghdr = unsafe { zeroed() };
@@ -76,6 +111,8 @@ impl RecvBatch {
                 m.msg_hdr.msg_namelen = ADDR_LEN;
                 m.msg_hdr.msg_iov = iov;
                 m.msg_hdr.msg_iovlen = 1;
+                m.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+                m.msg_hdr.msg_controllen = CTRL_LEN;
                 m
             })
             .collect();
@@ -83,6 +120,7 @@ impl RecvBatch {
             slot_len,
             bufs,
             addrs,
+            _ctrls: ctrls,
             _iovs: iovs,
             msgs,
             count: 0,
@@ -100,15 +138,18 @@ impl RecvBatch {
     /// then; without, returns at once. Nothing to take is `Ok(0)`, not an
     /// error.
     pub fn recv(&mut self, fd: BorrowedFd<'_>, wait: bool) -> io::Result<usize> {
-        // The kernel wrote the address length of the headers it filled.
+        // The kernel wrote the address and control lengths of the headers
+        // it filled.
         for m in &mut self.msgs[..std::mem::take(&mut self.count)] {
             m.msg_hdr.msg_namelen = ADDR_LEN;
+            m.msg_hdr.msg_controllen = CTRL_LEN;
         }
         let slots = self.capacity();
         let n = loop {
             // SAFETY: the `slots` headers of `msgs` each point at their own
-            // iovec (a slot of `bufs`, `slot_len` bytes) and their own
-            // sockaddr_storage with its true size; all are boxed parts of
+            // iovec (a slot of `bufs`, `slot_len` bytes), their own
+            // sockaddr_storage with its true size and their own
+            // CTRL_LEN bytes of `ctrls`; all are boxed parts of
             // `self`, alive and unmoved for the call, and the kernel writes
             // no more than those lengths.
             let rc = unsafe {
@@ -150,14 +191,137 @@ impl RecvBatch {
         let from = socket_addr(&self.addrs[i])?;
         Some((&self.bufs[at..at + len], from))
     }
+
+    /// Where datagram `i` arrived, when the socket reports it
+    /// ([`report_arrivals`]); None for an IPv6 multicast destination, which
+    /// no reply may come from.
+    pub fn arrival(&self, i: usize) -> Option<Arrival> {
+        if i >= self.count {
+            return None;
+        }
+        let hdr = &self.msgs[i].msg_hdr;
+        if hdr.msg_controllen > CTRL_LEN || hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            return None;
+        }
+        // SAFETY: `hdr` is a header the kernel filled: msg_control points at
+        // this slot's CTRL_LEN bytes of `ctrls` and msg_controllen (checked
+        // above) says how many hold control messages; CMSG_FIRSTHDR and
+        // CMSG_NXTHDR stay within that length, and each message's data is
+        // read only when its length covers the struct read (unaligned
+        // reads, so alignment does not matter).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(hdr);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len as usize;
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::SOL_IP, libc::IP_PKTINFO)
+                        if len >= libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize =>
+                    {
+                        let p = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                        return Some(Arrival {
+                            ip: Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr)).into(),
+                            ifindex: p.ipi_ifindex as u32,
+                        });
+                    }
+                    (libc::SOL_IPV6, libc::IPV6_PKTINFO)
+                        if len
+                            >= libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize =>
+                    {
+                        let p = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                        let ip = Ipv6Addr::from(p.ipi6_addr.s6_addr);
+                        if ip.is_multicast() {
+                            return None;
+                        }
+                        return Some(Arrival {
+                            ip: ip.into(),
+                            ifindex: p.ipi6_ifindex,
+                        });
+                    }
+                    _ => {}
+                }
+                c = libc::CMSG_NXTHDR(hdr, c);
+            }
+        }
+        None
+    }
+}
+
+/// The control message that makes a reply to `to` leave from `from`:
+/// IPV6_PKTINFO on an IPv6 socket (an IPv4 address as v4-mapped, which
+/// Linux takes for a v4-mapped destination), IP_PKTINFO on an IPv4 one.
+/// Its length in bytes is returned with the words.
+fn source_cmsg(to: SocketAddr, from: Arrival) -> ([u64; CTRL_WORDS], usize) {
+    let mut words = [0u64; CTRL_WORDS];
+    let buf = words.as_mut_ptr().cast::<u8>();
+    // SAFETY: `words` is CTRL_LEN bytes, 8-byte aligned, more than
+    // CMSG_SPACE of either pktinfo struct (checked by the assertion);
+    // the header and the data are written inside it.
+    unsafe {
+        let (level, kind, data_len) = match to {
+            SocketAddr::V6(_) => (
+                libc::SOL_IPV6,
+                libc::IPV6_PKTINFO,
+                size_of::<libc::in6_pktinfo>(),
+            ),
+            SocketAddr::V4(_) => (
+                libc::SOL_IP,
+                libc::IP_PKTINFO,
+                size_of::<libc::in_pktinfo>(),
+            ),
+        };
+        let space = libc::CMSG_SPACE(data_len as u32) as usize;
+        assert!(space <= CTRL_LEN);
+        let c = buf.cast::<libc::cmsghdr>();
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = kind;
+        (*c).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+        let data = buf.add(libc::CMSG_LEN(0) as usize);
+        match to {
+            SocketAddr::V6(_) => {
+                let ip = match from.ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                let p = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: from.ifindex,
+                };
+                std::ptr::write_unaligned(data.cast(), p);
+            }
+            SocketAddr::V4(_) => {
+                let ip = match from.ip {
+                    IpAddr::V4(v4) => v4,
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                };
+                let p = libc::in_pktinfo {
+                    ipi_ifindex: from.ifindex as libc::c_int,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(ip).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(data.cast(), p);
+            }
+        }
+        (words, space)
+    }
 }
 
 /// Replies gathered for one `sendmmsg`.
 #[derive(Default)]
 pub struct SendBatch {
     bytes: Vec<u8>,
-    /// (end of the datagram in `bytes`, destination).
-    msgs: Vec<(usize, libc::sockaddr_storage, libc::socklen_t)>,
+    /// (end of the datagram in `bytes`, destination, its source when it
+    /// must be set).
+    msgs: Vec<(
+        usize,
+        libc::sockaddr_storage,
+        libc::socklen_t,
+        Option<Arrival>,
+    )>,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -174,13 +338,15 @@ impl SendBatch {
         self.msgs.is_empty()
     }
 
-    /// Adds a datagram to `to`, made of `parts` one after the other.
-    pub fn push(&mut self, parts: &[&[u8]], to: SocketAddr) {
+    /// Adds a datagram to `to`, made of `parts` one after the other, sent
+    /// from `from` (where the call arrived) when given, else from the
+    /// address the kernel picks.
+    pub fn push(&mut self, parts: &[&[u8]], to: SocketAddr, from: Option<Arrival>) {
         for p in parts {
             self.bytes.extend_from_slice(p);
         }
         let (addr, len) = raw_addr(to);
-        self.msgs.push((self.bytes.len(), addr, len));
+        self.msgs.push((self.bytes.len(), addr, len, from));
     }
 
     /// Sends every datagram gathered on `fd`, [`MAX_BATCH`] per call, then
@@ -198,7 +364,13 @@ impl SendBatch {
             // reach the kernel).
             let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_BATCH];
             let mut hdrs = [MaybeUninit::<libc::mmsghdr>::uninit(); MAX_BATCH];
-            for ((iov, m), (end, addr, len)) in iovs.iter_mut().zip(hdrs.iter_mut()).zip(chunk) {
+            let mut ctrls = [[0u64; CTRL_WORDS]; MAX_BATCH];
+            for (((iov, m), ctrl), (end, addr, len, from)) in iovs
+                .iter_mut()
+                .zip(hdrs.iter_mut())
+                .zip(ctrls.iter_mut())
+                .zip(chunk)
+            {
                 let iov = iov.write(libc::iovec {
                     iov_base: self.bytes[start..*end].as_ptr().cast_mut().cast(),
                     iov_len: *end - start,
@@ -210,6 +382,12 @@ impl SendBatch {
                 h.msg_hdr.msg_namelen = *len;
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
+                if let Some(to) = from.and_then(|_| socket_addr(addr)) {
+                    let (words, used) = source_cmsg(to, from.expect("checked"));
+                    *ctrl = words;
+                    h.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+                    h.msg_hdr.msg_controllen = used;
+                }
                 m.write(h);
             }
             let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
@@ -217,8 +395,9 @@ impl SendBatch {
             while done < total {
                 // SAFETY: `hdrs[done..total]` (done < total <= MAX_BATCH, within
                 // the array) are written headers, each pointing at an iovec
-                // over bytes of `self.bytes` and at a destination
-                // address with its length, all alive and unmoved for the call;
+                // over bytes of `self.bytes`, at a destination address with
+                // its length and, where set, at its control message in
+                // `ctrls`, all alive and unmoved for the call;
                 // the kernel only reads them (and writes each msg_len).
                 let rc = unsafe {
                     libc::sendmmsg(
@@ -353,7 +532,7 @@ mod tests {
         assert_eq!(seen[3].0, vec![9u8; 64]);
         let mut out = SendBatch::default();
         for (bytes, from) in &seen[..3] {
-            out.push(&[b"re:", bytes], *from);
+            out.push(&[b"re:", bytes], *from, None);
         }
         assert_eq!(out.send(server.as_fd()).0, 0);
         assert!(out.is_empty());
@@ -364,6 +543,50 @@ mod tests {
             let (n, from) = c.recv_from(&mut buf).unwrap();
             assert_eq!(from, addr);
             assert_eq!(&buf[..n], [&b"re:"[..], &[i as u8; 5]].concat());
+        }
+    }
+
+    /// A wildcard socket answers from the address each datagram came to:
+    /// 127.0.0.2 here, where without the arrival the kernel would pick
+    /// 127.0.0.1 (the route to the client's). IPv4 sockets and IPv6 ones
+    /// taking IPv4 (v4-mapped) alike.
+    #[test]
+    fn replies_leave_from_where_the_call_arrived() {
+        let v4 = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let dual: UdpSocket = super::super::sys::bind_dual_stack(false, 0).unwrap().into();
+        for (server, ipv6) in [(v4, false), (dual, true)] {
+            server.set_nonblocking(false).unwrap();
+            let port = server.local_addr().unwrap().port();
+            report_arrivals(server.as_fd(), ipv6).unwrap();
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            client
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            server
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            for (to, with_arrival) in [("127.0.0.2", true), ("127.0.0.2", false)] {
+                client.send_to(b"ping", (to, port)).unwrap();
+                let mut batch = RecvBatch::new(4, 64);
+                assert_eq!(batch.recv(server.as_fd(), true).unwrap(), 1);
+                let (_, from) = batch.get(0).unwrap();
+                let arrival = batch.arrival(0).expect("the kernel said where it arrived");
+                assert_eq!(
+                    arrival.ip.to_canonical(),
+                    "127.0.0.2".parse::<IpAddr>().unwrap()
+                );
+                let mut out = SendBatch::default();
+                out.push(&[b"pong"], from, with_arrival.then_some(arrival));
+                assert_eq!(out.send(server.as_fd()).0, 0);
+                let mut buf = [0u8; 8];
+                let (_, replied_from) = client.recv_from(&mut buf).unwrap();
+                let want = if with_arrival {
+                    "127.0.0.2"
+                } else {
+                    "127.0.0.1"
+                };
+                assert_eq!(replied_from.ip().to_string(), want, "ipv6 socket: {ipv6}");
+            }
         }
     }
 

@@ -102,6 +102,13 @@ pub fn human(s: &Status) -> String {
         ),
     );
     row(&mut o, "limits", limits_line(&s.limits));
+    if !s.limits.remote_rate.offenders.is_empty() {
+        row(
+            &mut o,
+            "held back",
+            offenders_line(&s.limits.remote_rate.offenders),
+        );
+    }
     row(&mut o, "intercept", intercept_line(&s.intercept));
     row(
         &mut o,
@@ -176,10 +183,25 @@ fn rpcbind_line(s: &Status) -> String {
 }
 
 /// Each client limit, its setting and how often it bit.
+/// Server mode's hosts held back most: `169.254.1.9 (rate 120,
+/// amplification 3), ...`.
+fn offenders_line(offenders: &[crate::proxy::status::OffenderStatus]) -> String {
+    offenders
+        .iter()
+        .map(|o| {
+            format!(
+                "{} (rate {}, amplification {})",
+                o.address, o.rate_limited, o.amplification
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn limits_line(l: &LimitsStatus) -> String {
     let secs = |s: f64| duration(Duration::from_secs_f64(s.max(0.0)));
     format!(
-        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), remote-udp-amplification {} (refused {}), udp misses in flight {} (dropped {})",
+        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), remote-udp-amplification {} (refused {}), remote-rate {} (limited {}), udp misses in flight {} (dropped {})",
         l.max_connections.limit,
         l.max_connections.refused,
         l.max_connections.evicted,
@@ -193,6 +215,11 @@ fn limits_line(l: &LimitsStatus) -> String {
         l.max_udp_reply.too_large,
         l.remote_udp_amplification.limit,
         l.remote_udp_amplification.refused,
+        match l.remote_rate.limit {
+            0 => "off".to_owned(),
+            n => format!("{n}/s"),
+        },
+        l.remote_rate.limited,
         l.udp_in_flight.limit,
         l.udp_in_flight.dropped,
     )

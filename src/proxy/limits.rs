@@ -45,6 +45,9 @@ pub struct LimitsConfig {
     /// classic portmapper reflection is a small DUMP answered with a list
     /// many times its size.
     pub remote_udp_amplification: usize,
+    /// Server mode: calls a second each other host may make (a burst of
+    /// twice that); 0: no limit. See `proxy::shield`.
+    pub remote_rate: u32,
 }
 
 impl LimitsConfig {
@@ -56,6 +59,7 @@ impl LimitsConfig {
         record_timeout: Duration::from_secs(10),
         max_udp_reply: 9000,
         remote_udp_amplification: 1,
+        remote_rate: 500,
     };
 }
 
@@ -74,6 +78,7 @@ pub struct Limits {
     record_timeout_ms: AtomicU64,
     max_udp_reply: AtomicUsize,
     remote_udp_amplification: AtomicUsize,
+    remote_rate: std::sync::atomic::AtomicU32,
     /// Clients turned away at the connection limit: nothing could be
     /// evicted for them (a limit of 0, or every connection they could take
     /// has calls in flight).
@@ -189,6 +194,7 @@ impl Limits {
             record_timeout_ms: AtomicU64::new(0),
             max_udp_reply: AtomicUsize::new(0),
             remote_udp_amplification: AtomicUsize::new(1),
+            remote_rate: std::sync::atomic::AtomicU32::new(0),
             connections_refused: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             udp_dropped: AtomicU64::new(0),
@@ -216,6 +222,7 @@ impl Limits {
         self.max_udp_reply.store(c.max_udp_reply, Ordering::Relaxed);
         self.remote_udp_amplification
             .store(c.remote_udp_amplification.max(1), Ordering::Relaxed);
+        self.remote_rate.store(c.remote_rate, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> LimitsConfig {
@@ -226,6 +233,7 @@ impl Limits {
             record_timeout: self.record_timeout(),
             max_udp_reply: self.max_udp_reply(),
             remote_udp_amplification: self.remote_udp_amplification.load(Ordering::Relaxed),
+            remote_rate: self.remote_rate.load(Ordering::Relaxed),
         }
     }
 

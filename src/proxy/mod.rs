@@ -4,7 +4,8 @@
 //! local answers (`service`, each call decoded once into a `request`), who
 //! may do what (`policy`), the cache (`cache`) and its coherence with
 //! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`), the client
-//! limits (`limits`), who each client is (`attribution`) and how much it
+//! limits (`limits`), server mode's per-host rate limit and offenders
+//! (`shield`), who each client is (`attribution`) and how much it
 //! asks (`clients`), the counters the path bumps (`metrics`), the log
 //! lines of repeated events (`logs`), rpcbind's own counters
 //! (`rpcbind_stats`) and the typed status snapshot the
@@ -25,5 +26,6 @@ pub mod policy;
 mod request;
 pub mod rpcbind_stats;
 pub mod service;
+pub mod shield;
 pub mod status;
 pub mod upstream;

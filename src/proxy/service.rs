@@ -107,6 +107,8 @@ pub struct Proxy {
     /// Names the process, user and unit behind each client.
     pub(super) attribution: Attributor,
     pub(super) limits: Limits,
+    /// Server mode's per-host rate limit and the hosts it held back.
+    pub(super) shield: crate::proxy::shield::Shield,
     /// Lookups of the last few minutes, for a hit ratio that is not the
     /// whole life's.
     pub(super) recent: Recent,
@@ -147,6 +149,7 @@ impl Proxy {
             clients: Clients::default(),
             attribution: Attributor::new(settings.attribution),
             limits: Limits::new(settings.limits),
+            shield: crate::proxy::shield::Shield::new(settings.limits.remote_rate),
             recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
@@ -154,6 +157,13 @@ impl Proxy {
             readings: Default::default(),
             own_probe: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether a call from `peer` may be served now (server mode's rate
+    /// limit per other host; local clients always).
+    #[inline]
+    pub fn admits_call(&self, peer: &Peer) -> bool {
+        self.shield.admit(peer)
     }
 
     /// Names the socket the daemon's watchdog probe sends from (bound for
@@ -196,6 +206,7 @@ impl Proxy {
     /// Applies reloadable settings (SIGHUP), keeping the cache's entries.
     pub fn reconfigure(&self, settings: Settings) {
         self.limits.set(settings.limits);
+        self.shield.set_rate(settings.limits.remote_rate);
         for up in &self.upstreams {
             up.set_timeout(settings.upstream_timeout);
         }
@@ -316,12 +327,15 @@ impl Proxy {
                 if peer.is_datagram()
                     && !self.limits.udp_reply_fits(&peer, record.len(), r.len()) =>
             {
-                let counter = if r.len() <= self.limits.max_udp_reply() {
-                    &self.limits.amplification_refused
+                if r.len() <= self.limits.max_udp_reply() {
+                    self.limits
+                        .amplification_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.shield
+                        .note(&peer, crate::proxy::shield::Offence::Amplification);
                 } else {
-                    &self.limits.udp_too_large
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                    self.limits.udp_too_large.fetch_add(1, Ordering::Relaxed);
+                }
                 // rpcbind cannot send this as a datagram: PMAP v2 sends
                 // nothing, v3/v4 answer SYSTEM_ERR. A reply to another
                 // host beyond the amplification bound is held back the

@@ -421,6 +421,10 @@ impl Stream {
                     return Err(Closed::Error);
                 }
             };
+            if !t.proxy.admits_call(&self.peer) {
+                tracing::debug!(peer = ?self.peer, "over its host's rate; closing");
+                return Err(Closed::Error);
+            }
             self.take_record(&record, wbuf, t);
         }
         Ok(())

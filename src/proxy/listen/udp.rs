@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use crate::host::datagrams::{RecvBatch, SendBatch};
+use crate::host::datagrams::{report_arrivals, Arrival, RecvBatch, SendBatch};
 use crate::proxy::clients::Tally;
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
@@ -88,6 +88,11 @@ impl DatagramThreads {
             socket.set_nonblocking(false)?;
             socket.set_read_timeout(Some(TURN_AT_LEAST))?;
             let local = socket.local_addr()?;
+            // A wildcard socket answers from the address each call came
+            // to (see `Arrival`); a socket bound to one address needs not.
+            if local.ip().is_unspecified() {
+                report_arrivals(socket.as_fd(), local.is_ipv6())?;
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             let in_flight = Arc::new(AtomicUsize::new(0));
             all.misses.spawn_on(
@@ -226,15 +231,22 @@ impl UdpThread {
                 let Some((call, from)) = recv.get(i) else {
                     continue;
                 };
+                let arrival = recv.arrival(i);
                 self.sources.count(from, now, second, &self.proxy);
+                if !self.proxy.admits_call(&Peer::Udp(from)) {
+                    // Over its host's rate: dropped, as a lost datagram.
+                    continue;
+                }
                 // Cache hits are answered in this turn, with no copy of the
                 // request.
                 let answered = match self.proxy.answer_now(call, Peer::Udp(from)) {
-                    Some(Outcome::Shared(reply, xid)) => push_shared(&mut send, &reply, xid, from),
+                    Some(Outcome::Shared(reply, xid)) => {
+                        push_shared(&mut send, &reply, xid, from, arrival)
+                    }
                     _ => false,
                 };
                 if !answered {
-                    self.misses.submit(call, from, &self.proxy);
+                    self.misses.submit(call, from, arrival, &self.proxy);
                 }
             }
             if !send.is_empty() {
@@ -249,31 +261,34 @@ impl UdpThread {
 
 /// Calls past the cache, on their way to the socket's miss task.
 struct Misses {
-    tx: mpsc::UnboundedSender<(BytesMut, SocketAddr)>,
+    tx: mpsc::UnboundedSender<Miss>,
     /// Calls given to the task and not yet answered.
     in_flight: Arc<AtomicUsize>,
 }
 
 impl Misses {
-    fn submit(&self, call: &[u8], from: SocketAddr, proxy: &Proxy) {
+    fn submit(&self, call: &[u8], from: SocketAddr, arrival: Option<Arrival>, proxy: &Proxy) {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= UDP_MAX_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             // As a full socket buffer would: the client retries.
             proxy.limits.udp_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.tx.send((BytesMut::from(call), from)).is_err() {
+        if self.tx.send((BytesMut::from(call), from, arrival)).is_err() {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
+
+/// A call past the cache: the record, who sent it, where it arrived.
+type Miss = (BytesMut, SocketAddr, Option<Arrival>);
 
 type Pending = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Answers the calls the threads could not, as they come, until the threads
 /// have ended and the calls are all answered.
 async fn answer_misses(
-    mut calls: mpsc::UnboundedReceiver<(BytesMut, SocketAddr)>,
+    mut calls: mpsc::UnboundedReceiver<Miss>,
     socket: std::net::UdpSocket,
     proxy: Arc<Proxy>,
     in_flight: Arc<AtomicUsize>,
@@ -285,10 +300,10 @@ async fn answer_misses(
             biased;
             Some(()) = pending.next(), if !pending.is_empty() => {}
             call = calls.recv() => match call {
-                Some((record, from)) => {
+                Some((record, from, arrival)) => {
                     let (socket, proxy, in_flight) = (socket.clone(), proxy.clone(), in_flight.clone());
                     pending.push(Box::pin(async move {
-                        answer_datagram(&socket, &proxy, record, from).await;
+                        answer_datagram(&socket, &proxy, record, from, arrival).await;
                         in_flight.fetch_sub(1, Ordering::Relaxed);
                     }));
                 }
@@ -306,12 +321,13 @@ async fn answer_datagram(
     proxy: &Proxy,
     record: BytesMut,
     from: SocketAddr,
+    arrival: Option<Arrival>,
 ) {
     let mut out = SendBatch::default();
     match proxy.handle(record, Peer::Udp(from)).await {
-        Outcome::Reply(reply) => out.push(&[&reply], from),
+        Outcome::Reply(reply) => out.push(&[&reply], from, arrival),
         Outcome::Shared(reply, xid) => {
-            if !push_shared(&mut out, &reply, xid, from) {
+            if !push_shared(&mut out, &reply, xid, from, arrival) {
                 return;
             }
         }
@@ -325,11 +341,17 @@ async fn answer_datagram(
 /// A reply shared with other callers (a cached answer), sent under this
 /// caller's XID without a copy. False: too short to carry an XID (no
 /// cached reply is).
-fn push_shared(out: &mut SendBatch, reply: &[u8], xid: u32, to: SocketAddr) -> bool {
+fn push_shared(
+    out: &mut SendBatch,
+    reply: &[u8],
+    xid: u32,
+    to: SocketAddr,
+    from: Option<Arrival>,
+) -> bool {
     let Some(rest) = reply.get(4..) else {
         return false;
     };
-    out.push(&[&xid.to_be_bytes(), rest], to);
+    out.push(&[&xid.to_be_bytes(), rest], to, from);
     true
 }
 

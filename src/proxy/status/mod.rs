@@ -203,7 +203,25 @@ pub struct LimitsStatus {
     pub record_timeout: Timeout,
     pub max_udp_reply: MaxUdpReply,
     pub remote_udp_amplification: Amplification,
+    pub remote_rate: RemoteRate,
     pub udp_in_flight: UdpInFlight,
+}
+
+/// Server mode's rate limit per other host, the calls it held back, and
+/// the hosts held back most (by either server-mode limit).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteRate {
+    pub limit: u64,
+    pub limited: u64,
+    pub offenders: Vec<OffenderStatus>,
+}
+
+/// One host held back, and how often by which limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OffenderStatus {
+    pub address: String,
+    pub rate_limited: u64,
+    pub amplification: u64,
 }
 
 /// Server mode's bound on UDP replies to other hosts, and how many it held
@@ -575,6 +593,20 @@ impl Proxy {
             remote_udp_amplification: Amplification {
                 limit: c.remote_udp_amplification as u64,
                 refused: load(&l.amplification_refused),
+            },
+            remote_rate: RemoteRate {
+                limit: u64::from(c.remote_rate),
+                limited: load(&self.shield.rate_limited),
+                offenders: self
+                    .shield
+                    .offenders()
+                    .into_iter()
+                    .map(|o| OffenderStatus {
+                        address: o.address.to_string(),
+                        rate_limited: o.rate_limited,
+                        amplification: o.amplification,
+                    })
+                    .collect(),
             },
             udp_in_flight: UdpInFlight {
                 limit: UDP_MAX_IN_FLIGHT as u64,
