@@ -783,7 +783,12 @@ async fn compare_through_proxy(
     amplification: usize,
 ) {
     let bound = amplification.to_string();
-    start_server_mode_with(sb, &["--remote-udp-amplification", &bound]).await;
+    // No rate limit: each client makes thousands of calls in seconds.
+    start_server_mode_with(
+        sb,
+        &["--remote-udp-amplification", &bound, "--remote-rate", "0"],
+    )
+    .await;
     let (requests, flows, refused) = (
         proxy_requests(sb).await,
         remote_flows(sb).await,
