@@ -10,8 +10,14 @@
 //! same server address, made once with no proxy (rpcbind answers) and once
 //! with the proxy in server mode (`--intercept-remote --remote-interface s1
 //! --remote-interface s2`), and every check that the proxy answered reads
-//! its own request counter: a comparison of two answers both given by
-//! rpcbind would prove nothing.
+//! its own counters (requests, its table's rules' flows): a comparison of
+//! two answers both given by rpcbind would prove nothing.
+//!
+//! Where the proxy deliberately answers otherwise, the test says what it
+//! owes instead: a UDP reply to another host larger than
+//! `--remote-udp-amplification` times the call is what rpcbind sends for a
+//! reply too large for a datagram (the differential runs with the default
+//! bound and with one no reply reaches, where every byte is rpcbind's).
 
 mod support;
 

@@ -4,7 +4,8 @@
 //!
 //! Link `n` (1 to 254) is, on the server's side, interface `s<n>` with
 //! 169.254.n.1/24 and fd51:n::1/64, and in the client, `eth0` with
-//! 169.254.n.2/24 and fd51:n::2/64, its default routes (IPv4 and IPv6)
+//! 169.254.n.2/24 and fd51:n::2/64 (and no other address: no automatic
+//! IPv6 link-local one), its default routes (IPv4 and IPv6)
 //! pointing at the server: a client can reach every address of the server,
 //! those of the other links too (they arrive on its own link). Only
 //! link-local IPv4 and unique-local IPv6 addresses are used (IPv6 without
@@ -96,12 +97,17 @@ impl Client {
             ],
         )
         .await;
+        // No automatic link-local address (it would appear, once its
+        // duplicate address detection ends, among the addresses rpcbind
+        // picks from, at a moment of its own): only the addresses given.
+        server_cmd(sb, &["ip", "link", "set", &ifname, "addrgenmode", "none"]).await;
         server_cmd(sb, &["ip", "addr", "add", &s4, "dev", &ifname]).await;
         server_cmd(sb, &["ip", "addr", "add", &s6, "dev", &ifname, "nodad"]).await;
         server_cmd(sb, &["ip", "link", "set", &ifname, "up"]).await;
         let [gw4, gw6] = server_addrs(n).map(|a| a.to_string());
         for args in [
             &["ip", "link", "set", "lo", "up"][..],
+            &["ip", "link", "set", "eth0", "addrgenmode", "none"],
             &["ip", "addr", "add", &c4, "dev", "eth0"],
             &["ip", "addr", "add", &c6, "dev", "eth0", "nodad"],
             &["ip", "link", "set", "eth0", "up"],
