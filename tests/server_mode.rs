@@ -1165,3 +1165,130 @@ fn clients_on_interfaces_not_named_reach_rpcbind_itself() {
         );
     });
 }
+
+/// Calls a second the shield test lets each host make (a burst of twice
+/// that).
+const RATE: usize = 50;
+/// Calls the shield test's flooding host sends at once.
+const FLOOD: usize = 1000;
+
+/// PMAP v2 GETPORT of portmapper on UDP: a small call with a smaller
+/// reply (no amplification bound applies).
+fn getport_portmapper() -> Call {
+    Call::rpcb(2, PMAPPROC_GETPORT, pmap_args(PMAP_PROG, 2, IPPROTO_UDP, 0))
+}
+
+/// Sends [`FLOOD`] calls as datagrams from one socket of the calling
+/// thread's namespace to `server` as fast as it can, then reads replies
+/// until none came for a second; how many were answered, and in how long.
+async fn udp_flood(server: SocketAddr) -> (usize, Duration) {
+    let sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_ip_for(&server), 0))
+        .await
+        .expect("a UDP socket");
+    let start = tokio::time::Instant::now();
+    for _ in 0..FLOOD {
+        sock.send_to(&getport_portmapper().encode(), server)
+            .await
+            .expect("sending a datagram");
+    }
+    let mut buf = vec![0u8; 65_536];
+    let mut answered = 0;
+    while answered < FLOOD {
+        match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
+            Ok(Ok(_)) => answered += 1,
+            Ok(Err(e)) => panic!("reading the replies: {e}"),
+            Err(_) => break,
+        }
+    }
+    (answered, start.elapsed())
+}
+
+/// Pipelines [`FLOOD`] calls on one TCP connection to `server` and reads
+/// the replies until the connection ends; how many were answered, and
+/// whether the proxy closed it.
+async fn tcp_flood(server: SocketAddr) -> (usize, bool) {
+    let mut conn = Conn::connect(&Endpoint::Tcp(server))
+        .await
+        .expect("connecting");
+    let calls: Vec<Call> = (0..FLOOD).map(|_| getport_portmapper()).collect();
+    let mut wire = Vec::new();
+    for c in &calls {
+        put_record(&mut wire, &c.encode());
+    }
+    if let Conn::Stream(io) = &mut conn {
+        use tokio::io::AsyncWriteExt;
+        if io.write_all(&wire).await.is_err() {
+            return (0, true);
+        }
+    }
+    let mut answered = 0;
+    for c in &calls {
+        match conn.recv(c.xid).await {
+            Outcome::Reply(_) => answered += 1,
+            Outcome::Closed => return (answered, true),
+            other => panic!("call {answered} of the TCP flood: {other}"),
+        }
+    }
+    (answered, false)
+}
+
+#[test]
+fn a_host_over_the_rate_is_held_back_and_the_others_are_not() {
+    run_without_proxy(|mut sb| async move {
+        let clients = attach(&sb, &SERVED_LINKS).await;
+        let (flooder, other) = (&clients[0], &clients[1]);
+        let rate = RATE.to_string();
+        start_server_mode_with(&mut sb, &["--remote-rate", &rate]).await;
+        let table = vec![case("GETPORT portmapper", getport_portmapper())];
+        // The other host first (it also warms the cache, so that every call
+        // of the flood is answered at once).
+        let calm = pass(other, &server_addrs(2), &table, false).await;
+        let s1 = port_111(server_addrs(1)[0]);
+        let (udp, took) = flooder.within(move || udp_flood(s1)).await;
+        let (tcp, closed) = flooder.within(move || tcp_flood(s1)).await;
+        let calm_after = pass(other, &server_addrs(2), &table, false).await;
+        let status = sb.status().await;
+        let limited = status["limits"]["remote_rate"]["limited"]
+            .as_u64()
+            .expect("status --json has limits.remote_rate.limited");
+        let offenders = status["limits"]["remote_rate"]["offenders"].clone();
+        println!(
+            "rate {RATE}/s: {udp} of {FLOOD} datagrams answered in {took:?}, {tcp} of {FLOOD} \
+             pipelined TCP calls (closed: {closed}); {limited} calls held back; offenders {offenders}"
+        );
+        // At most the burst and what the bucket refilled meanwhile (one
+        // more second of slack for the timing).
+        let most = 2 * RATE + RATE * (took.as_secs() as usize + 2);
+        assert!(
+            (2 * RATE..=most).contains(&udp),
+            "{udp} of {FLOOD} datagrams answered in {took:?} at {RATE}/s (a burst of {})",
+            2 * RATE
+        );
+        assert!(
+            closed && tcp < FLOOD,
+            "a TCP client over the rate: {tcp} of {FLOOD} answered, closed: {closed}"
+        );
+        for (label, answers) in [("before", &calm), ("after", &calm_after)] {
+            for (k, a) in answers {
+                assert!(
+                    a.out.is_success(),
+                    "the other host's call to {} over {:?} ({label} the flood): {}",
+                    k.0,
+                    k.1,
+                    a.out
+                );
+            }
+        }
+        let named: Vec<&str> = offenders
+            .as_array()
+            .expect("offenders is a list")
+            .iter()
+            .filter_map(|o| o["address"].as_str())
+            .collect();
+        assert_eq!(named, ["169.254.1.2"], "the hosts held back");
+        assert!(
+            limited >= (FLOOD - udp) as u64,
+            "{limited} calls counted held back"
+        );
+    });
+}
