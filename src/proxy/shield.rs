@@ -48,6 +48,18 @@ struct Source {
     amplification: u64,
 }
 
+impl Source {
+    /// A source first seen at `now`: a full bucket, nothing refused.
+    fn full(milli_tokens: u64, now: Duration) -> Source {
+        Source {
+            milli_tokens,
+            at: now,
+            rate_limited: 0,
+            amplification: 0,
+        }
+    }
+}
+
 /// A source that was held back, as `status` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offender {
@@ -103,12 +115,7 @@ impl Shield {
     fn take(&self, ip: IpAddr, rate: u32, now: Duration) -> bool {
         let full = u64::from(rate) * 2 * 1000;
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        let source = sources.get_or_insert_mut(ip, || Source {
-            milli_tokens: full,
-            at: now,
-            rate_limited: 0,
-            amplification: 0,
-        });
+        let source = sources.get_or_insert_mut(ip, || Source::full(full, now));
         // A token per 1/rate s: rate thousandths per millisecond.
         let elapsed_ms = now.saturating_sub(source.at).as_millis() as u64;
         source.milli_tokens = source
@@ -132,15 +139,9 @@ impl Shield {
         let Some(ip) = peer.ip().filter(|ip| !ip.is_loopback()) else {
             return;
         };
-        let now = coarse_monotonic();
         let full = u64::from(self.rate()) * 2 * 1000;
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        let source = sources.get_or_insert_mut(ip, || Source {
-            milli_tokens: full,
-            at: now,
-            rate_limited: 0,
-            amplification: 0,
-        });
+        let source = sources.get_or_insert_mut(ip, || Source::full(full, coarse_monotonic()));
         match offence {
             Offence::Rate => source.rate_limited += 1,
             Offence::Amplification => source.amplification += 1,

@@ -139,7 +139,8 @@ pub(super) fn remote_exprs(
         },
         Expr::CmpEq(iifname(iface)?.to_vec()),
     ];
-    exprs.extend(port_111_exprs(nfproto, l4proto));
+    exprs.extend(nfproto_is(nfproto));
+    exprs.extend(port_111_exprs(l4proto));
     exprs.extend([
         Expr::FibDaddrType,
         Expr::CmpEq(RTN_LOCAL.to_ne_bytes().to_vec()),
@@ -167,14 +168,20 @@ fn iifname(name: &str) -> Result<[u8; 16], NetfilterError> {
     Ok(out)
 }
 
-/// `meta nfproto F meta l4proto P th dport 111`, and for TCP the SYN-only
-/// test (see `redirect_exprs`).
-fn port_111_exprs(nfproto: u8, l4proto: u8) -> Vec<Expr> {
-    let mut exprs = vec![
+/// `meta nfproto F`.
+fn nfproto_is(nfproto: u8) -> [Expr; 2] {
+    [
         Expr::Meta {
             key: NFT_META_NFPROTO,
         },
         Expr::CmpEq(vec![nfproto]),
+    ]
+}
+
+/// `meta l4proto P th dport 111`, and for TCP the SYN-only test (see
+/// `redirect_exprs`).
+fn port_111_exprs(l4proto: u8) -> Vec<Expr> {
+    let mut exprs = vec![
         Expr::Meta {
             key: NFT_META_L4PROTO,
         },
@@ -283,31 +290,16 @@ pub(super) fn redirect_exprs(
     l4proto: u8,
     port: u16,
 ) -> Vec<Expr> {
-    let mut exprs = vec![
-        Expr::Meta {
-            key: NFT_META_NFPROTO,
-        },
-        Expr::CmpEq(vec![nfproto]),
+    let mut exprs = nfproto_is(nfproto).to_vec();
+    exprs.extend([
         Expr::Payload {
             base: NFT_PAYLOAD_NETWORK_HEADER,
             offset: daddr_offset,
             len: addr.len() as u32,
         },
         Expr::CmpEq(addr.to_vec()),
-        Expr::Meta {
-            key: NFT_META_L4PROTO,
-        },
-        Expr::CmpEq(vec![l4proto]),
-        Expr::Payload {
-            base: NFT_PAYLOAD_TRANSPORT_HEADER,
-            offset: 2,
-            len: 2,
-        },
-        Expr::CmpEq(InterceptRules::RPCBIND_PORT.to_be_bytes().to_vec()),
-    ];
-    if l4proto == libc::IPPROTO_TCP as u8 {
-        exprs.extend(syn_only());
-    }
+    ]);
+    exprs.extend(port_111_exprs(l4proto));
     exprs.extend([
         Expr::Counter,
         Expr::ImmediateData(port.to_be_bytes().to_vec()),
