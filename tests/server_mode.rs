@@ -146,9 +146,19 @@ async fn amplification_refused(sb: &Sandbox) -> u64 {
     status_number(sb, "/limits/remote_udp_amplification/refused").await
 }
 
-/// Every address of the served links' server side.
-fn served_addrs() -> Vec<IpAddr> {
-    SERVED_LINKS.iter().flat_map(|&n| server_addrs(n)).collect()
+/// Port 111 of every address of the served links' server side.
+fn served_addrs() -> Vec<SocketAddr> {
+    on_111(
+        &SERVED_LINKS
+            .iter()
+            .flat_map(|&n| server_addrs(n))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Port 111 of each of `ips`.
+fn on_111(ips: &[IpAddr]) -> Vec<SocketAddr> {
+    ips.iter().map(|&ip| port_111(ip)).collect()
 }
 
 fn port_111(ip: IpAddr) -> SocketAddr {
@@ -382,7 +392,7 @@ fn set_unset_calls() -> Vec<Case> {
 
 /// Where one call of a pass went: server address, transport, reserved
 /// source port, case.
-type Key = (IpAddr, Transport, bool, usize);
+type Key = (SocketAddr, Transport, bool, usize);
 
 /// What came back for one call: the outcome, and over UDP the address the
 /// reply came from (a client whose socket is connected to the address it
@@ -398,7 +408,7 @@ struct Answer {
 /// each on a fresh socket, at most [`CONCURRENCY`] at once.
 async fn pass(
     client: &Client,
-    servers: &[IpAddr],
+    servers: &[SocketAddr],
     cases: &[Case],
     reserved: bool,
 ) -> BTreeMap<Key, Answer> {
@@ -417,7 +427,7 @@ async fn pass(
                         set.spawn(async move {
                             let _permit = sem.acquire().await.unwrap();
                             let (out, from) =
-                                call_and_source(port_111(server), t, from_reserved, &call).await;
+                                call_and_source(server, t, from_reserved, &call).await;
                             ((server, t, from_reserved, i), Answer { out, from })
                         });
                     }
@@ -735,7 +745,7 @@ fn check_rpcbinds_own_answers(clients: &[Client], table: &[Case], direct: &[Seen
         .map(|a| a.to_string())
         .collect();
     for (client, seen) in clients.iter().zip(direct) {
-        for server in served_addrs().into_iter().filter(IpAddr::is_ipv4) {
+        for server in served_addrs().into_iter().filter(SocketAddr::is_ipv4) {
             for t in [Transport::Tcp, Transport::Udp] {
                 // The entry of the arrival transport's netid.
                 let port = if t == Transport::Tcp { "8.1" } else { "8.2" };
@@ -901,7 +911,7 @@ fn udp_replies_come_from_the_address_the_client_called() {
             for (k, a) in calls.iter().filter(|(k, _)| k.1 == Transport::Udp) {
                 assert_eq!(
                     a.from,
-                    Some(port_111(k.0)),
+                    Some(k.0),
                     "rpcbind's reply to client {} calling {}: {}",
                     c.link(),
                     k.0,
@@ -932,7 +942,7 @@ fn remote_set_and_unset_are_refused_as_rpcbind_refuses_them() {
         let clients = attach(&sb, &[1]).await;
         let client = &clients[0];
         let table = set_unset_calls();
-        let servers = server_addrs(1);
+        let servers = on_111(&server_addrs(1));
         let registrations = sb.rpcbind_dump().await;
 
         let direct = pass(client, &servers, &table, true).await;
@@ -1124,11 +1134,11 @@ fn clients_on_interfaces_not_named_reach_rpcbind_itself() {
             .collect();
         // From the unserved link, to its own server address and to one of
         // a served link (which it reaches through its own interface).
-        let targets = [
+        let targets = on_111(&[
             server_addrs(UNSERVED_LINK)[0],
             server_addrs(1)[0],
             server_addrs(1)[1],
-        ];
+        ]);
         let direct = pass(unserved, &targets, &table, false).await;
 
         start_server_mode(&mut sb).await;
@@ -1246,11 +1256,11 @@ fn a_host_over_the_rate_is_held_back_and_the_others_are_not() {
         let table = vec![case("GETPORT portmapper", getport_portmapper())];
         // The other host first (it also warms the cache, so that every call
         // of the flood is answered at once).
-        let calm = pass(other, &server_addrs(2), &table, false).await;
+        let calm = pass(other, &on_111(&server_addrs(2)), &table, false).await;
         let s1 = port_111(server_addrs(1)[0]);
         let (udp, took) = flooder.within(move || udp_flood(s1)).await;
         let (tcp, closed) = flooder.within(move || tcp_flood(s1)).await;
-        let calm_after = pass(other, &server_addrs(2), &table, false).await;
+        let calm_after = pass(other, &on_111(&server_addrs(2)), &table, false).await;
         let status = sb.status().await;
         let limited = status["limits"]["remote_rate"]["limited"]
             .as_u64()
@@ -1295,5 +1305,67 @@ fn a_host_over_the_rate_is_held_back_and_the_others_are_not() {
             limited >= (FLOOD - udp) as u64 / 2,
             "{limited} calls counted held back"
         );
+    });
+}
+
+/// GETADDR, GETVERSADDR and GETADDRLIST of the wildcard tcp6/udp6
+/// registrations, without a hint and with each link-local server address
+/// as the hint (as libtirpc sends the address it called).
+fn link_local_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (vers, proc_, name) in [
+        (3, RPCBPROC_GETADDR, "GETADDR"),
+        (4, RPCBPROC_GETADDR, "GETADDR"),
+        (4, RPCBPROC_GETVERSADDR, "GETVERSADDR"),
+        (4, RPCBPROC_GETADDRLIST, "GETADDRLIST"),
+    ] {
+        for hint in ["", "fe80::1:1.0.111", "fe80::2:1.0.111"] {
+            v.push(case(
+                format!("{name} v{vers} 300001 1 tcp6 hint {hint:?}"),
+                Call::rpcb(vers, proc_, rpcb_args(300_001, 1, "tcp6", hint, "")),
+            ));
+        }
+    }
+    v
+}
+
+#[test]
+#[ignore = "server mode does not do it yet: a link-local client is answered with the address \
+            rpcbind picks for the proxy's loopback connection (the README's 'not done yet')"]
+fn link_local_clients_get_rpcbinds_answers() {
+    run_without_proxy(|mut sb| async move {
+        register(&sb).await;
+        let clients = attach(&sb, &SERVED_LINKS).await;
+        let mut servers = Vec::new();
+        for c in &clients {
+            servers.push(SocketAddr::V6(c.add_link_local(&sb).await));
+        }
+        let table = link_local_cases();
+        let mut direct = Vec::new();
+        for (c, &server) in clients.iter().zip(&servers) {
+            let calls = pass(c, &[server], &table, false).await;
+            // rpcbind answers a link-local caller with the link-local
+            // address of the interface the call came in on.
+            let plain = &calls[&(server, Transport::Tcp, false, 0)].out;
+            assert_eq!(
+                addr_of(plain),
+                format!("fe80::{}:1.8.1", c.link()),
+                "rpcbind's answer to client {}",
+                c.link()
+            );
+            direct.push(calls);
+        }
+        start_server_mode_with(&mut sb, &["--remote-udp-amplification", "1000"]).await;
+        let requests = proxy_requests(&sb).await;
+        let mut problems = Vec::new();
+        for ((c, &server), d) in clients.iter().zip(&servers).zip(&direct) {
+            let proxied = pass(c, &[server], &table, false).await;
+            problems.extend(differences(c, &table, d, &proxied, 1000));
+        }
+        assert!(
+            proxy_requests(&sb).await > requests,
+            "the calls did not reach the proxy"
+        );
+        assert_no_differences("link-local clients", &problems);
     });
 }

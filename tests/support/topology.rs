@@ -22,7 +22,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::process::Output;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tokio::net::UdpSocket;
 use super::{
     connect_from_reserved_port, local_ip_for, run_command, spawn_anchor, time_wait_count_of,
     wait_tcp_settled_of, Call, Conn, Endpoint, Outcome, Proc, Sandbox, Transport, REPLY_TIMEOUT,
+    RPCBIND_PORT,
 };
 
 /// The server's addresses on link `n`.
@@ -137,6 +138,49 @@ impl Client {
     /// The client's own addresses (IPv4, IPv6).
     pub fn addrs(&self) -> [IpAddr; 2] {
         client_addrs(self.link)
+    }
+
+    /// Gives the link IPv6 link-local addresses too: fe80::n:1/64 on the
+    /// server's side, fe80::n:2/64 on the client's (no duplicate address
+    /// detection). Returns the server's, as the client calls it (scoped to
+    /// its `eth0`).
+    pub async fn add_link_local(&self, sb: &Sandbox) -> SocketAddrV6 {
+        let n = u16::from(self.link);
+        let server = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, n, 1);
+        let s = format!("{server}/64");
+        server_cmd(
+            sb,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &s,
+                "dev",
+                &server_interface(self.link),
+                "nodad",
+            ],
+        )
+        .await;
+        let c = format!("{}/64", Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, n, 2));
+        let out = self
+            .run(&["ip", "addr", "add", &c, "dev", "eth0", "nodad"])
+            .await;
+        assert!(
+            out.status.success(),
+            "adding {c} in client {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The index of the client's eth0, from its namespace's
+        // /proc/net/if_inet6 (address, index in hex, ..., name).
+        let path = format!("/proc/{}/net/if_inet6", self.pid());
+        let table = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let index = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() == 6 && f[5] == "eth0")
+            .and_then(|f| u32::from_str_radix(f[1], 16).ok())
+            .unwrap_or_else(|| panic!("no eth0 in {path}: {table}"));
+        SocketAddrV6::new(server, RPCBIND_PORT, 0, index)
     }
 
     /// Runs a command in the client's network and mount namespaces and
