@@ -1045,18 +1045,25 @@ fn a_killed_proxy_hands_remote_clients_back_to_rpcbind() {
     });
 }
 
-/// [`ONE_SHOT`] GETPORT calls from `client` to `server`:111 over TCP, each
-/// on a connection of its own; every answer must be portmapper's port.
-async fn one_shot_lookups(client: &Client, server: IpAddr) {
+/// `count` GETPORT calls from `client` to `server`:111 over TCP, each on a
+/// connection of its own (from a reserved port with `reserved`, as a root
+/// `mount` makes them), 8 at a time; what came of those that did not
+/// answer portmapper's port.
+async fn one_shot_lookups(
+    client: &Client,
+    server: IpAddr,
+    count: usize,
+    reserved: bool,
+) -> Vec<String> {
     let run = client.within(move || async move {
         let sem = Arc::new(Semaphore::new(8));
         let mut set = JoinSet::new();
-        for _ in 0..ONE_SHOT {
+        for _ in 0..count {
             let sem = Arc::clone(&sem);
             set.spawn(async move {
                 let _permit = sem.acquire().await.unwrap();
                 let call = Call::rpcb(2, PMAPPROC_GETPORT, pmap_args(PMAP_PROG, 2, IPPROTO_TCP, 0));
-                call_from(port_111(server), Transport::Tcp, false, &call).await
+                call_from(port_111(server), Transport::Tcp, reserved, &call).await
             });
         }
         let mut wrong = Vec::new();
@@ -1068,12 +1075,17 @@ async fn one_shot_lookups(client: &Client, server: IpAddr) {
         }
         wrong
     });
-    let wrong = tokio::time::timeout(WAIT, run)
+    tokio::time::timeout(WAIT, run)
         .await
-        .unwrap_or_else(|_| panic!("{ONE_SHOT} lookups took over {WAIT:?}"));
+        .unwrap_or_else(|_| panic!("{count} lookups took over {WAIT:?}"))
+}
+
+/// [`one_shot_lookups`], every one of which must succeed.
+async fn one_shot_lookups_ok(client: &Client, server: IpAddr, count: usize, reserved: bool) {
+    let wrong = one_shot_lookups(client, server, count, reserved).await;
     assert!(
         wrong.is_empty(),
-        "{} of {ONE_SHOT} lookups went wrong, e.g. {}",
+        "{} of {count} lookups went wrong, e.g. {}",
         wrong.len(),
         wrong[0]
     );
@@ -1088,14 +1100,14 @@ fn one_shot_remote_lookups_leave_no_time_wait_on_the_client() {
 
         start_server_mode(&mut sb).await;
         let before = proxy_requests(&sb).await;
-        one_shot_lookups(client, server).await;
+        one_shot_lookups_ok(client, server, ONE_SHOT, false).await;
         let counted = proxy_requests(&sb).await - before;
         let through = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await;
         sb.wait_tcp_settled(None, WAIT).await.unwrap();
         let server_side = sb.time_wait_count(None);
         stop_server_mode(&mut sb).await;
 
-        one_shot_lookups(client, server).await;
+        one_shot_lookups_ok(client, server, ONE_SHOT, false).await;
         // Those through the proxy's still there (60 s) are not counted.
         let direct = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await - through;
         println!(
@@ -1118,6 +1130,53 @@ fn one_shot_remote_lookups_leave_no_time_wait_on_the_client() {
         assert!(
             direct >= ONE_SHOT * 9 / 10,
             "only {direct} TIME_WAIT after {ONE_SHOT} direct lookups: the check cannot tell"
+        );
+    });
+}
+
+/// Reserved ports a root client binds from (600-1023, then 512-599).
+const RESERVED_PORTS: usize = 512;
+
+#[test]
+fn a_root_mount_storm_keeps_its_reserved_ports_through_the_proxy() {
+    run_without_proxy(|mut sb| async move {
+        let clients = attach(&sb, &[1]).await;
+        let client = &clients[0];
+        let server = server_addrs(1)[0];
+        // More one-shot lookups from reserved ports than there are ports.
+        let storm = RESERVED_PORTS + 150;
+
+        start_server_mode(&mut sb).await;
+        let before = proxy_requests(&sb).await;
+        one_shot_lookups_ok(client, server, storm, true).await;
+        let counted = proxy_requests(&sb).await - before;
+        let through = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await;
+        stop_server_mode(&mut sb).await;
+
+        let failed = one_shot_lookups(client, server, storm, true).await;
+        let direct = client.time_wait_count(Some(RPCBIND_PORT), WAIT).await - through;
+        println!(
+            "{storm} one-shot lookups from reserved ports: all answered through the proxy \
+             ({counted} requests counted, {through} TIME_WAIT); directly {} failed ({}), \
+             {direct} TIME_WAIT",
+            failed.len(),
+            failed.first().map_or("", String::as_str)
+        );
+        assert!(
+            counted >= storm as u64,
+            "the proxy counted {counted} of {storm} lookups"
+        );
+        assert_eq!(
+            through, 0,
+            "TIME_WAIT sockets on the client through the proxy"
+        );
+        // The check can fail: directly, each lookup holds its port in
+        // TIME_WAIT for a minute, and the ports run out.
+        assert!(
+            failed.len() >= storm - RESERVED_PORTS && direct >= RESERVED_PORTS * 9 / 10,
+            "directly, {} of {storm} lookups failed and {direct} ports are in TIME_WAIT: \
+             the check cannot tell",
+            failed.len()
         );
     });
 }

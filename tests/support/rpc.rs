@@ -844,7 +844,8 @@ pub fn local_ip_for(target: &SocketAddr) -> IpAddr {
 }
 
 /// Connects to a TCP or UDP endpoint from a reserved source port (< 1024),
-/// as a root libtirpc client does (bindresvport: 600-1023, then 512-599).
+/// as a root libtirpc client does (bindresvport: 600-1023, then 512-599,
+/// without SO_REUSEADDR, so a port still in TIME_WAIT is in use).
 pub async fn connect_from_reserved_port(ep: &Endpoint) -> io::Result<Conn> {
     let mut last = io::Error::other("no reserved port available");
     for port in (600..1024).chain(512..600) {
@@ -857,7 +858,6 @@ pub async fn connect_from_reserved_port(ep: &Endpoint) -> io::Result<Conn> {
                     } else {
                         tokio::net::TcpSocket::new_v6()?
                     };
-                    sock.set_reuseaddr(true)?;
                     sock.bind(local)?;
                     Ok(Conn::stream(sock.connect(*addr).await?))
                 }
