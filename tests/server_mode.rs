@@ -225,8 +225,8 @@ fn netbuf_111(ip: IpAddr) -> Vec<u8> {
 
 /// Every procedure of portmapper v2 and rpcbind v3/v4 but SET and UNSET
 /// (see [`set_unset_calls`]), with the arguments whose answers depend on
-/// the caller: wildcard registrations, hints naming each client's network,
-/// one no interface is on, loopback, garbage.
+/// the caller: wildcard registrations, hints naming each client, each
+/// server address, an address no interface is on, loopback, garbage.
 fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for vers in [2, 3, 4] {
@@ -1238,7 +1238,7 @@ fn clients_on_interfaces_not_named_reach_rpcbind_itself() {
 /// Calls a second the shield test lets each host make (a burst of twice
 /// that).
 const RATE: usize = 50;
-/// Calls the shield test's flooding host sends at once.
+/// Calls the shield test's flooding host sends in a burst.
 const FLOOD: usize = 1000;
 
 /// PMAP v2 GETPORT of portmapper on UDP: a small call with a smaller
@@ -1248,7 +1248,7 @@ fn getport_portmapper() -> Call {
 }
 
 /// Sends [`FLOOD`] calls as datagrams from one socket of the calling
-/// thread's namespace to `server` as fast as it can, then reads replies
+/// thread's namespace to `server` (10 a millisecond), then reads replies
 /// until none came for a second; how many were answered, and in how long.
 async fn udp_flood(server: SocketAddr) -> (usize, Duration) {
     let sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_ip_for(&server), 0))
