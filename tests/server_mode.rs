@@ -225,8 +225,8 @@ fn netbuf_111(ip: IpAddr) -> Vec<u8> {
 
 /// Every procedure of portmapper v2 and rpcbind v3/v4 but SET and UNSET
 /// (see [`set_unset_calls`]), with the arguments whose answers depend on
-/// the caller: wildcard registrations, hints naming each client's network,
-/// one no interface is on, loopback, garbage.
+/// the caller: wildcard registrations, hints naming each client, each
+/// server address, an address no interface is on, loopback, garbage.
 fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for vers in [2, 3, 4] {
@@ -1238,7 +1238,7 @@ fn clients_on_interfaces_not_named_reach_rpcbind_itself() {
 /// Calls a second the shield test lets each host make (a burst of twice
 /// that).
 const RATE: usize = 50;
-/// Calls the shield test's flooding host sends at once.
+/// Calls the shield test's flooding host sends in a burst.
 const FLOOD: usize = 1000;
 
 /// PMAP v2 GETPORT of portmapper on UDP: a small call with a smaller
@@ -1248,7 +1248,7 @@ fn getport_portmapper() -> Call {
 }
 
 /// Sends [`FLOOD`] calls as datagrams from one socket of the calling
-/// thread's namespace to `server` as fast as it can, then reads replies
+/// thread's namespace to `server` (10 a millisecond), then reads replies
 /// until none came for a second; how many were answered, and in how long.
 async fn udp_flood(server: SocketAddr) -> (usize, Duration) {
     let sock = tokio::net::UdpSocket::bind(SocketAddr::new(local_ip_for(&server), 0))
@@ -1426,5 +1426,51 @@ fn link_local_clients_get_rpcbinds_answers() {
             "the calls did not reach the proxy"
         );
         assert_no_differences("link-local clients", &problems);
+    });
+}
+
+#[test]
+fn server_mode_from_the_config_file_catches_an_interface_that_comes_later() {
+    run_without_proxy(|mut sb| async move {
+        register(&sb).await;
+        let mut clients = attach(&sb, &[1]).await;
+        let conf = sb.tmp_dir().join("server-mode.toml");
+        std::fs::write(
+            &conf,
+            "intercept-remote = true\nremote-interface = [\"s1\", \"s2\"]\n",
+        )
+        .unwrap();
+        let conf = conf.to_str().expect("a UTF-8 path").to_string();
+        if let Err(e) = sb.start_proxy(&["--config", &conf]).await {
+            panic!("starting the proxy in server mode from {conf}: {e}");
+        }
+        // s2 appears only now, with the daemon running.
+        clients.extend(attach(&sb, &[2]).await);
+        let table: Vec<Case> = cases()
+            .into_iter()
+            .filter(|c| c.name.starts_with("GETADDR v4 300001 1") || c.name.starts_with("GETPORT"))
+            .collect();
+        let mut proxied = Vec::new();
+        for c in &clients {
+            let servers = on_111(&server_addrs(c.link()));
+            let (requests, flows) = (proxy_requests(&sb).await, remote_flows(&sb).await);
+            let calls = pass(c, &servers, &table, false).await;
+            let requests = proxy_requests(&sb).await - requests;
+            let flows = remote_flows(&sb).await - flows;
+            assert!(
+                requests >= calls.len() as u64 && flows > 0,
+                "client {}'s {} calls: the proxy counted {requests} requests, its rules {flows} flows",
+                c.link(),
+                calls.len()
+            );
+            proxied.push(calls);
+        }
+        stop_server_mode(&mut sb).await;
+        let mut problems = Vec::new();
+        for (c, p) in clients.iter().zip(&proxied) {
+            let direct = pass(c, &on_111(&server_addrs(c.link())), &table, false).await;
+            problems.extend(differences(c, &table, &direct, p, 1));
+        }
+        assert_no_differences("configured from the file", &problems);
     });
 }

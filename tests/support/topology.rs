@@ -115,12 +115,7 @@ impl Client {
             &["ip", "route", "add", "default", "via", &gw4],
             &["ip", "-6", "route", "add", "default", "via", &gw6],
         ] {
-            let out = client.run(args).await;
-            assert!(
-                out.status.success(),
-                "{args:?} in client {n}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            client.run_ok(args).await;
         }
         client
     }
@@ -162,14 +157,8 @@ impl Client {
         )
         .await;
         let c = format!("{}/64", Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, n, 2));
-        let out = self
-            .run(&["ip", "addr", "add", &c, "dev", "eth0", "nodad"])
+        self.run_ok(&["ip", "addr", "add", &c, "dev", "eth0", "nodad"])
             .await;
-        assert!(
-            out.status.success(),
-            "adding {c} in client {n}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         // The index of the client's eth0, from its namespace's
         // /proc/net/if_inet6 (address, index in hex, ..., name).
         let path = format!("/proc/{}/net/if_inet6", self.pid());
@@ -192,6 +181,17 @@ impl Client {
             .args(["-n", "-m", "--"])
             .args(args);
         run_command(cmd, args).await
+    }
+
+    /// [`Client::run`], failing the test unless the command succeeds.
+    pub async fn run_ok(&self, args: &[&str]) {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "{args:?} in client {}: {}",
+            self.link,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `body` on a thread of its own that has entered the client's
