@@ -1474,3 +1474,47 @@ fn server_mode_from_the_config_file_catches_an_interface_that_comes_later() {
         assert_no_differences("configured from the file", &problems);
     });
 }
+
+/// Server mode's own port (the daemon's `[::]:1112` pair) answers other
+/// hosts only through the redirect of port 111: a call addressed to it
+/// from another host, on a served interface or not, is dropped, while
+/// the same call to port 111 is answered through the proxy, and the
+/// server itself still reaches it.
+#[test]
+fn other_hosts_reach_the_proxys_own_port_only_through_the_redirect() {
+    run_without_proxy(|mut sb| async move {
+        let clients = attach(&sb, &[1, UNSERVED_LINK]).await;
+        start_server_mode(&mut sb).await;
+        let call = getport_call(100_000);
+        for client in &clients {
+            for server in [server_addrs(1)[0], server_addrs(UNSERVED_LINK)[0]] {
+                for transport in [Transport::Tcp, Transport::Udp] {
+                    let direct = client
+                        .call((server, 1112).into(), transport, false, &call)
+                        .await;
+                    assert!(
+                        !matches!(direct, Outcome::Reply(_)),
+                        "client {} reached {server}:1112 over {transport:?} without the redirect",
+                        client.link()
+                    );
+                }
+            }
+        }
+        let through = clients[0]
+            .call(port_111(server_addrs(1)[0]), Transport::Tcp, false, &call)
+            .await;
+        assert!(matches!(through, Outcome::Reply(_)), "{through:?}");
+        // The test runs in the server's namespace.
+        let own = call_from(
+            (server_addrs(1)[0], 1112).into(),
+            Transport::Tcp,
+            false,
+            &call,
+        )
+        .await;
+        assert!(
+            matches!(own, Outcome::Reply(_)),
+            "the server itself: {own:?}"
+        );
+    });
+}

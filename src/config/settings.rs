@@ -132,8 +132,8 @@ pub struct Settings {
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
           help = with_default(concat!("Server mode: a reply to another host's UDP call is at most N ",
                                       "times the call's size (a DUMP is the classic reflection); a ",
-                                      "bigger one gets what a reply too large for UDP gets, and the ",
-                                      "client asks again over TCP"),
+                                      "bigger one gets what a reply too large for UDP gets ",
+                                      "(v2: nothing, v3/v4: SYSTEM_ERR)"),
                               LimitsConfig::DEFAULT.remote_udp_amplification))]
     pub remote_udp_amplification: Option<usize>,
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,

@@ -111,8 +111,11 @@ impl Daemon {
         // reuse their source ports) to a closed port: refused.
         let held_by_systemd = !inherited.listeners.is_empty();
         let mut bound = bind(&config, inherited.listeners).await?;
+        let mut guard = None;
         if config.intercept_remote {
-            bound.extend(remote_listeners(&bound, &config)?);
+            let own = remote_listeners(&bound, &config)?;
+            guard = (!own.is_empty()).then_some(REMOTE_PORT);
+            bound.extend(own);
         }
         let metrics_listener = metrics_listener(&config, inherited.metrics)?;
         // Said once the listeners are bound, so that a listener that cannot be
@@ -124,7 +127,7 @@ impl Daemon {
         info!("settings: {}", config.summary());
         let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
         let public_socket = stand_in_socket(&specs, &config)?;
-        let redirects = intercept_rules(&specs, &config)?;
+        let redirects = intercept_rules(&specs, &config, guard)?;
         let proxy = build_proxy(&config, public_socket);
         super::attribution::start(&config, &specs, &proxy);
         raise_fd_limit();

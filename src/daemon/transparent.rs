@@ -66,9 +66,12 @@ pub(super) const REMOTE_PORT: u16 = 1112;
 /// server mode is on. Transparent mode: IPv4 needs a TCP and a UDP listener
 /// on 127.0.0.1; IPv6 is redirected when there are both on [::1]. Server
 /// mode: see [`remote_redirect`].
+/// `guard`: server mode's own listening port, when the daemon bound it
+/// (other hosts may reach it only through the redirect).
 pub(super) fn intercept_rules(
     specs: &[ListenSpec],
     config: &Config,
+    guard: Option<u16>,
 ) -> Result<Option<InterceptRules>, StartError> {
     if !config.intercept && !config.intercept_remote {
         return Ok(None);
@@ -79,11 +82,10 @@ pub(super) fn intercept_rules(
         (None, None)
     };
     let remote = if config.intercept_remote {
-        let remote = remote_redirect(specs, &config.remote_interface);
-        if remote.is_none() {
+        let Some(remote) = remote_redirect(specs, &config.remote_interface) else {
             return Err(StartError::RemoteListeners);
-        }
-        remote
+        };
+        Some(RemoteRedirect { guard, ..remote })
     } else {
         None
     };
@@ -126,6 +128,7 @@ pub(super) fn remote_redirect(
         interfaces: interfaces.to_vec(),
         ipv4: Some(ipv4),
         ipv6: v6,
+        guard: None,
     })
 }
 

@@ -117,8 +117,26 @@ fn remote_rules(table: &str, remote: &RemoteRedirect) -> Result<Vec<BatchMsg>, N
             }
         }
     }
+    if let Some(port) = remote.guard {
+        for nfproto in [NFPROTO_IPV4, NFPROTO_IPV6] {
+            for proto in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
+                let exprs = guard_exprs(nfproto, proto as u8, port)?;
+                out.push(rule_msg_in(
+                    table,
+                    REMOTE_CHAIN,
+                    &exprs,
+                    Some(GUARD_COMMENT),
+                    Op::NewGuardRule,
+                )?);
+            }
+        }
+    }
     Ok(out)
 }
+
+/// The guard rules' comment, what an administrator reading the ruleset sees.
+const GUARD_COMMENT: &str =
+    "rpcbind-proxy: other hosts reach its server-mode port only through the redirect of port 111";
 
 /// One server-mode rule: `iifname IF meta nfproto F meta l4proto P th
 /// dport 111 [tcp SYN] fib daddr type local counter dnat to <daddr>:PORT`.
@@ -181,6 +199,11 @@ fn nfproto_is(nfproto: u8) -> [Expr; 2] {
 /// `meta l4proto P th dport 111`, and for TCP the SYN-only test (see
 /// `redirect_exprs`).
 fn port_111_exprs(l4proto: u8) -> Vec<Expr> {
+    port_exprs(l4proto, InterceptRules::RPCBIND_PORT)
+}
+
+/// `meta l4proto P th dport PORT`, and for TCP the SYN-only test.
+fn port_exprs(l4proto: u8, port: u16) -> Vec<Expr> {
     let mut exprs = vec![
         Expr::Meta {
             key: NFT_META_L4PROTO,
@@ -191,12 +214,39 @@ fn port_111_exprs(l4proto: u8) -> Vec<Expr> {
             offset: 2,
             len: 2,
         },
-        Expr::CmpEq(InterceptRules::RPCBIND_PORT.to_be_bytes().to_vec()),
+        Expr::CmpEq(port.to_be_bytes().to_vec()),
     ];
     if l4proto == libc::IPPROTO_TCP as u8 {
         exprs.extend(syn_only());
     }
     exprs
+}
+
+/// Server mode's guard of its own port: `iifname != "lo" meta nfproto F
+/// meta l4proto P th dport PORT [SYN] fib daddr type local counter drop`.
+/// A flow redirected from 111 is past the nat chain by then (its first
+/// packet matched the redirect, which ends the chain), so only flows
+/// addressed to PORT itself are dropped.
+pub(super) fn guard_exprs(
+    nfproto: u8,
+    l4proto: u8,
+    port: u16,
+) -> Result<Vec<Expr>, NetfilterError> {
+    let mut exprs = vec![
+        Expr::Meta {
+            key: NFT_META_IIFNAME,
+        },
+        Expr::CmpNeq(iifname("lo")?.to_vec()),
+    ];
+    exprs.extend(nfproto_is(nfproto));
+    exprs.extend(port_exprs(l4proto, port));
+    exprs.extend([
+        Expr::FibDaddrType,
+        Expr::CmpEq(RTN_LOCAL.to_ne_bytes().to_vec()),
+        Expr::Counter,
+        Expr::Drop,
+    ]);
+    Ok(exprs)
 }
 
 /// `tcp flags & (fin|syn|rst|ack) == syn`.
@@ -334,6 +384,8 @@ pub(super) enum Expr {
     /// The same, into NFT_REG_2 (the port beside an address in NFT_REG_1).
     ImmediateReg2(Vec<u8>),
     Return,
+    /// The verdict `drop`.
+    Drop,
     Redir,
     /// `fib daddr type`: the route type of the destination address.
     FibDaddrType,
@@ -353,7 +405,9 @@ impl Expr {
             Expr::CmpEq(_) | Expr::CmpNeq(_) => "cmp",
             Expr::Bitwise { .. } => "bitwise",
             Expr::Counter => "counter",
-            Expr::ImmediateData(_) | Expr::ImmediateReg2(_) | Expr::Return => "immediate",
+            Expr::ImmediateData(_) | Expr::ImmediateReg2(_) | Expr::Return | Expr::Drop => {
+                "immediate"
+            }
             Expr::Redir => "redir",
             Expr::FibDaddrType => "fib",
             Expr::DnatToReg { .. } => "nat",
@@ -427,11 +481,15 @@ impl Expr {
                     NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
                 );
             }
-            Expr::Return => {
+            Expr::Return | Expr::Drop => {
+                let code = match self {
+                    Expr::Drop => NF_DROP,
+                    _ => NFT_RETURN as u32,
+                };
                 a.put_u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
                 let d = a.nest_start(NFTA_IMMEDIATE_DATA);
                 let v = a.nest_start(NFTA_DATA_VERDICT);
-                a.put_u32_be(NFTA_VERDICT_CODE, NFT_RETURN as u32);
+                a.put_u32_be(NFTA_VERDICT_CODE, code);
                 a.nest_end(v);
                 a.nest_end(d);
             }

@@ -73,6 +73,11 @@ pub struct RemoteRedirect {
     pub interfaces: Vec<String>,
     pub ipv4: Option<Redirect>,
     pub ipv6: Option<Redirect>,
+    /// The daemon's own listening port for them, when it bound one: other
+    /// hosts' new flows straight to it (not redirected from 111) are
+    /// dropped, on every interface but `lo`, so that it answers only what
+    /// the redirect sends it.
+    pub guard: Option<u16>,
 }
 
 /// The label server mode's rules start with (the rest: interface, family,
@@ -391,6 +396,9 @@ enum Op {
     NewChain(String),
     NewMarkRule,
     NewRule(String),
+    /// A rule that redirects nothing and is not counted (server mode's
+    /// guard of its own port); it goes with the table.
+    NewGuardRule,
     DelRule(String),
     DelTable,
     NewKeeperTable,
@@ -416,6 +424,7 @@ impl fmt::Display for Op {
             Op::NewChain(name) => write!(f, "NEWCHAIN {name}"),
             Op::NewMarkRule => f.write_str("NEWRULE (meta mark return)"),
             Op::NewRule(l) => write!(f, "NEWRULE ({l})"),
+            Op::NewGuardRule => f.write_str("NEWRULE (guard)"),
             Op::DelRule(l) => write!(f, "DELRULE ({l})"),
             Op::DelTable => f.write_str("DELTABLE"),
             Op::NewKeeperTable => f.write_str("NEWTABLE (NAT keeper)"),

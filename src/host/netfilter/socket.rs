@@ -75,7 +75,7 @@ pub(super) fn map_batch_error(
                 errno_text(errno)
             ),
         },
-        (Op::NewRule(_) | Op::NewMarkRule, libc::ENOENT | libc::EOPNOTSUPP) => {
+        (Op::NewRule(_) | Op::NewMarkRule | Op::NewGuardRule, libc::ENOENT | libc::EOPNOTSUPP) => {
             NetfilterError::Unavailable {
                 detail: format!(
                     "{op}: {} (module nft_redir / nft_counter missing?)",

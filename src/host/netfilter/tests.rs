@@ -440,6 +440,7 @@ fn remote_rules_keep_the_address_and_match_the_interface() {
             udp_port: 1112,
         }),
         ipv6: None,
+        guard: Some(1112),
     });
     let b = build_install_batch(&r).unwrap();
     let ops: Vec<String> = b.iter().map(|m| m.op.to_string()).collect();
@@ -451,8 +452,18 @@ fn remote_rules_keep_the_address_and_match_the_interface() {
             "NEWRULE (remote eth0 ipv4 udp)",
             "NEWRULE (remote bond1 ipv4 tcp)",
             "NEWRULE (remote bond1 ipv4 udp)",
+            "NEWRULE (guard)",
+            "NEWRULE (guard)",
+            "NEWRULE (guard)",
+            "NEWRULE (guard)",
         ]
     );
+    let guard = guard_exprs(NFPROTO_IPV6, libc::IPPROTO_UDP as u8, 1112).unwrap();
+    assert_eq!(
+        guard[1],
+        Expr::CmpNeq(b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec())
+    );
+    assert_eq!(guard.last(), Some(&Expr::Drop));
     let exprs = remote_exprs("eth0", NFPROTO_IPV4, libc::IPPROTO_UDP as u8, 1112).unwrap();
     assert_eq!(
         exprs[..2],
