@@ -257,8 +257,9 @@ pub enum InterceptAction {
     /// Move rpcbind's unix socket aside, give /run/rpcbind.sock and [::1] to
     /// rpcbind-proxy.socket and restart the daemon with --intercept: local
     /// clients of port 111 and /run/rpcbind.sock then go through the proxy.
-    /// Idempotent; no client is refused meanwhile.
-    Enable,
+    /// With --remote, server mode too. Idempotent; no client is refused
+    /// meanwhile.
+    Enable(EnableArgs),
     /// Undo `enable`: /run/rpcbind.sock back to rpcbind, the drop-ins
     /// removed, the daemon restarted on its defaults. Idempotent.
     Disable,
@@ -280,6 +281,17 @@ pub enum InterceptAction {
     ///
     /// The service runs it once the daemon is ready. Idempotent.
     Reclaim,
+}
+
+/// `intercept enable`'s options: the whole of what is wanted (enabling
+/// again without --remote turns server mode off).
+#[derive(Debug, Args)]
+pub struct EnableArgs {
+    /// Server mode as well: other hosts' port-111 traffic arriving on this
+    /// interface goes through the proxy too (repeatable; the daemon runs
+    /// with --intercept-remote --remote-interface IF)
+    #[arg(long = "remote", value_name = "IF", value_parser = crate::config::interface_arg)]
+    pub remote: Vec<String>,
 }
 
 #[derive(Debug, Args)]

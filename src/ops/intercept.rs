@@ -87,7 +87,7 @@ const DROP_INS: [(&str, &str); 3] = [
 
 pub fn intercept(args: InterceptArgs) -> ExitCode {
     let result = match args.action {
-        InterceptAction::Enable => enable::enable(&args.control.control),
+        InterceptAction::Enable(e) => enable::enable(&args.control.control, &e.remote),
         InterceptAction::Disable => disable::disable(),
         InterceptAction::Status => return status::status(&args.control.control),
         InterceptAction::FailOpen => failsafe::fail_open(),
@@ -110,7 +110,19 @@ struct Derived {
 
 /// Each drop-in's path and the text it must hold, from what
 /// `rpcbind_listen` derived.
-fn drop_ins(unit_dir: &Path, bin: &str, derived: &Derived) -> Vec<(PathBuf, String)> {
+fn drop_ins(
+    unit_dir: &Path,
+    bin: &str,
+    derived: &Derived,
+    remote: &[String],
+) -> Vec<(PathBuf, String)> {
+    let remote_args: String = if remote.is_empty() {
+        String::new()
+    } else {
+        std::iter::once(" --intercept-remote".to_owned())
+            .chain(remote.iter().map(|i| format!(" --remote-interface {i}")))
+            .collect()
+    };
     let abstract_line = derived
         .abstract_name
         .as_ref()
@@ -127,6 +139,7 @@ fn drop_ins(unit_dir: &Path, bin: &str, derived: &Derived) -> Vec<(PathBuf, Stri
             (
                 unit_dir.join(format!("{unit}.d")).join(DROP_IN),
                 text.replace("@BIN@", bin)
+                    .replace("@REMOTE@", &remote_args)
                     .replace("@LISTEN@", &derived.listen)
                     .replace("@ABSTRACT@", &abstract_line),
             )
@@ -360,6 +373,7 @@ mod tests {
             Path::new("/etc/systemd/system"),
             "/opt/bin/rpcbind-proxy",
             &derived,
+            &[],
         );
         let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         assert_eq!(
@@ -391,9 +405,26 @@ mod tests {
             abstract_name: Some("@/run/rpcbind.sock".into()),
             ..derived
         };
-        let files = drop_ins(Path::new("/etc/systemd/system"), "/b", &derived);
+        let files = drop_ins(Path::new("/etc/systemd/system"), "/b", &derived, &[]);
         assert!(listen(&files[1].1).contains(&"ListenStream=@/run/rpcbind.sock".to_string()));
         assert!(!files[0].1.contains('@'));
+        assert!(files[2].1.contains("upstream.sock\n") && !files[2].1.contains("@REMOTE@"));
+    }
+
+    /// `enable --remote IF`: server mode's flags on the daemon's command
+    /// line, one --remote-interface per interface.
+    #[test]
+    fn enable_remote_adds_server_mode_to_the_daemons_command_line() {
+        let ifaces = ["eth0".to_owned(), "bond1".to_owned()];
+        let files = drop_ins(Path::new("/u"), "/b", &Derived::default(), &ifaces);
+        assert!(
+            files[2].1.contains(
+                "ExecStart=/b serve --intercept --rpcbind-socket /run/rpcbind/upstream.sock \
+                 --intercept-remote --remote-interface eth0 --remote-interface bond1\n"
+            ),
+            "{}",
+            files[2].1
+        );
     }
 
     #[test]

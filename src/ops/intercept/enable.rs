@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use super::*;
 
-pub(super) fn enable(control: &Path) -> Result<(), String> {
+pub(super) fn enable(control: &Path, remote: &[String]) -> Result<(), String> {
     preconditions("enable")?;
     let bin = this_binary()?;
     let derived = rpcbind_listen()?;
-    let files = drop_ins(Path::new(UNIT_DIR), &bin, &derived);
+    let files = drop_ins(Path::new(UNIT_DIR), &bin, &derived, remote);
     let abstract_name = derived.abstract_name.as_deref();
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
@@ -43,6 +43,12 @@ pub(super) fn enable(control: &Path) -> Result<(), String> {
     match enable_steps(control, &files, link, abstract_name, &mut done) {
         Ok(()) => {
             println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
+            if !remote.is_empty() {
+                println!(
+                    "server mode is on: other hosts' port-111 traffic on {} goes through rpcbind-proxy",
+                    remote.join(", ")
+                );
+            }
             Ok(())
         }
         Err((step, why)) => Err(done.roll_back(&step, &why)),
