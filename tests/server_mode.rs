@@ -1389,8 +1389,6 @@ fn link_local_cases() -> Vec<Case> {
 }
 
 #[test]
-#[ignore = "server mode does not do it yet: a link-local client is answered with the address \
-            rpcbind picks for the proxy's loopback connection (the README's 'not done yet')"]
 fn link_local_clients_get_rpcbinds_answers() {
     run_without_proxy(|mut sb| async move {
         register(&sb).await;

@@ -3,7 +3,9 @@
 //! Owns the listeners and per-connection loops (`listen`), the checks and
 //! local answers (`service`, each call decoded once into a `request`), who
 //! may do what (`policy`), the cache (`cache`) and its coherence with
-//! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`), the client
+//! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`; `link_local`: those
+//! from this host's link-local addresses for server mode's link-local
+//! clients), the client
 //! limits (`limits`), server mode's per-host rate limit and offenders
 //! (`shield`), who each client is (`attribution`) and how much it
 //! asks (`clients`), the counters the path bumps (`metrics`), the log
@@ -19,6 +21,7 @@ pub mod cache;
 pub mod clients;
 mod coherence;
 pub mod limits;
+pub mod link_local;
 pub mod listen;
 pub mod logs;
 pub mod metrics;

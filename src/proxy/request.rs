@@ -115,7 +115,23 @@ pub(super) fn cache_key(
     if verf != OpaqueAuth::NONE {
         return None;
     }
+    // A link-local address names a host only with its interface, which
+    // the key does not hold: such a client's own answers are not shared.
+    if procedure.depends_on_transport() && is_link_local_peer(peer) {
+        return None;
+    }
     Key::of(vers, procedure, args, class, peer)
+}
+
+/// Another host on an IPv6 link-local address.
+#[inline]
+fn is_link_local_peer(peer: &Peer) -> bool {
+    match peer {
+        Peer::Tcp(std::net::SocketAddr::V6(a)) | Peer::Udp(std::net::SocketAddr::V6(a)) => {
+            crate::proxy::link_local::is_link_local(a.ip())
+        }
+        _ => false,
+    }
 }
 
 /// The checks libtirpc makes before a procedure runs, in its order:

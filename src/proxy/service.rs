@@ -109,6 +109,8 @@ pub struct Proxy {
     pub(super) limits: Limits,
     /// Server mode's per-host rate limit and the hosts it held back.
     pub(super) shield: crate::proxy::shield::Shield,
+    /// Server mode's connections for link-local clients.
+    link_local: crate::proxy::link_local::LinkLocalUpstreams,
     /// Lookups of the last few minutes, for a hit ratio that is not the
     /// whole life's.
     pub(super) recent: Recent,
@@ -126,7 +128,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(rpcbind: RpcbindAddr, settings: Settings) -> Arc<Proxy> {
-        let port = rpcbind.port;
+        let (port, mark) = (rpcbind.port, rpcbind.mark);
         let upstreams = Class::ALL.map(|class| {
             let v4 = (std::net::Ipv4Addr::LOCALHOST, port).into();
             let v6 = (std::net::Ipv6Addr::LOCALHOST, port).into();
@@ -150,6 +152,7 @@ impl Proxy {
             attribution: Attributor::new(settings.attribution),
             limits: Limits::new(settings.limits),
             shield: crate::proxy::shield::Shield::new(settings.limits.remote_rate),
+            link_local: crate::proxy::link_local::LinkLocalUpstreams::new(port, mark),
             recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
@@ -478,13 +481,16 @@ impl Proxy {
     /// Asks rpcbind over the connection of `class`.
     async fn fetch(&self, class: Class, request: &Request<'_>) -> Result<Bytes, UpstreamError> {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let rewritten = self.hint_for(class, request).await;
+        // A link-local client of another host: over a connection from this
+        // host's link-local address on its interface (`link_local`).
+        let link = self
+            .link_local
+            .for_peer(class, &request.peer, self.timeout());
+        let up = link.as_deref().unwrap_or_else(|| self.upstream(class));
+        let rewritten = self.hint_for(up, request).await;
         let record = rewritten.as_deref().unwrap_or(request.record);
         let procedure = request.procedure;
-        let reply = self
-            .upstream(class)
-            .call(record, procedure.is_idempotent())
-            .await?;
+        let reply = up.call(record, procedure.is_idempotent()).await?;
         Ok(self.public_addresses(reply, request.call.vers, procedure))
     }
 
@@ -556,7 +562,7 @@ impl Proxy {
     /// address is not the one rpcbind sees on the proxy's connection, give
     /// rpcbind the client's address as the hint so the answer is the one the
     /// client would get directly. Returns the rewritten record, if any.
-    async fn hint_for(&self, class: Class, request: &Request<'_>) -> Option<BytesMut> {
+    async fn hint_for(&self, up: &Upstream, request: &Request<'_>) -> Option<BytesMut> {
         let Args::Rpcb(rpcb) = request.args else {
             return None;
         };
@@ -570,7 +576,6 @@ impl Proxy {
         let (Peer::Tcp(client) | Peer::Udp(client)) = request.peer else {
             return None;
         };
-        let up = self.upstream(class);
         if up.ensure_connected().await.is_err() || up.local_ip() == Some(client.ip().to_canonical())
         {
             return None;
