@@ -381,7 +381,7 @@ async fn bind(
     }
     let mut skipped: Vec<(ListenSpec, std::io::Error)> = Vec::new();
     for spec in &config.listen {
-        match listen::bind(spec).await {
+        match listen::bind_among(spec, &config.listen).await {
             Ok(b) => bound.push((spec.clone(), b)),
             Err(e) if !config.listen_set && listen::no_such_address(&e) => {
                 let ip = spec_ip(spec);

@@ -267,6 +267,12 @@ pub fn coarse_monotonic() -> std::time::Duration {
 /// tokio's own listeners) or UDP, non-blocking and close-on-exec. Server
 /// mode's listeners, one per protocol for both families.
 pub fn bind_dual_stack(stream: bool, port: u16) -> io::Result<std::os::fd::OwnedFd> {
+    bind_any_v6(stream, port, false)
+}
+
+/// A socket on `[::]:port`, IPv6 only (`v6only`) or taking IPv4 too; as
+/// [`bind_dual_stack`] otherwise.
+pub fn bind_any_v6(stream: bool, port: u16, v6only: bool) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let kind = if stream {
         libc::SOCK_STREAM
@@ -286,7 +292,12 @@ pub fn bind_dual_stack(stream: bool, port: u16) -> io::Result<std::os::fd::Owned
     }
     // SAFETY: `fd` was just returned by socket() and nothing else owns it.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &0)?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IPV6,
+        libc::IPV6_V6ONLY,
+        &libc::c_int::from(v6only),
+    )?;
     if stream {
         setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, &1)?;
     }

@@ -264,6 +264,35 @@ pub async fn bind(spec: &ListenSpec) -> io::Result<Bound> {
     }
 }
 
+/// Binds `spec`, one of the listeners `all`: a `[::]:PORT` listener is made
+/// IPv6-only where `all` also has `0.0.0.0:PORT` of its transport (both
+/// could not be bound otherwise: the IPv6 one would take IPv4 too).
+pub async fn bind_among(spec: &ListenSpec, all: &[ListenSpec]) -> io::Result<Bound> {
+    let v4_twin = |a: &SocketAddr| {
+        let twin = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, a.port()));
+        all.iter().any(|s| match (spec, s) {
+            (ListenSpec::Tcp(_), ListenSpec::Tcp(b)) | (ListenSpec::Udp(_), ListenSpec::Udp(b)) => {
+                *b == twin
+            }
+            _ => false,
+        })
+    };
+    match spec {
+        ListenSpec::Tcp(a) | ListenSpec::Udp(a)
+            if a.is_ipv6() && a.ip().is_unspecified() && v4_twin(a) =>
+        {
+            let stream = matches!(spec, ListenSpec::Tcp(_));
+            let fd = crate::host::sys::bind_any_v6(stream, a.port(), true)?;
+            Ok(if stream {
+                Bound::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?)
+            } else {
+                Bound::Udp(UdpSocket::from_std(std::net::UdpSocket::from(fd))?)
+            })
+        }
+        _ => bind(spec).await,
+    }
+}
+
 /// Server mode's listeners when the configured ones do not serve the
 /// network: TCP and UDP on `[::]:port` taking IPv4 as well, or on
 /// `0.0.0.0:port` where this host has no IPv6.
@@ -412,6 +441,32 @@ pub fn adopt(socket: Inherited) -> io::Result<(ListenSpec, Bound)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `0.0.0.0:P` and `[::]:P` listed together both bind (the IPv6 one
+    /// made IPv6-only), and each takes its family's connections.
+    #[test]
+    fn both_wildcards_of_one_port_bind_together() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let port = std::net::TcpListener::bind("0.0.0.0:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let all: Vec<ListenSpec> = [format!("tcp:0.0.0.0:{port}"), format!("tcp:[::]:{port}")]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            let mut bound = Vec::new();
+            for spec in &all {
+                bound.push(bind_among(spec, &all).await.expect("both bind"));
+            }
+            assert!(matches!(bound[1], Bound::Tcp(_)));
+        });
+    }
 
     #[test]
     fn parses_specs_and_names_bad_ones() {
