@@ -134,7 +134,15 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
         &server_interface(2),
     ]
     .map(String::from)
-    .to_vec();
+    .into_iter()
+    // Extra serve options for experiments, e.g. RPCBIND_PROXY_ARGS="--threads 1".
+    .chain(
+        std::env::var("RPCBIND_PROXY_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from),
+    )
+    .collect();
     let args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
 
     // The proxy's own port, no redirect: what the NAT costs apart.

@@ -8,7 +8,7 @@ remote_rule() { nft list chain inet rpcbind_proxy prerouting 2>/dev/null | grep 
 $B intercept enable --remote rbp0 >/tmp/remote1.txt 2>&1; rc=$?
 check "intercept enable --remote rbp0 exits 0 ($(tail -1 /tmp/remote1.txt))" [ "$rc" = 0 ]
 check "the table catches rbp0's port-111 traffic" wait_for 15 remote_rule
-check "the daemon listens on [::]:1112 for other hosts" sh -c "ss -Hlnt | grep -q '\[::\]:1112'"
+check "the daemon listens on [::]:1112 for other hosts (ss: *:1112, both families)" sh -c "ss -Hlnt | grep -Eq '(\[::\]|\*):1112 '"
 check "local clients still go through the proxy (rpcinfo -p 127.0.0.1)" sh -c "rpcinfo -p 127.0.0.1 >/dev/null"
 $B intercept status >/tmp/remote-st.txt; rc=$?
 check "intercept status says on with server mode (exit $rc)" [ "$rc" = 0 ]
