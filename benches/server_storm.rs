@@ -14,8 +14,6 @@
 //!   second over the storm, and each lookup's latency (connect to reply);
 //!   TIME_WAIT sockets and reserved ports held on the client after it;
 //!   rpcbind's own lookup count (GETSTAT) over the proxied storms;
-//! - the same storm at the proxy's own port (1112), without the redirect:
-//!   what the NAT costs apart from the proxy;
 //! - an abusive host on a second link: 10,000 TCP connections held open
 //!   (at most what connects in 10 s) and a UDP DUMP flood while the storm
 //!   runs again, its rate against the storm's without it, and what the
@@ -145,10 +143,7 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
     .collect();
     let args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
 
-    // The proxy's own port, no redirect: what the NAT costs apart.
-    let proxy_port: SocketAddr = (server_addrs(1)[0], 1112).into();
     let (mut direct, mut proxied, mut abused) = (Vec::new(), Vec::new(), Vec::new());
-    let mut unredirected = Vec::new();
     let (mut tw_direct, mut tw_proxied) = (0, 0);
     let mut rpcbind_lookups = 0;
     let mut proxied_lookups = 0;
@@ -175,7 +170,6 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
             .time_wait_count(Some(111), Duration::from_secs(5))
             .await
             - before;
-        unredirected.push(storm(&client, &hosts, proxy_port).await);
 
         // The abuser: connections held open, and a UDP DUMP flood, while
         // the storm runs again.
@@ -242,7 +236,6 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
     println!("|---|---|---|---|---|---|");
     row("rpcbind alone", &direct, tw_direct);
     row("through the proxy", &proxied, tw_proxied);
-    row("the proxy's port, no redirect", &unredirected, 0);
     let abused_storms: Vec<Storm> = abused.iter().map(|(s, _)| s.clone()).collect();
     row("through the proxy, beside an abuser", &abused_storms, 0);
     let d = median(direct.iter().map(Storm::rate).collect());
