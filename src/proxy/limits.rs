@@ -233,7 +233,7 @@ impl Limits {
             record_timeout: self.record_timeout(),
             max_udp_reply: self.max_udp_reply(),
             remote_udp_amplification: self.remote_udp_amplification.load(Ordering::Relaxed),
-            remote_rate: self.remote_rate.load(Ordering::Relaxed),
+            remote_rate: self.remote_rate(),
         }
     }
 
@@ -252,6 +252,11 @@ impl Limits {
             }
             _ => true,
         }
+    }
+
+    /// Calls a second each other host may make (0: no limit).
+    pub fn remote_rate(&self) -> u32 {
+        self.remote_rate.load(Ordering::Relaxed)
     }
 
     pub fn max_udp_reply(&self) -> usize {

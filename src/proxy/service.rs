@@ -151,7 +151,7 @@ impl Proxy {
             clients: Clients::default(),
             attribution: Attributor::new(settings.attribution),
             limits: Limits::new(settings.limits),
-            shield: crate::proxy::shield::Shield::new(settings.limits.remote_rate),
+            shield: crate::proxy::shield::Shield::default(),
             link_local: crate::proxy::link_local::LinkLocalUpstreams::new(port, mark),
             recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
@@ -166,7 +166,7 @@ impl Proxy {
     /// limit per other host; local clients always).
     #[inline]
     pub fn admits_call(&self, peer: &Peer) -> bool {
-        self.shield.admit(peer)
+        self.shield.admit(peer, self.limits.remote_rate())
     }
 
     /// Names the socket the daemon's watchdog probe sends from (bound for
@@ -209,7 +209,6 @@ impl Proxy {
     /// Applies reloadable settings (SIGHUP), keeping the cache's entries.
     pub fn reconfigure(&self, settings: Settings) {
         self.limits.set(settings.limits);
-        self.shield.set_rate(settings.limits.remote_rate);
         for up in &self.upstreams {
             up.set_timeout(settings.upstream_timeout);
         }
@@ -335,7 +334,7 @@ impl Proxy {
                         .amplification_refused
                         .fetch_add(1, Ordering::Relaxed);
                     self.shield
-                        .note(&peer, crate::proxy::shield::Offence::Amplification);
+                        .note_amplification(&peer, self.limits.remote_rate());
                 } else {
                     self.limits.udp_too_large.fetch_add(1, Ordering::Relaxed);
                 }

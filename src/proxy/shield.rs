@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,15 +27,6 @@ use crate::proxy::policy::Peer;
 const SOURCES: usize = 4096;
 /// Offenders `status` names at most.
 pub const NAMED_OFFENDERS: usize = 10;
-
-/// Why a source's call was held back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offence {
-    /// Over `remote-rate`.
-    Rate,
-    /// A UDP reply beyond `remote-udp-amplification`.
-    Amplification,
-}
 
 /// One source's bucket and what it was refused.
 #[derive(Debug, Clone, Copy)]
@@ -68,40 +59,32 @@ pub struct Offender {
     pub amplification: u64,
 }
 
-/// The per-source limits of other hosts' calls.
+/// The per-source limits of other hosts' calls. The rate is the caller's
+/// to give (`Limits`, where a reload sets it).
 #[derive(Debug)]
 pub struct Shield {
-    /// Calls a second per source; 0: no limit.
-    rate: AtomicU32,
     sources: Mutex<lru::LruCache<IpAddr, Source>>,
     /// Calls held back by the rate, in all.
     pub rate_limited: AtomicU64,
 }
 
-impl Shield {
-    pub fn new(rate: u32) -> Shield {
+impl Default for Shield {
+    fn default() -> Shield {
         Shield {
-            rate: AtomicU32::new(rate),
             sources: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(SOURCES).expect("non-zero"),
             )),
             rate_limited: AtomicU64::new(0),
         }
     }
+}
 
-    pub fn set_rate(&self, rate: u32) {
-        self.rate.store(rate, Ordering::Relaxed);
-    }
-
-    pub fn rate(&self) -> u32 {
-        self.rate.load(Ordering::Relaxed)
-    }
-
-    /// Whether a call from `peer` may be served now: always for a local
-    /// client; for another host, while its bucket holds a token.
+impl Shield {
+    /// Whether a call from `peer` may be served now under `rate` calls a
+    /// second per host (0: no limit): always for a local client; for
+    /// another host, while its bucket holds a token.
     #[inline]
-    pub fn admit(&self, peer: &Peer) -> bool {
-        let rate = self.rate();
+    pub fn admit(&self, peer: &Peer, rate: u32) -> bool {
         if rate == 0 {
             return true;
         }
@@ -133,19 +116,18 @@ impl Shield {
         false
     }
 
-    /// Notes that a call of `peer`'s was held back for `offence` elsewhere
-    /// (the amplification bound); nothing for a local client.
-    pub fn note(&self, peer: &Peer, offence: Offence) {
+    /// Notes that a UDP reply to `peer` was held back by the amplification
+    /// bound (a new source gets the full bucket of `rate`); nothing for a
+    /// local client.
+    pub fn note_amplification(&self, peer: &Peer, rate: u32) {
         let Some(ip) = peer.ip().filter(|ip| !ip.is_loopback()) else {
             return;
         };
-        let full = u64::from(self.rate()) * 2 * 1000;
+        let full = u64::from(rate) * 2 * 1000;
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        let source = sources.get_or_insert_mut(ip, || Source::full(full, coarse_monotonic()));
-        match offence {
-            Offence::Rate => source.rate_limited += 1,
-            Offence::Amplification => source.amplification += 1,
-        }
+        sources
+            .get_or_insert_mut(ip, || Source::full(full, coarse_monotonic()))
+            .amplification += 1;
     }
 
     /// The sources held back most, at most [`NAMED_OFFENDERS`], most first
@@ -183,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_source_gets_its_burst_then_its_rate() {
-        let s = Shield::new(100);
+        let s = Shield::default();
         let t0 = Duration::from_secs(50);
         let taken = (0..250).filter(|_| s.take(ip(9), 100, t0)).count();
         assert_eq!(taken, 200, "a burst of twice the rate");
@@ -194,7 +176,7 @@ mod tests {
         let taken = (0..50).filter(|_| s.take(ip(9), 100, t1)).count();
         assert_eq!(taken, 10);
         assert_eq!(s.rate_limited.load(Ordering::Relaxed), 50 + 40);
-        s.note(&Peer::Udp((ip(2), 700).into()), Offence::Amplification);
+        s.note_amplification(&Peer::Udp((ip(2), 700).into()), 100);
         assert_eq!(
             s.offenders(),
             [
@@ -214,14 +196,13 @@ mod tests {
 
     #[test]
     fn local_clients_and_a_rate_of_zero_are_never_held_back() {
-        let s = Shield::new(1);
+        let s = Shield::default();
         let local = Peer::Tcp(([127, 0, 0, 1], 800).into());
         let mapped = Peer::Udp("[::ffff:127.0.0.1]:800".parse().unwrap());
-        assert!((0..100).all(|_| s.admit(&local) && s.admit(&mapped)));
-        s.set_rate(0);
+        assert!((0..100).all(|_| s.admit(&local, 1) && s.admit(&mapped, 1)));
         let remote = Peer::Udp((ip(3), 800).into());
-        assert!((0..100).all(|_| s.admit(&remote)));
-        s.note(&local, Offence::Amplification);
+        assert!((0..100).all(|_| s.admit(&remote, 0)));
+        s.note_amplification(&local, 1);
         assert!(s.offenders().is_empty());
     }
 }
