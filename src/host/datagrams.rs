@@ -553,7 +553,9 @@ mod tests {
     #[test]
     fn replies_leave_from_where_the_call_arrived() {
         let v4 = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let dual: UdpSocket = super::super::sys::bind_dual_stack(false, 0).unwrap().into();
+        let dual: UdpSocket = super::super::sys::bind_any_v6(false, 0, false)
+            .unwrap()
+            .into();
         for (server, ipv6) in [(v4, false), (dual, true)] {
             server.set_nonblocking(false).unwrap();
             let port = server.local_addr().unwrap().port();

@@ -262,16 +262,11 @@ pub fn coarse_monotonic() -> std::time::Duration {
         .unwrap_or_default()
 }
 
-/// A socket on `[::]:port` that takes IPv4 too (IPV6_V6ONLY off, whatever
-/// the host's `net.ipv6.bindv6only` says): TCP (listening, SO_REUSEADDR as
-/// tokio's own listeners) or UDP, non-blocking and close-on-exec. Server
-/// mode's listeners, one per protocol for both families.
-pub fn bind_dual_stack(stream: bool, port: u16) -> io::Result<std::os::fd::OwnedFd> {
-    bind_any_v6(stream, port, false)
-}
-
-/// A socket on `[::]:port`, IPv6 only (`v6only`) or taking IPv4 too; as
-/// [`bind_dual_stack`] otherwise.
+/// A socket on `[::]:port`, IPv6 only (`v6only`) or taking IPv4 too,
+/// whatever the host's `net.ipv6.bindv6only` says (server mode's
+/// listeners take both families on one socket per protocol): TCP
+/// (listening, SO_REUSEADDR as tokio's own listeners) or UDP, non-blocking
+/// and close-on-exec.
 pub fn bind_any_v6(stream: bool, port: u16, v6only: bool) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let kind = if stream {

@@ -281,36 +281,34 @@ pub async fn bind_among(spec: &ListenSpec, all: &[ListenSpec]) -> io::Result<Bou
         ListenSpec::Tcp(a) | ListenSpec::Udp(a)
             if a.is_ipv6() && a.ip().is_unspecified() && v4_twin(a) =>
         {
-            let stream = matches!(spec, ListenSpec::Tcp(_));
-            let fd = crate::host::sys::bind_any_v6(stream, a.port(), true)?;
-            Ok(if stream {
-                Bound::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?)
-            } else {
-                Bound::Udp(UdpSocket::from_std(std::net::UdpSocket::from(fd))?)
-            })
+            bind_any_v6(matches!(spec, ListenSpec::Tcp(_)), a.port(), true)
         }
         _ => bind(spec).await,
     }
+}
+
+/// A TCP (`stream`) or UDP listener on `[::]:port`, IPv6 only or taking
+/// IPv4 too (`host::sys::bind_any_v6`).
+fn bind_any_v6(stream: bool, port: u16, v6only: bool) -> io::Result<Bound> {
+    let fd = crate::host::sys::bind_any_v6(stream, port, v6only)?;
+    Ok(if stream {
+        Bound::Tcp(TcpListener::from_std(std::net::TcpListener::from(fd))?)
+    } else {
+        Bound::Udp(UdpSocket::from_std(std::net::UdpSocket::from(fd))?)
+    })
 }
 
 /// Server mode's listeners when the configured ones do not serve the
 /// network: TCP and UDP on `[::]:port` taking IPv4 as well, or on
 /// `0.0.0.0:port` where this host has no IPv6.
 pub fn bind_remote(port: u16) -> io::Result<Vec<(ListenSpec, Bound)>> {
-    use crate::host::sys::bind_dual_stack;
-    let dual = |stream| bind_dual_stack(stream, port);
+    let dual = |stream| bind_any_v6(stream, port, false);
     match (dual(true), dual(false)) {
         (Ok(tcp), Ok(udp)) => {
             let any: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, port).into();
             Ok(vec![
-                (
-                    ListenSpec::Tcp(any),
-                    Bound::Tcp(TcpListener::from_std(std::net::TcpListener::from(tcp))?),
-                ),
-                (
-                    ListenSpec::Udp(any),
-                    Bound::Udp(UdpSocket::from_std(std::net::UdpSocket::from(udp))?),
-                ),
+                (ListenSpec::Tcp(any), tcp),
+                (ListenSpec::Udp(any), udp),
             ])
         }
         (Err(e), _) | (_, Err(e)) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
