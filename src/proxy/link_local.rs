@@ -39,9 +39,17 @@ impl LinkLocalUpstreams {
         }
     }
 
+    /// Applies a reload's upstream timeout to the connections made so far.
+    pub fn set_timeout(&self, timeout: Duration) {
+        let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        for up in links.values() {
+            up.set_timeout(timeout);
+        }
+    }
+
     /// The connection a call of `peer`'s bound for `class` takes, when the
     /// peer is another host on an IPv6 link-local address; None otherwise
-    /// (the class's own connection).
+    /// (the class's own connection). A new one waits `timeout` for rpcbind.
     pub fn for_peer(&self, class: Class, peer: &Peer, timeout: Duration) -> Option<Arc<Upstream>> {
         let (Peer::Tcp(SocketAddr::V6(client)) | Peer::Udp(SocketAddr::V6(client))) = peer else {
             return None;
@@ -52,7 +60,6 @@ impl LinkLocalUpstreams {
         let scope = client.scope_id();
         let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(up) = links.get(&(class, scope)) {
-            up.set_timeout(timeout);
             return Some(up.clone());
         }
         if links.len() >= MAX_LINKS {

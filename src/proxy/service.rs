@@ -212,6 +212,7 @@ impl Proxy {
         for up in &self.upstreams {
             up.set_timeout(settings.upstream_timeout);
         }
+        self.link_local.set_timeout(settings.upstream_timeout);
         self.cache.reconfigure(settings.cache);
         self.coherence.set_period(settings.refresh);
         self.attribution.set_enabled(settings.attribution);
