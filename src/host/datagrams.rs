@@ -25,6 +25,12 @@ const ADDR_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::s
 /// datagram gets both: 32 + 40 bytes), with room to spare.
 const CTRL_WORDS: usize = 16;
 const CTRL_LEN: usize = CTRL_WORDS * size_of::<u64>();
+// Either pktinfo message fits a reply's control space (checked at build).
+// SAFETY: CMSG_SPACE only computes with its argument.
+const _: () = assert!(
+    unsafe { libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) } as usize <= CTRL_LEN
+        && unsafe { libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) } as usize <= CTRL_LEN
+);
 
 /// Where a datagram arrived: the local address its reply must come from
 /// (IP_PKTINFO's `ipi_spec_dst`, IPV6_PKTINFO's address) and the interface.
@@ -255,7 +261,7 @@ fn source_cmsg(to: SocketAddr, from: Arrival) -> ([u64; CTRL_WORDS], usize) {
     let mut words = [0u64; CTRL_WORDS];
     let buf = words.as_mut_ptr().cast::<u8>();
     // SAFETY: `words` is CTRL_LEN bytes, 8-byte aligned, more than
-    // CMSG_SPACE of either pktinfo struct (checked by the assertion);
+    // CMSG_SPACE of either pktinfo struct (checked at build, above);
     // the header and the data are written inside it.
     unsafe {
         let (level, kind, data_len) = match to {
@@ -271,7 +277,6 @@ fn source_cmsg(to: SocketAddr, from: Arrival) -> ([u64; CTRL_WORDS], usize) {
             ),
         };
         let space = libc::CMSG_SPACE(data_len as u32) as usize;
-        assert!(space <= CTRL_LEN);
         let c = buf.cast::<libc::cmsghdr>();
         (*c).cmsg_level = level;
         (*c).cmsg_type = kind;
