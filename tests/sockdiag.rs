@@ -243,6 +243,7 @@ fn intercept() -> InterceptTable {
             ipv4: Some(r),
             ipv6: ipv6_loopback().then_some(r),
             remote: None,
+            outbound: None,
         },
         0,
     )

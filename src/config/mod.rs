@@ -55,6 +55,9 @@ pub struct Config {
     pub intercept_remote: bool,
     /// The interfaces server mode catches traffic on (none by default).
     pub remote_interface: Vec<String>,
+    /// Client side: this host's TCP connections to other hosts' port 111
+    /// go through the proxy.
+    pub intercept_outbound: bool,
     /// Name the process, user and unit behind each client (reloadable).
     pub attribution: bool,
     /// Load the eBPF recorder for attribution (at start).
@@ -174,7 +177,7 @@ pub enum Takes {
 /// The settings a reload cannot change: they shaped what the daemon bound,
 /// spawned or installed when it started. Every other setting is applied at
 /// a reload.
-pub const RESTART_ONLY: [&str; 11] = [
+pub const RESTART_ONLY: [&str; 12] = [
     "listen",
     "rpcbind-socket",
     "rpcbind-port",
@@ -184,6 +187,7 @@ pub const RESTART_ONLY: [&str; 11] = [
     "intercept-mark",
     "intercept-remote",
     "remote-interface",
+    "intercept-outbound",
     "attribution-ebpf",
     "metrics",
 ];
@@ -364,6 +368,7 @@ impl Config {
             intercept_mark: layered!(intercept_mark).map_or(DEFAULT_INTERCEPT_MARK, |m| m.0),
             intercept_remote,
             remote_interface,
+            intercept_outbound: layered!(intercept_outbound).unwrap_or(false),
             attribution: layered!(attribution).unwrap_or(true),
             attribution_ebpf: layered!(attribution_ebpf).unwrap_or(true),
             metrics: layered!(metrics).map(|m| m.0),

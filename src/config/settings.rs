@@ -174,6 +174,13 @@ pub struct Settings {
           help = concat!("An interface whose port-111 traffic server mode catches (repeatable; ",
                          "none unless given: --intercept-remote needs at least one)"))]
     pub remote_interface: Option<Vec<String>>,
+    // Set by the flag alone (`--intercept-outbound`) or `intercept-outbound = true`.
+    #[arg(long, num_args = 0, default_missing_value = "true",
+          help = concat!("Client side: catch this host's TCP connections to other hosts' port 111 ",
+                         "in the same kernel-removed nftables table and send their calls over one ",
+                         "persistent connection per server, closing each client with a reset (no ",
+                         "TIME_WAIT, no reserved port held). Answers are not cached. Read at start only"))]
+    pub intercept_outbound: Option<bool>,
     // On by default; off with `--no-attribution` or `attribution = false`.
     #[arg(long = "no-attribution", num_args = 0, default_missing_value = "false",
           help = concat!("Do not name the process, user and systemd unit behind each client ",

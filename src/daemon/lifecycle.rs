@@ -28,7 +28,8 @@ use super::error::StartError;
 use super::reload::apply;
 use super::supervise::supervise;
 use super::transparent::{
-    intercept_rules, keep_nat_hooks, remote_redirect, stand_in_socket, INTERCEPT_TABLE, REMOTE_PORT,
+    intercept_rules, keep_nat_hooks, outbound_listeners, remote_redirect, stand_in_socket,
+    INTERCEPT_TABLE, REMOTE_PORT,
 };
 
 /// How long a stopping daemon waits for calls in flight.
@@ -117,6 +118,8 @@ impl Daemon {
             guard = (!own.is_empty()).then_some(REMOTE_PORT);
             bound.extend(own);
         }
+        let outbound = outbound_listeners(&config).await?;
+        let outbound_redirect = outbound.as_ref().map(|(_, r)| *r);
         let metrics_listener = metrics_listener(&config, inherited.metrics)?;
         // Said once the listeners are bound, so that a listener that cannot be
         // had stays the only line of a failed start.
@@ -127,8 +130,18 @@ impl Daemon {
         info!("settings: {}", config.summary());
         let specs: Vec<ListenSpec> = bound.iter().map(|(s, _)| s.clone()).collect();
         let public_socket = stand_in_socket(&specs, &config)?;
-        let redirects = intercept_rules(&specs, &config, guard)?;
+        let redirects = intercept_rules(&specs, &config, guard, outbound_redirect)?;
         let proxy = build_proxy(&config, public_socket);
+        // The client side's listeners join the others after the redirect's
+        // choice of listeners, which they are not among.
+        let specs = match outbound {
+            Some((listeners, redirect)) => {
+                proxy.enable_outbound(redirect.port, config.intercept_mark);
+                bound.extend(listeners);
+                bound.iter().map(|(s, _)| s.clone()).collect()
+            }
+            None => specs,
+        };
         super::attribution::start(&config, &specs, &proxy);
         raise_fd_limit();
         // Connected or not, the upstream says so itself (once).
@@ -444,7 +457,7 @@ fn control_context(
             })
             .collect(),
         rpcbind_port: config.rpcbind_port,
-        intercept: (config.intercept || config.intercept_remote)
+        intercept: (config.intercept || config.intercept_remote || config.intercept_outbound)
             .then(|| (intercept.clone(), config.intercept_mark)),
     })
 }

@@ -4,8 +4,8 @@
 use tracing::warn;
 
 use crate::config::{Config, NAT_KEEPER_TABLE};
-use crate::host::netfilter::{self, InterceptRules, Redirect, RemoteRedirect};
-use crate::proxy::listen::ListenSpec;
+use crate::host::netfilter::{self, InterceptRules, OutboundRedirect, Redirect, RemoteRedirect};
+use crate::proxy::listen::{self, Bound, ListenSpec};
 
 use super::error::StartError;
 
@@ -62,18 +62,24 @@ pub(super) fn stand_in_socket(
 /// serve the network (`tcp:[::]:1112`, `udp:[::]:1112`, both families).
 pub(super) const REMOTE_PORT: u16 = 1112;
 
-/// The redirect table for the listeners at hand, when transparent mode or
-/// server mode is on. Transparent mode: IPv4 needs a TCP and a UDP listener
+/// The port the client side's listeners take (`tcp:127.0.0.1:1113`,
+/// `tcp:[::1]:1113`): the daemon's own, never one of the listen list.
+pub(super) const OUTBOUND_PORT: u16 = 1113;
+
+/// The redirect table for the listeners at hand, when transparent mode,
+/// server mode or the client side is on. Transparent mode: IPv4 needs a TCP and a UDP listener
 /// on 127.0.0.1; IPv6 is redirected when there are both on [::1]. Server
 /// mode: see [`remote_redirect`].
 /// `guard`: server mode's own listening port, when the daemon bound it
-/// (other hosts may reach it only through the redirect).
+/// (other hosts may reach it only through the redirect). `outbound`: the
+/// client side's redirect, for the families whose listener is bound.
 pub(super) fn intercept_rules(
     specs: &[ListenSpec],
     config: &Config,
     guard: Option<u16>,
+    outbound: Option<OutboundRedirect>,
 ) -> Result<Option<InterceptRules>, StartError> {
-    if !config.intercept && !config.intercept_remote {
+    if !config.intercept && !config.intercept_remote && outbound.is_none() {
         return Ok(None);
     }
     let (ipv4, ipv6) = if config.intercept {
@@ -95,6 +101,7 @@ pub(super) fn intercept_rules(
         ipv4,
         ipv6,
         remote,
+        outbound,
     }))
 }
 
@@ -154,4 +161,43 @@ fn local_redirects(
         );
     }
     Ok((ipv4, ipv6))
+}
+
+/// The client side's listeners (`tcp:127.0.0.1:1113`, and `tcp:[::1]:1113`
+/// where this host has IPv6 loopback) and the redirect to them; None when
+/// the client side is off.
+pub(super) async fn outbound_listeners(
+    config: &Config,
+) -> Result<Option<(Vec<(ListenSpec, Bound)>, OutboundRedirect)>, StartError> {
+    if !config.intercept_outbound {
+        return Ok(None);
+    }
+    let mut listeners = Vec::new();
+    let mut redirect = OutboundRedirect {
+        ipv4: false,
+        ipv6: false,
+        port: OUTBOUND_PORT,
+    };
+    let at = [
+        std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ];
+    for ip in at {
+        let spec = ListenSpec::Tcp((ip, OUTBOUND_PORT).into());
+        match listen::bind(&spec).await {
+            Ok(bound) => {
+                if ip.is_ipv4() {
+                    redirect.ipv4 = true;
+                } else {
+                    redirect.ipv6 = true;
+                }
+                listeners.push((spec, bound));
+            }
+            Err(e) if ip.is_ipv6() && listen::no_such_address(&e) => {
+                warn!("no IPv6 loopback: the client side catches IPv4 servers only");
+            }
+            Err(source) => return Err(StartError::Listen { spec, source }),
+        }
+    }
+    Ok(Some((listeners, redirect)))
 }

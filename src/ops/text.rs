@@ -110,6 +110,17 @@ pub fn human(s: &Status) -> String {
         );
     }
     row(&mut o, "intercept", intercept_line(&s.intercept));
+    if s.outbound.enabled {
+        let b = &s.outbound;
+        row(
+            &mut o,
+            "outbound",
+            format!(
+                "{} clients, {} calls, {} unanswered; {} servers, {} connected",
+                b.clients, b.calls, b.failures, b.servers, b.servers_connected
+            ),
+        );
+    }
     row(
         &mut o,
         "daemon",

@@ -162,6 +162,7 @@ impl Proxy {
             }
             next = (next + self.coherence.period()).max(tokio::time::Instant::now());
             self.coherence.beat();
+            self.outbound.close_idle();
             let (answered, misses) = self.lookup_counts();
             self.recent
                 .tick(tokio::time::Instant::now(), answered, misses);

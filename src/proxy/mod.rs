@@ -5,7 +5,7 @@
 //! may do what (`policy`), the cache (`cache`) and its coherence with
 //! rpcbind's registrations (`coherence`), the persistent upstream connections (`upstream`; `link_local`: those
 //! from this host's link-local addresses for server mode's link-local
-//! clients), the client
+//! clients; `outbound`: the client side's, to other hosts' rpcbind), the client
 //! limits (`limits`), server mode's per-host rate limit and offenders
 //! (`shield`), who each client is (`attribution`) and how much it
 //! asks (`clients`), the counters the path bumps (`metrics`), the log
@@ -25,6 +25,7 @@ pub mod link_local;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 mod request;
 pub mod rpcbind_stats;

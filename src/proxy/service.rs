@@ -111,6 +111,8 @@ pub struct Proxy {
     pub(super) shield: crate::proxy::shield::Shield,
     /// Server mode's connections for link-local clients.
     link_local: crate::proxy::link_local::LinkLocalUpstreams,
+    /// The client side's connections to other hosts' rpcbind.
+    pub(super) outbound: crate::proxy::outbound::Outbound,
     /// Lookups of the last few minutes, for a hit ratio that is not the
     /// whole life's.
     pub(super) recent: Recent,
@@ -153,6 +155,7 @@ impl Proxy {
             limits: Limits::new(settings.limits),
             shield: crate::proxy::shield::Shield::default(),
             link_local: crate::proxy::link_local::LinkLocalUpstreams::new(port, mark),
+            outbound: crate::proxy::outbound::Outbound::new(settings.upstream_timeout),
             recent: Recent::new(tokio::time::Instant::now()),
             started: std::time::Instant::now(),
             tasks: TaskTracker::new(),
@@ -160,6 +163,12 @@ impl Proxy {
             readings: Default::default(),
             own_probe: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Turns the client side on (see `outbound`): redirected clients
+    /// arrive on loopback `port`, the connections to servers carry `mark`.
+    pub fn enable_outbound(&self, port: u16, mark: u32) {
+        self.outbound.enable(port, mark);
     }
 
     /// Whether a call from `peer` may be served now (server mode's rate
@@ -213,6 +222,7 @@ impl Proxy {
             up.set_timeout(settings.upstream_timeout);
         }
         self.link_local.set_timeout(settings.upstream_timeout);
+        self.outbound.set_timeout(settings.upstream_timeout);
         self.cache.reconfigure(settings.cache);
         self.coherence.set_period(settings.refresh);
         self.attribution.set_enabled(settings.attribution);

@@ -32,7 +32,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::host::sys::set_mark;
+use crate::host::sys::{set_mark, set_zero_linger};
 use crate::protocol::rpc::{put_record, set_xid, xid_of, RecordCodec, MAX_UPSTREAM_RECORD};
 use crate::proxy::logs::{human, Outage, Said};
 use crate::proxy::metrics::Histogram;
@@ -218,6 +218,10 @@ pub struct Upstream {
     /// SO_MARK for TCP/UDP connections (transparent mode: the redirect lets
     /// marked packets through to rpcbind).
     mark: Option<u32>,
+    /// The address TCP connections are made from (the client side: the
+    /// client's own), each closed with a reset (no TIME_WAIT here, none
+    /// on the server).
+    source: Option<IpAddr>,
 }
 
 impl Upstream {
@@ -234,7 +238,32 @@ impl Upstream {
             down_since: Mutex::new(None),
             stats: Arc::default(),
             mark: None,
+            source: None,
         }
+    }
+
+    /// The same, with its TCP connections made from `source` and closed
+    /// with a reset.
+    pub fn from_source(self, source: IpAddr) -> Upstream {
+        Upstream {
+            source: Some(source),
+            ..self
+        }
+    }
+
+    /// Closes the current connection, failing the calls in flight on it;
+    /// the next call opens another. Whether one was open.
+    pub fn disconnect(&self) -> bool {
+        let conn = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        conn.is_some_and(|c| {
+            let was = c.alive.load(Ordering::Acquire);
+            c.fail_all();
+            was
+        })
     }
 
     /// The same, with its TCP/UDP sockets marked `mark` (None: unmarked).
@@ -409,17 +438,23 @@ impl Upstream {
                 if let Some(mark) = self.mark {
                     set_mark(socket.as_fd(), mark)?;
                 }
+                if let Some(source) = self.source {
+                    socket.bind((source, 0).into())?;
+                    set_zero_linger(socket.as_fd())?;
+                }
                 let s = socket.connect(*addr).await?;
                 s.set_nodelay(true)?;
                 let local = s.local_addr()?.ip();
+                let (target, stats) = (self.target.clone(), self.stats.clone());
+                if self.source.is_some() {
+                    // Halves that do not shut the socket down when dropped
+                    // (tokio's owned write half sends a FIN then): closed,
+                    // it resets.
+                    let (rd, wr) = tokio::io::split(s);
+                    return Ok(spawn_stream(rd, wr, Some(local), target, stats));
+                }
                 let (rd, wr) = s.into_split();
-                Ok(spawn_stream(
-                    rd,
-                    wr,
-                    Some(local),
-                    self.target.clone(),
-                    self.stats.clone(),
-                ))
+                Ok(spawn_stream(rd, wr, Some(local), target, stats))
             }
             Target::Udp(addr) => {
                 let bind: SocketAddr = if addr.is_ipv4() {
@@ -580,10 +615,15 @@ async fn write_stream<W: AsyncWrite + Unpin>(
         }
         buf.clear();
     }
+    // Abandoned (closed by `disconnect`, or its reader saw it end): no
+    // FIN, so that a socket closed with a reset leaves no TIME_WAIT.
+    let abandoned = dead.is_cancelled();
     if let Some(c) = conn.upgrade() {
         c.fail_all();
     }
-    let _ = wr.shutdown().await;
+    if !abandoned {
+        let _ = wr.shutdown().await;
+    }
 }
 
 async fn read_stream<R: AsyncRead + Unpin>(

@@ -267,5 +267,6 @@ pub fn redirect_rules(
         ipv4: Some(r),
         ipv6: ipv6.then_some(r),
         remote: None,
+        outbound: None,
     }
 }

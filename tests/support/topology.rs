@@ -31,9 +31,9 @@ use nix::sched::{setns, CloneFlags};
 use tokio::net::UdpSocket;
 
 use super::{
-    connect_from_reserved_port, local_ip_for, run_command, spawn_anchor, time_wait_count_of,
-    wait_tcp_settled_of, Call, Conn, Endpoint, Outcome, Proc, Sandbox, Transport, REPLY_TIMEOUT,
-    RPCBIND_PORT,
+    connect_from_reserved_port, local_ip_for, run_command, spawn_anchor, tcp_sockets_of,
+    time_wait_count_of, wait_tcp_settled_of, Call, Conn, Endpoint, Outcome, Proc, Sandbox,
+    Transport, REPLY_TIMEOUT, RPCBIND_PORT, TCP_LISTEN,
 };
 
 /// The server's addresses on link `n`.
@@ -62,6 +62,9 @@ pub fn server_interface(n: u8) -> String {
 pub struct Client {
     link: u8,
     anchor: Proc,
+    /// An rpcbind of the client's own (the client as a server: see
+    /// [`Client::start_rpcbind`]).
+    rpcbind: Option<Proc>,
 }
 
 /// Runs `args` in the sandbox's network namespace, failing the test if it
@@ -84,7 +87,11 @@ impl Client {
         let (anchor, _root) = spawn_anchor("client", &["-n"])
             .await
             .unwrap_or_else(|e| panic!("client {n}: {e}"));
-        let client = Client { link: n, anchor };
+        let client = Client {
+            link: n,
+            anchor,
+            rpcbind: None,
+        };
         let pid = client.pid().to_string();
         let ifname = server_interface(n);
         let [s4, s6] = server_addrs(n);
@@ -170,6 +177,41 @@ impl Client {
             .and_then(|f| u32::from_str_radix(f[1], 16).ok())
             .unwrap_or_else(|| panic!("no eth0 in {path}: {table}"));
         SocketAddrV6::new(server, RPCBIND_PORT, 0, index)
+    }
+
+    /// Starts an rpcbind of the client's own (`rpcbind -f` in its network
+    /// and mount namespaces: its /run is the client's), so that the
+    /// client host is a server the sandbox can call; returns once it
+    /// listens on TCP port 111. It is killed with the client.
+    pub async fn start_rpcbind(&mut self) {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid().to_string())
+            .args(["-n", "-m", "--", "rpcbind", "-f"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let (proc, _child) = Proc::spawn("client-rpcbind", &mut cmd)
+            .unwrap_or_else(|e| panic!("client {}: spawning rpcbind: {e}", self.link));
+        let pid = self.pid();
+        self.rpcbind = Some(proc);
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        let mut backoff = Duration::from_millis(1);
+        while !tcp_sockets_of(pid)
+            .iter()
+            .any(|s| s.state == TCP_LISTEN && s.local_port == RPCBIND_PORT)
+        {
+            if let Some(status) = self.rpcbind.as_ref().and_then(Proc::exit_status) {
+                panic!("client {}: rpcbind exited ({status})", self.link);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client {}: rpcbind not listening on port 111 within {REPLY_TIMEOUT:?}",
+                self.link
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
     }
 
     /// Runs a command in the client's network and mount namespaces and
@@ -353,6 +395,9 @@ async fn udp_call(
 
 impl Drop for Client {
     fn drop(&mut self) {
+        if let Some(rpcbind) = self.rpcbind.take() {
+            rpcbind.kill_blocking();
+        }
         self.anchor.kill_blocking();
     }
 }

@@ -66,128 +66,17 @@ pub(super) fn build_install_batch(rules: &InterceptRules) -> Result<Vec<BatchMsg
             )?);
         }
     }
+    if let Some(outbound) = &rules.outbound {
+        out.extend(outbound_rules(&rules.table, outbound)?);
+    }
     if let Some(remote) = &rules.remote {
         out.extend(remote_rules(&rules.table, remote)?);
     }
     Ok(out)
 }
 
-/// Server mode's part of the install batch: the `prerouting` nat chain and,
-/// per interface, family and protocol, one rule
-/// `iifname IF meta nfproto F meta l4proto P th dport 111 [tcp SYN]
-/// fib daddr type local counter dnat to <its own daddr>:PORT`. Only the
-/// port changes: the proxy sees the address the client asked, as rpcbind
-/// would, and answers from it.
-fn remote_rules(table: &str, remote: &RemoteRedirect) -> Result<Vec<BatchMsg>, NetfilterError> {
-    if remote.interfaces.is_empty() {
-        return Err(NetfilterError::Invalid(
-            "server mode without an interface".into(),
-        ));
-    }
-    let mut out = vec![nat_chain(
-        table,
-        REMOTE_CHAIN,
-        NF_INET_PRE_ROUTING,
-        CHAIN_PRIORITY,
-        NLM_F_CREATE | NLM_F_EXCL,
-    )];
-    let families = [
-        (remote.ipv4, "ipv4", NFPROTO_IPV4),
-        (remote.ipv6, "ipv6", NFPROTO_IPV6),
-    ];
-    for iface in &remote.interfaces {
-        for (redirect, family, nfproto) in families {
-            let Some(r) = redirect else { continue };
-            for (proto, port, pname) in [
-                (libc::IPPROTO_TCP, r.tcp_port, "tcp"),
-                (libc::IPPROTO_UDP, r.udp_port, "udp"),
-            ] {
-                if port == 0 {
-                    return Err(NetfilterError::Invalid("redirect port 0".into()));
-                }
-                let label = format!("{REMOTE_LABEL}{iface} {family} {pname}");
-                let exprs = remote_exprs(iface, nfproto, proto as u8, port)?;
-                out.push(rule_msg_in(
-                    table,
-                    REMOTE_CHAIN,
-                    &exprs,
-                    Some(&label),
-                    Op::NewRule(label.clone()),
-                )?);
-            }
-        }
-    }
-    if let Some(port) = remote.guard {
-        for nfproto in [NFPROTO_IPV4, NFPROTO_IPV6] {
-            for proto in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
-                let exprs = guard_exprs(nfproto, proto as u8, port)?;
-                out.push(rule_msg_in(
-                    table,
-                    REMOTE_CHAIN,
-                    &exprs,
-                    Some(GUARD_COMMENT),
-                    Op::NewGuardRule,
-                )?);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The guard rules' comment, what an administrator reading the ruleset sees.
-const GUARD_COMMENT: &str =
-    "rpcbind-proxy: other hosts reach its server-mode port only through the redirect of port 111";
-
-/// One server-mode rule: `iifname IF meta nfproto F meta l4proto P th
-/// dport 111 [tcp SYN] fib daddr type local counter dnat to <daddr>:PORT`.
-pub(super) fn remote_exprs(
-    iface: &str,
-    nfproto: u8,
-    l4proto: u8,
-    port: u16,
-) -> Result<Vec<Expr>, NetfilterError> {
-    let (daddr_offset, addr_len) = if nfproto == NFPROTO_IPV6 {
-        (24, 16)
-    } else {
-        (16, 4)
-    };
-    let mut exprs = vec![
-        Expr::Meta {
-            key: NFT_META_IIFNAME,
-        },
-        Expr::CmpEq(iifname(iface)?.to_vec()),
-    ];
-    exprs.extend(nfproto_is(nfproto));
-    exprs.extend(port_111_exprs(l4proto));
-    exprs.extend([
-        Expr::FibDaddrType,
-        Expr::CmpEq(RTN_LOCAL.to_ne_bytes().to_vec()),
-        Expr::Counter,
-        Expr::Payload {
-            base: NFT_PAYLOAD_NETWORK_HEADER,
-            offset: daddr_offset,
-            len: addr_len,
-        },
-        Expr::ImmediateReg2(port.to_be_bytes().to_vec()),
-        Expr::DnatToReg { family: nfproto },
-    ]);
-    Ok(exprs)
-}
-
-/// An interface name as `meta iifname` compares it: NUL-padded to IFNAMSIZ.
-fn iifname(name: &str) -> Result<[u8; 16], NetfilterError> {
-    let mut out = [0u8; 16];
-    if name.is_empty() || name.len() >= out.len() || name.bytes().any(|b| b == 0) {
-        return Err(NetfilterError::Invalid(format!(
-            "interface name {name:?} must be 1-15 bytes without NUL"
-        )));
-    }
-    out[..name.len()].copy_from_slice(name.as_bytes());
-    Ok(out)
-}
-
 /// `meta nfproto F`.
-fn nfproto_is(nfproto: u8) -> [Expr; 2] {
+pub(super) fn nfproto_is(nfproto: u8) -> [Expr; 2] {
     [
         Expr::Meta {
             key: NFT_META_NFPROTO,
@@ -198,12 +87,12 @@ fn nfproto_is(nfproto: u8) -> [Expr; 2] {
 
 /// `meta l4proto P th dport 111`, and for TCP the SYN-only test (see
 /// `redirect_exprs`).
-fn port_111_exprs(l4proto: u8) -> Vec<Expr> {
+pub(super) fn port_111_exprs(l4proto: u8) -> Vec<Expr> {
     port_exprs(l4proto, InterceptRules::RPCBIND_PORT)
 }
 
 /// `meta l4proto P th dport PORT`, and for TCP the SYN-only test.
-fn port_exprs(l4proto: u8, port: u16) -> Vec<Expr> {
+pub(super) fn port_exprs(l4proto: u8, port: u16) -> Vec<Expr> {
     let mut exprs = vec![
         Expr::Meta {
             key: NFT_META_L4PROTO,
@@ -222,35 +111,8 @@ fn port_exprs(l4proto: u8, port: u16) -> Vec<Expr> {
     exprs
 }
 
-/// Server mode's guard of its own port: `iifname != "lo" meta nfproto F
-/// meta l4proto P th dport PORT [SYN] fib daddr type local counter drop`.
-/// A flow redirected from 111 is past the nat chain by then (its first
-/// packet matched the redirect, which ends the chain), so only flows
-/// addressed to PORT itself are dropped.
-pub(super) fn guard_exprs(
-    nfproto: u8,
-    l4proto: u8,
-    port: u16,
-) -> Result<Vec<Expr>, NetfilterError> {
-    let mut exprs = vec![
-        Expr::Meta {
-            key: NFT_META_IIFNAME,
-        },
-        Expr::CmpNeq(iifname("lo")?.to_vec()),
-    ];
-    exprs.extend(nfproto_is(nfproto));
-    exprs.extend(port_exprs(l4proto, port));
-    exprs.extend([
-        Expr::FibDaddrType,
-        Expr::CmpEq(RTN_LOCAL.to_ne_bytes().to_vec()),
-        Expr::Counter,
-        Expr::Drop,
-    ]);
-    Ok(exprs)
-}
-
 /// `tcp flags & (fin|syn|rst|ack) == syn`.
-fn syn_only() -> [Expr; 3] {
+pub(super) fn syn_only() -> [Expr; 3] {
     [
         Expr::Payload {
             base: NFT_PAYLOAD_TRANSPORT_HEADER,
@@ -512,7 +374,7 @@ pub(super) fn rule_msg(
     rule_msg_in(table, CHAIN, exprs, comment, op)
 }
 
-fn rule_msg_in(
+pub(super) fn rule_msg_in(
     table: &str,
     chain: &str,
     exprs: &[Expr],
@@ -645,7 +507,13 @@ fn nat_output_chain(table: &str, name: &str, priority: i32, flags: u16) -> Batch
 }
 
 /// A base chain `type nat hook <hook> priority <priority>; policy accept`.
-fn nat_chain(table: &str, name: &str, hooknum: u32, priority: i32, flags: u16) -> BatchMsg {
+pub(super) fn nat_chain(
+    table: &str,
+    name: &str,
+    hooknum: u32,
+    priority: i32,
+    flags: u16,
+) -> BatchMsg {
     let mut a = AttrBuf::new();
     a.put_str(NFTA_CHAIN_TABLE, table);
     a.put_str(NFTA_CHAIN_NAME, name);

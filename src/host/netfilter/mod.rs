@@ -21,12 +21,15 @@
 //! keeps those hooks registered; [`delete_table`] removes it.
 //!
 //! Files: this one is the public API; `expr` builds the install batch and
-//! its expressions and parses dumped rules; `socket` makes the batch,
+//! its expressions and parses dumped rules; `hosts` the rules for other
+//! hosts' traffic (server mode's `prerouting` chain, the client side's
+//! `output` rules); `socket` makes the batch,
 //! request and dump messages, reads the kernel's answers (the exchanges run
 //! in `host::netlink`) and maps its errno; `consts` is the uapi table.
 
 mod consts;
 mod expr;
+mod hosts;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -38,6 +41,7 @@ use std::os::fd::{AsFd, RawFd};
 use super::netlink::{AttrBuf, NetlinkError};
 use consts::*;
 use expr::*;
+use hosts::*;
 use socket::*;
 
 // --- public API ---
@@ -63,6 +67,23 @@ pub struct InterceptRules {
     pub ipv6: Option<Redirect>,
     /// Server mode: other hosts' traffic to port 111; `None`: not caught.
     pub remote: Option<RemoteRedirect>,
+    /// Client side: this host's TCP connections to other hosts' port 111;
+    /// `None`: not caught.
+    pub outbound: Option<OutboundRedirect>,
+}
+
+/// The client side's redirect: locally made TCP connections to port 111 of
+/// an address not this host's (and, for IPv6, not link-local: a scope the
+/// redirect would lose) go to this port on the loopback address of their
+/// family, where the proxy reads the server they asked for from conntrack
+/// (SO_ORIGINAL_DST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundRedirect {
+    /// IPv4 connections are redirected to 127.0.0.1:port.
+    pub ipv4: bool,
+    /// IPv6 connections are redirected to [::1]:port.
+    pub ipv6: bool,
+    pub port: u16,
 }
 
 /// Server mode's redirect: TCP and UDP to port 111 on one of this host's
@@ -83,6 +104,9 @@ pub struct RemoteRedirect {
 /// The label server mode's rules start with (the rest: interface, family,
 /// protocol).
 pub const REMOTE_LABEL: &str = "remote ";
+
+/// The label the client side's rules start with (the rest: family, `tcp`).
+pub const OUTBOUND_LABEL: &str = "outbound ";
 
 impl InterceptRules {
     /// The port whose traffic is intercepted (rpcbind's).

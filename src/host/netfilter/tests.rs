@@ -21,6 +21,7 @@ fn rules() -> InterceptRules {
             udp_port: 1111,
         }),
         remote: None,
+        outbound: None,
     }
 }
 
@@ -492,5 +493,43 @@ fn remote_rules_keep_the_address_and_match_the_interface() {
     r.remote.as_mut().unwrap().interfaces = vec!["x".repeat(16)];
     assert!(build_install_batch(&r).is_err());
     r.remote.as_mut().unwrap().interfaces.clear();
+    assert!(build_install_batch(&r).is_err());
+}
+
+/// The client side: after the mark rule, in the `output` chain, one rule
+/// per family for TCP to port 111 of an address not this host's (IPv6: not
+/// link-local either), redirected to the loopback port.
+#[test]
+fn outbound_rules_catch_tcp_to_other_hosts_only() {
+    let mut r = rules();
+    r.outbound = Some(OutboundRedirect {
+        ipv4: true,
+        ipv6: true,
+        port: 1113,
+    });
+    let b = build_install_batch(&r).unwrap();
+    let ops: Vec<String> = b.iter().map(|m| m.op.to_string()).collect();
+    assert_eq!(
+        ops[7..],
+        ["NEWRULE (outbound ipv4 tcp)", "NEWRULE (outbound ipv6 tcp)"]
+    );
+    let v4 = outbound_exprs(NFPROTO_IPV4, 1113);
+    assert!(v4.contains(&Expr::CmpEq(vec![libc::IPPROTO_TCP as u8])));
+    let fib = v4.iter().position(|e| *e == Expr::FibDaddrType).unwrap();
+    assert_eq!(v4[fib + 1], Expr::CmpNeq(RTN_LOCAL.to_ne_bytes().to_vec()));
+    assert_eq!(
+        v4[v4.len() - 2..],
+        [
+            Expr::ImmediateData(1113u16.to_be_bytes().to_vec()),
+            Expr::Redir
+        ]
+    );
+    let v6 = outbound_exprs(NFPROTO_IPV6, 1113);
+    assert!(v6.contains(&Expr::CmpNeq(vec![0xfe, 0x80])));
+    r.outbound = Some(OutboundRedirect {
+        ipv4: true,
+        ipv6: false,
+        port: 0,
+    });
     assert!(build_install_batch(&r).is_err());
 }

@@ -11,6 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use tracing::{debug, warn};
 
+use crate::host::sockdiag::original_destination;
 use crate::host::sys::{peer_cred, set_zero_linger};
 use crate::proxy::attribution::{Identity, Transport};
 use crate::proxy::limits::Owner;
@@ -67,7 +68,7 @@ impl Loop {
     /// the connection limit, its row, and a first read.
     fn admit(&mut self, sock: Sock, addr: Option<std::net::SocketAddr>) {
         let proxy = &self.proxy;
-        let (peer, owner, local) = match (&sock, addr) {
+        let (peer, mut owner, mut local) = match (&sock, addr) {
             (Sock::Unix(s), _) => match peer_cred(s.as_fd()) {
                 Ok((uid, gid, pid)) => {
                     let peer = Peer::Unix { uid, gid, pid };
@@ -90,6 +91,25 @@ impl Loop {
             }
             (Sock::Tcp(_), None) => return,
         };
+        // The client side's port: a client of another host's rpcbind, whose
+        // socket names that server (the one sock_diag and the connection
+        // limit know it by). Anything else there is closed.
+        let mut outbound = None;
+        if let (Sock::Tcp(s), Peer::Tcp(client), Some(at)) = (&sock, peer, local) {
+            if proxy.outbound.is_its_port(at) {
+                let original = original_destination(s.as_fd()).ok().flatten();
+                let Some(to) = proxy.outbound.destination(client, at, original) else {
+                    debug!(peer = ?peer, "not redirected to the client side's port; closing");
+                    return;
+                };
+                outbound = Some(Box::new(to));
+                local = Some(to.server);
+                owner = Owner::LocalTcp {
+                    client,
+                    server: to.server,
+                };
+            }
+        }
         let Some(admitted) = proxy.limits.admit(owner) else {
             return;
         };
@@ -107,6 +127,7 @@ impl Loop {
         let mut newcomer = Newcomer {
             sock,
             peer,
+            outbound,
             tally: proxy.clients.tally(&identity),
             admitted,
             tracked: proxy.tasks.token(),
@@ -142,6 +163,7 @@ impl Loop {
         let Newcomer {
             sock,
             peer,
+            outbound,
             tally,
             admitted,
             tracked,
@@ -165,7 +187,8 @@ impl Loop {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let c = Stream::new(sock, peer, id, tally, admitted, tracked, self.now);
+        let mut c = Stream::new(sock, peer, id, tally, admitted, tracked, self.now);
+        c.outbound = outbound.map(|to| *to);
         let signal = std::task::Waker::from(Arc::new(EvictSignal {
             inbox: self.inbox.clone(),
             slot,

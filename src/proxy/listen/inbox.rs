@@ -11,6 +11,7 @@ use tracing::error;
 
 use crate::proxy::clients::Tally;
 use crate::proxy::limits::Admitted;
+use crate::proxy::outbound::Destination;
 use crate::proxy::policy::Peer;
 
 use super::stream::{Answer, Sock};
@@ -47,6 +48,9 @@ impl Queue {
 pub(super) struct Newcomer {
     pub(super) sock: Sock,
     pub(super) peer: Peer,
+    /// The client side: the server its calls go to (boxed: a newcomer is
+    /// moved between loops, and most have none).
+    pub(super) outbound: Option<Box<Destination>>,
     pub(super) tally: Arc<Tally>,
     pub(super) admitted: Admitted,
     pub(super) tracked: tokio_util::task::task_tracker::TaskTrackerToken,

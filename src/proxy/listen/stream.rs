@@ -23,6 +23,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::protocol::rpc::{put_record, set_xid, RecordCodec, MAX_CLIENT_RECORD};
 use crate::proxy::clients::Tally;
 use crate::proxy::limits::{Admitted, Limits};
+use crate::proxy::outbound::Destination;
 use crate::proxy::policy::Peer;
 use crate::proxy::service::{Outcome, Proxy};
 
@@ -136,6 +137,9 @@ pub(super) struct Buffers {
 pub(super) struct Stream {
     pub sock: Sock,
     pub peer: Peer,
+    /// The client side: the server every call of this client goes to
+    /// (nothing answered here, no host's rate: the client is this host's).
+    pub outbound: Option<Destination>,
     /// Unique for the loop's life: an answer for a slot's earlier client is
     /// dropped.
     pub id: u64,
@@ -184,6 +188,7 @@ impl Stream {
         Stream {
             sock,
             peer,
+            outbound: None,
             id,
             tally,
             admitted,
@@ -421,7 +426,7 @@ impl Stream {
                     return Err(Closed::Error);
                 }
             };
-            if !t.proxy.admits_call(&self.peer) {
+            if self.outbound.is_none() && !t.proxy.admits_call(&self.peer) {
                 tracing::debug!(peer = ?self.peer, "over its host's rate; closing");
                 return Err(Closed::Error);
             }
@@ -436,7 +441,7 @@ impl Stream {
     fn take_record(&mut self, record: &[u8], wbuf: &mut BytesMut, t: &Turn<'_>) {
         self.called = true;
         self.tally.count(t.second);
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.outbound.is_none() {
             if let Some(outcome) = t.proxy.answer_now(record, self.peer) {
                 append_reply(wbuf, outcome);
                 return;
@@ -451,11 +456,20 @@ impl Stream {
         let seq = self.first_seq + self.pending.len() as u64;
         self.pending.push_back(None);
         let (proxy, inbox, peer) = (t.proxy.clone(), t.inbox.clone(), self.peer);
-        let (slot, id) = (t.slot, self.id);
+        let (slot, id, outbound) = (t.slot, self.id, self.outbound);
         let record = BytesMut::from(record);
         t.proxy.tasks.spawn_on(
             async move {
-                let outcome = proxy.handle(record, peer).await;
+                let outcome = match outbound {
+                    // A server that gives no answer: the client is reset,
+                    // as a connection to an unreachable server would be.
+                    Some(to) => proxy
+                        .outbound
+                        .forward(&record, to)
+                        .await
+                        .map_or(Outcome::Close, Outcome::Reply),
+                    None => proxy.handle(record, peer).await,
+                };
                 let answer = match (direct, outcome) {
                     (Some(sock), o @ (Outcome::Reply(_) | Outcome::Shared(..))) => {
                         let mut reply = BytesMut::new();

@@ -52,6 +52,28 @@ pub struct Status {
     /// daemon, which reads them asynchronously).
     #[serde(default)]
     pub rpcbind: RpcbindStatus,
+    /// The client side (`--intercept-outbound`): calls of this host's
+    /// clients to other hosts' rpcbind.
+    #[serde(default)]
+    pub outbound: OutboundStatus,
+}
+
+/// The client side's counters (all 0 while it is off).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboundStatus {
+    pub enabled: bool,
+    /// Clients redirected to the proxy.
+    pub clients: u64,
+    /// Calls sent to their servers.
+    pub calls: u64,
+    /// Calls no server answered (their clients were reset).
+    pub failures: u64,
+    /// Connections to the client side's port not redirected there (closed).
+    pub strays: u64,
+    /// Servers with a connection object (at most 256), and of them those
+    /// connected now.
+    pub servers: u64,
+    pub servers_connected: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -374,6 +396,21 @@ impl Proxy {
                 up: self.rpcbind_up(),
                 counters: None,
             },
+            outbound: self.outbound_status(),
+        }
+    }
+
+    fn outbound_status(&self) -> OutboundStatus {
+        let o = &self.outbound;
+        let (servers, connected) = o.servers();
+        OutboundStatus {
+            enabled: o.is_enabled(),
+            clients: load(&o.stats.clients),
+            calls: load(&o.stats.calls),
+            failures: load(&o.stats.failures),
+            strays: load(&o.stats.strays),
+            servers: servers as u64,
+            servers_connected: connected as u64,
         }
     }
 

@@ -64,6 +64,10 @@ const METRICS: &[Metric] = &[
     ("rpcbind_calls_total", COUNTER, "Calls rpcbind itself received, by version and procedure (its GETSTAT; the proxy's own GETSTATs included).", rpcbind_calls),
     ("rpcbind_registrations_total", COUNTER, "SET and UNSET calls rpcbind itself received, by outcome.", rpcbind_registrations),
     ("rpcbind_address_lookups_total", COUNTER, "Address lookups (GETPORT, GETADDR) rpcbind itself answered, by what was asked and whether an address was found (the busiest; the rest as other).", rpcbind_lookups),
+    ("outbound_calls_total", COUNTER, "Client side: calls of this host's clients sent to other hosts' rpcbind over the proxy's connections.", |s| one(s.outbound.calls)),
+    ("outbound_failures_total", COUNTER, "Client side: calls no server answered (their clients were reset).", |s| one(s.outbound.failures)),
+    ("outbound_clients_total", COUNTER, "Client side: connections to other hosts' port 111 redirected to the proxy.", |s| one(s.outbound.clients)),
+    ("outbound_servers_connected", GAUGE, "Client side: servers with a connection open now.", |s| one(s.outbound.servers_connected)),
     ("rpcbind_remote_calls_total", COUNTER, "Remote calls (CALLIT, BCAST, INDIRECT) rpcbind itself handled, by outcome.", rpcbind_remote_calls),
 ];
 
