@@ -1516,3 +1516,49 @@ fn other_hosts_reach_the_proxys_own_port_only_through_the_redirect() {
         );
     });
 }
+
+/// `--remote-in-flight`: a host with as many calls waiting for rpcbind as
+/// it may has its next one refused (a TCP connection closed), while another
+/// host's call still goes in. rpcbind is stopped (SIGSTOP) so that the
+/// calls wait.
+#[test]
+fn a_host_with_its_calls_in_flight_is_held_back_and_the_others_are_not() {
+    run_without_proxy(|mut sb| async move {
+        let clients = attach(&sb, &SERVED_LINKS).await;
+        let (busy, other) = (&clients[0], &clients[1]);
+        start_server_mode_with(&mut sb, &["--remote-in-flight", "1"]).await;
+        let miss = |prog| Call::rpcb(2, 3, pmap_args(prog, 1, 6, 0));
+        let misses = status_number(&sb, "/cache/misses").await;
+        sb.signal_rpcbind(Signal::SIGSTOP);
+        let s1 = port_111(server_addrs(1)[0]);
+        let s2 = port_111(server_addrs(2)[0]);
+        let first_call = miss(400_101);
+        let first = busy.call(s1, Transport::Udp, false, &first_call);
+        let then = async {
+            // The first is past the cache (a miss, waiting for rpcbind).
+            let deadline = std::time::Instant::now() + WAIT;
+            while status_number(&sb, "/cache/misses").await == misses {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the first call never missed"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let second = busy.call(s1, Transport::Tcp, false, &miss(400_102)).await;
+            let others = other.call(s2, Transport::Tcp, false, &miss(400_103)).await;
+            (second, others)
+        };
+        let (_, (second, others)) = tokio::join!(first, then);
+        sb.signal_rpcbind(Signal::SIGCONT);
+        assert_eq!(second, Outcome::Closed, "the busy host's second call");
+        assert_ne!(others, Outcome::Closed, "the other host's call");
+        let status = sb.status().await;
+        assert_eq!(status["limits"]["remote_in_flight"]["refused"], 1);
+        let offenders = &status["limits"]["remote_rate"]["offenders"];
+        assert_eq!(offenders[0]["address"], "169.254.1.2", "{offenders}");
+        assert_eq!(offenders[0]["in_flight"], 1, "{offenders}");
+        // Once answered, the host has its calls back.
+        let again = busy.call(s1, Transport::Tcp, false, &miss(400_104)).await;
+        assert!(again.is_success(), "after rpcbind is back: {again:?}");
+    });
+}

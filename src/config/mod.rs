@@ -224,7 +224,7 @@ impl Config {
         let l = &self.limits;
         let c = &self.cache;
         format!(
-            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, remote-udp-amplification {}, remote-rate {}/s, log-level {}",
+            "ttl {}, negative-ttl {}, serve-stale {}, max-entries {}, refresh {}, upstream-timeout {}, max-connections {}, max-in-flight {}, idle-timeout {}, record-timeout {}, max-udp-reply {} bytes, remote-udp-amplification {}, remote-rate {}/s, remote-in-flight {}, log-level {}",
             human(c.ttl),
             human(c.negative_ttl),
             human(c.serve_stale),
@@ -238,6 +238,7 @@ impl Config {
             l.max_udp_reply,
             l.remote_udp_amplification,
             l.remote_rate,
+            l.remote_in_flight,
             self.log_level,
         )
     }
@@ -397,6 +398,10 @@ impl Config {
                 remote_rate: layered!(remote_rate).map_or(Ok(limits.remote_rate), |n| {
                     count("remote-rate", n, REMOTE_RATE_RANGE).map(|n| n as u32)
                 })?,
+                remote_in_flight: layered!(remote_in_flight)
+                    .map_or(Ok(limits.remote_in_flight), |n| {
+                        count("remote-in-flight", n, REMOTE_IN_FLIGHT_RANGE)
+                    })?,
             },
         })
     }

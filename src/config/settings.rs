@@ -53,6 +53,8 @@ pub const ENTRIES_RANGE: RangeInclusive<usize> = 1..=1 << 24;
 pub const THREADS_RANGE: RangeInclusive<usize> = 0..=1024;
 /// Calls a second per other host (0: no limit).
 pub const REMOTE_RATE_RANGE: RangeInclusive<usize> = 0..=1_000_000;
+/// `remote-in-flight`: 0 (no limit) to a host's share of a busy rpcbind.
+pub const REMOTE_IN_FLIGHT_RANGE: RangeInclusive<usize> = 0..=65_536;
 /// How many times a call's size a reply to another host's UDP call may be.
 pub const AMPLIFICATION_RANGE: RangeInclusive<usize> = 1..=1000;
 /// Below 512 a datagram could not hold a DUMP header; above 65507 it is no
@@ -142,6 +144,12 @@ pub struct Settings {
                                       "dropped and a TCP connection closed"),
                               LimitsConfig::DEFAULT.remote_rate))]
     pub remote_rate: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
+          help = with_default(concat!("Server mode: calls each other host may have waiting for rpcbind ",
+                                      "at once, over all its connections (0: no limit); beyond, a ",
+                                      "datagram is dropped and a TCP connection closed"),
+                              LimitsConfig::DEFAULT.remote_in_flight))]
+    pub remote_in_flight: Option<usize>,
     #[arg(long, value_name = "N", value_parser = count_arg, allow_negative_numbers = true,
           help = format!("Threads serving unix and TCP clients, the stream loops (0: one per CPU, \
                           at most {MAX_AUTO_THREADS}) [default: {DEFAULT_THREADS}]. UDP clients \
@@ -399,6 +407,11 @@ pub fn expected(key: &str) -> Option<String> {
             "a whole number of calls a second from {} (no limit) to {}",
             REMOTE_RATE_RANGE.start(),
             REMOTE_RATE_RANGE.end()
+        ),
+        "remote-in-flight" => format!(
+            "a whole number of calls from {} (no limit) to {}",
+            REMOTE_IN_FLIGHT_RANGE.start(),
+            REMOTE_IN_FLIGHT_RANGE.end()
         ),
         "remote-udp-amplification" => format!(
             "a whole number from {} to {} (times the call's size)",

@@ -237,7 +237,7 @@ fn the_settings_summary_reads_like_the_config_file() {
     let c = Config::resolve(Settings::default(), Settings::default()).unwrap();
     assert_eq!(
         c.summary(),
-        "ttl 1m, negative-ttl 10s, serve-stale 30s, max-entries 65536, refresh 1s, upstream-timeout 2s, max-connections 4096, max-in-flight 64, idle-timeout 2m, record-timeout 10s, max-udp-reply 9000 bytes, remote-udp-amplification 1, remote-rate 500/s, log-level info"
+        "ttl 1m, negative-ttl 10s, serve-stale 30s, max-entries 65536, refresh 1s, upstream-timeout 2s, max-connections 4096, max-in-flight 64, idle-timeout 2m, record-timeout 10s, max-udp-reply 9000 bytes, remote-udp-amplification 1, remote-rate 500/s, remote-in-flight 64, log-level info"
     );
 }
 

@@ -195,14 +195,14 @@ fn rpcbind_line(s: &Status) -> String {
 
 /// Each client limit, its setting and how often it bit.
 /// Server mode's hosts held back most: `169.254.1.9 (rate 120,
-/// amplification 3), ...`.
+/// amplification 3, in flight 0), ...`.
 fn offenders_line(offenders: &[crate::proxy::status::OffenderStatus]) -> String {
     offenders
         .iter()
         .map(|o| {
             format!(
-                "{} (rate {}, amplification {})",
-                o.address, o.rate_limited, o.amplification
+                "{} (rate {}, amplification {}, in flight {})",
+                o.address, o.rate_limited, o.amplification, o.in_flight
             )
         })
         .collect::<Vec<_>>()
@@ -212,7 +212,7 @@ fn offenders_line(offenders: &[crate::proxy::status::OffenderStatus]) -> String 
 fn limits_line(l: &LimitsStatus) -> String {
     let secs = |s: f64| duration(Duration::from_secs_f64(s.max(0.0)));
     format!(
-        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), remote-udp-amplification {} (refused {}), remote-rate {} (limited {}), udp misses in flight {} (dropped {})",
+        "max-connections {} (refused {}, evicted {}), max-in-flight {} (reached {}), idle-timeout {} (closed {}), record-timeout {} (closed {}), max-udp-reply {} (too large {}), remote-udp-amplification {} (refused {}), remote-rate {} (limited {}), remote-in-flight {} (refused {}), udp misses in flight {} (dropped {})",
         l.max_connections.limit,
         l.max_connections.refused,
         l.max_connections.evicted,
@@ -231,6 +231,11 @@ fn limits_line(l: &LimitsStatus) -> String {
             n => format!("{n}/s"),
         },
         l.remote_rate.limited,
+        match l.remote_in_flight.limit {
+            0 => "off".to_owned(),
+            n => n.to_string(),
+        },
+        l.remote_in_flight.refused,
         l.udp_in_flight.limit,
         l.udp_in_flight.dropped,
     )

@@ -48,6 +48,10 @@ pub struct LimitsConfig {
     /// Server mode: calls a second each other host may make (a burst of
     /// twice that); 0: no limit. See `proxy::shield`.
     pub remote_rate: u32,
+    /// Server mode: calls each other host may have past the cache at once
+    /// (waiting for rpcbind), over all its connections and datagrams; 0:
+    /// no limit. See `proxy::shield`.
+    pub remote_in_flight: usize,
 }
 
 impl LimitsConfig {
@@ -60,6 +64,7 @@ impl LimitsConfig {
         max_udp_reply: 9000,
         remote_udp_amplification: 1,
         remote_rate: 500,
+        remote_in_flight: 64,
     };
 }
 
@@ -79,6 +84,7 @@ pub struct Limits {
     max_udp_reply: AtomicUsize,
     remote_udp_amplification: AtomicUsize,
     remote_rate: std::sync::atomic::AtomicU32,
+    remote_in_flight: AtomicUsize,
     /// Clients turned away at the connection limit: nothing could be
     /// evicted for them (a limit of 0, or every connection they could take
     /// has calls in flight).
@@ -195,6 +201,7 @@ impl Limits {
             max_udp_reply: AtomicUsize::new(0),
             remote_udp_amplification: AtomicUsize::new(1),
             remote_rate: std::sync::atomic::AtomicU32::new(0),
+            remote_in_flight: AtomicUsize::new(0),
             connections_refused: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             udp_dropped: AtomicU64::new(0),
@@ -223,6 +230,8 @@ impl Limits {
         self.remote_udp_amplification
             .store(c.remote_udp_amplification.max(1), Ordering::Relaxed);
         self.remote_rate.store(c.remote_rate, Ordering::Relaxed);
+        self.remote_in_flight
+            .store(c.remote_in_flight, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> LimitsConfig {
@@ -234,6 +243,7 @@ impl Limits {
             max_udp_reply: self.max_udp_reply(),
             remote_udp_amplification: self.remote_udp_amplification.load(Ordering::Relaxed),
             remote_rate: self.remote_rate(),
+            remote_in_flight: self.remote_in_flight(),
         }
     }
 
@@ -252,6 +262,11 @@ impl Limits {
             }
             _ => true,
         }
+    }
+
+    /// Calls each other host may have past the cache at once (0: no limit).
+    pub fn remote_in_flight(&self) -> usize {
+        self.remote_in_flight.load(Ordering::Relaxed)
     }
 
     /// Calls a second each other host may make (0: no limit).

@@ -301,6 +301,17 @@ impl Proxy {
         if !own_probe {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
         }
+        // Server mode: another host's calls past the cache, at most
+        // remote-in-flight at once (dropped or closed beyond, as over the
+        // rate).
+        let limit = self.limits.remote_in_flight();
+        let Ok(_in_flight) = self.shield.enter(&peer, limit, self.limits.remote_rate()) else {
+            return if peer.is_datagram() {
+                Outcome::NoReply
+            } else {
+                Outcome::Close
+            };
+        };
         let request = match Request::decode(&record, peer) {
             Ok(request) => request,
             Err(Rejected::Checks(reply)) if own_probe => return Outcome::Reply(reply),

@@ -10,9 +10,15 @@
 //! such limit: the default is far above what a mounting host asks (a mount
 //! is two or three lookups).
 //!
+//! Each host may also have at most `remote-in-flight` calls past the cache
+//! at once (waiting for rpcbind, over all its connections and datagrams):
+//! a host cannot take rpcbind's single thread for itself with misses. Over
+//! it, the same as over the rate. A mounting host has one or two.
+//!
 //! The buckets are a bounded LRU table under one lock, taken only for
 //! other hosts' calls: a source forgotten (the table full of newer ones)
-//! starts again with a full bucket, which is at most one burst more.
+//! starts again with a full bucket, which is at most one burst more, and
+//! with nothing in flight (its calls then in flight end uncounted).
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -37,6 +43,10 @@ struct Source {
     at: Duration,
     rate_limited: u64,
     amplification: u64,
+    /// Calls past the cache now.
+    in_flight: usize,
+    /// Calls refused because `in_flight` was at the limit.
+    in_flight_refused: u64,
 }
 
 impl Source {
@@ -47,6 +57,8 @@ impl Source {
             at: now,
             rate_limited: 0,
             amplification: 0,
+            in_flight: 0,
+            in_flight_refused: 0,
         }
     }
 }
@@ -57,6 +69,32 @@ pub struct Offender {
     pub address: IpAddr,
     pub rate_limited: u64,
     pub amplification: u64,
+    pub in_flight: u64,
+}
+
+/// A host already has as many calls in flight as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverInFlight;
+
+/// A call of another host past the cache, counted in its host's calls in
+/// flight until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    shield: &'a Shield,
+    ip: IpAddr,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut sources = self
+            .shield
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = sources.peek_mut(&self.ip) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 /// The per-source limits of other hosts' calls. The rate is the caller's
@@ -66,6 +104,8 @@ pub struct Shield {
     sources: Mutex<lru::LruCache<IpAddr, Source>>,
     /// Calls held back by the rate, in all.
     pub rate_limited: AtomicU64,
+    /// Calls refused by the in-flight limit, in all.
+    pub in_flight_refused: AtomicU64,
 }
 
 impl Default for Shield {
@@ -75,6 +115,7 @@ impl Default for Shield {
                 NonZeroUsize::new(SOURCES).expect("non-zero"),
             )),
             rate_limited: AtomicU64::new(0),
+            in_flight_refused: AtomicU64::new(0),
         }
     }
 }
@@ -116,6 +157,35 @@ impl Shield {
         false
     }
 
+    /// A call of `peer`'s going past the cache: `Ok` while its host has
+    /// fewer than `max` in flight (0: no limit), with the guard that counts
+    /// it until dropped (none for a local client); `Err` over it. `rate`
+    /// fills a new source's bucket.
+    pub fn enter(
+        &self,
+        peer: &Peer,
+        max: usize,
+        rate: u32,
+    ) -> Result<Option<InFlight<'_>>, OverInFlight> {
+        let Some(ip) = peer.ip().filter(|ip| !ip.is_loopback()) else {
+            return Ok(None);
+        };
+        if max == 0 {
+            return Ok(None);
+        }
+        let full = u64::from(rate) * 2 * 1000;
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        let source = sources.get_or_insert_mut(ip, || Source::full(full, coarse_monotonic()));
+        if source.in_flight >= max {
+            source.in_flight_refused += 1;
+            drop(sources);
+            self.in_flight_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(OverInFlight);
+        }
+        source.in_flight += 1;
+        Ok(Some(InFlight { shield: self, ip }))
+    }
+
     /// Notes that a UDP reply to `peer` was held back by the amplification
     /// bound (a new source gets the full bucket of `rate`); nothing for a
     /// local client.
@@ -136,17 +206,18 @@ impl Shield {
         let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<Offender> = sources
             .iter()
-            .filter(|(_, s)| s.rate_limited + s.amplification > 0)
+            .filter(|(_, s)| s.rate_limited + s.amplification + s.in_flight_refused > 0)
             .map(|(ip, s)| Offender {
                 address: *ip,
                 rate_limited: s.rate_limited,
                 amplification: s.amplification,
+                in_flight: s.in_flight_refused,
             })
             .collect();
         drop(sources);
         all.sort_by_key(|o| {
             (
-                std::cmp::Reverse(o.rate_limited + o.amplification),
+                std::cmp::Reverse(o.rate_limited + o.amplification + o.in_flight),
                 o.address,
             )
         });
@@ -183,12 +254,14 @@ mod tests {
                 Offender {
                     address: ip(9),
                     rate_limited: 90,
-                    amplification: 0
+                    amplification: 0,
+                    in_flight: 0,
                 },
                 Offender {
                     address: ip(2),
                     rate_limited: 0,
-                    amplification: 1
+                    amplification: 1,
+                    in_flight: 0,
                 },
             ]
         );
@@ -204,5 +277,24 @@ mod tests {
         assert!((0..100).all(|_| s.admit(&remote, 0)));
         s.note_amplification(&local, 1);
         assert!(s.offenders().is_empty());
+    }
+
+    #[test]
+    fn a_host_has_at_most_its_calls_in_flight_and_gets_them_back() {
+        let s = Shield::default();
+        let a = Peer::Tcp((ip(4), 800).into());
+        let b = Peer::Udp((ip(5), 800).into());
+        let held: Vec<_> = (0..3).map(|_| s.enter(&a, 3, 10).unwrap()).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(s.enter(&a, 3, 10).is_err(), "a fourth");
+        // Another host, a local client and no limit are not held back.
+        assert!(s.enter(&b, 3, 10).unwrap().is_some());
+        let local = Peer::Tcp(([127, 0, 0, 1], 800).into());
+        assert!(s.enter(&local, 3, 10).unwrap().is_none());
+        assert!(s.enter(&a, 0, 10).unwrap().is_none());
+        drop(held);
+        assert!(s.enter(&a, 3, 10).is_ok(), "the host's calls came back");
+        assert_eq!(s.in_flight_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(s.offenders()[0].in_flight, 1);
     }
 }

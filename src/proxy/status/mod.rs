@@ -226,7 +226,17 @@ pub struct LimitsStatus {
     pub max_udp_reply: MaxUdpReply,
     pub remote_udp_amplification: Amplification,
     pub remote_rate: RemoteRate,
+    #[serde(default)]
+    pub remote_in_flight: RemoteInFlight,
     pub udp_in_flight: UdpInFlight,
+}
+
+/// Server mode's bound on each other host's calls past the cache at once,
+/// and the calls it refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteInFlight {
+    pub limit: u64,
+    pub refused: u64,
 }
 
 /// Server mode's rate limit per other host, the calls it held back, and
@@ -244,6 +254,8 @@ pub struct OffenderStatus {
     pub address: String,
     pub rate_limited: u64,
     pub amplification: u64,
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// Server mode's bound on UDP replies to other hosts, and how many it held
@@ -642,8 +654,13 @@ impl Proxy {
                         address: o.address.to_string(),
                         rate_limited: o.rate_limited,
                         amplification: o.amplification,
+                        in_flight: o.in_flight,
                     })
                     .collect(),
+            },
+            remote_in_flight: RemoteInFlight {
+                limit: c.remote_in_flight as u64,
+                refused: load(&self.shield.in_flight_refused),
             },
             udp_in_flight: UdpInFlight {
                 limit: UDP_MAX_IN_FLIGHT as u64,

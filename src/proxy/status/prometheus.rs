@@ -51,9 +51,9 @@ const METRICS: &[Metric] = &[
     ("lookups_total", COUNTER, "Lookups per program, version and netid.", lookups),
     ("time_wait_sockets", GAUGE, "TCP sockets in TIME_WAIT involving rpcbind's port or the proxy's.", time_wait),
     ("client_requests_total", COUNTER, "Calls by the systemd unit, command and uid behind them (the busiest; the rest as other).", client_requests),
-    ("limit_hits_total", COUNTER, "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply), UDP replies to other hosts held back (remote_udp_amplification), other hosts' calls over their rate (remote_rate), UDP misses dropped (udp_in_flight).", limit_hits),
+    ("limit_hits_total", COUNTER, "Times each client limit bit: connections refused (max_connections), reads paused (max_in_flight), clients closed (idle_timeout, record_timeout), UDP replies too large (max_udp_reply), UDP replies to other hosts held back (remote_udp_amplification), other hosts' calls over their rate (remote_rate), other hosts' calls over their calls in flight (remote_in_flight), UDP misses dropped (udp_in_flight).", limit_hits),
     ("connections_evicted_total", COUNTER, "Idle connections closed at max_connections to admit a newer client.", |s| one(s.limits.max_connections.evicted)),
-    ("limit", GAUGE, "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes, remote_udp_amplification in times the call's size, remote_rate in calls a second per host, 0 for none).", |s| limits(&s.limits, |(_, _, setting)| setting)),
+    ("limit", GAUGE, "Each client limit's setting (timeouts in seconds, max_udp_reply in bytes, remote_udp_amplification in times the call's size, remote_rate in calls a second per host, remote_in_flight in calls per host, 0 for none).", |s| limits(&s.limits, |(_, _, setting)| setting)),
     ("attribution_mode", GAUGE, "1 for the way clients are named now: ebpf (the kernel recorded who opened each socket), search (their cgroup's processes searched), off.", attribution_mode),
     ("attribution_named_ratio", GAUGE, "Share of this host's lookups in the last minute whose command was named.", |s| s.clients.attribution.named_60s.map_or_else(Vec::new, one)),
     ("intercept_enabled", GAUGE, "1 when transparent mode is configured on.", |s| one(s.intercept.enabled)),
@@ -272,6 +272,7 @@ fn limits(l: &LimitsStatus, pick: fn((&str, f64, f64)) -> f64) -> Samples {
         ("max_udp_reply", l.max_udp_reply.too_large as f64, l.max_udp_reply.limit as f64),
         ("remote_udp_amplification", l.remote_udp_amplification.refused as f64, l.remote_udp_amplification.limit as f64),
         ("remote_rate", l.remote_rate.limited as f64, l.remote_rate.limit as f64),
+        ("remote_in_flight", l.remote_in_flight.refused as f64, l.remote_in_flight.limit as f64),
     ];
     rows.into_iter()
         .map(|row| limit(row.0, pick(row)))
