@@ -82,15 +82,6 @@ async fn answers() -> Vec<(String, Outcome)> {
     out
 }
 
-/// A number in the proxy's status at `pointer`.
-async fn status_number(sb: &Sandbox, pointer: &str) -> u64 {
-    sb.status()
-        .await
-        .pointer(pointer)
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or_else(|| panic!("status --json has {pointer}"))
-}
-
 /// TCP connections established to the server's port 111, as the server
 /// sees them.
 fn server_connections(server: &Client) -> usize {
@@ -98,6 +89,17 @@ fn server_connections(server: &Client) -> usize {
         .iter()
         .filter(|s| s.state == TCP_ESTABLISHED && s.local_port == RPCBIND_PORT)
         .count()
+}
+
+/// The other host with its rpcbind, and the proxy with the client side
+/// on.
+async fn server_and_proxy(sb: &mut Sandbox) -> Client {
+    let mut server = Client::attach(sb, 1).await;
+    server.start_rpcbind().await;
+    sb.start_proxy(&["--intercept-outbound"])
+        .await
+        .expect("starting the proxy with the client side");
+    server
 }
 
 /// `count` one-shot GETPORT lookups at the server from fresh sockets,
@@ -145,15 +147,15 @@ fn another_hosts_rpcbind_answers_through_the_proxy_as_it_answers_directly() {
             "rpcinfo -p through the proxy"
         );
         // The proxy carried every one of them (and rpcinfo's).
-        let carried = status_number(&sb, "/outbound/calls").await;
+        let carried = sb.status_number("/outbound/calls").await;
         assert!(
             carried > direct.len() as u64,
             "the proxy carried {carried} calls of {} and rpcinfo's",
             direct.len()
         );
-        assert_eq!(status_number(&sb, "/outbound/failures").await, 0);
+        assert_eq!(sb.status_number("/outbound/failures").await, 0);
         // Over one connection per source address (IPv4, IPv6).
-        assert_eq!(status_number(&sb, "/outbound/servers").await, 2);
+        assert_eq!(sb.status_number("/outbound/servers").await, 2);
         assert!(server_connections(&server) <= 2);
     });
 }
@@ -161,17 +163,13 @@ fn another_hosts_rpcbind_answers_through_the_proxy_as_it_answers_directly() {
 #[test]
 fn one_shot_lookups_at_another_host_leave_no_time_wait_here() {
     run_without_proxy(|mut sb| async move {
-        let mut server = Client::attach(&sb, 1).await;
-        server.start_rpcbind().await;
-        sb.start_proxy(&["--intercept-outbound"])
-            .await
-            .expect("starting the proxy with the client side");
+        let server = server_and_proxy(&mut sb).await;
         one_shot_lookups(ONE_SHOT).await;
         sb.wait_tcp_settled(Some(RPCBIND_PORT), WAIT)
             .await
             .expect("sockets settle");
         let through = sb.time_wait_count(Some(RPCBIND_PORT));
-        let carried = status_number(&sb, "/outbound/clients").await;
+        let carried = sb.status_number("/outbound/clients").await;
         assert_eq!(carried, ONE_SHOT as u64, "clients the proxy carried");
         assert_eq!(
             through, 0,
@@ -200,13 +198,9 @@ fn one_shot_lookups_at_another_host_leave_no_time_wait_here() {
 #[test]
 fn a_killed_proxy_leaves_lookups_at_other_hosts_to_go_straight() {
     run_without_proxy(|mut sb| async move {
-        let mut server = Client::attach(&sb, 1).await;
-        server.start_rpcbind().await;
-        sb.start_proxy(&["--intercept-outbound"])
-            .await
-            .expect("starting the proxy with the client side");
+        let _server = server_and_proxy(&mut sb).await;
         one_shot_lookups(4).await;
-        assert_eq!(status_number(&sb, "/outbound/clients").await, 4);
+        assert_eq!(sb.status_number("/outbound/clients").await, 4);
         sb.kill_proxy().await;
         assert!(
             !sb.intercept_table_exists(),
@@ -228,7 +222,7 @@ fn a_connection_made_to_the_client_sides_port_itself_is_closed_unanswered() {
             !matches!(outcome, Outcome::Reply(_)),
             "a connection straight to {port} was answered: {outcome:?}"
         );
-        assert_eq!(status_number(&sb, "/outbound/strays").await, 1);
+        assert_eq!(sb.status_number("/outbound/strays").await, 1);
         // This host's own rpcbind is not another host's: answered by it,
         // not caught.
         let local = call_from(
@@ -239,7 +233,7 @@ fn a_connection_made_to_the_client_sides_port_itself_is_closed_unanswered() {
         )
         .await;
         assert!(local.is_success(), "127.0.0.1:111: {local:?}");
-        assert_eq!(status_number(&sb, "/outbound/clients").await, 0);
-        assert_eq!(status_number(&sb, "/outbound/strays").await, 1);
+        assert_eq!(sb.status_number("/outbound/clients").await, 0);
+        assert_eq!(sb.status_number("/outbound/strays").await, 1);
     });
 }

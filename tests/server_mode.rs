@@ -113,16 +113,7 @@ async fn attach(sb: &Sandbox, links: &[u8]) -> Vec<Client> {
 
 /// Calls the proxy counted (every call that reached it, whatever came of it).
 async fn proxy_requests(sb: &Sandbox) -> u64 {
-    status_number(sb, "/requests/total").await
-}
-
-/// A number in the proxy's status (`status --json`) at `pointer`.
-async fn status_number(sb: &Sandbox, pointer: &str) -> u64 {
-    sb.status()
-        .await
-        .pointer(pointer)
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or_else(|| panic!("status --json has {pointer}"))
+    sb.status_number("/requests/total").await
 }
 
 /// Flows server mode's rules (the table's `remote` rules) sent to the
@@ -143,7 +134,8 @@ async fn remote_flows(sb: &Sandbox) -> u64 {
 
 /// UDP replies to other hosts held back by the amplification bound.
 async fn amplification_refused(sb: &Sandbox) -> u64 {
-    status_number(sb, "/limits/remote_udp_amplification/refused").await
+    sb.status_number("/limits/remote_udp_amplification/refused")
+        .await
 }
 
 /// Port 111 of every address of the served links' server side.
@@ -1528,7 +1520,7 @@ fn a_host_with_its_calls_in_flight_is_held_back_and_the_others_are_not() {
         let (busy, other) = (&clients[0], &clients[1]);
         start_server_mode_with(&mut sb, &["--remote-in-flight", "1"]).await;
         let miss = |prog| Call::rpcb(2, 3, pmap_args(prog, 1, 6, 0));
-        let misses = status_number(&sb, "/cache/misses").await;
+        let misses = sb.status_number("/cache/misses").await;
         sb.signal_rpcbind(Signal::SIGSTOP);
         let s1 = port_111(server_addrs(1)[0]);
         let s2 = port_111(server_addrs(2)[0]);
@@ -1537,7 +1529,7 @@ fn a_host_with_its_calls_in_flight_is_held_back_and_the_others_are_not() {
         let then = async {
             // The first is past the cache (a miss, waiting for rpcbind).
             let deadline = std::time::Instant::now() + WAIT;
-            while status_number(&sb, "/cache/misses").await == misses {
+            while sb.status_number("/cache/misses").await == misses {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the first call never missed"

@@ -525,6 +525,15 @@ impl Sandbox {
         self.status_at(CONTROL_SOCK).await
     }
 
+    /// A number in the status (`status --json`) at `pointer`.
+    pub async fn status_number(&self, pointer: &str) -> u64 {
+        self.status()
+            .await
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(|| panic!("status --json has {pointer}"))
+    }
+
     /// `rpcbind-proxy status FORMAT...` from the default control socket, as
     /// printed (`&[]` for the text, `&["--prometheus"]`).
     pub async fn status_printed(&self, format: &[&str]) -> String {
