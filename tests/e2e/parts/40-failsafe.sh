@@ -112,7 +112,12 @@ check "the proxy holds /run/rpcbind.sock again ($h)" [ "$h" = rpcbind-proxy ]
 check "the parked name is gone" [ ! -e $PARKED ]
 sleep 6
 uprobe_stop; stop_probe
-uprobe_judge "$started_at" 0
+# At most one each: the socket unit the fail-safe stopped starts again and
+# takes /run/rpcbind.sock from rpcbind the way systemd binds a path (bind,
+# EADDRINUSE, unlink, bind, listen; in a helper process on a busy
+# machine), and a connect in between is refused (seen once in about ten
+# runs). rpcbind's own socket unit started again does the same.
+uprobe_judge "$started_at" 1
 $B intercept status >/tmp/f-st2.txt; rc=$?
 check "intercept status says on (exit $rc)" [ "$rc" = 0 ]
 listing >/tmp/f-after.txt 2>&1
