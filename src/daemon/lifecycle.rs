@@ -519,6 +519,15 @@ fn redirect(rules: &InterceptRules, listeners_up_to: RawFd) -> Result<InterceptT
             "server mode: other hosts' traffic to port 111 on these interfaces is redirected here"
         );
     }
+    if let Some(out) = &rules.outbound {
+        info!(
+            table = %format!("inet {INTERCEPT_TABLE}"),
+            ipv4 = out.ipv4,
+            ipv6 = out.ipv6,
+            port = out.port,
+            "client side: this host's TCP connections to other hosts' port 111 are redirected here"
+        );
+    }
     Ok(table)
 }
 
