@@ -19,6 +19,11 @@
 //!   runs again, its rate against the storm's without it, and what the
 //!   proxy's status says of the abuser.
 //!
+//! `STORM_PIN=1`: the server's processes (rpcbind, the proxy, every thread)
+//! on CPU 0 and the clients' thread on CPU 1, so that neither side takes the
+//! other's CPU (the client side of a real storm is other machines'); the
+//! proxy then has the one CPU rpcbind has.
+//!
 //! Each row is 3 storms, interleaved direct / proxied, medians. Prints the
 //! table; asserts nothing. Under `cargo test --all-targets` (no `--bench`
 //! argument) it runs one small storm of each kind as a smoke run; without
@@ -112,6 +117,9 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
             );
         }
     }
+    if pinned() {
+        pin_process(sb.rpcbind_pid(), 0);
+    }
     let client = Client::attach(&sb, 1).await;
     let abuser = Client::attach(&sb, 2).await;
     let hosts: Vec<IpAddr> = (0..size.clients)
@@ -158,6 +166,9 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
             - before;
 
         sb.start_proxy(&args).await.expect("the proxy starts");
+        if pinned() {
+            pin_process(sb.proxy_pid(), 0);
+        }
         let before = client
             .time_wait_count(Some(111), Duration::from_secs(5))
             .await;
@@ -258,12 +269,33 @@ async fn bench(mut sb: Sandbox, size: Size, full: bool) {
     }
 }
 
+/// Whether `STORM_PIN=1` asks for the two sides on CPUs of their own.
+fn pinned() -> bool {
+    std::env::var_os("STORM_PIN").is_some_and(|v| v == "1")
+}
+
+/// Puts every thread of `pid` on `cpu` (taskset -a).
+fn pin_process(pid: Option<u32>, cpu: u32) {
+    let pid = pid.expect("the process runs").to_string();
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid])
+        .output()
+        .expect("running taskset");
+    assert!(out.status.success(), "taskset {pid}: {out:?}");
+}
+
 /// Every host makes its three lookups, one after the other, each on a
 /// fresh connection from a reserved port; all hosts at once.
 async fn storm(client: &Client, hosts: &[IpAddr], server: SocketAddr) -> Storm {
     let hosts = hosts.to_vec();
     client
         .within(move || async move {
+            if pinned() {
+                let mut one = nix::sched::CpuSet::new();
+                one.set(1).expect("CPU 1");
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one)
+                    .expect("pinning the clients' thread to CPU 1");
+            }
             let started = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             for host in hosts {
