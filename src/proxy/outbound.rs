@@ -325,4 +325,26 @@ mod tests {
         assert_eq!(out.stats.calls.load(Ordering::Relaxed), 1);
         assert_eq!(out.stats.failures.load(Ordering::Relaxed), 0);
     }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_fails_the_call_at_once() {
+        let out = Outbound::new(Duration::from_secs(5));
+        // A port nothing listens on: bound, then closed.
+        let closed = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let server = closed.local_addr().unwrap();
+        drop(closed);
+        let to = Destination {
+            source: [127, 0, 0, 1].into(),
+            server,
+        };
+        let started = std::time::Instant::now();
+        let result = out.forward(&call(RPCB_PROG, 2, 3), to).await;
+        assert_eq!(result, Err(UpstreamError::Unavailable));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused, the call waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.stats.failures.load(Ordering::Relaxed), 1);
+    }
 }

@@ -339,7 +339,14 @@ impl Upstream {
                         .down_since
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
-                    let until = since.map_or(deadline, |t| deadline.min(t + RESTART_WAIT));
+                    // Another host's rpcbind (the client side) is not
+                    // waited for: its client would see the refusal at once.
+                    let patience = if self.source.is_some() {
+                        Duration::ZERO
+                    } else {
+                        RESTART_WAIT
+                    };
+                    let until = since.map_or(deadline, |t| deadline.min(t + patience));
                     let retry = Instant::now() + BACKOFF_MIN;
                     if retry >= until {
                         return Err(UpstreamError::Unavailable);
