@@ -401,9 +401,14 @@ impl Upstream {
                 // every attempt.
                 match rc.outage.failed(Instant::now()) {
                     Said::Lost => warn!(
-                        "cannot reach rpcbind at {}: {err}; retrying with a backoff of up to {}; clients get SYSTEM_ERR (or a stale answer within serve-stale) meanwhile",
+                        "cannot reach rpcbind at {}: {err}; retrying with a backoff of up to {}; {} meanwhile",
                         self.target,
-                        human(BACKOFF_MAX)
+                        human(BACKOFF_MAX),
+                        if self.source.is_some() {
+                            "its clients (the client side's) are reset"
+                        } else {
+                            "clients get SYSTEM_ERR (or a stale answer within serve-stale)"
+                        }
                     ),
                     Said::StillDown(down, attempts) => warn!(
                         "rpcbind at {} still unreachable after {} ({attempts} attempts): {err}",
