@@ -257,7 +257,8 @@ pub enum InterceptAction {
     /// Move rpcbind's unix socket aside, give /run/rpcbind.sock and [::1] to
     /// rpcbind-proxy.socket and restart the daemon with --intercept: local
     /// clients of port 111 and /run/rpcbind.sock then go through the proxy.
-    /// With --remote, server mode too. Idempotent; no client is refused
+    /// With --remote, server mode too; with --outbound, the client side.
+    /// Idempotent; no client is refused
     /// meanwhile.
     Enable(EnableArgs),
     /// Undo `enable`: /run/rpcbind.sock back to rpcbind, the drop-ins
@@ -284,14 +285,20 @@ pub enum InterceptAction {
 }
 
 /// `intercept enable`'s options: the whole of what is wanted (enabling
-/// again without --remote turns server mode off).
-#[derive(Debug, Args)]
+/// again without --remote turns server mode off, without --outbound the
+/// client side).
+#[derive(Debug, Default, Args)]
 pub struct EnableArgs {
     /// Server mode as well: other hosts' port-111 traffic arriving on this
     /// interface goes through the proxy too (repeatable; the daemon runs
     /// with --intercept-remote --remote-interface IF)
     #[arg(long = "remote", value_name = "IF", value_parser = crate::config::interface_arg)]
     pub remote: Vec<String>,
+    /// The client side as well: this host's TCP lookups at other hosts'
+    /// rpcbind go through the proxy too (the daemon runs with
+    /// --intercept-outbound)
+    #[arg(long)]
+    pub outbound: bool,
 }
 
 #[derive(Debug, Args)]

@@ -52,7 +52,7 @@ use std::time::Duration;
 use super::client::{fail, status_request};
 use super::local_entries;
 use super::query::answers_null;
-use crate::cli::{InterceptAction, InterceptArgs};
+use crate::cli::{EnableArgs, InterceptAction, InterceptArgs};
 use crate::config::DEFAULT_RPCBIND_SOCKET;
 use crate::host::{procfd, sockdiag};
 
@@ -87,7 +87,7 @@ const DROP_INS: [(&str, &str); 3] = [
 
 pub fn intercept(args: InterceptArgs) -> ExitCode {
     let result = match args.action {
-        InterceptAction::Enable(e) => enable::enable(&args.control.control, &e.remote),
+        InterceptAction::Enable(e) => enable::enable(&args.control.control, &e),
         InterceptAction::Disable => disable::disable(),
         InterceptAction::Status => return status::status(&args.control.control),
         InterceptAction::FailOpen => failsafe::fail_open(),
@@ -114,15 +114,23 @@ fn drop_ins(
     unit_dir: &Path,
     bin: &str,
     derived: &Derived,
-    remote: &[String],
+    modes: &EnableArgs,
 ) -> Vec<(PathBuf, String)> {
-    let remote_args: String = if remote.is_empty() {
+    let mut remote_args: String = if modes.remote.is_empty() {
         String::new()
     } else {
         std::iter::once(" --intercept-remote".to_owned())
-            .chain(remote.iter().map(|i| format!(" --remote-interface {i}")))
+            .chain(
+                modes
+                    .remote
+                    .iter()
+                    .map(|i| format!(" --remote-interface {i}")),
+            )
             .collect()
     };
+    if modes.outbound {
+        remote_args.push_str(" --intercept-outbound");
+    }
     let abstract_line = derived
         .abstract_name
         .as_ref()
@@ -373,7 +381,7 @@ mod tests {
             Path::new("/etc/systemd/system"),
             "/opt/bin/rpcbind-proxy",
             &derived,
-            &[],
+            &EnableArgs::default(),
         );
         let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
         assert_eq!(
@@ -405,22 +413,33 @@ mod tests {
             abstract_name: Some("@/run/rpcbind.sock".into()),
             ..derived
         };
-        let files = drop_ins(Path::new("/etc/systemd/system"), "/b", &derived, &[]);
+        let files = drop_ins(
+            Path::new("/etc/systemd/system"),
+            "/b",
+            &derived,
+            &EnableArgs::default(),
+        );
         assert!(listen(&files[1].1).contains(&"ListenStream=@/run/rpcbind.sock".to_string()));
         assert!(!files[0].1.contains('@'));
         assert!(files[2].1.contains("upstream.sock\n") && !files[2].1.contains("@REMOTE@"));
     }
 
-    /// `enable --remote IF`: server mode's flags on the daemon's command
-    /// line, one --remote-interface per interface.
+    /// `enable --remote IF --outbound`: server mode's flags on the daemon's
+    /// command line, one --remote-interface per interface, and the client
+    /// side's.
     #[test]
-    fn enable_remote_adds_server_mode_to_the_daemons_command_line() {
+    fn enable_remote_and_outbound_add_their_modes_to_the_daemons_command_line() {
         let ifaces = ["eth0".to_owned(), "bond1".to_owned()];
-        let files = drop_ins(Path::new("/u"), "/b", &Derived::default(), &ifaces);
+        let modes = EnableArgs {
+            remote: ifaces.to_vec(),
+            outbound: true,
+        };
+        let files = drop_ins(Path::new("/u"), "/b", &Derived::default(), &modes);
         assert!(
             files[2].1.contains(
                 "ExecStart=/b serve --intercept --rpcbind-socket /run/rpcbind/upstream.sock \
-                 --intercept-remote --remote-interface eth0 --remote-interface bond1\n"
+                 --intercept-remote --remote-interface eth0 --remote-interface bond1 \
+                 --intercept-outbound\n"
             ),
             "{}",
             files[2].1

@@ -52,7 +52,12 @@ pub(super) fn remove_nat_keeper() -> Result<(), String> {
 
 pub(super) fn disable() -> Result<(), String> {
     preconditions("disable")?;
-    let files = drop_ins(Path::new(UNIT_DIR), "", &Derived::default(), &[]);
+    let files = drop_ins(
+        Path::new(UNIT_DIR),
+        "",
+        &Derived::default(),
+        &EnableArgs::default(),
+    );
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
     let any_drop_in = files.iter().any(|(p, _)| p.exists());

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use super::*;
 
-pub(super) fn enable(control: &Path, remote: &[String]) -> Result<(), String> {
+pub(super) fn enable(control: &Path, modes: &EnableArgs) -> Result<(), String> {
     preconditions("enable")?;
     let bin = this_binary()?;
     let derived = rpcbind_listen()?;
-    let files = drop_ins(Path::new(UNIT_DIR), &bin, &derived, remote);
+    let files = drop_ins(Path::new(UNIT_DIR), &bin, &derived, modes);
     let abstract_name = derived.abstract_name.as_deref();
     let upstream = Path::new(UPSTREAM_SOCKET);
     let public = Path::new(DEFAULT_RPCBIND_SOCKET);
@@ -43,11 +43,14 @@ pub(super) fn enable(control: &Path, remote: &[String]) -> Result<(), String> {
     match enable_steps(control, &files, link, abstract_name, &mut done) {
         Ok(()) => {
             println!("transparent mode is on: local clients of port 111 and {DEFAULT_RPCBIND_SOCKET} go through rpcbind-proxy");
-            if !remote.is_empty() {
+            if !modes.remote.is_empty() {
                 println!(
                     "server mode is on: other hosts' port-111 traffic on {} goes through rpcbind-proxy",
-                    remote.join(", ")
+                    modes.remote.join(", ")
                 );
+            }
+            if modes.outbound {
+                println!("the client side is on: this host's TCP lookups at other hosts' rpcbind go through rpcbind-proxy");
             }
             Ok(())
         }

@@ -38,7 +38,7 @@ impl Checklist {
             Path::new(UNIT_DIR),
             &bin,
             &listen.clone().unwrap_or_default(),
-            &[],
+            &EnableArgs::default(),
         );
         let mut parts: Vec<(String, bool)> = files
             .iter()

@@ -1,7 +1,8 @@
 # --- the client side under systemd (intercept-outbound = true) --------------
 # Another host: a network namespace joined by a veth pair (169.254.77.0/24),
 # running an rpcbind of its own. With `intercept-outbound = true` in the
-# config file and transparent mode on, this host's TCP lookups at it go
+# config file (then with `intercept enable --outbound`) and transparent
+# mode on, this host's TCP lookups at it go
 # through the proxy: the same answers, and no TIME_WAIT left here; a
 # SIGKILLed daemon leaves the lookups going straight until systemd has it
 # back.
@@ -52,6 +53,19 @@ $B intercept disable >/tmp/ob2.txt 2>&1; rc=$?
 check "disable after the client side exits 0 ($(tail -1 /tmp/ob2.txt))" [ "$rc" = 0 ]
 if [ -e /tmp/ob-config.bak ]; then mv /tmp/ob-config.bak $CONF; else rm -f $CONF; fi
 check "with it off, rpcinfo -p $SRV is answered" sh -c "rpcinfo -p $SRV >/dev/null"
+
+# `intercept enable --outbound` puts it on the daemon's command line; enable
+# again without it takes it off.
+$B intercept enable --outbound >/tmp/ob3.txt 2>&1; rc=$?
+check "intercept enable --outbound exits 0 ($(tail -1 /tmp/ob3.txt))" [ "$rc" = 0 ]
+check "... and the table catches TCP to other hosts' port 111" wait_for 15 outbound_rule
+check "... and rpcinfo -p $SRV through the proxy prints what it printed directly" \
+	sh -c "rpcinfo -p $SRV >/tmp/ob-through2.txt && cmp -s /tmp/ob-direct.txt /tmp/ob-through2.txt"
+$B intercept enable >/tmp/ob4.txt 2>&1; rc=$?
+check "enable without --outbound exits 0 and takes the client side off" \
+	sh -c "[ $rc = 0 ] && nft list table inet rpcbind_proxy >/dev/null && ! nft list chain inet rpcbind_proxy output | grep -q 'redirect to :1113'"
+$B intercept disable >/tmp/ob5.txt 2>&1; rc=$?
+check "disable exits 0 ($(tail -1 /tmp/ob5.txt))" [ "$rc" = 0 ]
 kill $srv_rpcbind 2>/dev/null
 wait $srv_rpcbind 2>/dev/null
 ip netns del rbpsrv
