@@ -538,10 +538,8 @@ struct Conns {
     entries: Vec<Option<Entry>>,
     free: Vec<usize>,
     live: usize,
-    /// Connections per owner key (resolved owners only).
-    counts: HashMap<ShareKey, usize>,
     /// The entries of each bucket (unresolved [`Owner::LocalTcp`] ones in
-    /// [`Bucket::Pending`]).
+    /// [`Bucket::Pending`]); a list's length is how many its owner holds.
     members: HashMap<Bucket, Vec<usize>>,
     /// Where the next victim window starts in a long member list.
     cursor: usize,
@@ -557,7 +555,6 @@ impl Conns {
             entries: Vec::new(),
             free: Vec::new(),
             live: 0,
-            counts: HashMap::new(),
             members: HashMap::new(),
             cursor: 0,
             diag: None,
@@ -569,7 +566,6 @@ impl Conns {
     }
 
     fn insert(&mut self, owner: Owner, slot: Arc<Slot>) -> usize {
-        self.count(owner, 1);
         self.live += 1;
         let index = self.free.pop().unwrap_or_else(|| {
             self.entries.push(None);
@@ -582,7 +578,6 @@ impl Conns {
 
     fn remove(&mut self, index: usize) {
         if let Some(e) = self.entries.get_mut(index).and_then(Option::take) {
-            self.count(e.owner, -1);
             self.leave(Bucket::of(e.owner), e.pos);
             self.live -= 1;
             self.free.push(index);
@@ -611,18 +606,6 @@ impl Conns {
         }
         if let Some(e) = moved.and_then(|i| self.entries.get_mut(i)?.as_mut()) {
             e.pos = pos;
-        }
-    }
-
-    fn count(&mut self, owner: Owner, delta: isize) {
-        if let Owner::LocalTcp { .. } = owner {
-            return;
-        }
-        let key = owner.key();
-        let n = self.counts.entry(key).or_insert(0);
-        *n = n.wrapping_add_signed(delta);
-        if *n == 0 {
-            self.counts.remove(&key);
         }
     }
 
@@ -658,7 +641,6 @@ impl Conns {
                 continue;
             };
             let resolved = self.resolve(owner);
-            self.count(resolved, 1);
             let pos = self.join(Bucket::of(resolved), i);
             if let Some(e) = self.entries[i].as_mut() {
                 e.owner = resolved;
@@ -671,18 +653,20 @@ impl Conns {
     /// [`Limits::admit`]): the longest-idle one, without calls in flight,
     /// of the owner the share points at.
     fn victim(&self, key: ShareKey, max: usize) -> Option<usize> {
-        let own = self.counts.get(&key).copied().unwrap_or(0);
-        let owners = self.counts.len() + usize::from(own == 0);
+        // Connections per resolved owner: their lists' lengths.
+        let held = self.members.iter().filter_map(|(b, list)| match b {
+            Bucket::Key(k) => Some((*k, list.len())),
+            Bucket::Pending => None,
+        });
+        let own = self.members.get(&Bucket::Key(key)).map_or(0, Vec::len);
+        let owners = held.clone().count() + usize::from(own == 0);
         let share = (max / owners).max(1);
         let from = if own >= share {
             key
         } else {
             // The owner holding the most (the lowest key among equals, so
             // the choice does not depend on the map's order).
-            let (&top, _) = self
-                .counts
-                .iter()
-                .max_by_key(|&(k, n)| (*n, std::cmp::Reverse(*k)))?;
+            let (top, _) = held.max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))?;
             top
         };
         let list = self.members.get(&Bucket::Key(from))?;
