@@ -129,17 +129,17 @@ impl Shield {
         if rate == 0 {
             return true;
         }
-        match peer.ip() {
-            Some(ip) if !ip.is_loopback() => self.take(ip, rate, coarse_monotonic()),
-            _ => true,
+        match remote_ip(peer) {
+            Some(ip) => self.take(ip, rate, coarse_monotonic()),
+            None => true,
         }
     }
 
     /// Takes a token from `ip`'s bucket at time `now`.
     fn take(&self, ip: IpAddr, rate: u32, now: Duration) -> bool {
-        let full = u64::from(rate) * 2 * 1000;
+        let full = bucket_size(rate);
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        let source = sources.get_or_insert_mut(ip, || Source::full(full, now));
+        let source = source(&mut sources, ip, rate, now);
         // A token per 1/rate s: rate thousandths per millisecond.
         let elapsed_ms = now.saturating_sub(source.at).as_millis() as u64;
         source.milli_tokens = source
@@ -167,15 +167,14 @@ impl Shield {
         max: usize,
         rate: u32,
     ) -> Result<Option<InFlight<'_>>, OverInFlight> {
-        let Some(ip) = peer.ip().filter(|ip| !ip.is_loopback()) else {
+        let Some(ip) = remote_ip(peer) else {
             return Ok(None);
         };
         if max == 0 {
             return Ok(None);
         }
-        let full = u64::from(rate) * 2 * 1000;
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        let source = sources.get_or_insert_mut(ip, || Source::full(full, coarse_monotonic()));
+        let source = source(&mut sources, ip, rate, coarse_monotonic());
         if source.in_flight >= max {
             source.in_flight_refused += 1;
             drop(sources);
@@ -190,14 +189,11 @@ impl Shield {
     /// bound (a new source gets the full bucket of `rate`); nothing for a
     /// local client.
     pub fn note_amplification(&self, peer: &Peer, rate: u32) {
-        let Some(ip) = peer.ip().filter(|ip| !ip.is_loopback()) else {
+        let Some(ip) = remote_ip(peer) else {
             return;
         };
-        let full = u64::from(rate) * 2 * 1000;
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        sources
-            .get_or_insert_mut(ip, || Source::full(full, coarse_monotonic()))
-            .amplification += 1;
+        source(&mut sources, ip, rate, coarse_monotonic()).amplification += 1;
     }
 
     /// The sources held back most, at most [`NAMED_OFFENDERS`], most first
@@ -224,6 +220,27 @@ impl Shield {
         all.truncate(NAMED_OFFENDERS);
         all
     }
+}
+
+/// Another host's address, None for a local client.
+fn remote_ip(peer: &Peer) -> Option<IpAddr> {
+    peer.ip().filter(|ip| !ip.is_loopback())
+}
+
+/// A full bucket under `rate`, in thousandths of a call: a burst of twice
+/// the rate.
+fn bucket_size(rate: u32) -> u64 {
+    u64::from(rate) * 2 * 1000
+}
+
+/// `ip`'s entry, made with a full bucket (at `now`) when first seen.
+fn source(
+    sources: &mut lru::LruCache<IpAddr, Source>,
+    ip: IpAddr,
+    rate: u32,
+    now: Duration,
+) -> &mut Source {
+    sources.get_or_insert_mut(ip, || Source::full(bucket_size(rate), now))
 }
 
 #[cfg(test)]
