@@ -30,6 +30,16 @@ table() { nft list table inet rpcbind_proxy >/dev/null 2>&1; }
 no_table() { ! table; }
 active() { [ "$(systemctl is-active "$1")" = active ]; }
 main_pid() { systemctl show -p MainPID --value rpcbind-proxy.service; }
+# other_host NS IF NET: another host, network namespace NS joined to this
+# one by a veth pair: IF here with NET.1/24, eth0 there with NET.2/24
+# (NET: the first three octets, from 169.254.0.0/16).
+other_host() {
+	ip netns add "$1"
+	ip link add "$2" type veth peer name eth0 netns "$1"
+	ip addr add "$3.1/24" dev "$2"
+	ip link set "$2" up
+	ip netns exec "$1" sh -c "ip addr add $3.2/24 dev eth0 && ip link set eth0 up && ip link set lo up"
+}
 T=/usr/local/bin/tirpc_client
 B=/usr/bin/rpcbind-proxy
 

@@ -5,11 +5,7 @@
 # keeps no TIME_WAIT, across a restart of rpcbind and a SIGKILL of the
 # daemon; with server mode off, rpcbind answers it again.
 SELF=169.254.78.1
-ip netns add rbpcli
-ip link add rbr0 type veth peer name eth0 netns rbpcli
-ip addr add $SELF/24 dev rbr0
-ip link set rbr0 up
-ip netns exec rbpcli sh -c "ip addr add 169.254.78.2/24 dev eth0 && ip link set eth0 up && ip link set lo up"
+other_host rbpcli rbr0 169.254.78
 # rpcinfo -p of this host, run on the other host, into file $1.
 remote_listing() { ip netns exec rbpcli rpcinfo -p $SELF >"$1" 2>&1; }
 # TIME_WAIT sockets on the other host towards port 111.

@@ -8,11 +8,7 @@
 # back.
 SRV=169.254.77.2
 CONF=/etc/rpcbind-proxy/config.toml
-ip netns add rbpsrv
-ip link add rbo0 type veth peer name eth0 netns rbpsrv
-ip addr add 169.254.77.1/24 dev rbo0
-ip link set rbo0 up
-ip netns exec rbpsrv sh -c "ip addr add $SRV/24 dev eth0 && ip link set eth0 up && ip link set lo up"
+other_host rbpsrv rbo0 169.254.77
 ip netns exec rbpsrv unshare -m --propagation private \
 	sh -c 'mount -t tmpfs tmpfs /run && exec rpcbind -f' >/dev/null 2>&1 &
 srv_rpcbind=$!
